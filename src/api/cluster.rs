@@ -1,0 +1,183 @@
+//! `/api/cluster`: membership and per-node Raft state, and the admin operations on them.
+
+use openraft::async_runtime::WatchReceiver;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Extension;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::Caller;
+use super::{json_body, parse_id, ApiError, Envelope, Reply};
+use crate::config::Role;
+use crate::node::NodeCore;
+use crate::raft::{NodeId, NodeInfo};
+use crate::rpc::{context, MembershipOp, NodeStatus};
+
+pub fn routes() -> OpenApiRouter<Arc<NodeCore>> {
+    OpenApiRouter::new()
+        .routes(routes!(cluster_view))
+        .routes(routes!(add_node))
+        .routes(routes!(remove_node))
+        .routes(routes!(transfer_leader))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterView {
+    pub cluster_id: Option<String>,
+    /// As this node sees it.
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub members: Vec<MemberView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberView {
+    pub id: NodeId,
+    /// `voter` or `learner` in the membership config.
+    pub membership: String,
+    pub rpc_addr: String,
+    pub http_addr: String,
+    pub reachable: bool,
+    /// The node's own report (role, term, commit and applied index); absent when unreachable.
+    pub status: Option<NodeStatus>,
+}
+
+/// Members, leader, term, and each node's commit and applied index.
+#[utoipa::path(
+    get, path = "/api/cluster", tag = "cluster",
+    responses((status = 200, body = Envelope<ClusterView>), (status = 401)),
+    security(("bearer" = []))
+)]
+async fn cluster_view(
+    State(core): State<Arc<NodeCore>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Reply<ClusterView>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let m = core.raft.metrics().borrow_watched().clone();
+    let voters: Vec<NodeId> = m.membership_config.voter_ids().collect();
+    let nodes: Vec<(NodeId, NodeInfo)> = m.membership_config.nodes().map(|(id, n)| (*id, n.clone())).collect();
+    let statuses = futures::future::join_all(nodes.iter().map(|(id, info)| {
+        let core = core.clone();
+        let (id, addr) = (*id, info.rpc_addr.clone());
+        async move {
+            if id == core.id {
+                return Some(core.status(false));
+            }
+            let client = core.peers.get(&addr).await.ok()?;
+            match client.node_status(context(Duration::from_secs(1)), core.identity.header(), false).await {
+                Ok(Ok(s)) => Some(s),
+                _ => {
+                    core.peers.forget(&addr).await;
+                    None
+                }
+            }
+        }
+    }))
+    .await;
+    let members = nodes
+        .into_iter()
+        .zip(statuses)
+        .map(|((id, info), status)| MemberView {
+            id,
+            membership: if voters.contains(&id) { "voter" } else { "learner" }.into(),
+            rpc_addr: info.rpc_addr,
+            http_addr: status.as_ref().map(|s| s.http_addr.clone()).unwrap_or(info.http_addr),
+            reachable: status.is_some(),
+            status,
+        })
+        .collect();
+    Ok(Reply::ok(ClusterView {
+        cluster_id: core.store.cluster_id()?,
+        leader_id: m.current_leader,
+        term: m.current_term,
+        members,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddNodeRequest {
+    pub id: NodeId,
+    /// The new node's tarpc address as the other nodes reach it.
+    pub rpc_addr: String,
+    #[serde(default)]
+    pub http_addr: String,
+}
+
+/// Add a node: it joins as a learner, and is promoted to voter once caught up.
+#[utoipa::path(
+    post, path = "/api/cluster/nodes", tag = "cluster", request_body = AddNodeRequest,
+    responses((status = 200, description = "the node is a voter"), (status = 400), (status = 401), (status = 403), (status = 503)),
+    security(("bearer" = []))
+)]
+async fn add_node(
+    State(core): State<Arc<NodeCore>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Reply<NodeId>, ApiError> {
+    caller.require(Role::Admin)?;
+    let (value, _) = json_body(body)?;
+    let req: AddNodeRequest =
+        serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("invalid node: {e}")))?;
+    if req.id == 0 {
+        return Err(ApiError::BadRequest("id: node ids start at 1".into()));
+    }
+    if req.rpc_addr.trim().is_empty() {
+        return Err(ApiError::BadRequest("rpc_addr: is required".into()));
+    }
+    let node = NodeInfo { rpc_addr: req.rpc_addr, http_addr: req.http_addr };
+    core.change_membership(MembershipOp::AddVoter { id: req.id, node }).await?;
+    Ok(Reply::ok(req.id).message(format!("node {} is a voter", req.id)))
+}
+
+/// Remove a node from the cluster.
+#[utoipa::path(
+    delete, path = "/api/cluster/nodes/{node_id}", tag = "cluster",
+    params(("node_id" = u64, Path)),
+    responses((status = 204), (status = 400), (status = 401), (status = 403), (status = 503)),
+    security(("bearer" = []))
+)]
+async fn remove_node(
+    State(core): State<Arc<NodeCore>>,
+    Extension(caller): Extension<Caller>,
+    Path(node_id): Path<String>,
+) -> Result<Reply<()>, ApiError> {
+    caller.require(Role::Admin)?;
+    let id = parse_id("node", &node_id)?;
+    core.change_membership(MembershipOp::Remove { id }).await?;
+    Ok(Reply::ok(()).status(StatusCode::NO_CONTENT))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferLeaderRequest {
+    /// The voter to hand leadership to.
+    pub to: NodeId,
+}
+
+/// Hand leadership to another voter.
+#[utoipa::path(
+    post, path = "/api/cluster/transfer-leader", tag = "cluster", request_body = TransferLeaderRequest,
+    responses((status = 200), (status = 400), (status = 401), (status = 403), (status = 503)),
+    security(("bearer" = []))
+)]
+async fn transfer_leader(
+    State(core): State<Arc<NodeCore>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Reply<NodeId>, ApiError> {
+    caller.require(Role::Admin)?;
+    let (value, _) = json_body(body)?;
+    let req: TransferLeaderRequest =
+        serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("invalid request: {e}")))?;
+    core.change_membership(MembershipOp::TransferLeader { to: req.to }).await?;
+    Ok(Reply::ok(req.to).message(format!("node {} is the leader", req.to)))
+}

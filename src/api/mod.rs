@@ -1,0 +1,385 @@
+//! The REST API (axum), served by every node. One module per resource; this module owns
+//! the response envelope, the one error → HTTP status map ([`ApiError`]), request-body
+//! parsing, and the router with its OpenAPI document.
+
+pub mod auth;
+mod cluster;
+mod system;
+mod tasks;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use bytes::Bytes;
+use chrono::{SecondsFormat, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::model::FieldError;
+use crate::node::NodeCore;
+use crate::raft::{IdempotencyKey, Rejection};
+use crate::rpc::RpcFailure;
+
+/// Largest request body accepted; larger ones get 413.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Every response body: the seed's envelope, plus an `error` code on failures.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Envelope<T> {
+    pub success: bool,
+    pub data: Option<T>,
+    pub message: String,
+    pub timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+}
+
+fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A successful response: status, envelope with `data`, optional extra headers.
+pub struct Reply<T> {
+    status: StatusCode,
+    data: Option<T>,
+    message: String,
+    headers: HeaderMap,
+}
+
+impl<T: Serialize> Reply<T> {
+    pub fn ok(data: T) -> Self {
+        Reply { status: StatusCode::OK, data: Some(data), message: "ok".into(), headers: HeaderMap::new() }
+    }
+    pub fn created(data: T) -> Self {
+        Reply { status: StatusCode::CREATED, data: Some(data), message: "created".into(), headers: HeaderMap::new() }
+    }
+    pub fn message(mut self, m: impl Into<String>) -> Self {
+        self.message = m.into();
+        self
+    }
+    pub fn etag(mut self, version: u64) -> Self {
+        if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+            self.headers.insert(axum::http::header::ETAG, v);
+        }
+        self
+    }
+    pub fn status(mut self, s: StatusCode) -> Self {
+        self.status = s;
+        self
+    }
+}
+
+impl<T: Serialize> IntoResponse for Reply<T> {
+    fn into_response(self) -> Response {
+        if self.status == StatusCode::NO_CONTENT {
+            return (self.status, self.headers).into_response();
+        }
+        let body =
+            Envelope { success: true, data: self.data, message: self.message, timestamp: now_rfc3339(), error: None };
+        (self.status, self.headers, Json(body)).into_response()
+    }
+}
+
+/// Every way a request can fail, and the only place that knows HTTP status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    InvalidField(FieldError),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("request body is larger than {MAX_BODY} bytes")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// Nothing was done; retry later (no leader, no quorum).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The write may or may not have been applied; retry with the same Idempotency-Key.
+    #[error("{0}")]
+    Indeterminate(String),
+    /// A local storage failure: the node is unhealthy, not the request.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::InvalidField(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::IdempotencyKeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Indeterminate(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::InvalidField(_) => "invalid_field",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PreconditionFailed(_) => "precondition_failed",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::IdempotencyKeyReused(_) => "idempotency_key_reused",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Indeterminate(_) => "outcome_unknown",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        let body: Envelope<()> = Envelope {
+            success: false,
+            data: None,
+            message: self.to_string(),
+            timestamp: now_rfc3339(),
+            error: Some(self.code()),
+        };
+        let mut resp = (status, Json(body)).into_response();
+        if matches!(self, ApiError::Unavailable(_)) {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, ApiError::Unauthorized(_)) {
+            resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<RpcFailure> for ApiError {
+    fn from(e: RpcFailure) -> Self {
+        match e {
+            RpcFailure::Invalid(m) => ApiError::BadRequest(m),
+            RpcFailure::Indeterminate(m) => ApiError::Indeterminate(format!(
+                "the write may or may not have been applied ({m}); retry with the same Idempotency-Key"
+            )),
+            RpcFailure::NotLeader(_) | RpcFailure::Unavailable(_) | RpcFailure::Refused(_) => {
+                ApiError::Unavailable(format!("no leader could be reached in time: {e}"))
+            }
+        }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::TaskNotFound(_) => ApiError::NotFound(r.to_string()),
+            Rejection::NameTaken(_) => ApiError::Conflict(r.to_string()),
+            Rejection::VersionMismatch { .. } => ApiError::PreconditionFailed(r.to_string()),
+            Rejection::Invalid(f) => ApiError::InvalidField(f),
+            Rejection::IdempotencyKeyReused => ApiError::IdempotencyKeyReused(r.to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for ApiError {
+    fn from(e: std::io::Error) -> Self {
+        tracing::error!(error = %e, "storage read failed");
+        ApiError::Internal(format!("storage error: {e}"))
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::InvalidField(e)
+    }
+}
+
+/// Parses a JSON object body, mapping every failure to a 4xx that says what is wrong.
+pub fn json_body(body: Result<Bytes, BytesRejection>) -> Result<(serde_json::Value, Bytes), ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest(format!("cannot read request body: {e}"))
+        }
+    })?;
+    if bytes.is_empty() {
+        return Err(ApiError::BadRequest("request body is empty; a JSON object is expected".into()));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    Ok((value, bytes))
+}
+
+/// Reads the `Idempotency-Key` header, scoped to the caller; the fingerprint covers the
+/// method, path and body so a reused key with another request is detected.
+pub fn idempotency_key(
+    headers: &HeaderMap,
+    caller: &auth::Caller,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = v.to_str().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?.trim();
+    if key.is_empty() || key.len() > 255 {
+        return Err(ApiError::BadRequest("Idempotency-Key must be 1 to 255 characters".into()));
+    }
+    let mut h = Sha256::new();
+    h.update(method.as_str().as_bytes());
+    h.update([0]);
+    h.update(path.as_bytes());
+    h.update([0]);
+    h.update(body);
+    Ok(Some(IdempotencyKey {
+        scope: caller.name.clone(),
+        key: key.to_string(),
+        fingerprint: hex::encode(h.finalize()),
+    }))
+}
+
+/// `If-Match: "3"` (or `3`, `W/"3"`) → expected version 3; `*` or absent → none.
+pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get(axum::http::header::IF_MATCH) else { return Ok(None) };
+    let s = v.to_str().map_err(|_| ApiError::BadRequest("If-Match is not ASCII".into()))?.trim();
+    if s == "*" {
+        return Ok(None);
+    }
+    let s = s.trim_start_matches("W/").trim_matches('"');
+    s.parse::<u64>()
+        .map(Some)
+        .map_err(|_| ApiError::BadRequest(format!("If-Match {s:?} is not a task version (an ETag such as \"3\")")))
+}
+
+/// `?consistency=linearizable` (default) or `local`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    Linearizable,
+    Local,
+}
+
+impl Consistency {
+    pub fn parse(v: Option<&str>) -> Result<Self, ApiError> {
+        match v {
+            None | Some("linearizable") | Some("strong") => Ok(Consistency::Linearizable),
+            Some("local") | Some("stale") => Ok(Consistency::Local),
+            Some(other) => {
+                Err(ApiError::BadRequest(format!("consistency: {other:?} is not one of linearizable, local")))
+            }
+        }
+    }
+
+    /// Waits, if needed, until this node may serve the read.
+    pub async fn prepare(self, core: &NodeCore) -> Result<(), ApiError> {
+        match self {
+            Consistency::Local => Ok(()),
+            Consistency::Linearizable => core.linearize().await.map_err(ApiError::from),
+        }
+    }
+}
+
+pub fn parse_id(what: &str, raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("{what} id {raw:?} is not a positive integer")))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "raftcron", description = "Distributed job scheduler REST API. Every response uses the envelope {success, data, message, timestamp}."),
+    modifiers(&BearerAuth),
+    tags((name = "tasks"), (name = "cluster"), (name = "system"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// The routes and their OpenAPI document, from one definition.
+pub fn api_routes() -> (Router<Arc<NodeCore>>, Router<Arc<NodeCore>>, utoipa::openapi::OpenApi) {
+    let (protected, doc_protected) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(tasks::routes())
+        .merge(cluster::routes())
+        .merge(system::protected_routes())
+        .split_for_parts();
+    let (open, doc_open) = OpenApiRouter::new().merge(system::open_routes()).split_for_parts();
+    let mut doc = doc_protected;
+    doc.merge(doc_open);
+    (protected, open, doc)
+}
+
+/// The node's whole HTTP surface.
+pub fn router(core: Arc<NodeCore>) -> Router {
+    let (protected, open, doc) = api_routes();
+    let doc = Arc::new(doc);
+    let protected = protected.route_layer(middleware::from_fn_with_state(core.clone(), auth::require_auth));
+    let open = open.route(
+        "/api/openapi.json",
+        axum::routing::get(move || {
+            let doc = doc.clone();
+            async move { Json((*doc).clone()) }
+        }),
+    );
+    Router::new()
+        .merge(protected)
+        .merge(open)
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(core.clone(), record_http_metrics))
+        .with_state(core)
+}
+
+async fn route_not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!("no route for {} {}", req.method(), req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.uri().path()))
+}
+
+async fn record_http_metrics(State(core): State<Arc<NodeCore>>, req: Request, next: Next) -> Response {
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    core.metrics.http_requests.with_label_values(&[&route, &method, &status]).inc();
+    core.metrics.http_latency.with_label_values(&[&route, &method]).observe(started.elapsed().as_secs_f64());
+    resp
+}

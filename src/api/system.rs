@@ -1,0 +1,145 @@
+//! `/api/health`, `/api/system/status` and `/metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::Caller;
+use super::{ApiError, Consistency, Envelope, Reply};
+use crate::config::Role;
+use crate::model::TaskStatus;
+use crate::node::NodeCore;
+use crate::raft::NodeId;
+
+pub fn open_routes() -> OpenApiRouter<Arc<NodeCore>> {
+    OpenApiRouter::new().routes(routes!(health)).routes(routes!(metrics))
+}
+
+pub fn protected_routes() -> OpenApiRouter<Arc<NodeCore>> {
+    OpenApiRouter::new().routes(routes!(system_status))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `healthy` when this node is in a quorum with a known leader.
+    pub status: String,
+    /// `connected` when the local RocksDB answers.
+    pub database: String,
+    /// The replicated run queue: `connected` when this node has a leader.
+    pub message_queue: String,
+    pub uptime_seconds: u64,
+    pub version: String,
+    pub raft: RaftHealth,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RaftHealth {
+    pub node_id: NodeId,
+    pub role: String,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub applied_index: Option<u64>,
+}
+
+/// Liveness and leadership of this node; no credential needed (load balancers poll it).
+#[utoipa::path(
+    get, path = "/api/health", tag = "system",
+    responses((status = 200, description = "healthy", body = Envelope<Health>), (status = 503, description = "no leader or storage failing", body = Envelope<Health>))
+)]
+async fn health(State(core): State<Arc<NodeCore>>) -> Response {
+    let st = core.status(false);
+    let db_ok = core.store.applied().is_ok();
+    let has_leader = st.leader_id.is_some();
+    let healthy = db_ok && has_leader;
+    let body = Health {
+        status: if healthy { "healthy" } else { "unhealthy" }.into(),
+        database: if db_ok { "connected" } else { "error" }.into(),
+        message_queue: if has_leader { "connected" } else { "disconnected" }.into(),
+        uptime_seconds: core.started_at.elapsed().as_secs(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        raft: RaftHealth {
+            node_id: st.node_id,
+            role: st.role,
+            leader_id: st.leader_id,
+            term: st.term,
+            applied_index: st.applied_index,
+        },
+    };
+    let (status, message, error) = match (db_ok, has_leader) {
+        (true, true) => (StatusCode::OK, "ok".to_string(), None),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "local storage is failing".to_string(), Some("unavailable")),
+        (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "this node has no leader".to_string(), Some("unavailable")),
+    };
+    let env = Envelope { success: healthy, data: Some(body), message, timestamp: super::now_rfc3339(), error };
+    (status, Json(env)).into_response()
+}
+
+/// Prometheus text format; no credential needed (scrapers poll it).
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain")))]
+async fn metrics(State(core): State<Arc<NodeCore>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], core.metrics.render()).into_response()
+}
+
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct TaskCounts {
+    pub total: u64,
+    pub active: u64,
+    pub paused: u64,
+    pub disabled: u64,
+    /// Tasks with a run in progress.
+    pub running: u64,
+}
+
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct WorkerCounts {
+    pub total: u64,
+    pub online: u64,
+    pub offline: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SystemStatus {
+    pub tasks: TaskCounts,
+    pub workers: WorkerCounts,
+    /// Runs created since 00:00 UTC today.
+    pub runs_today: u64,
+    /// Percentage of finished runs that succeeded; null while no run has finished.
+    pub success_rate: Option<f64>,
+}
+
+/// Counts over the replicated state.
+#[utoipa::path(
+    get, path = "/api/system/status", tag = "system",
+    params(("consistency" = Option<String>, Query, description = "linearizable (default) or local")),
+    responses((status = 200, body = Envelope<SystemStatus>), (status = 401), (status = 503)),
+    security(("bearer" = []))
+)]
+async fn system_status(
+    State(core): State<Arc<NodeCore>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Reply<SystemStatus>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Consistency::parse(q.get("consistency").map(String::as_str))?.prepare(&core).await?;
+    let mut tasks = TaskCounts::default();
+    core.store.scan_tasks(|t| {
+        tasks.total += 1;
+        match t.spec.status {
+            TaskStatus::Active => tasks.active += 1,
+            TaskStatus::Paused => tasks.paused += 1,
+            TaskStatus::Disabled => tasks.disabled += 1,
+        }
+        true
+    })?;
+    // Runs and workers are not replicated yet (they arrive with the firing and worker
+    // issues); until then there are truly none, and these counts say so.
+    Ok(Reply::ok(SystemStatus { tasks, workers: WorkerCounts::default(), runs_today: 0, success_rate: None }))
+}

@@ -1,0 +1,243 @@
+//! `/api/tasks`: create, list, get, update, delete.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::Extension;
+use bytes::Bytes;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::Caller;
+use super::{idempotency_key, if_match, json_body, parse_id, ApiError, Consistency, Envelope, Reply};
+use crate::config::Role;
+use crate::model::{FieldError, TaskField, TaskSpec, TaskStatus, TaskView};
+use crate::node::NodeCore;
+use crate::raft::{Command, Outcome, Response};
+use crate::scheduler::cron::{parse_timezone, Schedule};
+
+pub fn routes() -> OpenApiRouter<Arc<NodeCore>> {
+    OpenApiRouter::new().routes(routes!(create_task, list_tasks)).routes(routes!(get_task, update_task, delete_task))
+}
+
+/// One page of tasks.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskPage {
+    pub items: Vec<TaskView>,
+    pub total: u64,
+    pub page: u64,
+    pub size: u64,
+}
+
+/// Checks what `apply` cannot (it may not read time-zone data): the cron expression and
+/// the time zone of the fields being written.
+fn validate_schedule_fields(fields: &[TaskField]) -> Result<(), ApiError> {
+    for f in fields {
+        match f {
+            TaskField::Schedule(Some(expr)) => {
+                Schedule::parse(expr).map_err(|e| ApiError::InvalidField(FieldError::new("schedule", e)))?;
+            }
+            TaskField::Timezone(tz) => {
+                parse_timezone(tz).map_err(|e| ApiError::InvalidField(FieldError::new("timezone", e)))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn task_reply(resp: Response, created: bool) -> Result<Reply<TaskView>, ApiError> {
+    match resp.result? {
+        Outcome::Task(task) => {
+            let version = task.version;
+            let view = TaskView::from(*task);
+            let reply = if created { Reply::created(view) } else { Reply::ok(view) };
+            Ok(reply.etag(version))
+        }
+        other => Err(ApiError::Internal(format!("unexpected apply outcome {other:?}"))),
+    }
+}
+
+/// Create a task.
+#[utoipa::path(
+    post, path = "/api/tasks", tag = "tasks",
+    request_body(content = TaskSpec, description = "name and executor are required; every other field has a default"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, scoped to the caller")),
+    responses(
+        (status = 201, description = "created; ETag carries the version", body = Envelope<TaskView>),
+        (status = 400, description = "malformed JSON or an invalid field (named in the message)"),
+        (status = 401, description = "missing or invalid credential"),
+        (status = 409, description = "a task with this name exists"),
+        (status = 413, description = "body too large"),
+        (status = 422, description = "Idempotency-Key reused with another request"),
+        (status = 503, description = "no leader reachable; nothing was written"),
+        (status = 504, description = "outcome unknown; retry with the same Idempotency-Key"),
+    ),
+    security(("bearer" = []))
+)]
+async fn create_task(
+    State(core): State<Arc<NodeCore>>,
+    Extension(caller): Extension<Caller>,
+    method: Method,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Reply<TaskView>, ApiError> {
+    caller.require(Role::Admin)?;
+    let (value, raw) = json_body(body)?;
+    let fields = TaskField::parse_object(value)?;
+    validate_schedule_fields(&fields)?;
+    let spec = TaskSpec::from_fields(fields, &core.config.scheduler.default_timezone)?;
+    let idem = idempotency_key(&headers, &caller, &method, "/api/tasks", &raw)?;
+    let resp = core.write(core.request(Command::CreateTask { spec: Box::new(spec) }, idem)).await?;
+    task_reply(resp, true)
+}
+
+/// List tasks in id order.
+#[utoipa::path(
+    get, path = "/api/tasks", tag = "tasks",
+    params(
+        ("page" = Option<u64>, Query, description = "1-based page, default 1"),
+        ("size" = Option<u64>, Query, description = "page size, default 20, at most 100"),
+        ("status" = Option<String>, Query, description = "active, paused or disabled"),
+        ("search" = Option<String>, Query, description = "substring of the name"),
+        ("consistency" = Option<String>, Query, description = "linearizable (default) or local"),
+    ),
+    responses((status = 200, body = Envelope<TaskPage>), (status = 400), (status = 401), (status = 503)),
+    security(("bearer" = []))
+)]
+async fn list_tasks(
+    State(core): State<Arc<NodeCore>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Reply<TaskPage>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let number = |key: &str, default: u64| -> Result<u64, ApiError> {
+        match q.get(key) {
+            None => Ok(default),
+            Some(v) => {
+                v.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("{key}: {v:?} is not a positive integer")))
+            }
+        }
+    };
+    let page = number("page", 1)?;
+    let size = number("size", 20)?;
+    if page == 0 {
+        return Err(ApiError::BadRequest("page: pages start at 1".into()));
+    }
+    if size == 0 || size > 100 {
+        return Err(ApiError::BadRequest("size: must be between 1 and 100".into()));
+    }
+    let status = match q.get("status") {
+        None => None,
+        Some(s) => Some(
+            serde_json::from_value::<TaskStatus>(serde_json::Value::String(s.clone()))
+                .map_err(|_| ApiError::BadRequest(format!("status: {s:?} is not one of active, paused, disabled")))?,
+        ),
+    };
+    let search = q.get("search").map(|s| s.to_lowercase());
+    Consistency::parse(q.get("consistency").map(String::as_str))?.prepare(&core).await?;
+    let skip = (page - 1).saturating_mul(size);
+    let mut total = 0u64;
+    let mut items = Vec::new();
+    core.store.scan_tasks(|task| {
+        let matches = status.is_none_or(|s| task.spec.status == s)
+            && search.as_ref().is_none_or(|needle| task.spec.name.to_lowercase().contains(needle));
+        if matches {
+            if total >= skip && (items.len() as u64) < size {
+                items.push(TaskView::from(task));
+            }
+            total += 1;
+        }
+        true
+    })?;
+    Ok(Reply::ok(TaskPage { items, total, page, size }))
+}
+
+/// Get one task.
+#[utoipa::path(
+    get, path = "/api/tasks/{task_id}", tag = "tasks",
+    params(("task_id" = u64, Path), ("consistency" = Option<String>, Query, description = "linearizable (default) or local")),
+    responses((status = 200, body = Envelope<TaskView>), (status = 400), (status = 401), (status = 404), (status = 503)),
+    security(("bearer" = []))
+)]
+async fn get_task(
+    State(core): State<Arc<NodeCore>>,
+    Extension(caller): Extension<Caller>,
+    Path(task_id): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Reply<TaskView>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let id = parse_id("task", &task_id)?;
+    Consistency::parse(q.get("consistency").map(String::as_str))?.prepare(&core).await?;
+    let task = core.store.task(id)?.ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))?;
+    let version = task.version;
+    Ok(Reply::ok(TaskView::from(task)).etag(version))
+}
+
+/// Update some fields of a task.
+#[utoipa::path(
+    put, path = "/api/tasks/{task_id}", tag = "tasks",
+    params(
+        ("task_id" = u64, Path),
+        ("If-Match" = Option<String>, Header, description = "apply only if the task's version (ETag) still matches"),
+        ("Idempotency-Key" = Option<String>, Header),
+    ),
+    request_body(content = TaskSpec, description = "any subset of the task's fields"),
+    responses(
+        (status = 200, body = Envelope<TaskView>), (status = 400), (status = 401), (status = 404),
+        (status = 409, description = "the new name is taken"), (status = 412, description = "If-Match failed"),
+        (status = 413), (status = 422), (status = 503), (status = 504),
+    ),
+    security(("bearer" = []))
+)]
+async fn update_task(
+    State(core): State<Arc<NodeCore>>,
+    Extension(caller): Extension<Caller>,
+    Path(task_id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Reply<TaskView>, ApiError> {
+    caller.require(Role::Admin)?;
+    let id = parse_id("task", &task_id)?;
+    let (value, raw) = json_body(body)?;
+    let fields = TaskField::parse_object(value)?;
+    if fields.is_empty() {
+        return Err(ApiError::BadRequest("the body names no field to update".into()));
+    }
+    validate_schedule_fields(&fields)?;
+    let expected_version = if_match(&headers)?;
+    let idem = idempotency_key(&headers, &caller, &method, &format!("/api/tasks/{id}"), &raw)?;
+    let resp = core.write(core.request(Command::UpdateTask { id, fields, expected_version }, idem)).await?;
+    task_reply(resp, false)
+}
+
+/// Delete a task.
+#[utoipa::path(
+    delete, path = "/api/tasks/{task_id}", tag = "tasks",
+    params(("task_id" = u64, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 204, description = "deleted"), (status = 401), (status = 404), (status = 412), (status = 503), (status = 504)),
+    security(("bearer" = []))
+)]
+async fn delete_task(
+    State(core): State<Arc<NodeCore>>,
+    Extension(caller): Extension<Caller>,
+    Path(task_id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Reply<()>, ApiError> {
+    caller.require(Role::Admin)?;
+    let id = parse_id("task", &task_id)?;
+    let expected_version = if_match(&headers)?;
+    let idem = idempotency_key(&headers, &caller, &method, &format!("/api/tasks/{id}"), b"")?;
+    let resp = core.write(core.request(Command::DeleteTask { id, expected_version }, idem)).await?;
+    match resp.result? {
+        Outcome::TaskDeleted { .. } => Ok(Reply::ok(()).status(StatusCode::NO_CONTENT)),
+        other => Err(ApiError::Internal(format!("unexpected apply outcome {other:?}"))),
+    }
+}

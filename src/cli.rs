@@ -1,0 +1,278 @@
+//! The `raftcron` command line: `dev`, `serve`, and admin clients over the REST API.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::node::{self, Listeners};
+
+#[derive(Debug, Parser)]
+#[command(name = "raftcron", version, about = "A distributed job scheduler replicated through Raft")]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run a single-node cluster for development (data in ./data, API on 127.0.0.1:8080).
+    Dev {
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: String,
+    },
+    /// Run one cluster node.
+    Serve(ServeArgs),
+    /// Cluster administration through any node's REST API.
+    Cluster {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML config file (see config/example.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Overrides `node.id`.
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// Overrides `node.data_dir`.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Overrides `node.http_addr`.
+    #[arg(long)]
+    pub http: Option<String>,
+    /// Overrides `node.rpc_addr`.
+    #[arg(long)]
+    pub rpc: Option<String>,
+    /// Overrides `cluster.peers`, comma-separated `id=host:port`.
+    #[arg(long)]
+    pub peers: Option<String>,
+    /// Sets any config key: `--set section.key=value` (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Base URL of any node or the load balancer.
+    #[arg(long, env = "RAFTCRON_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    pub server: String,
+    /// API key (or JWT).
+    #[arg(long, env = "RAFTCRON_API_KEY", global = true, hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Print the raw JSON envelope.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Members, leader, term, and each node's indexes.
+    Status,
+    /// Add a node (learner first, voter once caught up).
+    AddNode {
+        id: u64,
+        rpc_addr: String,
+        #[arg(long, default_value = "")]
+        http_addr: String,
+    },
+    /// Remove a node.
+    RemoveNode { id: u64 },
+    /// Hand leadership to a voter.
+    TransferLeader { to: u64 },
+}
+
+pub fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn process_env() -> BTreeMap<String, String> {
+    std::env::vars().filter(|(k, _)| k.starts_with("RAFTCRON_")).collect()
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Dev { data_dir, http } => run_dev(data_dir, http).await,
+        Cmd::Serve(args) => run_serve(args).await,
+        Cmd::Cluster { client, command } => run_cluster(client, command).await,
+    }
+}
+
+async fn run_dev(data_dir: PathBuf, http: String) -> anyhow::Result<()> {
+    let sets = vec![
+        "node.id=1".to_string(),
+        format!("node.data_dir={}", toml_string(&data_dir.to_string_lossy())),
+        format!("node.http_addr={}", toml_string(&http)),
+        "node.rpc_addr=\"127.0.0.1:0\"".to_string(),
+    ];
+    let mut config = Config::load(None, &BTreeMap::new(), &sets)?;
+    let listeners = Listeners::bind(&config).await?;
+    // A single voter: itself, at the RPC port it actually got.
+    config.cluster.peers = vec![format!("1={}", listeners.rpc.local_addr()?)];
+    let (key, generated) = match std::env::var("RAFTCRON_API_KEY") {
+        Ok(k) if !k.is_empty() => (k, false),
+        _ => (format!("rc_{}", uuid::Uuid::new_v4().simple()), true),
+    };
+    let running = node::start(config, listeners, std::slice::from_ref(&key)).await?;
+    println!("raftcron dev: API at http://{}/api", running.http_addr);
+    if generated {
+        println!("admin API key (generated; set RAFTCRON_API_KEY to choose one): {key}");
+    } else {
+        println!("admin API key: from RAFTCRON_API_KEY");
+    }
+    println!("try: curl -H \"Authorization: Bearer $KEY\" http://{}/api/tasks", running.http_addr);
+    wait_for_shutdown_signal().await;
+    running.shutdown(true).await;
+    Ok(())
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut sets = Vec::new();
+    if let Some(id) = args.node_id {
+        sets.push(format!("node.id={id}"));
+    }
+    if let Some(d) = &args.data_dir {
+        sets.push(format!("node.data_dir={}", toml_string(&d.to_string_lossy())));
+    }
+    if let Some(h) = &args.http {
+        sets.push(format!("node.http_addr={}", toml_string(h)));
+    }
+    if let Some(r) = &args.rpc {
+        sets.push(format!("node.rpc_addr={}", toml_string(r)));
+    }
+    if let Some(p) = &args.peers {
+        let list: Vec<toml::Value> = p.split(',').map(|s| toml::Value::String(s.trim().into())).collect();
+        sets.push(format!("cluster.peers={}", toml::Value::Array(list)));
+    }
+    sets.extend(args.sets);
+    let env = process_env();
+    let config = Config::load(args.config.as_deref(), &env, &sets)?;
+    let extra_keys: Vec<String> = env.get("RAFTCRON_API_KEY").filter(|k| !k.is_empty()).cloned().into_iter().collect();
+    let listeners = Listeners::bind(&config).await?;
+    let running = node::start(config, listeners, &extra_keys).await?;
+    println!("raftcron node {} serving http://{} (rpc {})", running.core.id, running.http_addr, running.rpc_addr);
+    wait_for_shutdown_signal().await;
+    running.shutdown(true).await;
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops this node");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+}
+
+async fn run_cluster(client: ClientArgs, cmd: ClusterCmd) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let base = client.server.trim_end_matches('/').to_string();
+    let auth = |rb: reqwest::RequestBuilder| match &client.api_key {
+        Some(k) => rb.bearer_auth(k),
+        None => rb,
+    };
+    let resp = match &cmd {
+        ClusterCmd::Status => auth(http.get(format!("{base}/api/cluster"))).send().await,
+        ClusterCmd::AddNode { id, rpc_addr, http_addr } => {
+            auth(http.post(format!("{base}/api/cluster/nodes")))
+                .json(&serde_json::json!({"id": id, "rpc_addr": rpc_addr, "http_addr": http_addr}))
+                .send()
+                .await
+        }
+        ClusterCmd::RemoveNode { id } => auth(http.delete(format!("{base}/api/cluster/nodes/{id}"))).send().await,
+        ClusterCmd::TransferLeader { to } => {
+            auth(http.post(format!("{base}/api/cluster/transfer-leader")))
+                .json(&serde_json::json!({"to": to}))
+                .send()
+                .await
+        }
+    }
+    .with_context(|| format!("cannot reach {base}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if client.json || text.is_empty() {
+        println!("{text}");
+    } else if status.is_success() {
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        print_cluster(&cmd, &v);
+    }
+    if !status.is_success() {
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        bail!("{} ({})", v["message"].as_str().unwrap_or("request failed"), status);
+    }
+    Ok(())
+}
+
+fn print_cluster(cmd: &ClusterCmd, v: &serde_json::Value) {
+    match cmd {
+        ClusterCmd::Status => {
+            let d = &v["data"];
+            println!(
+                "cluster {}  leader {}  term {}",
+                d["cluster_id"].as_str().unwrap_or("-"),
+                d["leader_id"],
+                d["term"]
+            );
+            println!(
+                "{:<4} {:<8} {:<10} {:<22} {:<22} {:>8} {:>8}",
+                "id", "member", "role", "http", "rpc", "commit", "applied"
+            );
+            for m in d["members"].as_array().into_iter().flatten() {
+                let s = &m["status"];
+                println!(
+                    "{:<4} {:<8} {:<10} {:<22} {:<22} {:>8} {:>8}",
+                    m["id"],
+                    m["membership"].as_str().unwrap_or("-"),
+                    s["role"].as_str().unwrap_or("unreachable"),
+                    m["http_addr"].as_str().unwrap_or("-"),
+                    m["rpc_addr"].as_str().unwrap_or("-"),
+                    s["commit_index"],
+                    s["applied_index"],
+                );
+            }
+        }
+        _ => println!("{}", v["message"].as_str().unwrap_or("ok")),
+    }
+}

@@ -1,0 +1,363 @@
+//! Node configuration: the documented TOML schema, and how a file, environment variables
+//! and command-line overrides combine into one validated [`Config`].
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file, `RAFTCRON_<SECTION>_<KEY>`
+//! environment variables, then `--set section.key=value` flags (and the named flags of
+//! `raftcron serve`, which are sugar for `--set`). Unknown keys are an error wherever they
+//! come from, so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Everything one node needs to start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Raft node id; unique in the cluster, never reused for a wiped data dir.
+    pub id: u64,
+    /// RocksDB and snapshots live here.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// REST API listen address.
+    #[serde(default = "default_http_addr")]
+    pub http_addr: String,
+    /// Node-to-node tarpc listen address.
+    #[serde(default = "default_rpc_addr")]
+    pub rpc_addr: String,
+    /// The HTTP address peers and clients should use (defaults to `http_addr`).
+    #[serde(default)]
+    pub advertise_http: Option<String>,
+    /// The RPC address peers should use (defaults to `rpc_addr`).
+    #[serde(default)]
+    pub advertise_rpc: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Initial voters as `"id=host:rpc_port"`. Read only at the first bootstrap.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    #[serde(default = "default_election_timeout_ms")]
+    pub election_timeout_ms: u64,
+    /// Build a snapshot (and purge the log behind it) after this many applied entries.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every_entries: u64,
+    /// Shared secret every node-to-node RPC must present. Empty disables the check
+    /// (only sensible for `raftcron dev`).
+    #[serde(default)]
+    pub secret: String,
+    /// Read the secret from this file instead (trailing whitespace trimmed).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// API keys, stored as SHA-256 hashes of the key.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub name: String,
+    pub role: Role,
+    /// Hex SHA-256 of the key (`printf %s KEY | sha256sum`).
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// The IANA time zone a task gets when it names none.
+    #[serde(default = "default_timezone")]
+    pub default_timezone: String,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self { default_timezone: default_timezone() }
+    }
+}
+
+/// What a credential may do. Ordered: each role can do everything the roles below it can,
+/// except `Worker`, which is a separate principal (heartbeat, poll and report only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Worker,
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            peers: Vec::new(),
+            heartbeat_ms: default_heartbeat_ms(),
+            election_timeout_ms: default_election_timeout_ms(),
+            snapshot_every_entries: default_snapshot_every(),
+            secret: String::new(),
+            secret_file: None,
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_http_addr() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_rpc_addr() -> String {
+    "127.0.0.1:9080".into()
+}
+fn default_heartbeat_ms() -> u64 {
+    100
+}
+fn default_election_timeout_ms() -> u64 {
+    1000
+}
+fn default_snapshot_every() -> u64 {
+    10_000
+}
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+/// A configuration problem, phrased for the operator: it names the key and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// One parsed `id=host:port` peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: u64,
+    pub rpc_addr: String,
+}
+
+impl Config {
+    /// Loads a config: `file` (if any), then `env` (`RAFTCRON_<SECTION>_<KEY>`), then `sets`
+    /// (`section.key=value`). The environment is a parameter so tests need not mutate the
+    /// process environment.
+    pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>, sets: &[String]) -> Result<Config, ConfigError> {
+        let mut root = match file {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Invalid(format!("{}: {}", path.display(), e.message())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("RAFTCRON_") else { continue };
+            // RAFTCRON_API_KEY and RAFTCRON_LOG are not config keys.
+            let Some((section, key)) = rest.split_once('_') else { continue };
+            let section = section.to_ascii_lowercase();
+            if !matches!(section.as_str(), "node" | "cluster" | "auth" | "scheduler") {
+                continue;
+            }
+            set_key(&mut root, &section, &key.to_ascii_lowercase(), value, name)?;
+        }
+        for set in sets {
+            let (path, value) = set
+                .split_once('=')
+                .ok_or_else(|| ConfigError::Invalid(format!("--set {set}: expected section.key=value")))?;
+            let (section, key) = path
+                .split_once('.')
+                .ok_or_else(|| ConfigError::Invalid(format!("--set {set}: expected section.key=value")))?;
+            set_key(&mut root, section, key, value, &format!("--set {path}"))?;
+        }
+        let config: Config = toml::Value::Table(root)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: addresses parse, peers are well-formed, timings are sane.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError::Invalid(format!("{key}: {why}")));
+        if self.node.id == 0 {
+            return bad("node.id", "must be at least 1".into());
+        }
+        for (key, addr) in [("node.http_addr", &self.node.http_addr), ("node.rpc_addr", &self.node.rpc_addr)] {
+            if addr.parse::<SocketAddr>().is_err() {
+                return bad(key, format!("{addr:?} is not an ip:port address"));
+            }
+        }
+        let peers = self.peers()?;
+        if !peers.is_empty() && !peers.iter().any(|p| p.id == self.node.id) {
+            return bad("cluster.peers", format!("does not list this node (id {})", self.node.id));
+        }
+        if self.cluster.heartbeat_ms == 0 {
+            return bad("cluster.heartbeat_ms", "must be positive".into());
+        }
+        if self.cluster.election_timeout_ms < 3 * self.cluster.heartbeat_ms {
+            return bad("cluster.election_timeout_ms", "must be at least 3 x cluster.heartbeat_ms".into());
+        }
+        if self.cluster.snapshot_every_entries == 0 {
+            return bad("cluster.snapshot_every_entries", "must be positive".into());
+        }
+        for (i, key) in self.auth.api_keys.iter().enumerate() {
+            if key.sha256.len() != 64 || hex::decode(&key.sha256).is_err() {
+                return bad(&format!("auth.api_keys[{i}].sha256"), "must be 64 hex digits".into());
+            }
+        }
+        if self.scheduler.default_timezone.parse::<chrono_tz::Tz>().is_err() {
+            return bad(
+                "scheduler.default_timezone",
+                format!("{:?} is not an IANA time zone", self.scheduler.default_timezone),
+            );
+        }
+        Ok(())
+    }
+
+    /// The parsed `[cluster] peers`.
+    pub fn peers(&self) -> Result<Vec<Peer>, ConfigError> {
+        let mut peers = Vec::new();
+        for p in &self.cluster.peers {
+            let parsed = p.split_once('=').and_then(|(id, addr)| {
+                let id = id.trim().parse::<u64>().ok()?;
+                (id > 0 && !addr.trim().is_empty()).then(|| Peer { id, rpc_addr: addr.trim().to_string() })
+            });
+            match parsed {
+                Some(peer) if peers.iter().any(|q: &Peer| q.id == peer.id) => {
+                    return Err(ConfigError::Invalid(format!("cluster.peers: node id {} is listed twice", peer.id)))
+                }
+                Some(peer) => peers.push(peer),
+                None => {
+                    return Err(ConfigError::Invalid(format!(
+                        "cluster.peers: {p:?} is not of the form \"id=host:port\""
+                    )))
+                }
+            }
+        }
+        Ok(peers)
+    }
+
+    pub fn advertise_http(&self) -> String {
+        self.node.advertise_http.clone().unwrap_or_else(|| self.node.http_addr.clone())
+    }
+
+    pub fn advertise_rpc(&self) -> String {
+        self.node.advertise_rpc.clone().unwrap_or_else(|| self.node.rpc_addr.clone())
+    }
+
+    /// The node-to-node secret, from `secret_file` if set.
+    pub fn cluster_secret(&self) -> Result<String, ConfigError> {
+        match &self.cluster.secret_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end().to_string())
+                .map_err(|source| ConfigError::Read { path: path.clone(), source }),
+            None => Ok(self.cluster.secret.clone()),
+        }
+    }
+}
+
+/// Sets `section.key` from a string, keeping the type the key needs: TOML syntax first
+/// (`3`, `true`, `["a","b"]`), a bare string otherwise.
+fn set_key(root: &mut toml::Table, section: &str, key: &str, raw: &str, origin: &str) -> Result<(), ConfigError> {
+    let value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    };
+    let table = root
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .ok_or_else(|| ConfigError::Invalid(format!("{origin}: [{section}] is not a table")))?;
+    table.insert(key.to_string(), value);
+    Ok(())
+}
+
+/// Hex SHA-256 of an API key, the form keys are stored and compared in.
+pub fn hash_api_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn unknown_key_is_named_in_the_error() {
+        let f = write("[node]\nid = 1\nhttp_adr = \"127.0.0.1:1\"\n");
+        let err = Config::load(Some(f.path()), &env(&[]), &[]).unwrap_err().to_string();
+        assert!(err.contains("http_adr"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file_and_set_overrides_env() {
+        let f = write("[node]\nid = 1\nhttp_addr = \"127.0.0.1:1\"\n");
+        let e = env(&[("RAFTCRON_NODE_HTTP_ADDR", "127.0.0.1:2"), ("RAFTCRON_API_KEY", "x")]);
+        let c = Config::load(Some(f.path()), &e, &[]).unwrap();
+        assert_eq!(c.node.http_addr, "127.0.0.1:2");
+        let c = Config::load(Some(f.path()), &e, &["node.http_addr=127.0.0.1:3".into()]).unwrap();
+        assert_eq!(c.node.http_addr, "127.0.0.1:3");
+        let c = Config::load(Some(f.path()), &e, &["cluster.heartbeat_ms=50".into()]).unwrap();
+        assert_eq!(c.cluster.heartbeat_ms, 50);
+    }
+
+    #[test]
+    fn wrong_type_and_bad_values_name_the_key() {
+        let f = write("[node]\nid = \"one\"\n");
+        let err = Config::load(Some(f.path()), &env(&[]), &[]).unwrap_err().to_string();
+        assert!(err.contains("id"), "{err}");
+        let f = write("[node]\nid = 2\n[cluster]\npeers = [\"1=127.0.0.1:9\"]\n");
+        let err = Config::load(Some(f.path()), &env(&[]), &[]).unwrap_err().to_string();
+        assert!(err.contains("cluster.peers") && err.contains("id 2"), "{err}");
+        let f = write("[node]\nid = 1\n[cluster]\npeers = [\"x\"]\n");
+        let err = Config::load(Some(f.path()), &env(&[]), &[]).unwrap_err().to_string();
+        assert!(err.contains("cluster.peers"), "{err}");
+        let f = write("[node]\nid = 1\n[scheduler]\ndefault_timezone = \"Mars/Base\"\n");
+        let err = Config::load(Some(f.path()), &env(&[]), &[]).unwrap_err().to_string();
+        assert!(err.contains("scheduler.default_timezone"), "{err}");
+    }
+
+    #[test]
+    fn example_configs_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        for name in ["example.toml", "node1.toml", "node2.toml", "node3.toml"] {
+            Config::load(Some(&dir.join(name)), &env(&[]), &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+}

@@ -1,0 +1,649 @@
+//! One cluster node, wired: RocksDB storage, the Raft instance, the tarpc server, the REST
+//! API, bootstrap, and the write/read paths that make any node serve everything (writes
+//! forwarded to the leader, reads linearized through the leader's read index).
+
+use openraft::async_runtime::WatchReceiver;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::auth::Auth;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::raft::{Command, IdempotencyKey, NodeId, NodeInfo, Raft, Request, Response, SnapshotMeta, TypeConfig, Vote};
+use crate::rpc::{self, context, Identity, MembershipOp, NodeStatus, PeerClients, RpcFailure, RpcServer};
+use crate::storage::{open_db, LogStore, StateMachine, Store};
+
+/// How long a client write may take, forwarding and leader changes included, before the
+/// API answers 503 (never proposed) or 504 (outcome unknown).
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long one proposal on the leader may take before its outcome counts as unknown.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a linearizable read waits for a leader and its read index.
+pub const READ_DEADLINE: Duration = Duration::from_secs(5);
+const RPC_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("storage: {0}")]
+    Storage(#[from] std::io::Error),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// The state every part of a node shares.
+pub struct NodeCore {
+    pub id: NodeId,
+    pub config: Config,
+    pub raft: Raft,
+    pub store: Store,
+    pub identity: Identity,
+    pub peers: PeerClients,
+    pub metrics: Metrics,
+    pub auth: Auth,
+    pub started_at: Instant,
+    pub http_addr: String,
+    pub rpc_addr: String,
+    /// A snapshot arriving in chunks: (leader vote, meta, bytes so far).
+    pub incoming_snapshot: tokio::sync::Mutex<Option<(Vote, SnapshotMeta, Vec<u8>)>>,
+    /// Set while this node's data dir is empty but the cluster remembers replicating to it:
+    /// it must be removed and re-added, not silently rejoin (it may have voted before).
+    pub quarantined: AtomicBool,
+}
+
+/// A started node; dropping it does not stop it, [`RunningNode::shutdown`] does.
+pub struct RunningNode {
+    pub core: Arc<NodeCore>,
+    pub http_addr: std::net::SocketAddr,
+    pub rpc_addr: std::net::SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+    http_shutdown: watch::Sender<bool>,
+    http_task: Option<JoinHandle<()>>,
+}
+
+/// Already-bound sockets, so callers (and tests, on port 0) choose the addresses.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub rpc: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        let http = TcpListener::bind(&config.node.http_addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {} (node.http_addr): {e}", config.node.http_addr))
+        })?;
+        let rpc = TcpListener::bind(&config.node.rpc_addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {} (node.rpc_addr): {e}", config.node.rpc_addr))
+        })?;
+        Ok(Listeners { http, rpc })
+    }
+}
+
+/// Starts a node on the given listeners. `extra_keys` are admin API keys given outside the
+/// config file (`RAFTCRON_API_KEY`, the key `raftcron dev` generates).
+pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[String]) -> Result<RunningNode, NodeError> {
+    let http_addr = listeners.http.local_addr()?;
+    let rpc_addr = listeners.rpc.local_addr()?;
+    // With port 0 the real port is known only now.
+    if config.node.advertise_http.is_none() {
+        config.node.advertise_http = Some(http_addr.to_string());
+    }
+    if config.node.advertise_rpc.is_none() {
+        config.node.advertise_rpc = Some(rpc_addr.to_string());
+    }
+    let secret = config.cluster_secret()?;
+    let db = open_db_retrying(&config.node.data_dir.join("db")).await?;
+    let store = Store::new(db.clone());
+    let log_store = LogStore::new(db.clone());
+    let pristine = log_store.is_pristine()?;
+    let state_machine = StateMachine::new(store.clone(), config.node.data_dir.join("snapshot"))?;
+    let identity = Identity {
+        id: config.node.id,
+        store: store.clone(),
+        secret_hash: if secret.is_empty() { String::new() } else { crate::config::hash_api_key(&secret) },
+    };
+    let peers = PeerClients::default();
+    let network = rpc::NetworkFactory::new(identity.clone(), peers.clone());
+    let raft_config = openraft::Config {
+        cluster_name: "raftcron".into(),
+        heartbeat_interval: config.cluster.heartbeat_ms,
+        election_timeout_min: config.cluster.election_timeout_ms,
+        election_timeout_max: config.cluster.election_timeout_ms * 2,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.cluster.snapshot_every_entries),
+        max_in_snapshot_log_to_keep: config.cluster.snapshot_every_entries.min(1000),
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    let raft_config = Arc::new(raft_config.validate().map_err(|e| NodeError::Raft(e.to_string()))?);
+    let raft = Raft::new(config.node.id, raft_config, network, log_store, state_machine)
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    // Serve reads only once the state machine is back at its pre-restart commit point (a
+    // pristine node has none to reach).
+    if !pristine {
+        if let Err(e) = raft.wait_for_recovery(Some(Duration::from_secs(30))).await {
+            tracing::warn!(error = %e, "state machine did not reach its pre-restart commit point in 30s; serving anyway");
+        }
+    }
+
+    let core = Arc::new(NodeCore {
+        id: config.node.id,
+        http_addr: config.advertise_http(),
+        rpc_addr: config.advertise_rpc(),
+        auth: Auth::from_config(&config.auth, extra_keys),
+        metrics: Metrics::new(config.node.id),
+        config,
+        raft: raft.clone(),
+        store,
+        identity,
+        peers,
+        started_at: Instant::now(),
+        incoming_snapshot: tokio::sync::Mutex::new(None),
+        quarantined: AtomicBool::new(false),
+    });
+
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(rpc::serve(listeners.rpc, RpcServer::new(core.clone()))));
+    {
+        let core = core.clone();
+        tasks.push(tokio::spawn(async move { core.metrics.follow_raft(core.raft.clone()).await }));
+    }
+    if pristine {
+        let core = core.clone();
+        tasks.push(tokio::spawn(async move { core.bootstrap().await }));
+    }
+    {
+        let core = core.clone();
+        tasks.push(tokio::spawn(async move { core.stamp_cluster_id().await }));
+    }
+    let (http_shutdown, mut rx) = watch::channel(false);
+    let app = crate::api::router(core.clone());
+    let http_task = tokio::spawn(async move {
+        let serve = axum::serve(listeners.http, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+    tracing::info!(node_id = core.id, %http_addr, %rpc_addr, "node started");
+    Ok(RunningNode { core, http_addr, rpc_addr, tasks, http_shutdown, http_task: Some(http_task) })
+}
+
+/// RocksDB's lock is released only when the previous instance (in this process, a test's
+/// killed node) has dropped its last handle; wait briefly for that instead of failing.
+async fn open_db_retrying(dir: &std::path::Path) -> std::io::Result<Arc<rocksdb::DB>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match open_db(dir) {
+            Ok(db) => return Ok(db),
+            Err(e) if e.to_string().contains("lock") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl RunningNode {
+    /// Stops the node. With `handover`, a leader first transfers leadership to a caught-up
+    /// voter (what SIGTERM does), so the cluster does not wait out an election timeout.
+    pub async fn shutdown(mut self, handover: bool) {
+        if handover {
+            self.core.hand_over_leadership().await;
+        }
+        let _ = self.http_shutdown.send(true);
+        if let Some(t) = self.http_task.take() {
+            if tokio::time::timeout(Duration::from_secs(3), t).await.is_err() {
+                tracing::warn!("http connections did not close in 3s");
+            }
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        if let Err(e) = self.core.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        tracing::info!(node_id = self.core.id, "node stopped");
+    }
+
+    /// Stops abruptly, as close to a crash as one process can get for one node: no
+    /// handover, no graceful drain. Acknowledged writes are on disk already.
+    pub async fn kill(mut self) {
+        if let Some(t) = self.http_task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        let _ = self.core.raft.shutdown().await;
+    }
+}
+
+impl NodeCore {
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Some(self.id)
+    }
+
+    fn node_info(&self, id: NodeId) -> Option<NodeInfo> {
+        self.raft.metrics().borrow_watched().membership_config.get_node(&id).cloned()
+    }
+
+    /// Waits until the leader (as this node knows it) changes or `limit` passes.
+    async fn await_leader_change(&self, known: Option<NodeId>, limit: Duration) {
+        let mut rx = self.raft.metrics();
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+                if rx.borrow_watched().current_leader != known {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Proposes on this node, which must be the leader.
+    pub async fn propose_local(&self, req: Request) -> Result<Response, RpcFailure> {
+        use openraft::errors::{ClientWriteError, RaftError};
+        let started = Instant::now();
+        let res = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(req)).await;
+        let (label, out) = match res {
+            Err(_) => ("timeout", Err(RpcFailure::Indeterminate("the proposal did not commit in time".into()))),
+            Ok(Ok(resp)) => ("ok", Ok(resp.data)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                ("not_leader", Err(RpcFailure::NotLeader(f.leader_id)))
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+                ("discarded", Err(RpcFailure::Indeterminate("leadership changed while the write was in flight".into())))
+            }
+            Ok(Err(RaftError::APIError(e))) => ("error", Err(RpcFailure::Unavailable(e.to_string()))),
+            Ok(Err(RaftError::Fatal(e))) => ("fatal", Err(RpcFailure::Unavailable(format!("raft stopped: {e}")))),
+        };
+        self.metrics.proposals.with_label_values(&[label]).inc();
+        if label == "ok" {
+            self.metrics.proposal_latency.observe(started.elapsed().as_secs_f64());
+        }
+        out
+    }
+
+    /// Builds a request stamped with this node's clock. Every client write carries an
+    /// idempotency key: the client's, or one this node makes, so that its own retries
+    /// across a leader change can never apply twice.
+    pub fn request(&self, command: Command, idempotency: Option<IdempotencyKey>) -> Request {
+        let idempotency = idempotency.or_else(|| {
+            Some(IdempotencyKey {
+                scope: format!("node-{}", self.id),
+                key: uuid::Uuid::new_v4().to_string(),
+                fingerprint: String::new(),
+            })
+        });
+        Request { issued_at: Utc::now(), idempotency, command }
+    }
+
+    /// Commits a write through whichever node leads, retrying across leader changes until
+    /// [`WRITE_DEADLINE`]. Fails with `Unavailable` if it was certainly never proposed and
+    /// `Indeterminate` if it may have been.
+    pub async fn write(&self, req: Request) -> Result<Response, RpcFailure> {
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        let mut maybe_proposed = false;
+        let mut last_error = String::from("no leader elected");
+        loop {
+            let leader = self.leader();
+            match leader {
+                Some(id) if id == self.id => match self.propose_local(req.clone()).await {
+                    Ok(r) => return Ok(r),
+                    Err(RpcFailure::NotLeader(_)) => {}
+                    Err(RpcFailure::Indeterminate(m)) => {
+                        maybe_proposed = true;
+                        last_error = m;
+                    }
+                    Err(e) => last_error = e.to_string(),
+                },
+                Some(id) => match self.forward_write(id, req.clone()).await {
+                    Ok(r) => return Ok(r),
+                    Err((sent, e)) => {
+                        maybe_proposed |= sent;
+                        last_error = e;
+                    }
+                },
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(if maybe_proposed {
+                    RpcFailure::Indeterminate(last_error)
+                } else {
+                    RpcFailure::Unavailable(last_error)
+                });
+            }
+            self.await_leader_change(leader, Duration::from_millis(200)).await;
+        }
+    }
+
+    /// One forwarding attempt. The error says whether the request may have reached the
+    /// leader's log.
+    async fn forward_write(&self, leader: NodeId, req: Request) -> Result<Response, (bool, String)> {
+        let Some(info) = self.node_info(leader) else {
+            return Err((false, format!("leader {leader} is not in this node's membership view")));
+        };
+        let client = self.peers.get(&info.rpc_addr).await.map_err(|e| (false, e.to_string()))?;
+        self.metrics.forwarded_writes.inc();
+        match client.forward_write(context(PROPOSE_TIMEOUT + Duration::from_secs(1)), self.identity.header(), req).await
+        {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(RpcFailure::NotLeader(_))) => Err((false, format!("node {leader} is no longer the leader"))),
+            Ok(Err(RpcFailure::Indeterminate(m))) => Err((true, m)),
+            Ok(Err(e)) => Err((false, e.to_string())),
+            Err(e) => {
+                self.peers.forget(&info.rpc_addr).await;
+                Err((true, format!("forwarding to leader {leader} failed: {e}")))
+            }
+        }
+    }
+
+    /// On the leader: confirms leadership with a quorum, returns the read index.
+    pub async fn read_index_local(&self) -> Result<u64, RpcFailure> {
+        use openraft::errors::{LinearizableReadError, RaftError};
+        match tokio::time::timeout(RPC_TIMEOUT, self.raft.get_read_log_id(ReadPolicy::ReadIndex)).await {
+            Err(_) => Err(RpcFailure::Unavailable("leadership not confirmed in time".into())),
+            Ok(Ok((read_log_id, _))) => Ok(read_log_id.index()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+                Err(RpcFailure::NotLeader(f.leader_id))
+            }
+            Ok(Err(e)) => Err(RpcFailure::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Makes the following local read linearizable: obtains the read index (from the leader
+    /// over RPC when this node follows) and waits until this node applied it.
+    pub async fn linearize(&self) -> Result<(), RpcFailure> {
+        let deadline = Instant::now() + READ_DEADLINE;
+        let mut last_error;
+        loop {
+            let leader = self.leader();
+            let index = match leader {
+                Some(id) if id == self.id => self.read_index_local().await,
+                Some(id) => self.remote_read_index(id).await,
+                None => Err(RpcFailure::Unavailable("no leader".into())),
+            };
+            match index {
+                Ok(index) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+                    return self
+                        .raft
+                        .wait(Some(remaining))
+                        .applied_index_at_least(Some(index), "linearizable read")
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| RpcFailure::Unavailable(format!("this node did not catch up for the read: {e}")));
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+            if Instant::now() >= deadline {
+                return Err(RpcFailure::Unavailable(last_error));
+            }
+            self.await_leader_change(leader, Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn remote_read_index(&self, leader: NodeId) -> Result<u64, RpcFailure> {
+        let info = self.node_info(leader).ok_or_else(|| RpcFailure::Unavailable(format!("leader {leader} unknown")))?;
+        let client = self.peers.get(&info.rpc_addr).await.map_err(|e| RpcFailure::Unavailable(e.to_string()))?;
+        match client.read_index(context(RPC_TIMEOUT), self.identity.header()).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.peers.forget(&info.rpc_addr).await;
+                Err(RpcFailure::Unavailable(format!("read index from leader {leader}: {e}")))
+            }
+        }
+    }
+
+    /// Membership changes run on the leader; a follower forwards them.
+    pub async fn change_membership(&self, op: MembershipOp) -> Result<(), RpcFailure> {
+        let deadline = Instant::now() + WRITE_DEADLINE * 3;
+        loop {
+            let leader = self.leader();
+            let res = match leader {
+                Some(id) if id == self.id => self.change_membership_local(op.clone()).await,
+                Some(id) => match self.node_info(id) {
+                    Some(info) => match self.peers.get(&info.rpc_addr).await {
+                        Ok(c) => c
+                            .change_membership(context(WRITE_DEADLINE * 2), self.identity.header(), op.clone())
+                            .await
+                            .unwrap_or_else(|e| Err(RpcFailure::Indeterminate(e.to_string()))),
+                        Err(e) => Err(RpcFailure::Unavailable(e.to_string())),
+                    },
+                    None => Err(RpcFailure::Unavailable(format!("leader {id} unknown"))),
+                },
+                None => Err(RpcFailure::Unavailable("no leader".into())),
+            };
+            match res {
+                Err(RpcFailure::NotLeader(_)) | Err(RpcFailure::Unavailable(_)) if Instant::now() < deadline => {
+                    self.await_leader_change(leader, Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub async fn change_membership_local(&self, op: MembershipOp) -> Result<(), RpcFailure> {
+        use openraft::errors::{ClientWriteError, RaftError};
+        let map = |e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => RpcFailure::NotLeader(f.leader_id),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => RpcFailure::Invalid(e.to_string()),
+            other => RpcFailure::Unavailable(other.to_string()),
+        };
+        match op {
+            MembershipOp::AddVoter { id, node } => {
+                let voters: Vec<NodeId> = self.raft.metrics().borrow_watched().membership_config.voter_ids().collect();
+                if voters.contains(&id) {
+                    return Ok(());
+                }
+                // Blocking add: returns once the learner has caught up, so promoting it
+                // never stalls commits on a node that is far behind.
+                self.raft.add_learner(id, node, true).await.map_err(map)?;
+                self.raft.change_membership(ChangeMembers::AddVoterIds([id].into()), false).await.map_err(map)?;
+                Ok(())
+            }
+            MembershipOp::Remove { id } => {
+                let m = self.raft.metrics().borrow_watched().membership_config.clone();
+                let voters: Vec<NodeId> = m.voter_ids().collect();
+                if voters.contains(&id) {
+                    if voters.len() == 1 {
+                        return Err(RpcFailure::Invalid("cannot remove the last voter".into()));
+                    }
+                    self.raft.change_membership(ChangeMembers::RemoveVoters([id].into()), false).await.map_err(map)?;
+                } else if m.get_node(&id).is_some() {
+                    self.raft.change_membership(ChangeMembers::RemoveNodes([id].into()), false).await.map_err(map)?;
+                } else {
+                    return Err(RpcFailure::Invalid(format!("node {id} is not a member")));
+                }
+                Ok(())
+            }
+            MembershipOp::TransferLeader { to } => {
+                let voters: Vec<NodeId> = self.raft.metrics().borrow_watched().membership_config.voter_ids().collect();
+                if !voters.contains(&to) {
+                    return Err(RpcFailure::Invalid(format!("node {to} is not a voter")));
+                }
+                if to == self.id {
+                    return Ok(());
+                }
+                self.raft.trigger().transfer_leader(to).await.map_err(|e| RpcFailure::Unavailable(e.to_string()))?;
+                self.await_leader_change(Some(self.id), WRITE_DEADLINE).await;
+                if self.leader() == Some(to) {
+                    Ok(())
+                } else {
+                    Err(RpcFailure::Unavailable(format!("node {to} did not take over in time")))
+                }
+            }
+        }
+    }
+
+    pub fn status(&self, with_digest: bool) -> NodeStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Candidate => "candidate",
+            ServerState::Follower => "follower",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        NodeStatus {
+            node_id: self.id,
+            role: role.into(),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            commit_index: m.local_committed.as_ref().map(|l| l.index),
+            applied_index: m.last_applied.as_ref().map(|l| l.index),
+            http_addr: self.http_addr.clone(),
+            rpc_addr: self.rpc_addr.clone(),
+            cluster_id: self.store.cluster_id().ok().flatten(),
+            state_digest: with_digest.then(|| self.store.digest().ok()).flatten(),
+        }
+    }
+
+    /// Static bootstrap, run only on a node whose storage is empty: once a quorum of the
+    /// configured peers answers and none of them belongs to a formed cluster, initialize
+    /// with exactly those peers. Every pristine peer does the same with the same
+    /// membership, which openraft allows. A pristine node that a formed cluster has already
+    /// replicated to lost its data: it stays quarantined until removed.
+    async fn bootstrap(self: Arc<Self>) {
+        let Ok(peers) = self.config.peers() else { return };
+        if peers.is_empty() {
+            return;
+        }
+        let quorum = peers.len() / 2 + 1;
+        loop {
+            if self.raft.is_initialized().await.unwrap_or(true) {
+                self.quarantined.store(false, Ordering::SeqCst);
+                return;
+            }
+            let mut reachable = BTreeMap::new();
+            let mut formed = None;
+            for peer in &peers {
+                if peer.id == self.id {
+                    reachable.insert(
+                        peer.id,
+                        NodeInfo { rpc_addr: self.rpc_addr.clone(), http_addr: self.http_addr.clone() },
+                    );
+                    continue;
+                }
+                let Ok(client) = self.peers.get(&peer.rpc_addr).await else { continue };
+                match client.node_status(context(Duration::from_secs(1)), self.identity.header(), false).await {
+                    Ok(Ok(st)) => {
+                        if st.cluster_id.is_some() || st.leader_id.is_some() {
+                            formed = Some(st.clone());
+                        }
+                        reachable
+                            .insert(peer.id, NodeInfo { rpc_addr: peer.rpc_addr.clone(), http_addr: st.http_addr });
+                    }
+                    _ => self.peers.forget(&peer.rpc_addr).await,
+                }
+            }
+            if let Some(st) = formed {
+                let knows_me = self.leader_replicated_to_me(&st).await;
+                self.quarantined.store(knows_me, Ordering::SeqCst);
+                if knows_me {
+                    tracing::error!(
+                        node_id = self.id,
+                        "this node's data dir is empty but the cluster has replicated to it before; \
+                         remove it (DELETE /api/cluster/nodes/{}) and add it again",
+                        self.id
+                    );
+                }
+                // A formed cluster that has not reached this node yet will replicate to it.
+            } else if reachable.len() >= quorum {
+                match self.raft.initialize(reachable.clone()).await {
+                    Ok(()) => tracing::info!(members = ?reachable.keys().collect::<Vec<_>>(), "bootstrapped cluster"),
+                    Err(e) => tracing::info!(error = %e, "bootstrap: initialize declined"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Asks the leader named in `st` whether it has ever matched a log index on this node.
+    async fn leader_replicated_to_me(&self, st: &NodeStatus) -> bool {
+        let Some(leader) = st.leader_id else { return false };
+        let Ok(peers) = self.config.peers() else { return false };
+        let Some(addr) = peers.iter().find(|p| p.id == leader).map(|p| p.rpc_addr.clone()) else { return false };
+        let Ok(client) = self.peers.get(&addr).await else { return false };
+        match client.replication_of(context(Duration::from_secs(1)), self.identity.header(), self.id).await {
+            Ok(Ok(matched)) => matched.is_some(),
+            _ => false,
+        }
+    }
+
+    /// The leader's matched log index for `node`, if it is the leader and has one.
+    pub fn matched_index_of(&self, node: NodeId) -> Result<Option<u64>, RpcFailure> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.current_leader != Some(self.id) {
+            return Err(RpcFailure::NotLeader(m.current_leader));
+        }
+        Ok(m.replication.as_ref().and_then(|r| r.get(&node).cloned().flatten()).map(|l| l.index))
+    }
+
+    /// The first leader of a cluster fixes its id; nodes then refuse RPCs from any other
+    /// cluster. Runs on every node, acts only while leading and only once.
+    async fn stamp_cluster_id(self: Arc<Self>) {
+        let mut rx = self.raft.metrics();
+        loop {
+            if matches!(self.store.cluster_id(), Ok(Some(_))) {
+                return;
+            }
+            if self.is_leader() {
+                let req = self.request(Command::InitCluster { cluster_id: uuid::Uuid::new_v4().to_string() }, None);
+                if let Err(e) = self.propose_local(req).await {
+                    tracing::debug!(error = %e, "cluster id not stamped yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                continue;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Transfers leadership to the most caught-up other voter, if this node leads.
+    pub async fn hand_over_leadership(&self) {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.current_leader != Some(self.id) {
+            return;
+        }
+        let best = m.replication.as_ref().and_then(|r| {
+            let voters: Vec<NodeId> = m.membership_config.voter_ids().collect();
+            r.iter()
+                .filter(|(id, _)| **id != self.id && voters.contains(id))
+                .max_by_key(|(_, l)| l.as_ref().map(|l| l.index))
+                .map(|(id, _)| *id)
+        });
+        let Some(to) = best else { return };
+        tracing::info!(to, "handing over leadership before shutdown");
+        if let Err(e) = self.change_membership_local(MembershipOp::TransferLeader { to }).await {
+            tracing::warn!(error = %e, "leadership handover failed; followers will elect after the timeout");
+        }
+    }
+}

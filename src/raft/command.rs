@@ -1,0 +1,109 @@
+//! The replicated commands (log entry payloads) and what applying one answers.
+//!
+//! Everything `apply` needs that is time- or chance-dependent is carried here: the
+//! proposal time, ids, the idempotency key. The set grows with the product (firing, runs,
+//! workers, assignments — see ARCHITECTURE.md); each variant is handled in
+//! [`super::apply`].
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{FieldError, Task, TaskField, TaskSpec};
+
+/// One log entry's application data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// When the proposing node built the request. `apply` uses
+    /// `max(issued_at, last applied time)`, so command time never runs backwards.
+    pub issued_at: DateTime<Utc>,
+    /// Deduplicates retries of the same client write (PRODUCT.md §4.8).
+    pub idempotency: Option<IdempotencyKey>,
+    pub command: Command,
+}
+
+/// Identifies one logical write for deduplication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyKey {
+    /// Whose key it is: the caller's identity (an API key's name), or `node-N` for a key a
+    /// node attached itself to make its own retries safe.
+    pub scope: String,
+    pub key: String,
+    /// SHA-256 of the request (method, path, body): the same key with another request is
+    /// refused rather than answered with the first request's result.
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Fixes the cluster id; proposed once by the first leader. Later proposals are no-ops.
+    InitCluster {
+        cluster_id: String,
+    },
+    CreateTask {
+        spec: Box<TaskSpec>,
+    },
+    /// Merges `fields` into the task; with `expected_version`, only if it still matches.
+    UpdateTask {
+        id: u64,
+        fields: Vec<TaskField>,
+        expected_version: Option<u64>,
+    },
+    DeleteTask {
+        id: u64,
+        expected_version: Option<u64>,
+    },
+}
+
+/// What applying a request produced. Stored with an idempotency key, so a retry returns
+/// exactly this.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub result: Result<Outcome, Rejection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Membership entries, blank entries, `InitCluster`.
+    Done,
+    Task(Box<Task>),
+    TaskDeleted {
+        id: u64,
+    },
+}
+
+/// A command that applied without changing anything, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("task {0} not found")]
+    TaskNotFound(u64),
+    #[error("a task named {0:?} already exists")]
+    NameTaken(String),
+    #[error("task version is {actual}, not {expected}")]
+    VersionMismatch { expected: u64, actual: u64 },
+    #[error("{0}")]
+    Invalid(FieldError),
+    #[error("this Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
+}
+
+impl Response {
+    pub fn ok(outcome: Outcome) -> Self {
+        Response { result: Ok(outcome) }
+    }
+    pub fn rejected(r: Rejection) -> Self {
+        Response { result: Err(r) }
+    }
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.command {
+            Command::InitCluster { cluster_id } => write!(f, "init-cluster({cluster_id})"),
+            Command::CreateTask { spec } => write!(f, "create-task({:?})", spec.name),
+            Command::UpdateTask { id, .. } => write!(f, "update-task({id})"),
+            Command::DeleteTask { id, .. } => write!(f, "delete-task({id})"),
+        }
+    }
+}

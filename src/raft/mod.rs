@@ -1,0 +1,51 @@
+//! Raft plumbing: the openraft type configuration, the replicated commands and their
+//! responses (the log entry payloads), and the deterministic `apply`.
+
+pub mod apply;
+pub mod command;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use command::{Command, IdempotencyKey, Outcome, Rejection, Request, Response};
+
+pub type NodeId = u64;
+
+/// What the membership config stores per node: where to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// tarpc address, node to node.
+    pub rpc_addr: String,
+    /// REST address; empty when the node joined through static bootstrap and has not been
+    /// seen yet (the cluster view then asks the node itself).
+    pub http_addr: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rpc={} http={}", self.rpc_addr, self.http_addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// raftcron's openraft type configuration.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = NodeInfo,
+);
+
+pub type Raft = openraft::Raft<TypeConfig, crate::storage::StateMachine>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>;
+
+/// The version of every encoded thing that leaves this binary: log entries, snapshots and
+/// node-to-node messages. bincode is not self-describing, so a reader checks it first and
+/// refuses what it does not know instead of decoding garbage.
+pub const FORMAT_VERSION: u8 = 1;

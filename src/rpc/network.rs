@@ -1,0 +1,174 @@
+//! openraft's outgoing network over [`super::ClusterServiceClient`]. A failed connect is
+//! `Unreachable` (openraft backs off); any other failure is `Network` (retried soon).
+
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{OptionalSend, RaftNetworkV2};
+
+use super::{context, ClusterServiceClient, Identity, PeerClients, RpcFailure, SnapshotChunk, SNAPSHOT_CHUNK};
+use crate::raft::{NodeId, NodeInfo, Snapshot, TypeConfig, Vote};
+
+#[derive(Clone)]
+pub struct NetworkFactory {
+    identity: Identity,
+    peers: PeerClients,
+}
+
+impl NetworkFactory {
+    pub fn new(identity: Identity, peers: PeerClients) -> Self {
+        NetworkFactory { identity, peers }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerNetwork {
+        PeerNetwork { target, addr: node.rpc_addr.clone(), identity: self.identity.clone(), peers: self.peers.clone() }
+    }
+}
+
+pub struct PeerNetwork {
+    target: NodeId,
+    addr: String,
+    identity: Identity,
+    peers: PeerClients,
+}
+
+/// How one call failed, before it is mapped to the error type openraft wants.
+enum CallError {
+    Unreachable(String),
+    Network(String),
+}
+
+impl From<CallError> for RPCError<TypeConfig> {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Unreachable(m) => RPCError::Unreachable(Unreachable::from_string(m)),
+            CallError::Network(m) => RPCError::Network(NetworkError::from_string(m)),
+        }
+    }
+}
+
+impl From<CallError> for StreamingError<TypeConfig> {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Unreachable(m) => StreamingError::Unreachable(Unreachable::from_string(m)),
+            CallError::Network(m) => StreamingError::Network(NetworkError::from_string(m)),
+        }
+    }
+}
+
+impl PeerNetwork {
+    async fn client(&self) -> Result<ClusterServiceClient, CallError> {
+        self.peers.get(&self.addr).await.map_err(|e| CallError::Unreachable(e.to_string()))
+    }
+
+    /// Maps a finished call: transport errors drop the cached connection; a refusal (wrong
+    /// cluster or secret) is treated as unreachable so openraft backs off from that peer.
+    async fn finish<T>(&self, res: Result<Result<T, RpcFailure>, tarpc::client::RpcError>) -> Result<T, CallError> {
+        match res {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(RpcFailure::Refused(m))) => {
+                tracing::warn!(target_node = self.target, reason = %m, "peer refused rpc");
+                Err(CallError::Unreachable(m))
+            }
+            Ok(Err(e)) => Err(CallError::Network(e.to_string())),
+            Err(e) => {
+                self.peers.forget(&self.addr).await;
+                Err(CallError::Network(format!("rpc to node {} failed: {e}", self.target)))
+            }
+        }
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerNetwork {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let client = self.client().await?;
+        let res = client.append_entries(context(option.hard_ttl()), self.identity.header(), rpc).await;
+        Ok(self.finish(res).await?)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let client = self.client().await?;
+        let res = client.vote(context(option.hard_ttl()), self.identity.header(), rpc).await;
+        Ok(self.finish(res).await?)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let client = self.client().await?;
+        let res = client.pre_vote(context(option.hard_ttl()), self.identity.header(), rpc).await;
+        Ok(self.finish(res).await?)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let send = async {
+            let data = &snapshot.snapshot;
+            let mut offset = 0usize;
+            loop {
+                let end = (offset + SNAPSHOT_CHUNK).min(data.len());
+                let done = end == data.len();
+                let chunk = SnapshotChunk {
+                    vote,
+                    meta: snapshot.meta.clone(),
+                    offset: offset as u64,
+                    data: data[offset..end].to_vec(),
+                    done,
+                };
+                let client = self.client().await?;
+                // A chunk may take a while to install on the last piece; give it the
+                // whole per-RPC budget, at least a few seconds.
+                let ttl = option.hard_ttl().max(Duration::from_secs(5));
+                let res = client.snapshot_chunk(context(ttl), self.identity.header(), chunk).await;
+                match self.finish(res).await? {
+                    Some(resp) => return Ok(resp),
+                    None if done => {
+                        return Err(CallError::Network("peer did not answer the last snapshot chunk".into()))
+                    }
+                    None => offset = end,
+                }
+            }
+        };
+        tokio::select! {
+            res = send => res.map_err(StreamingError::from),
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let client = self.client().await?;
+        let res = client.transfer_leader(context(option.hard_ttl()), self.identity.header(), req).await;
+        Ok(self.finish(res).await?)
+    }
+}

@@ -1,0 +1,137 @@
+//! The receiving side of [`super::ClusterService`].
+
+use std::sync::Arc;
+
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use tarpc::context::Context;
+
+use super::{ClusterService, Header, MembershipOp, NodeStatus, RpcFailure, SnapshotChunk};
+use crate::node::NodeCore;
+use crate::raft::{NodeId, Request, Response, Snapshot, TypeConfig};
+
+#[derive(Clone)]
+pub struct RpcServer {
+    core: Arc<NodeCore>,
+}
+
+impl RpcServer {
+    pub fn new(core: Arc<NodeCore>) -> Self {
+        RpcServer { core }
+    }
+
+    /// The check for Raft protocol messages: a quarantined node (empty data dir, but the
+    /// cluster replicated to it before) takes no part in replication or elections.
+    fn check_raft(&self, hdr: &Header) -> Result<(), RpcFailure> {
+        self.core.identity.check(hdr)?;
+        if self.core.quarantined.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(RpcFailure::Refused(format!(
+                "node {} lost its data; remove it from the cluster and add it again",
+                self.core.id
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> RpcFailure {
+    RpcFailure::Unavailable(e.to_string())
+}
+
+impl ClusterService for RpcServer {
+    async fn append_entries(
+        self,
+        _: Context,
+        hdr: Header,
+        req: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RpcFailure> {
+        self.check_raft(&hdr)?;
+        self.core.raft.append_entries(req).await.map_err(unavailable)
+    }
+
+    async fn vote(
+        self,
+        _: Context,
+        hdr: Header,
+        req: VoteRequest<TypeConfig>,
+    ) -> Result<VoteResponse<TypeConfig>, RpcFailure> {
+        self.check_raft(&hdr)?;
+        self.core.raft.vote(req).await.map_err(unavailable)
+    }
+
+    async fn pre_vote(
+        self,
+        _: Context,
+        hdr: Header,
+        req: VoteRequest<TypeConfig>,
+    ) -> Result<VoteResponse<TypeConfig>, RpcFailure> {
+        self.check_raft(&hdr)?;
+        self.core.raft.pre_vote(req).await.map_err(unavailable)
+    }
+
+    async fn snapshot_chunk(
+        self,
+        _: Context,
+        hdr: Header,
+        chunk: SnapshotChunk,
+    ) -> Result<Option<SnapshotResponse<TypeConfig>>, RpcFailure> {
+        self.check_raft(&hdr)?;
+        let mut partial = self.core.incoming_snapshot.lock().await;
+        if chunk.offset == 0 {
+            *partial = Some((chunk.vote, chunk.meta.clone(), Vec::new()));
+        }
+        let Some((vote, meta, buf)) = partial.as_mut() else {
+            return Err(RpcFailure::Unavailable("snapshot chunk without a start; resend from offset 0".into()));
+        };
+        if *vote != chunk.vote || *meta != chunk.meta || buf.len() as u64 != chunk.offset {
+            *partial = None;
+            return Err(RpcFailure::Unavailable("snapshot chunk out of sequence; resend from offset 0".into()));
+        }
+        buf.extend_from_slice(&chunk.data);
+        if !chunk.done {
+            return Ok(None);
+        }
+        let (vote, meta, data) = partial.take().expect("checked above");
+        drop(partial);
+        let resp =
+            self.core.raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await.map_err(unavailable)?;
+        Ok(Some(resp))
+    }
+
+    async fn transfer_leader(
+        self,
+        _: Context,
+        hdr: Header,
+        req: TransferLeaderRequest<TypeConfig>,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RpcFailure> {
+        self.check_raft(&hdr)?;
+        self.core.raft.handle_transfer_leader(req).await.map_err(unavailable)
+    }
+
+    async fn forward_write(self, _: Context, hdr: Header, req: Request) -> Result<Response, RpcFailure> {
+        self.core.identity.check(&hdr)?;
+        self.core.propose_local(req).await
+    }
+
+    async fn read_index(self, _: Context, hdr: Header) -> Result<u64, RpcFailure> {
+        self.core.identity.check(&hdr)?;
+        self.core.read_index_local().await
+    }
+
+    async fn change_membership(self, _: Context, hdr: Header, op: MembershipOp) -> Result<(), RpcFailure> {
+        self.core.identity.check(&hdr)?;
+        self.core.change_membership_local(op).await
+    }
+
+    async fn node_status(self, _: Context, hdr: Header, with_digest: bool) -> Result<NodeStatus, RpcFailure> {
+        self.core.identity.check(&hdr)?;
+        Ok(self.core.status(with_digest))
+    }
+
+    async fn replication_of(self, _: Context, hdr: Header, node: NodeId) -> Result<Option<u64>, RpcFailure> {
+        self.core.identity.check(&hdr)?;
+        self.core.matched_index_of(node)
+    }
+}

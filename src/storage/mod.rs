@@ -1,0 +1,326 @@
+//! RocksDB: one database per node holding the Raft log, the vote and the state machine,
+//! each in its own column family, and the typed reads and batched writes over them.
+//!
+//! Column families (checked at open):
+//!
+//! | cf                   | key                          | value                           |
+//! |----------------------|------------------------------|---------------------------------|
+//! | `raft_log`           | log index, u64 big-endian    | format byte + bincode entry     |
+//! | `raft_meta`          | `vote`, `committed`, `purged` | bincode                        |
+//! | `sm_meta`            | `applied`, `membership`, `clock`, `next_task_id`, `cluster_id` | bincode |
+//! | `tasks`              | task id, u64 big-endian      | bincode [`Task`]                |
+//! | `task_names`         | task name, UTF-8             | task id, u64 big-endian         |
+//! | `idempotency`        | scope, 0x00, key             | bincode [`IdempotencyRecord`]   |
+//! | `idempotency_expiry` | expiry ms BE, scope, 0x00, key | empty                         |
+//!
+//! Everything but `raft_log` and `raft_meta` is state-machine state: it is what snapshots
+//! carry and what [`Store::digest`] covers.
+
+mod log_store;
+mod state_machine;
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use log_store::LogStore;
+pub use state_machine::StateMachine;
+
+use crate::model::Task;
+use crate::raft::{LogId, Response, StoredMembership};
+
+pub const CF_RAFT_LOG: &str = "raft_log";
+pub const CF_RAFT_META: &str = "raft_meta";
+pub const CF_SM_META: &str = "sm_meta";
+pub const CF_TASKS: &str = "tasks";
+pub const CF_TASK_NAMES: &str = "task_names";
+pub const CF_IDEMPOTENCY: &str = "idempotency";
+pub const CF_IDEMPOTENCY_EXPIRY: &str = "idempotency_expiry";
+
+/// The state-machine column families, in the fixed order snapshots and digests use.
+pub const SM_CFS: [&str; 5] = [CF_SM_META, CF_TASKS, CF_TASK_NAMES, CF_IDEMPOTENCY, CF_IDEMPOTENCY_EXPIRY];
+const ALL_CFS: [&str; 7] =
+    [CF_RAFT_LOG, CF_RAFT_META, CF_SM_META, CF_TASKS, CF_TASK_NAMES, CF_IDEMPOTENCY, CF_IDEMPOTENCY_EXPIRY];
+
+/// A stored answer to an idempotent write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub fingerprint: String,
+    pub expires_at_ms: i64,
+    pub response: Response,
+}
+
+/// One entry of the idempotency expiry index.
+pub struct ExpiredIdempotency {
+    pub expires_at_ms: i64,
+    pub expiry_key: Vec<u8>,
+    pub record_key: Vec<u8>,
+}
+
+/// Opens (or creates) the node's database, requiring every column family this binary
+/// knows; an unexpected extra column family means a newer binary wrote here.
+pub fn open_db(dir: &Path) -> io::Result<Arc<DB>> {
+    std::fs::create_dir_all(dir)?;
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let existing = DB::list_cf(&opts, dir).unwrap_or_default();
+    if let Some(unknown) = existing.iter().find(|cf| *cf != "default" && !ALL_CFS.contains(&cf.as_str())) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("data dir {} has column family {unknown:?} that this version does not know; was it written by a newer raftcron?", dir.display()),
+        ));
+    }
+    let cfs = ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    let db = DB::open_cf_descriptors(&opts, dir, cfs)
+        .map_err(|e| io::Error::other(format!("cannot open database in {}: {e}", dir.display())))?;
+    for name in ALL_CFS {
+        db.cf_handle(name).ok_or_else(|| io::Error::other(format!("column family {name} missing after open")))?;
+    }
+    Ok(Arc::new(db))
+}
+
+fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(value, bincode_config()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode_config())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    if used != bytes.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "trailing bytes after value"));
+    }
+    Ok(value)
+}
+
+/// Prefixes an encoding with [`crate::raft::FORMAT_VERSION`].
+pub(crate) fn encode_versioned<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    let mut out = vec![crate::raft::FORMAT_VERSION];
+    out.extend(encode(value)?);
+    Ok(out)
+}
+
+/// Decodes a [`encode_versioned`] value, refusing an unknown version with a clear error.
+pub(crate) fn decode_versioned<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> io::Result<T> {
+    match bytes.first() {
+        Some(&v) if v == crate::raft::FORMAT_VERSION => decode(&bytes[1..]),
+        Some(&v) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{what} has format version {v}, this binary reads version {}; upgrade this node",
+                crate::raft::FORMAT_VERSION
+            ),
+        )),
+        None => Err(io::Error::new(io::ErrorKind::InvalidData, format!("{what} is empty"))),
+    }
+}
+
+pub(crate) fn db_err(e: rocksdb::Error) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+pub(crate) fn u64_key(v: u64) -> [u8; 8] {
+    v.to_be_bytes()
+}
+
+pub(crate) fn key_u64(k: &[u8]) -> io::Result<u64> {
+    let arr: [u8; 8] = k.try_into().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad u64 key"))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+pub(crate) fn idempotency_key(scope: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(scope.len() + key.len() + 1);
+    k.extend_from_slice(scope.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Typed reads of the state machine, shared by `apply` and the API.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+}
+
+impl Store {
+    pub fn new(db: Arc<DB>) -> Self {
+        Store { db }
+    }
+
+    pub fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(name).expect("column families are checked at open")
+    }
+
+    fn get<T: DeserializeOwned>(&self, cf: &str, key: &[u8]) -> io::Result<Option<T>> {
+        match self.db.get_pinned_cf(self.cf(cf), key).map_err(db_err)? {
+            Some(bytes) => decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn meta<T: DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
+        self.get(CF_SM_META, key.as_bytes())
+    }
+
+    pub fn applied(&self) -> io::Result<Option<LogId>> {
+        self.meta("applied")
+    }
+
+    pub fn membership(&self) -> io::Result<StoredMembership> {
+        Ok(self.meta("membership")?.unwrap_or_default())
+    }
+
+    /// The command time of the last applied request.
+    pub fn clock(&self) -> io::Result<Option<DateTime<Utc>>> {
+        self.meta("clock")
+    }
+
+    pub fn cluster_id(&self) -> io::Result<Option<String>> {
+        self.meta("cluster_id")
+    }
+
+    pub fn task(&self, id: u64) -> io::Result<Option<Task>> {
+        self.get(CF_TASKS, &u64_key(id))
+    }
+
+    pub fn task_id_by_name(&self, name: &str) -> io::Result<Option<u64>> {
+        match self.db.get_pinned_cf(self.cf(CF_TASK_NAMES), name.as_bytes()).map_err(db_err)? {
+            Some(bytes) => key_u64(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn idempotency(&self, scope: &str, key: &str) -> io::Result<Option<IdempotencyRecord>> {
+        self.get(CF_IDEMPOTENCY, &idempotency_key(scope, key))
+    }
+
+    pub fn idempotency_by_record_key(&self, record_key: &[u8]) -> io::Result<Option<IdempotencyRecord>> {
+        self.get(CF_IDEMPOTENCY, record_key)
+    }
+
+    /// Visits tasks in id order until `visit` returns false.
+    pub fn scan_tasks(&self, mut visit: impl FnMut(Task) -> bool) -> io::Result<()> {
+        for item in self.db.iterator_cf(self.cf(CF_TASKS), IteratorMode::Start) {
+            let (_, v) = item.map_err(db_err)?;
+            if !visit(decode(&v)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` idempotency expiry index entries at or before `now_ms`.
+    pub fn expired_idempotency(&self, now_ms: i64, limit: usize) -> io::Result<Vec<ExpiredIdempotency>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_IDEMPOTENCY_EXPIRY), IteratorMode::Start) {
+            let (k, _) = item.map_err(db_err)?;
+            if k.len() < 8 || out.len() >= limit {
+                break;
+            }
+            let expires = i64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
+            if expires > now_ms {
+                break;
+            }
+            out.push(ExpiredIdempotency {
+                expires_at_ms: expires,
+                expiry_key: k.to_vec(),
+                record_key: k[8..].to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// SHA-256 over every state-machine column family, in a fixed order. Equal on every
+    /// replica at the same applied index, however it got there (log replay or snapshot).
+    pub fn digest(&self) -> io::Result<String> {
+        let snapshot = self.db.snapshot();
+        let mut h = Sha256::new();
+        for name in SM_CFS {
+            h.update((name.len() as u64).to_be_bytes());
+            h.update(name.as_bytes());
+            for item in snapshot.iterator_cf(self.cf(name), IteratorMode::Start) {
+                let (k, v) = item.map_err(db_err)?;
+                h.update((k.len() as u64).to_be_bytes());
+                h.update(&k);
+                h.update((v.len() as u64).to_be_bytes());
+                h.update(&v);
+            }
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+}
+
+/// Buffered writes of one applied entry, committed atomically together with the applied
+/// log id (so data, applied index and membership never disagree after a crash).
+pub struct Tx<'a> {
+    pub store: &'a Store,
+    batch: WriteBatch,
+}
+
+impl<'a> Tx<'a> {
+    pub fn new(store: &'a Store) -> Self {
+        Tx { store, batch: WriteBatch::default() }
+    }
+
+    fn put<T: Serialize>(&mut self, cf: &str, key: &[u8], value: &T) -> io::Result<()> {
+        let bytes = encode(value)?;
+        self.batch.put_cf(self.store.cf(cf), key, bytes);
+        Ok(())
+    }
+
+    pub fn put_meta<T: Serialize>(&mut self, key: &str, value: &T) -> io::Result<()> {
+        self.put(CF_SM_META, key.as_bytes(), value)
+    }
+
+    pub fn put_task(&mut self, task: &Task) -> io::Result<()> {
+        self.put(CF_TASKS, &u64_key(task.id), task)
+    }
+
+    pub fn delete_task(&mut self, id: u64) {
+        self.batch.delete_cf(self.store.cf(CF_TASKS), u64_key(id));
+    }
+
+    pub fn put_task_name(&mut self, name: &str, id: u64) {
+        self.batch.put_cf(self.store.cf(CF_TASK_NAMES), name.as_bytes(), u64_key(id));
+    }
+
+    pub fn delete_task_name(&mut self, name: &str) {
+        self.batch.delete_cf(self.store.cf(CF_TASK_NAMES), name.as_bytes());
+    }
+
+    pub fn put_idempotency(&mut self, scope: &str, key: &str, record: &IdempotencyRecord) -> io::Result<()> {
+        let k = idempotency_key(scope, key);
+        let mut expiry = record.expires_at_ms.to_be_bytes().to_vec();
+        expiry.extend_from_slice(&k);
+        self.batch.put_cf(self.store.cf(CF_IDEMPOTENCY_EXPIRY), expiry, []);
+        self.put(CF_IDEMPOTENCY, &k, record)
+    }
+
+    /// Removes an expiry index entry and, when given, the record it pointed at.
+    pub fn delete_idempotency(&mut self, expiry_key: &[u8], record_key: Option<&[u8]>) {
+        self.batch.delete_cf(self.store.cf(CF_IDEMPOTENCY_EXPIRY), expiry_key);
+        if let Some(k) = record_key {
+            self.batch.delete_cf(self.store.cf(CF_IDEMPOTENCY), k);
+        }
+    }
+
+    /// Writes the batch. Not synced: the log entry it came from is, and on restart openraft
+    /// re-applies everything after the persisted applied index.
+    pub fn commit(self) -> io::Result<()> {
+        self.store.db.write(self.batch).map_err(db_err)
+    }
+}

@@ -1,0 +1,192 @@
+//! openraft's state-machine interface over [`Store`]: apply committed entries (each in one
+//! atomic batch with its log id), build snapshots from a consistent RocksDB view, and
+//! install a received snapshot by swapping the whole state in one batch.
+
+use std::io;
+use std::path::PathBuf;
+
+use futures::{Stream, TryStreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+
+use super::{db_err, decode_versioned, encode, encode_versioned, Store, Tx, CF_SM_META, SM_CFS};
+use crate::raft::apply::apply_request;
+use crate::raft::{LogId, Outcome, Response, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+
+/// The snapshot payload: every state-machine column family, in [`SM_CFS`] order.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    cfs: Vec<(String, KvPairs)>,
+}
+
+type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// What `snapshot/current` holds on disk.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    store: Store,
+    snapshot_dir: PathBuf,
+}
+
+impl StateMachine {
+    pub fn new(store: Store, snapshot_dir: PathBuf) -> io::Result<Self> {
+        std::fs::create_dir_all(&snapshot_dir)?;
+        Ok(StateMachine { store, snapshot_dir })
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.snapshot_dir.join("current")
+    }
+
+    /// Writes the snapshot file atomically (temp file, fsync, rename, fsync the dir).
+    fn save_snapshot_file(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let bytes = encode_versioned(&SnapshotFile { meta: meta.clone(), data: data.to_vec() })?;
+        let tmp = self.snapshot_dir.join("current.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.snapshot_path())?;
+        std::fs::File::open(&self.snapshot_dir)?.sync_all()
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = this.store.db().clone();
+            // Everything applied so far must be durable before the log behind it is purged.
+            db.flush_wal(true).map_err(db_err)?;
+            let view = db.snapshot();
+            let mut body = SnapshotBody { cfs: Vec::new() };
+            let mut applied: Option<LogId> = None;
+            let mut membership = StoredMembership::default();
+            for name in SM_CFS {
+                let cf = db.cf_handle(name).expect("column families are checked at open");
+                let mut pairs = Vec::new();
+                for item in view.iterator_cf(cf, IteratorMode::Start) {
+                    let (k, v) = item.map_err(db_err)?;
+                    if name == CF_SM_META && &*k == b"applied" {
+                        applied = super::decode(&v)?;
+                    }
+                    if name == CF_SM_META && &*k == b"membership" {
+                        membership = super::decode(&v)?;
+                    }
+                    pairs.push((k.to_vec(), v.to_vec()));
+                }
+                body.cfs.push((name.to_string(), pairs));
+            }
+            let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
+            let data = encode_versioned(&body)?;
+            this.save_snapshot_file(&meta, &data)?;
+            tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
+            Ok(Snapshot { meta, snapshot: data })
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok((self.store.applied()?, self.store.membership()?))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let log_id = entry.log_id();
+            let mut tx = Tx::new(&self.store);
+            let response = match &entry.payload {
+                EntryPayload::Blank => Response::ok(Outcome::Done),
+                EntryPayload::Normal(req) => apply_request(&mut tx, req)?,
+                EntryPayload::Membership(m) => {
+                    tx.put_meta("membership", &StoredMembership::new(Some(log_id), m.clone()))?;
+                    Response::ok(Outcome::Done)
+                }
+            };
+            tx.put_meta("applied", &log_id)?;
+            tx.commit()?;
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+        let this = self.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || {
+            let body: SnapshotBody = decode_versioned("snapshot", &snapshot)?;
+            let db = this.store.db();
+            let mut batch = WriteBatch::default();
+            for name in SM_CFS {
+                let cf = db.cf_handle(name).expect("column families are checked at open");
+                for item in db.iterator_cf(cf, IteratorMode::Start) {
+                    let (k, _) = item.map_err(db_err)?;
+                    batch.delete_cf(cf, k);
+                }
+            }
+            for (name, pairs) in &body.cfs {
+                if !SM_CFS.contains(&name.as_str()) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("snapshot has unknown column family {name:?}"),
+                    ));
+                }
+                let cf = db.cf_handle(name).expect("column families are checked at open");
+                for (k, v) in pairs {
+                    batch.put_cf(cf, k, v);
+                }
+            }
+            // The snapshot's own meta is authoritative for what it covers.
+            let cf_meta = db.cf_handle(CF_SM_META).expect("column families are checked at open");
+            if let Some(applied) = &meta.last_log_id {
+                batch.put_cf(cf_meta, "applied", encode(applied)?);
+            }
+            batch.put_cf(cf_meta, "membership", encode(&meta.last_membership)?);
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            db.write_opt(batch, &opts).map_err(db_err)?;
+            this.save_snapshot_file(&meta, &snapshot)?;
+            tracing::info!(last_log_id = ?meta.last_log_id, bytes = snapshot.len(), "installed snapshot");
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let path = self.snapshot_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let file: SnapshotFile = decode_versioned("snapshot file", &bytes)?;
+                Ok(Some(Snapshot { meta: file.meta, snapshot: file.data }))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
