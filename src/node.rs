@@ -117,7 +117,9 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
         cluster_name: "raftcron".into(),
         heartbeat_interval: config.cluster.heartbeat_ms,
         election_timeout_min: config.cluster.election_timeout_ms,
-        election_timeout_max: config.cluster.election_timeout_ms * 2,
+        // Randomized in [t, 1.5t): enough spread to avoid split votes, and a failover bound
+        // of a few timeouts.
+        election_timeout_max: config.cluster.election_timeout_ms * 3 / 2,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.cluster.snapshot_every_entries),
         max_in_snapshot_log_to_keep: config.cluster.snapshot_every_entries.min(1000),
         install_snapshot_timeout: 10_000,
@@ -127,13 +129,9 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
     let raft = Raft::new(config.node.id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
-    // Serve reads only once the state machine is back at its pre-restart commit point (a
-    // pristine node has none to reach).
-    if !pristine {
-        if let Err(e) = raft.wait_for_recovery(Some(Duration::from_secs(30))).await {
-            tracing::warn!(error = %e, "state machine did not reach its pre-restart commit point in 30s; serving anyway");
-        }
-    }
+    // No `wait_for_recovery` here: it waits for a cluster commit, which needs a leader, which
+    // may need this very node's RPC server. Linearizable reads are safe without it (they wait
+    // for the leader's read index), and `?consistency=local` reads are stale by contract.
 
     let core = Arc::new(NodeCore {
         id: config.node.id,
@@ -357,7 +355,7 @@ impl NodeCore {
             Ok(Err(e)) => Err((false, e.to_string())),
             Err(e) => {
                 self.peers.forget(&info.rpc_addr).await;
-                Err((true, format!("forwarding to leader {leader} failed: {e}")))
+                Err((rpc::maybe_sent(&e), format!("forwarding to leader {leader} failed: {e}")))
             }
         }
     }
@@ -617,12 +615,13 @@ impl NodeCore {
                 let req = self.request(Command::InitCluster { cluster_id: uuid::Uuid::new_v4().to_string() }, None);
                 if let Err(e) = self.propose_local(req).await {
                     tracing::debug!(error = %e, "cluster id not stamped yet");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                continue;
             }
-            if rx.changed().await.is_err() {
-                return;
+            // Woken by leadership changes, and polled too: a new leader may see no metrics
+            // change after it first looked.
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             }
         }
     }

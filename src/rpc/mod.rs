@@ -182,10 +182,13 @@ impl Identity {
     }
 }
 
-/// Cached tarpc clients, one connection per peer address.
+/// Cached tarpc clients, one connection per peer address. A connection leaves the cache
+/// as soon as it dies, so a call rarely meets a connection that was already dead — which
+/// matters because a failure on a live-looking connection must count as "maybe sent".
 #[derive(Clone, Default)]
 pub struct PeerClients {
-    clients: Arc<Mutex<BTreeMap<String, ClusterServiceClient>>>,
+    clients: Arc<Mutex<BTreeMap<String, (u64, ClusterServiceClient)>>>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Why a peer could not be reached at all (nothing was sent).
@@ -198,7 +201,7 @@ pub struct ConnectError {
 
 impl PeerClients {
     pub async fn get(&self, addr: &str) -> Result<ClusterServiceClient, ConnectError> {
-        if let Some(c) = self.clients.lock().await.get(addr) {
+        if let Some((_, c)) = self.clients.lock().await.get(addr) {
             return Ok(c.clone());
         }
         let err = |reason: String| ConnectError { addr: addr.to_string(), reason };
@@ -209,8 +212,19 @@ impl PeerClients {
         stream.set_nodelay(true).ok();
         let framed = codec().new_framed(stream);
         let transport = serde_transport::new(framed, Bincode::default());
-        let client = ClusterServiceClient::new(tarpc::client::Config::default(), transport).spawn();
-        self.clients.lock().await.insert(addr.to_string(), client.clone());
+        let tarpc::client::NewClient { client, dispatch } =
+            ClusterServiceClient::new(tarpc::client::Config::default(), transport);
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let clients = self.clients.clone();
+        let key = addr.to_string();
+        tokio::spawn(async move {
+            let _ = dispatch.await;
+            let mut map = clients.lock().await;
+            if map.get(&key).is_some_and(|(cur, _)| *cur == id) {
+                map.remove(&key);
+            }
+        });
+        self.clients.lock().await.insert(addr.to_string(), (id, client.clone()));
         Ok(client)
     }
 
@@ -218,6 +232,12 @@ impl PeerClients {
     pub async fn forget(&self, addr: &str) {
         self.clients.lock().await.remove(addr);
     }
+}
+
+/// Whether a failed call may have reached the peer. Only a request that could not even be
+/// handed to the transport certainly did not.
+pub fn maybe_sent(e: &tarpc::client::RpcError) -> bool {
+    !matches!(e, tarpc::client::RpcError::Send(_))
 }
 
 fn codec() -> tarpc::tokio_util::codec::length_delimited::Builder {

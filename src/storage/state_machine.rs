@@ -79,7 +79,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 for item in view.iterator_cf(cf, IteratorMode::Start) {
                     let (k, v) = item.map_err(db_err)?;
                     if name == CF_SM_META && &*k == b"applied" {
-                        applied = super::decode(&v)?;
+                        applied = Some(super::decode::<LogId>(&v)?);
                     }
                     if name == CF_SM_META && &*k == b"membership" {
                         membership = super::decode(&v)?;

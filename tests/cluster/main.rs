@@ -1,0 +1,13 @@
+//! Multi-node tests of the replicated core: real nodes (RocksDB, tarpc, HTTP) in one
+//! process, started on port 0 with temp dirs by [`fixture::TestCluster`].
+
+mod fixture;
+
+mod bad_input;
+mod failover;
+mod idempotency;
+mod linearizability;
+mod membership;
+mod openapi;
+mod replication;
+mod snapshot;

@@ -1,0 +1,57 @@
+//! The membership API: add a fourth node, see it become a voter with the data, remove it.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::fixture::TestCluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn add_a_fourth_voter_then_remove_it() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    for i in 0..5 {
+        c.create_task(leader, &format!("m{i}")).await;
+    }
+    c.start_extra(4).await;
+    let rpc = c.nodes[&4].rpc.to_string();
+    let http = c.nodes[&4].http.to_string();
+    let f = c.follower(leader);
+    let a = c.post(f, "/api/cluster/nodes", json!({"id": 4, "rpc_addr": rpc, "http_addr": http})).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+
+    let view = c.get(1, "/api/cluster").await;
+    let members = view.data()["members"].as_array().unwrap().clone();
+    let four = members.iter().find(|m| m["id"] == 4).expect("node 4 is listed");
+    assert_eq!(four["membership"], "voter", "{}", view.body);
+    assert_eq!(four["reachable"], true);
+    assert!(view.data()["cluster_id"].is_string(), "{}", view.body);
+    // The new voter has the data and serves reads.
+    let a = c.get(4, "/api/tasks").await;
+    assert_eq!(a.data()["total"], 5, "{}", a.body);
+    let digests = c.converged_digests(Duration::from_secs(10)).await;
+    assert_eq!(digests.len(), 4);
+
+    let a = c.call(leader, Method::DELETE, "/api/cluster/nodes/4", None, &[]).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
+    let view = c.get(f, "/api/cluster").await;
+    let ids: Vec<u64> = view.data()["members"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, vec![1, 2, 3], "{}", view.body);
+    // The cluster still commits.
+    c.create_task(f, "after-remove").await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transfer_leader_through_a_follower() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let target = c.follower(leader);
+    let other = *c.running_ids().iter().find(|id| **id != leader && **id != target).unwrap();
+    let a = c.post(other, "/api/cluster/transfer-leader", json!({"to": target})).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(c.wait_leader(Duration::from_secs(5)).await, target);
+    c.create_task(other, "after-transfer").await;
+    c.shutdown().await;
+}
