@@ -263,13 +263,13 @@ fn print_cluster(cmd: &ClusterCmd, v: &serde_json::Value) {
                 let s = &m["status"];
                 println!(
                     "{:<4} {:<8} {:<10} {:<22} {:<22} {:>8} {:>8}",
-                    m["id"],
+                    m["id"].to_string(),
                     m["membership"].as_str().unwrap_or("-"),
                     s["role"].as_str().unwrap_or("unreachable"),
                     m["http_addr"].as_str().unwrap_or("-"),
                     m["rpc_addr"].as_str().unwrap_or("-"),
-                    s["commit_index"],
-                    s["applied_index"],
+                    s["commit_index"].to_string(),
+                    s["applied_index"].to_string(),
                 );
             }
         }

@@ -488,7 +488,8 @@ impl NodeCore {
                     return Ok(());
                 }
                 self.raft.trigger().transfer_leader(to).await.map_err(|e| RpcFailure::Unavailable(e.to_string()))?;
-                self.await_leader_change(Some(self.id), WRITE_DEADLINE).await;
+                let patience = Duration::from_millis(3 * self.config.cluster.election_timeout_ms);
+                self.await_leader_change(Some(self.id), patience).await;
                 if self.leader() == Some(to) {
                     Ok(())
                 } else {
@@ -626,20 +627,29 @@ impl NodeCore {
         }
     }
 
-    /// Transfers leadership to the most caught-up other voter, if this node leads.
+    /// Transfers leadership to the most caught-up other voter that acknowledged a heartbeat
+    /// within the last election timeout, if this node leads.
     pub async fn hand_over_leadership(&self) {
+        use openraft::Instant as _;
         let m = self.raft.metrics().borrow_watched().clone();
         if m.current_leader != Some(self.id) {
             return;
         }
+        let fresh = Duration::from_millis(self.config.cluster.election_timeout_ms);
+        let voters: Vec<NodeId> = m.membership_config.voter_ids().collect();
+        let acked_recently = |id: &NodeId| {
+            m.heartbeat.as_ref().and_then(|h| h.get(id).cloned().flatten()).is_some_and(|t| t.elapsed() < fresh)
+        };
         let best = m.replication.as_ref().and_then(|r| {
-            let voters: Vec<NodeId> = m.membership_config.voter_ids().collect();
             r.iter()
-                .filter(|(id, _)| **id != self.id && voters.contains(id))
+                .filter(|(id, _)| **id != self.id && voters.contains(id) && acked_recently(id))
                 .max_by_key(|(_, l)| l.as_ref().map(|l| l.index))
                 .map(|(id, _)| *id)
         });
-        let Some(to) = best else { return };
+        let Some(to) = best else {
+            tracing::info!("no caught-up voter to hand leadership to");
+            return;
+        };
         tracing::info!(to, "handing over leadership before shutdown");
         if let Err(e) = self.change_membership_local(MembershipOp::TransferLeader { to }).await {
             tracing::warn!(error = %e, "leadership handover failed; followers will elect after the timeout");

@@ -5,6 +5,8 @@
 //! `skip_serializing_if`, `flatten` or internally tagged enums on them. The JSON view
 //! ([`TaskView`]) is a separate type for that reason.
 
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)] // part of the deterministic apply path
+
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};

@@ -5,6 +5,8 @@
 //! workers, assignments — see ARCHITECTURE.md); each variant is handled in
 //! [`super::apply`].
 
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)] // part of the deterministic apply path
+
 use std::fmt;
 
 use chrono::{DateTime, Utc};

@@ -16,6 +16,8 @@
 //! Everything but `raft_log` and `raft_meta` is state-machine state: it is what snapshots
 //! carry and what [`Store::digest`] covers.
 
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)] // part of the deterministic apply path
+
 mod log_store;
 mod state_machine;
 

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Builds and runs raftcron with the given arguments, installing the system packages the
+# build needs first. Quick start: scripts/run.sh dev
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+exec cargo run --quiet --bin raftcron -- "$@"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs the whole test suite (unit, multi-node in-process clusters, real processes with
+# SIGKILL), installing the system packages the build needs first. Uses cargo-nextest
+# when installed (each test in its own process), cargo test otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+if cargo nextest --version >/dev/null 2>&1; then
+  exec cargo nextest run --no-fail-fast "$@"
+else
+  exec cargo test --no-fail-fast "$@"
+fi

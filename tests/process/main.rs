@@ -1,0 +1,335 @@
+//! Durability with real processes: `raftcron serve` nodes SIGKILLed while writes are in
+//! flight, restarted from their data dirs. Every acknowledged write must survive.
+//!
+//! Ports: a process cannot be handed a bound socket portably, so each node's ports are
+//! found by binding port 0 and releasing it just before the node starts (a small race
+//! with other programs on this machine, accepted for this one suite).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+const KEY: &str = "process-test-key";
+
+struct Node {
+    id: u64,
+    http: String,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Cluster {
+    fn start(n: u64) -> Cluster {
+        Self::start_with(n, 500)
+    }
+
+    fn start_with(n: u64, election_timeout_ms: u64) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let peers: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, rpc))| format!("\"{}=127.0.0.1:{rpc}\"", i + 1)).collect();
+        let mut nodes = Vec::new();
+        for (i, (http, rpc)) in ports.iter().enumerate() {
+            let id = i as u64 + 1;
+            let config = dir.path().join(format!("node{id}.toml"));
+            let data = dir.path().join(format!("data{id}"));
+            std::fs::write(
+                &config,
+                format!(
+                    "[node]\nid = {id}\ndata_dir = {data:?}\nhttp_addr = \"127.0.0.1:{http}\"\nrpc_addr = \"127.0.0.1:{rpc}\"\n\
+                     [cluster]\npeers = [{}]\nheartbeat_ms = 50\nelection_timeout_ms = {election_timeout_ms}\nsecret = \"s\"\n",
+                    peers.join(", ")
+                ),
+            )
+            .unwrap();
+            nodes.push(Node { id, http: format!("127.0.0.1:{http}"), config, child: None });
+        }
+        let mut c =
+            Cluster { nodes, _dir: dir, http: reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap() };
+        for i in 0..c.nodes.len() {
+            c.spawn(i);
+        }
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(node.config.with_extension("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_raftcron"))
+            .args(["serve", "--config"])
+            .arg(&node.config)
+            .env("RAFTCRON_API_KEY", KEY)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("raftcron binary starts");
+        node.child = Some(child);
+    }
+
+    fn signal_term(&mut self, i: usize) {
+        let pid = self.nodes[i].child.as_ref().expect("running").id();
+        let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    async fn leader_seen_by(&self, i: usize) -> Option<u64> {
+        let r = self.http.get(format!("http://{}/api/health", self.nodes[i].http)).send().await.ok()?;
+        let v: Value = r.json().await.ok()?;
+        v["data"]["raft"]["leader_id"].as_u64()
+    }
+
+    /// SIGKILL.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    async fn wait_healthy(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        'outer: loop {
+            assert!(Instant::now() < deadline, "cluster not healthy within {within:?}; logs: {}", self.logs());
+            for n in &self.nodes {
+                let ok = match self.http.get(format!("http://{}/api/health", n.http)).send().await {
+                    Ok(r) => r.status() == 200,
+                    Err(_) => false,
+                };
+                if !ok {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue 'outer;
+                }
+            }
+            return;
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let text = std::fs::read_to_string(n.config.with_extension("log")).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out.push_str(&format!(
+                "\n--- node {} ---\n{}",
+                n.id,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        out
+    }
+
+    /// Every task name, read linearizably through node `i`.
+    async fn task_names(&self, i: usize) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        for page in 1.. {
+            let url = format!("http://{}/api/tasks?size=100&page={page}", self.nodes[i].http);
+            let v: Value = self.http.get(url).bearer_auth(KEY).send().await.unwrap().json().await.unwrap();
+            let items = v["data"]["items"].as_array().unwrap_or_else(|| panic!("list failed: {v}"));
+            if items.is_empty() {
+                break;
+            }
+            names.extend(items.iter().map(|t| t["name"].as_str().unwrap().to_string()));
+        }
+        names
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Outcomes {
+    acked: BTreeSet<String>,
+    attempted: BTreeSet<String>,
+}
+
+/// Creates uniquely named tasks through rotating nodes until `stop`.
+async fn write_until(
+    http: reqwest::Client,
+    urls: Vec<String>,
+    client: usize,
+    stop: Instant,
+    out: Arc<Mutex<Outcomes>>,
+) {
+    let mut n = 0;
+    while Instant::now() < stop {
+        n += 1;
+        let name = format!("c{client}-{n}");
+        out.lock().await.attempted.insert(name.clone());
+        let url = &urls[(client + n) % urls.len()];
+        let resp = http
+            .post(format!("http://{url}/api/tasks"))
+            .bearer_auth(KEY)
+            .json(&json!({"name": name, "executor": "shell", "command": "true"}))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await;
+        match resp {
+            Ok(r) if r.status() == 201 => {
+                out.lock().await.acked.insert(name);
+            }
+            Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+async fn assert_no_loss(c: &Cluster, out: &Outcomes) {
+    for i in 0..c.nodes.len() {
+        let names = c.task_names(i).await;
+        let lost: Vec<_> = out.acked.difference(&names).collect();
+        assert!(lost.is_empty(), "node {}: acknowledged creates lost: {lost:?}", i + 1);
+        let phantom: Vec<_> = names.difference(&out.attempted).collect();
+        assert!(phantom.is_empty(), "node {}: tasks nobody created: {phantom:?}", i + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_every_node_mid_write_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3);
+    c.wait_healthy(Duration::from_secs(30)).await;
+    let out = Arc::new(Mutex::new(Outcomes::default()));
+    let urls: Vec<String> = c.nodes.iter().map(|n| n.http.clone()).collect();
+    let stop = Instant::now() + Duration::from_secs(3);
+    let writers: Vec<_> =
+        (0..6).map(|k| tokio::spawn(write_until(c.http.clone(), urls.clone(), k, stop, out.clone()))).collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..3 {
+        c.kill(i);
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked_before_crash = out.lock().await.acked.len();
+    assert!(acked_before_crash > 10, "too few writes were acknowledged to test anything: {acked_before_crash}");
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    c.wait_healthy(Duration::from_secs(30)).await;
+    assert_no_loss(&c, &*out.lock().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_node_killed_mid_stream_recovers_and_catches_up() {
+    let mut c = Cluster::start(3);
+    c.wait_healthy(Duration::from_secs(30)).await;
+    let out = Arc::new(Mutex::new(Outcomes::default()));
+    // Writes go only to nodes 1 and 2; node 3 is killed and restarted meanwhile.
+    let urls: Vec<String> = c.nodes[..2].iter().map(|n| n.http.clone()).collect();
+    let stop = Instant::now() + Duration::from_secs(4);
+    let writers: Vec<_> =
+        (0..4).map(|k| tokio::spawn(write_until(c.http.clone(), urls.clone(), k, stop, out.clone()))).collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    c.kill(2);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.spawn(2);
+    for w in writers {
+        w.await.unwrap();
+    }
+    c.wait_healthy(Duration::from_secs(30)).await;
+    assert_no_loss(&c, &*out.lock().await).await;
+    // And the replicas converge to the same applied index and state digest.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v: Value = c
+            .http
+            .get(format!("http://{}/api/cluster", c.nodes[0].http))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let applied: BTreeSet<String> =
+            v["data"]["members"].as_array().unwrap().iter().map(|m| m["status"]["applied_index"].to_string()).collect();
+        if applied.len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "applied indexes differ: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn invalid_config_and_busy_port_fail_at_start_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_raftcron");
+    let run = |config: &Path| {
+        let out = Command::new(bin).args(["serve", "--config"]).arg(config).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[node]\nid = 1\nhttp_adress = \"127.0.0.1:1\"\n").unwrap();
+    let (ok, err) = run(&cfg);
+    assert!(!ok);
+    assert!(err.contains("http_adress") && err.starts_with("error:"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nid = 1\ndata_dir = {:?}\nhttp_addr = \"127.0.0.1:{port}\"\nrpc_addr = \"127.0.0.1:0\"\n",
+            dir.path().join("d")
+        ),
+    )
+    .unwrap();
+    let (ok, err) = run(&cfg);
+    assert!(!ok);
+    assert!(err.contains("node.http_addr") && err.contains(&port.to_string()), "{err}");
+
+    let (ok, err) = run(&dir.path().join("missing.toml"));
+    assert!(!ok);
+    assert!(err.contains("missing.toml"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_on_the_leader_hands_over_before_the_election_timeout() {
+    // A long election timeout: only a handover can produce a new leader well before it.
+    let mut c = Cluster::start_with(3, 3000);
+    c.wait_healthy(Duration::from_secs(30)).await;
+    let leader = c.leader_seen_by(0).await.expect("a leader") as usize - 1;
+    let other = (leader + 1) % 3;
+    let signalled = Instant::now();
+    c.signal_term(leader);
+    let new_leader = loop {
+        match c.leader_seen_by(other).await {
+            Some(l) if l as usize - 1 != leader => break l,
+            _ => {}
+        }
+        assert!(signalled.elapsed() < Duration::from_secs(10), "no new leader; logs: {}", c.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_millis(2000),
+        "new leader {new_leader} after {took:?}: no handover? logs: {}",
+        c.logs()
+    );
+    let status = c.nodes[leader].child.as_mut().unwrap().wait().unwrap();
+    assert!(status.success(), "graceful exit, got {status}");
+    c.nodes[leader].child = None;
+}
