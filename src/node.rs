@@ -105,6 +105,7 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
     let store = Store::new(db.clone());
     let log_store = LogStore::new(db.clone());
     let pristine = log_store.is_pristine()?;
+    let config_has_peers = !config.peers()?.is_empty();
     let state_machine = StateMachine::new(store.clone(), config.node.data_dir.join("snapshot"))?;
     let identity = Identity {
         id: config.node.id,
@@ -146,7 +147,9 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
         peers,
         started_at: Instant::now(),
         incoming_snapshot: tokio::sync::Mutex::new(None),
-        quarantined: AtomicBool::new(false),
+        // A pristine node that may be bootstrapped stays out of replication and elections
+        // until its bootstrap has looked at the peers (see `bootstrap`).
+        quarantined: AtomicBool::new(pristine && config_has_peers),
     });
 
     let mut tasks = Vec::new();
@@ -458,6 +461,18 @@ impl NodeCore {
                 if voters.contains(&id) {
                     return Ok(());
                 }
+                // Adding a node is the operator's consent to (re)admit it, also if it
+                // quarantined itself after losing its data dir.
+                let client = self
+                    .peers
+                    .get(&node.rpc_addr)
+                    .await
+                    .map_err(|e| RpcFailure::Unavailable(format!("node {id}: {e}")))?;
+                match client.admit(context(RPC_TIMEOUT), self.identity.header()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(RpcFailure::Invalid(format!("node {id} refused to join: {e}"))),
+                    Err(e) => return Err(RpcFailure::Unavailable(format!("node {id} did not answer: {e}"))),
+                }
                 // Blocking add: returns once the learner has caught up, so promoting it
                 // never stalls commits on a node that is far behind.
                 self.raft.add_learner(id, node, true).await.map_err(map)?;
@@ -520,6 +535,7 @@ impl NodeCore {
             rpc_addr: self.rpc_addr.clone(),
             cluster_id: self.store.cluster_id().ok().flatten(),
             state_digest: with_digest.then(|| self.store.digest().ok()).flatten(),
+            quarantined: self.quarantined.load(Ordering::SeqCst),
         }
     }
 
@@ -534,6 +550,7 @@ impl NodeCore {
             return;
         }
         let quorum = peers.len() / 2 + 1;
+        let mut warned = false;
         loop {
             if self.raft.is_initialized().await.unwrap_or(true) {
                 self.quarantined.store(false, Ordering::SeqCst);
@@ -562,15 +579,23 @@ impl NodeCore {
                 }
             }
             if let Some(st) = formed {
-                let knows_me = self.leader_replicated_to_me(&st).await;
-                self.quarantined.store(knows_me, Ordering::SeqCst);
-                if knows_me {
-                    tracing::error!(
-                        node_id = self.id,
-                        "this node's data dir is empty but the cluster has replicated to it before; \
-                         remove it (DELETE /api/cluster/nodes/{}) and add it again",
-                        self.id
-                    );
+                // Unknown (no leader to ask right now) keeps the current state.
+                // The decision only ever lifts the quarantine: once lifted, the cluster may
+                // replicate to this node, and that must not put it back.
+                let verdict = self.leader_replicated_to_me(&st).await;
+                tracing::debug!(node_id = self.id, ?verdict, leader = ?st.leader_id, "bootstrap: formed cluster found");
+                match verdict {
+                    Some(false) => self.quarantined.store(false, Ordering::SeqCst),
+                    Some(true) if self.quarantined.load(Ordering::SeqCst) && !warned => {
+                        warned = true;
+                        tracing::error!(
+                            node_id = self.id,
+                            "this node's data dir is empty but the cluster has replicated to it before; \
+                             remove it (DELETE /api/cluster/nodes/{}) and add it again",
+                            self.id
+                        );
+                    }
+                    _ => {}
                 }
                 // A formed cluster that has not reached this node yet will replicate to it.
             } else if reachable.len() >= quorum {
@@ -583,15 +608,16 @@ impl NodeCore {
         }
     }
 
-    /// Asks the leader named in `st` whether it has ever matched a log index on this node.
-    async fn leader_replicated_to_me(&self, st: &NodeStatus) -> bool {
-        let Some(leader) = st.leader_id else { return false };
-        let Ok(peers) = self.config.peers() else { return false };
-        let Some(addr) = peers.iter().find(|p| p.id == leader).map(|p| p.rpc_addr.clone()) else { return false };
-        let Ok(client) = self.peers.get(&addr).await else { return false };
+    /// Asks the leader named in `st` whether it has ever matched a log index on this node;
+    /// `None` when that cannot be learned right now.
+    async fn leader_replicated_to_me(&self, st: &NodeStatus) -> Option<bool> {
+        let leader = st.leader_id?;
+        let peers = self.config.peers().ok()?;
+        let addr = peers.iter().find(|p| p.id == leader).map(|p| p.rpc_addr.clone())?;
+        let client = self.peers.get(&addr).await.ok()?;
         match client.replication_of(context(Duration::from_secs(1)), self.identity.header(), self.id).await {
-            Ok(Ok(matched)) => matched.is_some(),
-            _ => false,
+            Ok(Ok(matched)) => Some(matched.is_some()),
+            _ => None,
         }
     }
 

@@ -95,6 +95,9 @@ pub struct NodeStatus {
     pub rpc_addr: String,
     pub cluster_id: Option<String>,
     pub state_digest: Option<String>,
+    /// The data dir was found empty although the cluster had replicated to this node; it
+    /// takes no part in Raft until removed and added again.
+    pub quarantined: bool,
 }
 
 /// A membership change a follower asks the leader to make.
@@ -139,6 +142,8 @@ pub trait ClusterService {
     /// On the leader: the highest log index it has matched on `node`, if any. A pristine
     /// node asks this to learn whether it lost data the cluster still counts on.
     async fn replication_of(hdr: Header, node: NodeId) -> Result<Option<u64>, RpcFailure>;
+    /// The leader, adding this node on an operator's request, lifts its quarantine.
+    async fn admit(hdr: Header) -> Result<(), RpcFailure>;
 }
 
 /// Builds and checks headers for this node.

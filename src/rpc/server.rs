@@ -130,6 +130,14 @@ impl ClusterService for RpcServer {
         Ok(self.core.status(with_digest))
     }
 
+    async fn admit(self, _: Context, hdr: Header) -> Result<(), RpcFailure> {
+        self.core.identity.check(&hdr)?;
+        if self.core.quarantined.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            tracing::info!(from = hdr.from, "admitted back into the cluster after losing data");
+        }
+        Ok(())
+    }
+
     async fn replication_of(self, _: Context, hdr: Header, node: NodeId) -> Result<Option<u64>, RpcFailure> {
         self.core.identity.check(&hdr)?;
         self.core.matched_index_of(node)

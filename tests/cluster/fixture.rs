@@ -115,6 +115,14 @@ impl TestCluster {
         }
     }
 
+    /// Kills a node and empties its data dir, as a replaced disk would.
+    pub async fn wipe(&mut self, id: u64) {
+        self.kill(id).await;
+        let dir = self.nodes[&id].dir.path().to_path_buf();
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+    }
+
     /// Restarts a killed node from its data dir on its old addresses.
     pub async fn restart(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).unwrap();

@@ -55,3 +55,35 @@ async fn transfer_leader_through_a_follower() {
     c.create_task(other, "after-transfer").await;
     c.shutdown().await;
 }
+
+/// Regression: before the quarantine, a follower restarted with an empty data dir answered
+/// the leader's appends with a conflict at an index the leader had already matched, and
+/// the leader's RaftCore panicked ("follower log reversion is not allowed").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_node_is_quarantined_until_removed_and_added_again() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    for i in 0..5 {
+        c.create_task(leader, &format!("w{i}")).await;
+    }
+    let _ = c.converged_digests(Duration::from_secs(5)).await;
+    let wiped = c.follower(leader);
+    c.wipe(wiped).await;
+    c.restart(wiped).await;
+
+    // It must not rejoin as if nothing happened: it may have voted in this term before.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(c.core(wiped).quarantined.load(std::sync::atomic::Ordering::SeqCst), "wiped node not quarantined");
+    assert_eq!(c.core(wiped).status(false).applied_index, None, "wiped node took replication");
+    c.create_task(leader, "while-quarantined").await;
+
+    let a = c.call(leader, Method::DELETE, &format!("/api/cluster/nodes/{wiped}"), None, &[]).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
+    let (rpc, http) = (c.nodes[&wiped].rpc.to_string(), c.nodes[&wiped].http.to_string());
+    let a = c.post(leader, "/api/cluster/nodes", json!({"id": wiped, "rpc_addr": rpc, "http_addr": http})).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(!c.core(wiped).quarantined.load(std::sync::atomic::Ordering::SeqCst));
+    let a = c.get(wiped, "/api/tasks").await;
+    assert_eq!(a.data()["total"], 6, "{}", a.body);
+    c.shutdown().await;
+}
