@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Extension;
 use bytes::Bytes;
@@ -53,14 +55,21 @@ pub struct MemberView {
 /// Members, leader, term, and each node's commit and applied index.
 #[utoipa::path(
     get, path = "/api/cluster", tag = "cluster",
-    responses((status = 200, body = Envelope<ClusterView>), (status = 401)),
+    params(("digest" = Option<bool>, Query, description = "include each node's state digest (SHA-256 over the state machine)")),
+    responses((status = 200, body = Envelope<ClusterView>), (status = 400), (status = 401)),
     security(("bearer" = []))
 )]
 async fn cluster_view(
     State(core): State<Arc<NodeCore>>,
     Extension(caller): Extension<Caller>,
+    Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<Reply<ClusterView>, ApiError> {
     caller.require(Role::Viewer)?;
+    let with_digest = match q.get("digest").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => return Err(ApiError::BadRequest(format!("digest: {v:?} is not true or false"))),
+    };
     let m = core.raft.metrics().borrow_watched().clone();
     let voters: Vec<NodeId> = m.membership_config.voter_ids().collect();
     let nodes: Vec<(NodeId, NodeInfo)> = m.membership_config.nodes().map(|(id, n)| (*id, n.clone())).collect();
@@ -69,10 +78,10 @@ async fn cluster_view(
         let (id, addr) = (*id, info.rpc_addr.clone());
         async move {
             if id == core.id {
-                return Some(core.status(false));
+                return Some(core.status(with_digest));
             }
             let client = core.peers.get(&addr).await.ok()?;
-            match client.node_status(context(Duration::from_secs(1)), core.identity.header(), false).await {
+            match client.node_status(context(Duration::from_secs(2)), core.identity.header(), with_digest).await {
                 Ok(Ok(s)) => Some(s),
                 _ => {
                     core.peers.forget(&addr).await;

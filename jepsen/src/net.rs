@@ -1,0 +1,179 @@
+//! The test network and the nodes on it.
+//!
+//! Layout: a control namespace `rcj-ctl` holds a bridge (10.77.0.254/24) and runs the
+//! harness's clients; each node K runs in namespace `rcj-nK` at 10.77.0.K, joined to the
+//! bridge by a veth pair. The subnet exists only inside these namespaces. Faults are
+//! applied inside the node namespaces: iptables for partitions and lossy links, signals
+//! for kills and pauses, a libfaketime timestamp file per node for clock skew.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context};
+
+pub const CTL_NS: &str = "rcj-ctl";
+const BRIDGE: &str = "rcjbr0";
+pub const SUBNET_PREFIX: &str = "10.77.0";
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+pub fn node_ns(id: u64) -> String {
+    format!("rcj-n{id}")
+}
+
+pub fn node_ip(id: u64) -> String {
+    format!("{SUBNET_PREFIX}.{id}")
+}
+
+fn sh(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("running {args:?}"))?;
+    if !out.status.success() {
+        bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Runs a command inside a node's namespace.
+pub fn in_ns(id: u64, args: &[&str]) -> anyhow::Result<()> {
+    let ns = node_ns(id);
+    let mut full = vec!["ip", "netns", "exec", ns.as_str()];
+    full.extend_from_slice(args);
+    sh(&full)
+}
+
+/// Creates the namespaces, bridge and veths for `n` nodes. Idempotent: leftovers of an
+/// interrupted run are removed first.
+pub fn setup(n: u64) -> anyhow::Result<()> {
+    teardown(n + 4);
+    sh(&["ip", "netns", "add", CTL_NS])?;
+    sh(&["ip", "netns", "exec", CTL_NS, "ip", "link", "set", "lo", "up"])?;
+    sh(&["ip", "netns", "exec", CTL_NS, "ip", "link", "add", BRIDGE, "type", "bridge"])?;
+    sh(&["ip", "netns", "exec", CTL_NS, "ip", "addr", "add", &format!("{SUBNET_PREFIX}.254/24"), "dev", BRIDGE])?;
+    sh(&["ip", "netns", "exec", CTL_NS, "ip", "link", "set", BRIDGE, "up"])?;
+    for id in 1..=n {
+        let ns = node_ns(id);
+        let (inner, outer) = (format!("rcjv{id}"), format!("rcjb{id}"));
+        sh(&["ip", "netns", "add", &ns])?;
+        sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
+        // Create the pair inside the node namespace, then move one end to the control one.
+        sh(&["ip", "netns", "exec", &ns, "ip", "link", "add", &inner, "type", "veth", "peer", "name", &outer])?;
+        sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", &outer, "netns", CTL_NS])?;
+        sh(&["ip", "netns", "exec", &ns, "ip", "addr", "add", &format!("{}/24", node_ip(id)), "dev", &inner])?;
+        sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", &inner, "up"])?;
+        sh(&["ip", "netns", "exec", CTL_NS, "ip", "link", "set", &outer, "master", BRIDGE])?;
+        sh(&["ip", "netns", "exec", CTL_NS, "ip", "link", "set", &outer, "up"])?;
+    }
+    Ok(())
+}
+
+/// Kills whatever still runs in the namespaces and deletes them. Never fails: it runs on
+/// every exit path.
+pub fn teardown(n: u64) {
+    for id in 1..=n {
+        kill_ns_processes(&node_ns(id));
+        let _ = Command::new("ip").args(["netns", "del", &node_ns(id)]).stderr(Stdio::null()).status();
+    }
+    kill_ns_processes(CTL_NS);
+    let _ = Command::new("ip").args(["netns", "del", CTL_NS]).stderr(Stdio::null()).status();
+}
+
+fn kill_ns_processes(ns: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).stderr(Stdio::null()).output() else { return };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
+}
+
+/// One raftcron node process.
+pub struct Node {
+    pub id: u64,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub paused: bool,
+}
+
+pub const API_KEY: &str = "jepsen-admin-key";
+
+impl Node {
+    pub fn http(&self) -> String {
+        format!("{}:8080", node_ip(self.id))
+    }
+
+    pub fn faketime_file(&self) -> PathBuf {
+        self.dir.join("faketime")
+    }
+
+    /// Writes the node's config (data dir kept across restarts) and clock file.
+    pub fn prepare(id: u64, n: u64, store: &Path) -> anyhow::Result<Node> {
+        let dir = store.join(format!("n{id}"));
+        fs::create_dir_all(&dir)?;
+        let peers: Vec<String> = (1..=n).map(|k| format!("\"{k}={}:9080\"", node_ip(k))).collect();
+        fs::write(
+            dir.join("config.toml"),
+            format!(
+                "[node]\nid = {id}\ndata_dir = {:?}\nhttp_addr = \"{ip}:8080\"\nrpc_addr = \"{ip}:9080\"\n\n\
+                 [cluster]\npeers = [{}]\nheartbeat_ms = 100\nelection_timeout_ms = 1000\n\
+                 snapshot_every_entries = 500\nsecret = \"jepsen\"\n",
+                dir.join("data"),
+                peers.join(", "),
+                ip = node_ip(id)
+            ),
+        )?;
+        fs::write(dir.join("faketime"), "+0s\n")?;
+        Ok(Node { id, dir, child: None, paused: false })
+    }
+
+    pub fn start(&mut self, bin: &Path) -> anyhow::Result<()> {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("node.log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node_ns(self.id)])
+            .arg(bin)
+            .args(["serve", "--config"])
+            .arg(self.dir.join("config.toml"))
+            .env("RAFTCRON_API_KEY", API_KEY)
+            .env("RUST_LOG", "info,openraft=warn")
+            .env("LD_PRELOAD", FAKETIME_LIB)
+            .env("FAKETIME_TIMESTAMP_FILE", self.faketime_file())
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .env("FAKETIME_NO_CACHE", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting raftcron")?;
+        self.child = Some(child);
+        self.paused = false;
+        Ok(())
+    }
+
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args([sig, &c.id().to_string()]).status();
+        }
+    }
+
+    /// SIGKILL, then reap. `ip netns exec` execs the program, so the pid is raftcron's.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if self.paused {
+                let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.paused = false;
+    }
+
+    pub fn pause(&mut self) {
+        self.signal("-STOP");
+        self.paused = true;
+    }
+
+    pub fn resume(&mut self) {
+        self.signal("-CONT");
+        self.paused = false;
+    }
+
+    pub fn set_clock_offset(&self, offset: &str) -> anyhow::Result<()> {
+        fs::write(self.faketime_file(), format!("{offset}\n")).context("writing faketime file")
+    }
+}
