@@ -541,8 +541,8 @@ impl NodeCore {
 
     /// Static bootstrap, run only on a node whose storage is empty: once a quorum of the
     /// configured peers answers and none of them belongs to a formed cluster, initialize
-    /// with exactly those peers. Every pristine peer does the same with the same
-    /// membership, which openraft allows. A pristine node that a formed cluster has already
+    /// with all configured peers as voters. Every pristine peer does the same with the
+    /// same membership, which openraft allows. A pristine node that a formed cluster has already
     /// replicated to lost its data: it stays quarantined until removed.
     async fn bootstrap(self: Arc<Self>) {
         let Ok(peers) = self.config.peers() else { return };
@@ -556,14 +556,11 @@ impl NodeCore {
                 self.quarantined.store(false, Ordering::SeqCst);
                 return;
             }
-            let mut reachable = BTreeMap::new();
+            let mut reachable = 0;
             let mut formed = None;
             for peer in &peers {
                 if peer.id == self.id {
-                    reachable.insert(
-                        peer.id,
-                        NodeInfo { rpc_addr: self.rpc_addr.clone(), http_addr: self.http_addr.clone() },
-                    );
+                    reachable += 1;
                     continue;
                 }
                 let Ok(client) = self.peers.get(&peer.rpc_addr).await else { continue };
@@ -572,8 +569,7 @@ impl NodeCore {
                         if st.cluster_id.is_some() || st.leader_id.is_some() {
                             formed = Some(st.clone());
                         }
-                        reachable
-                            .insert(peer.id, NodeInfo { rpc_addr: peer.rpc_addr.clone(), http_addr: st.http_addr });
+                        reachable += 1;
                     }
                     _ => self.peers.forget(&peer.rpc_addr).await,
                 }
@@ -598,9 +594,17 @@ impl NodeCore {
                     _ => {}
                 }
                 // A formed cluster that has not reached this node yet will replicate to it.
-            } else if reachable.len() >= quorum {
-                match self.raft.initialize(reachable.clone()).await {
-                    Ok(()) => tracing::info!(members = ?reachable.keys().collect::<Vec<_>>(), "bootstrapped cluster"),
+            } else if reachable >= quorum {
+                // Always the whole configured peer list, identical on every node: nodes that
+                // initialized with whichever peers they happened to reach formed clusters
+                // with different voter sets (found by the chaos suite). The HTTP address is
+                // left empty here for the same reason; each node reports its own.
+                let members: BTreeMap<NodeId, NodeInfo> = peers
+                    .iter()
+                    .map(|p| (p.id, NodeInfo { rpc_addr: p.rpc_addr.clone(), http_addr: String::new() }))
+                    .collect();
+                match self.raft.initialize(members).await {
+                    Ok(()) => tracing::info!(peers = peers.len(), "bootstrapped cluster"),
                     Err(e) => tracing::info!(error = %e, "bootstrap: initialize declined"),
                 }
             }

@@ -57,7 +57,7 @@ struct RunArgs {
     /// register, set, or both comma-separated.
     #[arg(long, default_value = "register,set")]
     workload: String,
-    /// kill, pause, partition, clock, flaky, all — comma-separated.
+    /// kill, pause, partition, clock, flaky, membership, all — comma-separated.
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Seconds of workload under faults (healing and final reads come after).
@@ -153,8 +153,9 @@ async fn run_outer(mut args: RunArgs) -> anyhow::Result<bool> {
             net::teardown(self.0);
         }
     }
-    let _guard = Teardown(args.nodes);
-    net::setup(args.nodes).context("setting up network namespaces")?;
+    // One namespace more than the cluster size: the spare node the membership nemesis adds.
+    let _guard = Teardown(args.nodes + 1);
+    net::setup(args.nodes + 1).context("setting up network namespaces")?;
     let exe = std::env::current_exe()?;
     let mut cmd = tokio::process::Command::new("ip");
     cmd.args(["netns", "exec", net::CTL_NS]).arg(exe).arg("inner");
@@ -250,8 +251,10 @@ async fn run_inner(args: RunArgs, run_dir: PathBuf) -> anyhow::Result<bool> {
         n.start(&bin)?;
         nodes.push(n);
     }
-    let outcome = drive(&args, &bin, &workloads, &families, &mut nodes, &run_dir).await;
-    for n in nodes.iter_mut() {
+    let mut spare = Node::prepare(args.nodes + 1, args.nodes, &run_dir)?;
+    spare.start(&bin)?;
+    let outcome = drive(&args, &bin, &workloads, &families, &mut nodes, &mut spare, &run_dir).await;
+    for n in nodes.iter_mut().chain(std::iter::once(&mut spare)) {
         n.kill();
     }
     outcome
@@ -263,6 +266,7 @@ async fn drive(
     workloads: &[Workload],
     families: &[Family],
     nodes: &mut Vec<Node>,
+    spare: &mut Node,
     run_dir: &Path,
 ) -> anyhow::Result<bool> {
     wait_healthy(nodes, Duration::from_secs(60)).await?;
@@ -289,7 +293,7 @@ async fn drive(
         )));
     }
     let rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let mut nem = Nemesis::new(nodes, bin, rng, rec.clone());
+    let mut nem = Nemesis::new(nodes, spare, bin, rng, rec.clone());
     let nem_result = nem.run(families, stop, Duration::from_secs(args.fault_s), Duration::from_secs(args.calm_s)).await;
     nem.heal().await?;
     let nemesis_events: Vec<NemesisEvent> = std::mem::take(&mut nem.events);

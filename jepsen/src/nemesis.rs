@@ -4,7 +4,10 @@
 //! (SIGSTOP/SIGCONT), `partition` (iptables inside the node namespaces: isolate the leader,
 //! a random minority/majority split, a bridge, a one-way cut), `clock` (libfaketime offset
 //! file: bump forwards or backwards, or strobe), `flaky` (iptables `statistic` drops of 30%
-//! of a node's inbound packets), and `all` (several at once).
+//! of a node's inbound packets), `membership` (add the spare node, remove a voter —
+//! sometimes wiping its disk — then add it back and remove the spare; the cluster never
+//! has fewer than its initial number of voters), and `all` (several at once; membership
+//! churn is kept out of `all` so that a partition cannot strand a half-done change).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -23,6 +26,7 @@ pub enum Family {
     Partition,
     Clock,
     Flaky,
+    Membership,
     All,
 }
 
@@ -35,8 +39,11 @@ impl Family {
                 "partition" => Ok(Family::Partition),
                 "clock" => Ok(Family::Clock),
                 "flaky" => Ok(Family::Flaky),
+                "membership" => Ok(Family::Membership),
                 "all" => Ok(Family::All),
-                other => anyhow::bail!("unknown nemesis {other:?}; expected kill, pause, partition, clock, flaky, all"),
+                other => anyhow::bail!(
+                    "unknown nemesis {other:?}; expected kill, pause, partition, clock, flaky, membership, all"
+                ),
             })
             .collect()
     }
@@ -63,10 +70,13 @@ struct Damage {
     paused: Vec<u64>,
     firewalled: Vec<u64>,
     skewed: Vec<u64>,
+    /// A voter removed by the membership nemesis, to add back (and the spare to remove).
+    removed: Option<u64>,
 }
 
 pub struct Nemesis<'a> {
     pub nodes: &'a mut Vec<Node>,
+    pub spare: &'a mut Node,
     pub bin: &'a Path,
     pub rng: StdRng,
     pub rec: Recorder,
@@ -75,8 +85,8 @@ pub struct Nemesis<'a> {
 }
 
 impl<'a> Nemesis<'a> {
-    pub fn new(nodes: &'a mut Vec<Node>, bin: &'a Path, rng: StdRng, rec: Recorder) -> Self {
-        Nemesis { nodes, bin, rng, rec, events: Vec::new(), damage: Damage::default() }
+    pub fn new(nodes: &'a mut Vec<Node>, spare: &'a mut Node, bin: &'a Path, rng: StdRng, rec: Recorder) -> Self {
+        Nemesis { nodes, spare, bin, rng, rec, events: Vec::new(), damage: Damage::default() }
     }
 
     fn ids(&self) -> Vec<u64> {
@@ -136,6 +146,7 @@ impl<'a> Nemesis<'a> {
             Family::Partition => self.partition().await?,
             Family::Clock => return self.clock(hold).await,
             Family::Flaky => self.flaky()?,
+            Family::Membership => self.membership().await?,
             Family::All => {
                 let mut parts = vec![self.partition().await?];
                 if self.rng.random_bool(0.5) {
@@ -251,7 +262,46 @@ impl<'a> Nemesis<'a> {
         }
     }
 
-    /// Undoes everything: firewall rules, clocks, pauses, kills.
+    /// A membership change through the API (any node that answers), retried for up to
+    /// 30 s: it needs a quorum, which every other fault here leaves available.
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<()> {
+        let client = crate::workload::Client::new(self.nodes.iter().map(Node::http).collect());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            for node in &client.nodes {
+                match client.request(method.clone(), node, path, body.clone(), None).await {
+                    crate::workload::Outcome::Ok(_) => return Ok(()),
+                    crate::workload::Outcome::Fail(e) | crate::workload::Outcome::Info(e) => last = e,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        anyhow::bail!("membership change {method} {path} did not complete in 30 s: {last}")
+    }
+
+    fn add_body(node: &Node) -> serde_json::Value {
+        serde_json::json!({"id": node.id, "rpc_addr": format!("{}:9080", node_ip(node.id)), "http_addr": node.http()})
+    }
+
+    /// Adds the spare first, then removes a random original voter (wiping its disk half
+    /// the time), so the voter count never drops below where it started.
+    async fn membership(&mut self) -> anyhow::Result<String> {
+        self.admin(reqwest::Method::POST, "/api/cluster/nodes", Some(Self::add_body(self.spare))).await?;
+        let victim = *self.ids().choose(&mut self.rng).expect("nodes");
+        self.admin(reqwest::Method::DELETE, &format!("/api/cluster/nodes/{victim}"), None).await?;
+        self.damage.removed = Some(victim);
+        if self.rng.random_bool(0.5) {
+            let bin = self.bin.to_path_buf();
+            let node = self.node(victim);
+            node.wipe()?;
+            node.start(&bin)?;
+            return Ok(format!("added spare n{}, removed n{victim} and wiped its disk", self.spare.id));
+        }
+        Ok(format!("added spare n{}, removed n{victim}", self.spare.id))
+    }
+
+    /// Undoes everything: firewall rules, clocks, pauses, kills, membership.
     pub async fn heal(&mut self) -> anyhow::Result<()> {
         let d = std::mem::take(&mut self.damage);
         for id in d.firewalled {
@@ -266,6 +316,15 @@ impl<'a> Nemesis<'a> {
         for id in d.killed {
             let bin = self.bin.to_path_buf();
             self.node(id).start(&bin)?;
+        }
+        if let Some(victim) = d.removed {
+            let body = Self::add_body(self.nodes.iter().find(|n| n.id == victim).expect("known node"));
+            self.admin(reqwest::Method::POST, "/api/cluster/nodes", Some(body)).await?;
+            self.admin(reqwest::Method::DELETE, &format!("/api/cluster/nodes/{}", self.spare.id), None).await?;
+            // Back to an empty spare, ready to be added next time.
+            let bin = self.bin.to_path_buf();
+            self.spare.wipe()?;
+            self.spare.start(&bin)?;
         }
         Ok(())
     }

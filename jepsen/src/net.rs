@@ -103,11 +103,14 @@ impl Node {
         self.dir.join("faketime")
     }
 
-    /// Writes the node's config (data dir kept across restarts) and clock file.
+    /// Writes the node's config (data dir kept across restarts) and clock file. Nodes
+    /// `1..=n` are the bootstrap voters; a spare (id > n) lists no peers and waits to be
+    /// added through the API.
     pub fn prepare(id: u64, n: u64, store: &Path) -> anyhow::Result<Node> {
         let dir = store.join(format!("n{id}"));
         fs::create_dir_all(&dir)?;
-        let peers: Vec<String> = (1..=n).map(|k| format!("\"{k}={}:9080\"", node_ip(k))).collect();
+        let peers: Vec<String> =
+            if id <= n { (1..=n).map(|k| format!("\"{k}={}:9080\"", node_ip(k))).collect() } else { Vec::new() };
         fs::write(
             dir.join("config.toml"),
             format!(
@@ -171,6 +174,17 @@ impl Node {
     pub fn resume(&mut self) {
         self.signal("-CONT");
         self.paused = false;
+    }
+
+    /// Kills the node and empties its data dir, as a replaced disk would; `start` then
+    /// brings it back with nothing.
+    pub fn wipe(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let data = self.dir.join("data");
+        if data.exists() {
+            fs::remove_dir_all(&data).context("wiping the data dir")?;
+        }
+        Ok(())
     }
 
     pub fn set_clock_offset(&self, offset: &str) -> anyhow::Result<()> {

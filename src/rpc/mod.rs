@@ -288,3 +288,39 @@ pub async fn serve(listener: TcpListener, server: RpcServer) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(dir: &std::path::Path, secret: &str, cluster: Option<&str>) -> Identity {
+        let store = Store::new(crate::storage::open_db(dir).unwrap());
+        if let Some(id) = cluster {
+            let mut tx = crate::storage::Tx::new(&store);
+            tx.put_meta("cluster_id", &id.to_string()).unwrap();
+            tx.commit().unwrap();
+        }
+        Identity { id: 1, store, secret_hash: secret.into() }
+    }
+
+    #[test]
+    fn refuses_another_cluster_a_wrong_secret_and_an_unknown_format() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let ours = identity(a.path(), "s", Some("cluster-a"));
+        let theirs = identity(b.path(), "s", Some("cluster-b"));
+        assert!(matches!(ours.check(&theirs.header()), Err(RpcFailure::Refused(m)) if m.contains("cluster-b")));
+
+        let fresh_dir = tempfile::tempdir().unwrap();
+        let fresh = identity(fresh_dir.path(), "s", None);
+        assert!(ours.check(&fresh.header()).is_ok(), "a node that has not joined yet is accepted");
+        assert!(fresh.check(&ours.header()).is_ok());
+
+        let mut wrong_secret = fresh.header();
+        wrong_secret.secret = "other".into();
+        assert!(matches!(ours.check(&wrong_secret), Err(RpcFailure::Refused(m)) if m.contains("secret")));
+
+        let mut newer = fresh.header();
+        newer.format = FORMAT_VERSION + 1;
+        assert!(matches!(ours.check(&newer), Err(RpcFailure::Refused(m)) if m.contains("format")));
+    }
+}

@@ -326,3 +326,33 @@ impl<'a> Tx<'a> {
         self.store.db.write(self.batch).map_err(db_err)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versioned_values_refuse_an_unknown_version_clearly() {
+        let bytes = encode_versioned(&("task", 7u64)).unwrap();
+        let back: (String, u64) = decode_versioned("log entry", &bytes).unwrap();
+        assert_eq!(back, ("task".to_string(), 7));
+        let mut newer = bytes.clone();
+        newer[0] = crate::raft::FORMAT_VERSION + 1;
+        let err = decode_versioned::<(String, u64)>("log entry", &newer).unwrap_err().to_string();
+        assert!(err.contains("format version") && err.contains("upgrade"), "{err}");
+        assert!(decode_versioned::<(String, u64)>("snapshot", &[]).unwrap_err().to_string().contains("empty"));
+    }
+
+    #[test]
+    fn an_unknown_column_family_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let _db = DB::open_cf(&opts, dir.path(), ["runs_v9"]).unwrap();
+        }
+        let err = open_db(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("runs_v9") && err.contains("newer"), "{err}");
+    }
+}

@@ -79,6 +79,12 @@ impl TestCluster {
     }
 
     pub async fn start_with(n: u64, opts: Opts) -> TestCluster {
+        Self::start_except(n, opts, &[]).await
+    }
+
+    /// Binds every node's ports and writes every config, but starts only the nodes not in
+    /// `later`; those start with [`TestCluster::start_pending`].
+    pub async fn start_except(n: u64, opts: Opts, later: &[u64]) -> TestCluster {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -99,12 +105,23 @@ impl TestCluster {
         };
         for (id, l) in listeners {
             let dir = tempfile::tempdir().unwrap();
+            let (http, rpc) = (l.http.local_addr().unwrap(), l.rpc.local_addr().unwrap());
+            if later.contains(&id) {
+                // Released now, bound again by `start_pending`.
+                drop(l);
+                cluster.nodes.insert(id, TestNode { running: None, http, rpc, dir });
+                continue;
+            }
             let config = config_for(id, &dir, &cluster.peers, &cluster.opts);
             let running = node::start(config, l, &[KEY.to_string()]).await.expect("node starts");
-            let (http, rpc) = (running.http_addr, running.rpc_addr);
             cluster.nodes.insert(id, TestNode { running: Some(running), http, rpc, dir });
         }
         cluster
+    }
+
+    /// Starts a node that `start_except` held back.
+    pub async fn start_pending(&mut self, id: u64) {
+        self.restart(id).await;
     }
 
     /// Kills a node abruptly; its data dir stays.

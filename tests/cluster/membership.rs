@@ -87,3 +87,23 @@ async fn a_wiped_node_is_quarantined_until_removed_and_added_again() {
     assert_eq!(a.data()["total"], 6, "{}", a.body);
     c.shutdown().await;
 }
+
+/// Regression (found by the chaos suite): nodes bootstrapped with whichever peers they
+/// happened to reach, so two nodes that saw different quorums initialized different voter
+/// sets ({1,3} and {2,3}) and a third could not join either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bootstrap_with_a_late_peer_uses_the_whole_configured_membership() {
+    let mut c = crate::fixture::TestCluster::start_except(3, crate::fixture::Opts::default(), &[2]).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    c.create_task(leader, "before-2").await;
+    c.start_pending(2).await;
+    c.wait_leader(Duration::from_secs(10)).await;
+    let _ = c.converged_digests(Duration::from_secs(10)).await;
+    for id in [1, 2, 3] {
+        use openraft::async_runtime::WatchReceiver;
+        let voters: Vec<u64> = c.core(id).raft.metrics().borrow_watched().membership_config.voter_ids().collect();
+        assert_eq!(voters, vec![1, 2, 3], "node {id}");
+    }
+    assert_eq!(c.get(2, "/api/tasks").await.data()["total"], 1);
+    c.shutdown().await;
+}
