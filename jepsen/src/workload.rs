@@ -78,7 +78,7 @@ impl Client {
                 let status = resp.status();
                 let body: Value = resp.json().await.unwrap_or(Value::Null);
                 match status {
-                    StatusCode::OK | StatusCode::CREATED => Outcome::Ok(body["data"].clone()),
+                    s if s.is_success() => Outcome::Ok(body["data"].clone()),
                     StatusCode::GATEWAY_TIMEOUT => Outcome::Info("504".into()),
                     s if s.is_client_error() || s == StatusCode::SERVICE_UNAVAILABLE => {
                         Outcome::Fail(s.as_u16().to_string())
@@ -100,7 +100,7 @@ pub async fn setup_registers(client: &Client) -> anyhow::Result<()> {
             match client.request(reqwest::Method::POST, &client.nodes[0], "/api/tasks", Some(body.clone()), None).await
             {
                 Outcome::Ok(_) => break,
-                Outcome::Fail(e) if e == "409" => break,
+                Outcome::Fail(e) if e.starts_with("409") => break,
                 _ if tries < 50 => tokio::time::sleep(Duration::from_millis(200)).await,
                 other => anyhow::bail!("cannot create register {k}: {}", describe(&other)),
             }
