@@ -36,6 +36,11 @@ pub enum Cmd {
     },
     /// Run one cluster node.
     Serve(ServeArgs),
+    /// Schedule tools.
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCmd,
+    },
     /// Cluster administration through any node's REST API.
     Cluster {
         #[command(flatten)]
@@ -84,6 +89,22 @@ pub struct ClientArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ScheduleCmd {
+    /// The next fire times of an expression (computed locally, as the scheduler does).
+    Preview {
+        /// e.g. "0 */6 * * *", "@daily", "@every 90s".
+        expr: String,
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+        /// RFC 3339 instant; default now.
+        #[arg(long)]
+        from: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ClusterCmd {
     /// Members, leader, term, and each node's indexes.
     Status,
@@ -119,6 +140,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Dev { data_dir, http } => run_dev(data_dir, http).await,
         Cmd::Serve(args) => run_serve(args).await,
         Cmd::Cluster { client, command } => run_cluster(client, command).await,
+        Cmd::Schedule { command: ScheduleCmd::Preview { expr, timezone, count, from } } => {
+            let from = match from {
+                Some(f) => chrono::DateTime::parse_from_rfc3339(&f)
+                    .with_context(|| format!("--from {f:?} is not an RFC 3339 instant"))?
+                    .with_timezone(&chrono::Utc),
+                None => chrono::Utc::now(),
+            };
+            let preview =
+                crate::api::schedule::compute(&expr, &timezone, count, from).map_err(|e| anyhow::anyhow!("{e}"))?;
+            for t in preview.fire_times {
+                println!("{t}");
+            }
+            Ok(())
+        }
     }
 }
 

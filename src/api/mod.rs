@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod cluster;
+pub mod schedule;
 mod system;
 mod tasks;
 
@@ -320,7 +321,7 @@ pub fn parse_id(what: &str, raw: &str) -> Result<u64, ApiError> {
 #[openapi(
     info(title = "raftcron", description = "Distributed job scheduler REST API. Every response uses the envelope {success, data, message, timestamp}."),
     modifiers(&BearerAuth),
-    tags((name = "tasks"), (name = "cluster"), (name = "system"))
+    tags((name = "tasks"), (name = "cluster"), (name = "schedule"), (name = "system"))
 )]
 struct ApiDoc;
 
@@ -338,6 +339,7 @@ pub fn api_routes() -> (Router<Arc<NodeCore>>, Router<Arc<NodeCore>>, utoipa::op
     let (protected, doc_protected) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(tasks::routes())
         .merge(cluster::routes())
+        .merge(schedule::routes())
         .merge(system::protected_routes())
         .split_for_parts();
     let (open, doc_open) = OpenApiRouter::new().merge(system::open_routes()).split_for_parts();

@@ -8,13 +8,20 @@
 
 use std::str::FromStr;
 
+use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 
 /// A parsed schedule expression.
 #[derive(Debug, Clone)]
 pub enum Schedule {
-    /// One or two crate schedules (two for the day-of-month OR day-of-week rule).
-    Cron(Vec<cron::Schedule>),
+    /// One or two crate schedules (two for the day-of-month OR day-of-week rule),
+    /// evaluated on the local wall clock of the task's time zone.
+    Cron {
+        schedules: Vec<cron::Schedule>,
+        /// The hour field names specific hours only (no `*`, range or step): in a
+        /// fall-back overlap such an expression fires once, at the first occurrence.
+        fixed_hour: bool,
+    },
     /// `@every <duration>`, anchored at the task's creation time.
     Every(std::time::Duration),
 }
@@ -50,6 +57,7 @@ impl Schedule {
             n => return Err(format!("expected 5 fields (min hour dom month dow) or 6 with seconds, got {n}")),
         };
         let [min, hour, dom, month, dow] = [rest[0], rest[1], rest[2], rest[3], rest[4]];
+        let hour = hour.trim();
         let days = expand_dow(dow)?;
         let dow_restricted = !matches!(dow, "*" | "?");
         let dom_restricted = !matches!(dom, "*" | "?");
@@ -64,8 +72,92 @@ impl Schedule {
         } else {
             vec![build(dom, if dow_restricted { &dow_names } else { &all_days })?]
         };
-        Ok(Schedule::Cron(schedules))
+        let fixed_hour = hour.chars().all(|c| c.is_ascii_digit() || c == ',');
+        Ok(Schedule::Cron { schedules, fixed_hour })
     }
+
+    /// The first fire time strictly after `after`, in time zone `tz`. `anchor` is the
+    /// task's creation time (only `@every` uses it).
+    ///
+    /// DST: a local time inside a spring-forward gap fires at the first instant after the
+    /// gap (several gap times collapse into that one instant); in a fall-back overlap a
+    /// fixed-hour expression fires at the first occurrence only, any other at every real
+    /// instant that matches.
+    pub fn next_after(&self, tz: Tz, anchor: DateTime<Utc>, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Schedule::Every(d) => {
+                let step = chrono::Duration::from_std(*d).ok()?;
+                if after < anchor {
+                    return Some(anchor);
+                }
+                let elapsed = (after - anchor).num_milliseconds();
+                let k = elapsed / step.num_milliseconds() + 1;
+                anchor.checked_add_signed(step * i32::try_from(k).ok()?)
+            }
+            Schedule::Cron { schedules, fixed_hour } => {
+                schedules.iter().filter_map(|s| next_cron(s, *fixed_hour, tz, after)).min()
+            }
+        }
+    }
+
+    /// The next `count` fire times strictly after `from`.
+    pub fn fire_times(&self, tz: Tz, anchor: DateTime<Utc>, from: DateTime<Utc>, count: usize) -> Vec<DateTime<Utc>> {
+        let mut out = Vec::with_capacity(count);
+        let mut at = from;
+        while out.len() < count {
+            match self.next_after(tz, anchor, at) {
+                Some(t) => {
+                    out.push(t);
+                    at = t;
+                }
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+/// How far a DST transition can move the wall clock; candidates are searched this far
+/// around the local time of `after`.
+const MAX_SHIFT_HOURS: i64 = 3;
+
+/// Evaluates one crate schedule on naive local wall-clock times (the crate runs in UTC
+/// as a stand-in for "local time without a zone"), then maps each local time to the real
+/// instants it denotes in `tz`.
+fn next_cron(s: &cron::Schedule, fixed_hour: bool, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let local_after = after.with_timezone(&tz).naive_local();
+    let window_end = local_after + chrono::Duration::hours(MAX_SHIFT_HOURS);
+    let start = Utc.from_utc_datetime(&(local_after - chrono::Duration::hours(MAX_SHIFT_HOURS)));
+    let mut best: Option<DateTime<Utc>> = None;
+    for candidate in s.after(&start).take(200_000) {
+        let local = candidate.naive_utc();
+        if local > window_end && best.is_some() {
+            break;
+        }
+        let instants = match tz.from_local_datetime(&local) {
+            LocalResult::Single(t) => [Some(t), None],
+            LocalResult::Ambiguous(first, second) => [Some(first), (!fixed_hour).then_some(second)],
+            LocalResult::None => [first_instant_after_gap(tz, local), None],
+        };
+        for t in instants.into_iter().flatten().map(|t| t.with_timezone(&Utc)) {
+            if t > after && best.is_none_or(|b| t < b) {
+                best = Some(t);
+            }
+        }
+    }
+    best
+}
+
+/// The instant a spring-forward gap containing `local` ends at.
+fn first_instant_after_gap(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Tz>> {
+    let mut probe = local.with_second(0)?;
+    for _ in 0..(MAX_SHIFT_HOURS * 60) {
+        probe += chrono::Duration::minutes(1);
+        if let Some(t) = tz.from_local_datetime(&probe).earliest() {
+            return Some(t);
+        }
+    }
+    None
 }
 
 /// Expands a standard day-of-week field to a sorted set of days, 0 = Sunday.
@@ -166,6 +258,140 @@ mod tests {
         }
         for bad in ["", "* * *", "61 * * * *", "0 25 * * *", "@sometimes", "@every", "@every 5x", "every day"] {
             assert!(Schedule::parse(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn fires(expr: &str, tz: &str, from: &str, n: usize) -> Vec<String> {
+        let s = Schedule::parse(expr).unwrap();
+        let tz = parse_timezone(tz).unwrap();
+        s.fire_times(tz, utc(from), utc(from), n).iter().map(|t| t.to_rfc3339()).collect()
+    }
+
+    /// Standard cron semantics, case by case (2027-01-01 is a Friday).
+    #[test]
+    fn standard_cron_table() {
+        let cases: &[(&str, &str, &str, &[&str])] = &[
+            // Sunday as 0 and as 7.
+            ("0 0 * * 0", "UTC", "2027-01-01T00:00:00Z", &["2027-01-03T00:00:00+00:00", "2027-01-10T00:00:00+00:00"]),
+            ("0 0 * * 7", "UTC", "2027-01-01T00:00:00Z", &["2027-01-03T00:00:00+00:00", "2027-01-10T00:00:00+00:00"]),
+            // Day of month OR day of week: the 13th, or any Friday.
+            (
+                "0 0 13 * 5",
+                "UTC",
+                "2027-01-01T00:00:00Z",
+                &["2027-01-08T00:00:00+00:00", "2027-01-13T00:00:00+00:00", "2027-01-15T00:00:00+00:00"],
+            ),
+            // Only one day field restricted: plain AND with the wildcard.
+            ("0 0 13 * *", "UTC", "2027-01-01T00:00:00Z", &["2027-01-13T00:00:00+00:00", "2027-02-13T00:00:00+00:00"]),
+            // Steps and ranges.
+            (
+                "*/20 9-10 * * *",
+                "UTC",
+                "2027-01-01T00:00:00Z",
+                &[
+                    "2027-01-01T09:00:00+00:00",
+                    "2027-01-01T09:20:00+00:00",
+                    "2027-01-01T09:40:00+00:00",
+                    "2027-01-01T10:00:00+00:00",
+                ],
+            ),
+            // Names.
+            (
+                "0 9 * FEB mon",
+                "UTC",
+                "2027-01-01T00:00:00Z",
+                &["2027-02-01T09:00:00+00:00", "2027-02-08T09:00:00+00:00"],
+            ),
+            // Month ends: only months with a 31st.
+            (
+                "0 0 31 * *",
+                "UTC",
+                "2027-01-01T00:00:00Z",
+                &["2027-01-31T00:00:00+00:00", "2027-03-31T00:00:00+00:00", "2027-05-31T00:00:00+00:00"],
+            ),
+            // Leap day.
+            ("0 0 29 2 *", "UTC", "2027-01-01T00:00:00Z", &["2028-02-29T00:00:00+00:00", "2032-02-29T00:00:00+00:00"]),
+            // Seconds field and macros.
+            (
+                "*/30 * * * * *",
+                "UTC",
+                "2027-01-01T00:00:00Z",
+                &["2027-01-01T00:00:30+00:00", "2027-01-01T00:01:00+00:00"],
+            ),
+            ("@monthly", "UTC", "2027-01-15T00:00:00Z", &["2027-02-01T00:00:00+00:00"]),
+            // A time zone: 09:00 in Tokyo is 00:00 UTC.
+            ("0 9 * * *", "Asia/Tokyo", "2027-01-01T00:00:00Z", &["2027-01-02T00:00:00+00:00"]),
+            // Spring forward in New York (2027-03-14, 02:00 -> 03:00): 02:30 does not exist
+            // and fires at the first instant after the gap, 03:00 EDT = 07:00Z.
+            (
+                "30 2 * * *",
+                "America/New_York",
+                "2027-03-13T12:00:00Z",
+                &["2027-03-14T07:00:00+00:00", "2027-03-15T06:30:00+00:00"],
+            ),
+            // Several gap times collapse into one instant.
+            (
+                "*/20 2 * * *",
+                "America/New_York",
+                "2027-03-14T06:00:00Z",
+                &["2027-03-14T07:00:00+00:00", "2027-03-15T06:00:00+00:00"],
+            ),
+            // Fall back (2027-11-07, 02:00 EDT -> 01:00 EST): a fixed hour fires once, at
+            // the first 01:30 (05:30Z); a wildcard hour fires at both real 01:30s.
+            (
+                "30 1 * * *",
+                "America/New_York",
+                "2027-11-07T04:00:00Z",
+                &["2027-11-07T05:30:00+00:00", "2027-11-08T06:30:00+00:00"],
+            ),
+            (
+                "30 * * * *",
+                "America/New_York",
+                "2027-11-07T04:45:00Z",
+                &["2027-11-07T05:30:00+00:00", "2027-11-07T06:30:00+00:00", "2027-11-07T07:30:00+00:00"],
+            ),
+            // @every is anchored at creation (here: `from`).
+            ("@every 90m", "UTC", "2027-01-01T00:00:00Z", &["2027-01-01T01:30:00+00:00", "2027-01-01T03:00:00+00:00"]),
+        ];
+        for (expr, tz, from, want) in cases {
+            assert_eq!(
+                fires(expr, tz, from, want.len()),
+                want.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "{expr} in {tz} from {from}"
+            );
+        }
+    }
+
+    /// Property: fire times strictly increase, and each is a local time the expression
+    /// matches (or the end of a DST gap that swallowed one).
+    #[test]
+    fn fire_times_increase_and_match() {
+        use rand::{Rng, SeedableRng};
+        let exprs =
+            ["*/7 * * * *", "0 */5 * * 1-5", "15 2 * * *", "0 0 1,15 * 0", "30 1 * * *", "0 * * * *", "59 23 31 12 *"];
+        let zones = ["UTC", "America/New_York", "Europe/Berlin", "Australia/Lord_Howe", "Asia/Kolkata"];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..60 {
+            let expr = exprs[rng.random_range(0..exprs.len())];
+            let tz = parse_timezone(zones[rng.random_range(0..zones.len())]).unwrap();
+            let from = utc("2026-01-01T00:00:00Z") + chrono::Duration::minutes(rng.random_range(0..2 * 365 * 24 * 60));
+            let s = Schedule::parse(expr).unwrap();
+            let Schedule::Cron { schedules, .. } = &s else { unreachable!("cron expressions only") };
+            let times = s.fire_times(tz, from, from, 40);
+            assert_eq!(times.len(), 40, "{expr}");
+            let mut prev = from;
+            for t in times {
+                assert!(t > prev, "{expr} in {tz}: {t} after {prev}");
+                let local = t.with_timezone(&tz).naive_local();
+                let matches = schedules.iter().any(|c| c.includes(Utc.from_utc_datetime(&local)));
+                let gap_end = tz.from_local_datetime(&(local - chrono::Duration::minutes(1))).single().is_none();
+                assert!(matches || gap_end, "{expr} in {tz}: {t} (local {local}) does not match");
+                prev = t;
+            }
         }
     }
 

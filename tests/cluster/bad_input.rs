@@ -92,6 +92,11 @@ async fn bad_requests_are_clear_4xx_and_leave_state_unchanged() {
     cases.push((c.call(f, Method::PATCH, "/api/tasks", None, &[]).await, 405, "not allowed"));
     cases.push((c.post(f, "/api/cluster/nodes", json!({"id": 0, "rpc_addr": "x"})).await, 400, "id"));
     cases.push((c.post(f, "/api/cluster/transfer-leader", json!({"to": 99})).await, 400, "99"));
+    cases.push((c.get(f, "/api/schedule/preview").await, 400, "cron"));
+    cases.push((c.get(f, "/api/schedule/preview?cron=61%20*%20*%20*%20*").await, 400, "cron"));
+    cases.push((c.get(f, "/api/schedule/preview?cron=@daily&timezone=Nowhere/City").await, 400, "timezone"));
+    cases.push((c.get(f, "/api/schedule/preview?cron=@daily&count=1000").await, 400, "count"));
+    cases.push((c.get(f, "/api/schedule/preview?cron=@daily&from=yesterday").await, 400, "from"));
 
     for (i, (a, status, word)) in cases.iter().enumerate() {
         assert_eq!(a.status.as_u16(), *status, "case {i}: {}", a.body);

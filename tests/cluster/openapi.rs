@@ -22,6 +22,7 @@ const PROMISED: &[(&str, &str)] = &[
     ("post", "/api/cluster/nodes"),
     ("delete", "/api/cluster/nodes/{node_id}"),
     ("post", "/api/cluster/transfer-leader"),
+    ("get", "/api/schedule/preview"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -89,3 +89,17 @@ async fn local_reads_and_health_on_every_node() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn schedule_preview_over_http() {
+    let c = TestCluster::start(1).await;
+    c.wait_leader(Duration::from_secs(10)).await;
+    let a =
+        c.get(1, "/api/schedule/preview?cron=0%20*/6%20*%20*%20*&timezone=UTC&count=3&from=2027-01-01T01:00:00Z").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(
+        a.data()["fire_times"],
+        serde_json::json!(["2027-01-01T06:00:00Z", "2027-01-01T12:00:00Z", "2027-01-01T18:00:00Z"])
+    );
+    c.shutdown().await;
+}
