@@ -93,12 +93,20 @@ pub struct SchedulerConfig {
     /// The IANA time zone a task gets when it names none.
     #[serde(default = "default_timezone")]
     pub default_timezone: String,
+    /// A tick older than this when the leader gets to it (e.g. after the cluster had no
+    /// leader) is a misfire, handled by the task's `misfire_policy`.
+    #[serde(default = "default_misfire_threshold")]
+    pub misfire_threshold_s: u64,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        Self { default_timezone: default_timezone() }
+        Self { default_timezone: default_timezone(), misfire_threshold_s: default_misfire_threshold() }
     }
+}
+
+fn default_misfire_threshold() -> u64 {
+    60
 }
 
 /// What a credential may do. Ordered: each role can do everything the roles below it can,

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub proposals: IntCounterVec,
     pub proposal_latency: Histogram,
     pub forwarded_writes: IntCounter,
+    pub ticks_fired: IntCounter,
+    pub ticks_skipped: IntCounter,
+    pub fires_deduplicated: IntCounter,
+    pub schedule_lag: Histogram,
 }
 
 const LATENCY_BUCKETS: [f64; 14] =
@@ -68,7 +72,28 @@ impl Metrics {
             IntCounter::new("forwarded_writes_total", "Client writes this node forwarded to the leader.")
                 .expect("static metric");
         registry.register(Box::new(forwarded_writes.clone())).expect("unique metric");
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("static metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let schedule_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "schedule_lag_seconds",
+                "Commit time of a fired tick minus its nominal time, measured on the leader.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("static metric");
+        registry.register(Box::new(schedule_lag.clone())).expect("unique metric");
         Metrics {
+            ticks_fired: counter("ticks_fired_total", "Schedule ticks that created a run."),
+            ticks_skipped: counter("ticks_skipped_total", "Schedule ticks skipped by a misfire policy."),
+            fires_deduplicated: counter(
+                "fires_deduplicated_total",
+                "Fire proposals refused by the cursor compare-and-set (already accounted for).",
+            ),
+            schedule_lag,
             http_requests,
             http_latency,
             raft_term: gauge("raft_term", "Current Raft term."),

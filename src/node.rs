@@ -166,6 +166,7 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
         let core = core.clone();
         tasks.push(tokio::spawn(async move { core.stamp_cluster_id().await }));
     }
+    tasks.push(tokio::spawn(crate::scheduler::firing::run(core.clone())));
     let (http_shutdown, mut rx) = watch::channel(false);
     let app = crate::api::router(core.clone());
     let http_task = tokio::spawn(async move {

@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod cluster;
+mod runs;
 pub mod schedule;
 mod system;
 mod tasks;
@@ -212,6 +213,10 @@ impl From<Rejection> for ApiError {
             Rejection::VersionMismatch { .. } => ApiError::PreconditionFailed(r.to_string()),
             Rejection::Invalid(f) => ApiError::InvalidField(f),
             Rejection::IdempotencyKeyReused => ApiError::IdempotencyKeyReused(r.to_string()),
+            Rejection::RunNotFound(_) => ApiError::NotFound(r.to_string()),
+            Rejection::TaskDisabled(_) | Rejection::RunFinished(_) | Rejection::StaleFire(_) => {
+                ApiError::Conflict(r.to_string())
+            }
         }
     }
 }
@@ -313,6 +318,26 @@ impl Consistency {
     }
 }
 
+/// `page` (from 1, default 1) and `size` (1 to 100, default 20) of a list request.
+pub fn page_and_size(q: &std::collections::BTreeMap<String, String>) -> Result<(u64, u64), ApiError> {
+    let number = |key: &str, default: u64| -> Result<u64, ApiError> {
+        match q.get(key) {
+            None => Ok(default),
+            Some(v) => {
+                v.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("{key}: {v:?} is not a positive integer")))
+            }
+        }
+    };
+    let (page, size) = (number("page", 1)?, number("size", 20)?);
+    if page == 0 {
+        return Err(ApiError::BadRequest("page: pages start at 1".into()));
+    }
+    if size == 0 || size > 100 {
+        return Err(ApiError::BadRequest("size: must be between 1 and 100".into()));
+    }
+    Ok((page, size))
+}
+
 pub fn parse_id(what: &str, raw: &str) -> Result<u64, ApiError> {
     raw.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("{what} id {raw:?} is not a positive integer")))
 }
@@ -321,7 +346,7 @@ pub fn parse_id(what: &str, raw: &str) -> Result<u64, ApiError> {
 #[openapi(
     info(title = "raftcron", description = "Distributed job scheduler REST API. Every response uses the envelope {success, data, message, timestamp}."),
     modifiers(&BearerAuth),
-    tags((name = "tasks"), (name = "cluster"), (name = "schedule"), (name = "system"))
+    tags((name = "tasks"), (name = "runs"), (name = "cluster"), (name = "schedule"), (name = "system"))
 )]
 struct ApiDoc;
 
@@ -340,6 +365,7 @@ pub fn api_routes() -> (Router<Arc<NodeCore>>, Router<Arc<NodeCore>>, utoipa::op
         .merge(tasks::routes())
         .merge(cluster::routes())
         .merge(schedule::routes())
+        .merge(runs::routes())
         .merge(system::protected_routes())
         .split_for_parts();
     let (open, doc_open) = OpenApiRouter::new().merge(system::open_routes()).split_for_parts();

@@ -116,22 +116,7 @@ async fn list_tasks(
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<Reply<TaskPage>, ApiError> {
     caller.require(Role::Viewer)?;
-    let number = |key: &str, default: u64| -> Result<u64, ApiError> {
-        match q.get(key) {
-            None => Ok(default),
-            Some(v) => {
-                v.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("{key}: {v:?} is not a positive integer")))
-            }
-        }
-    };
-    let page = number("page", 1)?;
-    let size = number("size", 20)?;
-    if page == 0 {
-        return Err(ApiError::BadRequest("page: pages start at 1".into()));
-    }
-    if size == 0 || size > 100 {
-        return Err(ApiError::BadRequest("size: must be between 1 and 100".into()));
-    }
+    let (page, size) = super::page_and_size(&q)?;
     let status = match q.get("status") {
         None => None,
         Some(s) => Some(

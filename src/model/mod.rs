@@ -1,6 +1,8 @@
 //! The domain types that Raft replicates and the API shows, and their validation. Pure:
 //! no IO, no clock.
 
+pub mod run;
 pub mod task;
 
-pub use task::{ExecutorKind, FieldError, Task, TaskField, TaskSpec, TaskStatus, TaskView};
+pub use run::{Run, RunStatus, RunTrigger};
+pub use task::{ExecutorKind, FieldError, MisfirePolicy, Task, TaskField, TaskSpec, TaskStatus, TaskView};

@@ -109,6 +109,8 @@ pub struct Task {
     /// Ticks fired, ever; pruning run history never lowers it.
     pub fire_count: u64,
     pub skipped_ticks: u64,
+    /// The last schedule tick accounted for (fired or skipped); only moves forward.
+    pub cursor: Option<DateTime<Utc>>,
 }
 
 /// The JSON shape of a task: the specification's fields at the top level, as in the seed.

@@ -12,7 +12,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{FieldError, Task, TaskField, TaskSpec};
+use crate::model::{FieldError, Run, Task, TaskField, TaskSpec};
 
 /// One log entry's application data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +56,26 @@ pub enum Command {
         id: u64,
         expected_version: Option<u64>,
     },
+    /// The leader's firing decision for one task: a compare-and-set on the task's cursor
+    /// and spec version. Ticks are computed by the leader (cron and time zones never run
+    /// in apply); apply only checks and records them.
+    Fire {
+        task_id: u64,
+        spec_version: u64,
+        expected_cursor: Option<DateTime<Utc>>,
+        fired: Vec<DateTime<Utc>>,
+        skipped: u64,
+        new_cursor: DateTime<Utc>,
+        next_run_at: Option<DateTime<Utc>>,
+    },
+    /// A manual run of a task.
+    TriggerRun {
+        task_id: u64,
+    },
+    /// Cancels a run that has not finished.
+    CancelRun {
+        run_id: u64,
+    },
 }
 
 /// What applying a request produced. Stored with an idempotency key, so a retry returns
@@ -73,6 +93,11 @@ pub enum Outcome {
     TaskDeleted {
         id: u64,
     },
+    Run(Box<Run>),
+    /// The runs a `Fire` created.
+    Fired {
+        runs: Vec<u64>,
+    },
 }
 
 /// A command that applied without changing anything, and why.
@@ -88,6 +113,16 @@ pub enum Rejection {
     Invalid(FieldError),
     #[error("this Idempotency-Key was already used for a different request")]
     IdempotencyKeyReused,
+    /// A `Fire` whose cursor or spec version no longer matches: another proposal (or a
+    /// deposed leader's) already accounted for these ticks, or the task changed.
+    #[error("stale fire for task {0}")]
+    StaleFire(u64),
+    #[error("task {0} is disabled")]
+    TaskDisabled(u64),
+    #[error("run {0} not found")]
+    RunNotFound(u64),
+    #[error("run {0} has already finished")]
+    RunFinished(u64),
 }
 
 impl Response {
@@ -106,6 +141,11 @@ impl fmt::Display for Request {
             Command::CreateTask { spec } => write!(f, "create-task({:?})", spec.name),
             Command::UpdateTask { id, .. } => write!(f, "update-task({id})"),
             Command::DeleteTask { id, .. } => write!(f, "delete-task({id})"),
+            Command::Fire { task_id, fired, skipped, .. } => {
+                write!(f, "fire(task {task_id}: {} fired, {skipped} skipped)", fired.len())
+            }
+            Command::TriggerRun { task_id } => write!(f, "trigger(task {task_id})"),
+            Command::CancelRun { run_id } => write!(f, "cancel(run {run_id})"),
         }
     }
 }

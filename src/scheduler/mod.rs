@@ -2,3 +2,4 @@
 //! that receives a request or (later) on the leader that fires ticks — never in `apply`.
 
 pub mod cron;
+pub mod firing;

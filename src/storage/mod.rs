@@ -12,6 +12,8 @@
 //! | `task_names`         | task name, UTF-8             | task id, u64 big-endian         |
 //! | `idempotency`        | scope, 0x00, key             | bincode [`IdempotencyRecord`]   |
 //! | `idempotency_expiry` | expiry ms BE, scope, 0x00, key | empty                         |
+//! | `runs`               | run id, u64 big-endian       | bincode [`Run`]                 |
+//! | `runs_by_task`       | task id BE, run id BE        | empty                           |
 //!
 //! Everything but `raft_log` and `raft_meta` is state-machine state: it is what snapshots
 //! carry and what [`Store::digest`] covers.
@@ -34,7 +36,7 @@ use sha2::{Digest, Sha256};
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
 
-use crate::model::Task;
+use crate::model::{Run, Task};
 use crate::raft::{LogId, Response, StoredMembership};
 
 pub const CF_RAFT_LOG: &str = "raft_log";
@@ -44,11 +46,23 @@ pub const CF_TASKS: &str = "tasks";
 pub const CF_TASK_NAMES: &str = "task_names";
 pub const CF_IDEMPOTENCY: &str = "idempotency";
 pub const CF_IDEMPOTENCY_EXPIRY: &str = "idempotency_expiry";
+pub const CF_RUNS: &str = "runs";
+pub const CF_RUNS_BY_TASK: &str = "runs_by_task";
 
 /// The state-machine column families, in the fixed order snapshots and digests use.
-pub const SM_CFS: [&str; 5] = [CF_SM_META, CF_TASKS, CF_TASK_NAMES, CF_IDEMPOTENCY, CF_IDEMPOTENCY_EXPIRY];
-const ALL_CFS: [&str; 7] =
-    [CF_RAFT_LOG, CF_RAFT_META, CF_SM_META, CF_TASKS, CF_TASK_NAMES, CF_IDEMPOTENCY, CF_IDEMPOTENCY_EXPIRY];
+pub const SM_CFS: [&str; 7] =
+    [CF_SM_META, CF_TASKS, CF_TASK_NAMES, CF_IDEMPOTENCY, CF_IDEMPOTENCY_EXPIRY, CF_RUNS, CF_RUNS_BY_TASK];
+const ALL_CFS: [&str; 9] = [
+    CF_RAFT_LOG,
+    CF_RAFT_META,
+    CF_SM_META,
+    CF_TASKS,
+    CF_TASK_NAMES,
+    CF_IDEMPOTENCY,
+    CF_IDEMPOTENCY_EXPIRY,
+    CF_RUNS,
+    CF_RUNS_BY_TASK,
+];
 
 /// A stored answer to an idempotent write.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,6 +228,46 @@ impl Store {
         self.get(CF_IDEMPOTENCY, record_key)
     }
 
+    pub fn run(&self, id: u64) -> io::Result<Option<Run>> {
+        self.get(CF_RUNS, &u64_key(id))
+    }
+
+    /// Runs of a task, newest first: skips `skip`, returns up to `limit`, and the total.
+    pub fn runs_of_task(&self, task_id: u64, skip: usize, limit: usize) -> io::Result<(Vec<Run>, u64)> {
+        let prefix = u64_key(task_id);
+        let mut upper = prefix.to_vec();
+        upper.extend_from_slice(&[0xff; 8]);
+        let mut runs = Vec::new();
+        let mut total = 0u64;
+        let iter =
+            self.db.iterator_cf(self.cf(CF_RUNS_BY_TASK), IteratorMode::From(&upper, rocksdb::Direction::Reverse));
+        for item in iter {
+            let (k, _) = item.map_err(db_err)?;
+            if k.len() != 16 || k[..8] != prefix {
+                break;
+            }
+            if total as usize >= skip && runs.len() < limit {
+                let run_id = key_u64(&k[8..])?;
+                if let Some(r) = self.run(run_id)? {
+                    runs.push(r);
+                }
+            }
+            total += 1;
+        }
+        Ok((runs, total))
+    }
+
+    /// Visits runs in id order until `visit` returns false.
+    pub fn scan_runs(&self, mut visit: impl FnMut(Run) -> bool) -> io::Result<()> {
+        for item in self.db.iterator_cf(self.cf(CF_RUNS), IteratorMode::Start) {
+            let (_, v) = item.map_err(db_err)?;
+            if !visit(decode(&v)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Visits tasks in id order until `visit` returns false.
     pub fn scan_tasks(&self, mut visit: impl FnMut(Task) -> bool) -> io::Result<()> {
         for item in self.db.iterator_cf(self.cf(CF_TASKS), IteratorMode::Start) {
@@ -271,11 +325,13 @@ impl Store {
 pub struct Tx<'a> {
     pub store: &'a Store,
     batch: WriteBatch,
+    /// Run ids handed out within this batch (reads see only the committed state).
+    pub next_run_id: u64,
 }
 
 impl<'a> Tx<'a> {
     pub fn new(store: &'a Store) -> Self {
-        Tx { store, batch: WriteBatch::default() }
+        Tx { store, batch: WriteBatch::default(), next_run_id: 0 }
     }
 
     fn put<T: Serialize>(&mut self, cf: &str, key: &[u8], value: &T) -> io::Result<()> {
@@ -290,6 +346,14 @@ impl<'a> Tx<'a> {
 
     pub fn put_task(&mut self, task: &Task) -> io::Result<()> {
         self.put(CF_TASKS, &u64_key(task.id), task)
+    }
+
+    /// Stores a run and indexes it under its task.
+    pub fn put_run(&mut self, run: &Run) -> io::Result<()> {
+        let mut k = u64_key(run.task_id).to_vec();
+        k.extend_from_slice(&u64_key(run.id));
+        self.batch.put_cf(self.store.cf(CF_RUNS_BY_TASK), k, []);
+        self.put(CF_RUNS, &u64_key(run.id), run)
     }
 
     pub fn delete_task(&mut self, id: u64) {

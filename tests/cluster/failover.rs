@@ -9,7 +9,9 @@ use crate::fixture::{shell_task, Opts, TestCluster};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_leader_elects_a_new_one_and_the_old_one_catches_up() {
     let opts = Opts { election_timeout_ms: 1000, heartbeat_ms: 100, ..Opts::default() };
-    let bound = Duration::from_millis(3 * opts.election_timeout_ms);
+    // Three election timeouts, taking the timeout at the top of its randomized range
+    // ([t, 1.5t)): one to notice the loss, room for one split vote, one for the write.
+    let bound = Duration::from_millis(3 * opts.election_timeout_ms * 3 / 2);
     let mut c = TestCluster::start_with(3, opts).await;
     let old = c.wait_leader(Duration::from_secs(10)).await;
     for i in 0..10 {

@@ -5,6 +5,7 @@ mod fixture;
 
 mod bad_input;
 mod failover;
+mod firing;
 mod idempotency;
 mod linearizability;
 mod membership;

@@ -23,6 +23,10 @@ const PROMISED: &[(&str, &str)] = &[
     ("delete", "/api/cluster/nodes/{node_id}"),
     ("post", "/api/cluster/transfer-leader"),
     ("get", "/api/schedule/preview"),
+    ("post", "/api/tasks/{task_id}/trigger"),
+    ("get", "/api/tasks/{task_id}/runs"),
+    ("get", "/api/runs/{run_id}"),
+    ("post", "/api/runs/{run_id}/cancel"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -42,7 +46,7 @@ async fn every_documented_route_is_served_and_every_promised_route_documented() 
         assert!(documented.iter().any(|(dm, dp)| dm == m && dp == p), "{m} {p} is not documented");
     }
     for (method, path) in &documented {
-        let concrete = path.replace("{task_id}", "999999").replace("{node_id}", "999999");
+        let concrete = path.replace("{task_id}", "999999").replace("{node_id}", "999999").replace("{run_id}", "999999");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let body = matches!(method, Method::POST | Method::PUT).then(|| json!({}));
         let a = c.call(1, method.clone(), &concrete, body, &[]).await;

@@ -1,0 +1,136 @@
+//! Runs: manual trigger, a task's run history, one run, cancel.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method};
+use axum::Extension;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::Caller;
+use super::{idempotency_key, parse_id, ApiError, Consistency, Envelope, Reply};
+use crate::config::Role;
+use crate::model::Run;
+use crate::node::NodeCore;
+use crate::raft::{Command, Outcome, Response};
+
+pub fn routes() -> OpenApiRouter<Arc<NodeCore>> {
+    OpenApiRouter::new()
+        .routes(routes!(trigger_task))
+        .routes(routes!(task_runs))
+        .routes(routes!(get_run))
+        .routes(routes!(cancel_run))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunPage {
+    pub items: Vec<Run>,
+    pub total: u64,
+    pub page: u64,
+    pub size: u64,
+}
+
+fn run_reply(resp: Response) -> Result<Run, ApiError> {
+    match resp.result? {
+        Outcome::Run(run) => Ok(*run),
+        other => Err(ApiError::Internal(format!("unexpected apply outcome {other:?}"))),
+    }
+}
+
+/// Run a task now (a manual run, queued for a worker).
+#[utoipa::path(
+    post, path = "/api/tasks/{task_id}/trigger", tag = "runs",
+    params(("task_id" = u64, Path), ("Idempotency-Key" = Option<String>, Header, description = "one run per key")),
+    responses(
+        (status = 201, body = Envelope<Run>), (status = 400), (status = 401), (status = 403), (status = 404),
+        (status = 409, description = "the task is disabled"), (status = 422), (status = 503), (status = 504),
+    ),
+    security(("bearer" = []))
+)]
+async fn trigger_task(
+    State(core): State<Arc<NodeCore>>,
+    Extension(caller): Extension<Caller>,
+    Path(task_id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Reply<Run>, ApiError> {
+    caller.require(Role::Operator)?;
+    let task_id = parse_id("task", &task_id)?;
+    let idem = idempotency_key(&headers, &caller, &method, &format!("/api/tasks/{task_id}/trigger"), b"")?;
+    let resp = core.write(core.request(Command::TriggerRun { task_id }, idem)).await?;
+    Ok(Reply::created(run_reply(resp)?))
+}
+
+/// A task's runs, newest first.
+#[utoipa::path(
+    get, path = "/api/tasks/{task_id}/runs", tag = "runs",
+    params(
+        ("task_id" = u64, Path),
+        ("page" = Option<u64>, Query), ("size" = Option<u64>, Query, description = "at most 100, default 20"),
+        ("consistency" = Option<String>, Query, description = "linearizable (default) or local"),
+    ),
+    responses((status = 200, body = Envelope<RunPage>), (status = 400), (status = 401), (status = 404), (status = 503)),
+    security(("bearer" = []))
+)]
+async fn task_runs(
+    State(core): State<Arc<NodeCore>>,
+    Extension(caller): Extension<Caller>,
+    Path(task_id): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Reply<RunPage>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let task_id = parse_id("task", &task_id)?;
+    let (page, size) = super::page_and_size(&q)?;
+    Consistency::parse(q.get("consistency").map(String::as_str))?.prepare(&core).await?;
+    if core.store.task(task_id)?.is_none() {
+        return Err(ApiError::NotFound(format!("task {task_id} not found")));
+    }
+    let skip = usize::try_from((page - 1).saturating_mul(size)).unwrap_or(usize::MAX);
+    let (items, total) = core.store.runs_of_task(task_id, skip, size as usize)?;
+    Ok(Reply::ok(RunPage { items, total, page, size }))
+}
+
+/// One run.
+#[utoipa::path(
+    get, path = "/api/runs/{run_id}", tag = "runs",
+    params(("run_id" = u64, Path), ("consistency" = Option<String>, Query)),
+    responses((status = 200, body = Envelope<Run>), (status = 400), (status = 401), (status = 404), (status = 503)),
+    security(("bearer" = []))
+)]
+async fn get_run(
+    State(core): State<Arc<NodeCore>>,
+    Extension(caller): Extension<Caller>,
+    Path(run_id): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Reply<Run>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let run_id = parse_id("run", &run_id)?;
+    Consistency::parse(q.get("consistency").map(String::as_str))?.prepare(&core).await?;
+    let run = core.store.run(run_id)?.ok_or_else(|| ApiError::NotFound(format!("run {run_id} not found")))?;
+    Ok(Reply::ok(run))
+}
+
+/// Cancel a run that has not finished.
+#[utoipa::path(
+    post, path = "/api/runs/{run_id}/cancel", tag = "runs",
+    params(("run_id" = u64, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = Envelope<Run>), (status = 401), (status = 403), (status = 404), (status = 409, description = "already finished"), (status = 503), (status = 504)),
+    security(("bearer" = []))
+)]
+async fn cancel_run(
+    State(core): State<Arc<NodeCore>>,
+    Extension(caller): Extension<Caller>,
+    Path(run_id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Reply<Run>, ApiError> {
+    caller.require(Role::Operator)?;
+    let run_id = parse_id("run", &run_id)?;
+    let idem = idempotency_key(&headers, &caller, &method, &format!("/api/runs/{run_id}/cancel"), b"")?;
+    let resp = core.write(core.request(Command::CancelRun { run_id }, idem)).await?;
+    Ok(Reply::ok(run_reply(resp)?).message("cancelled"))
+}

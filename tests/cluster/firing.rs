@@ -1,0 +1,107 @@
+//! Firing through the cluster: every tick of a per-second task becomes exactly one run,
+//! across leader kills; manual triggers and the run endpoints.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::fixture::TestCluster;
+
+async fn all_runs(c: &TestCluster, node: u64, task: u64) -> Vec<serde_json::Value> {
+    let mut runs = Vec::new();
+    for page in 1.. {
+        let a = c.get(node, &format!("/api/tasks/{task}/runs?size=100&page={page}")).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let items = a.data()["items"].as_array().unwrap().clone();
+        if items.is_empty() {
+            return runs;
+        }
+        runs.extend(items);
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_second_task_fires_every_tick_exactly_once_across_leader_kills() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let body = json!({"name": "every-second", "executor": "shell", "command": "true", "schedule": "* * * * * *"});
+    let created = c.post(leader, "/api/tasks", body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.data()["id"].as_u64().unwrap();
+    let created_at: DateTime<Utc> = created.data()["created_at"].as_str().unwrap().parse().unwrap();
+
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let leader = c.wait_leader(Duration::from_secs(10)).await;
+        c.kill(leader).await;
+        c.wait_leader(Duration::from_secs(10)).await;
+        c.restart(leader).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let node = c.running_ids()[0];
+    let task = c.get(node, &format!("/api/tasks/{id}")).await;
+    let runs = all_runs(&c, node, id).await;
+    let ticks: Vec<DateTime<Utc>> = runs.iter().map(|r| r["scheduled_at"].as_str().unwrap().parse().unwrap()).collect();
+    let distinct: BTreeSet<_> = ticks.iter().copied().collect();
+    assert_eq!(distinct.len(), ticks.len(), "a tick fired twice: {ticks:?}");
+    // Independently: every whole second after creation up to the last fired tick, once.
+    let last = *distinct.iter().next_back().expect("some ticks fired");
+    let first = created_at + chrono::Duration::seconds(1);
+    let first = first - chrono::Duration::nanoseconds(first.timestamp_subsec_nanos() as i64);
+    let expected: BTreeSet<DateTime<Utc>> =
+        (0..).map(|k| first + chrono::Duration::seconds(k)).take_while(|t| *t <= last).collect();
+    let fired = task.data()["fire_count"].as_u64().unwrap();
+    let skipped = task.data()["skipped_ticks"].as_u64().unwrap();
+    assert_eq!(fired + skipped, expected.len() as u64, "fired {fired} + skipped {skipped}");
+    assert_eq!(skipped, 0, "outages were shorter than the misfire threshold");
+    assert_eq!(distinct, expected, "missing or extra ticks");
+    assert!(ticks.len() >= 8, "only {} ticks in ~8 s", ticks.len());
+    let statuses: BTreeSet<&str> = runs.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, BTreeSet::from(["pending"]), "no workers yet: runs wait");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manual_trigger_through_a_follower_is_idempotent_and_runs_can_be_cancelled() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let f = c.follower(leader);
+    let id = c.create_task(leader, "manual").await["id"].as_u64().unwrap();
+    let trigger = format!("/api/tasks/{id}/trigger");
+    let key = [("Idempotency-Key", "trigger-1")];
+    let a = c.call(f, Method::POST, &trigger, None, &key).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.data()["trigger"], "manual");
+    assert_eq!(a.data()["status"], "pending");
+    let run_id = a.data()["id"].as_u64().unwrap();
+    let again = c.call(leader, Method::POST, &trigger, None, &key).await;
+    assert_eq!(again.data()["id"].as_u64(), Some(run_id), "same key, same run");
+    let other = c.call(f, Method::POST, &trigger, None, &[("Idempotency-Key", "trigger-2")]).await;
+    assert_ne!(other.data()["id"].as_u64(), Some(run_id));
+    assert_eq!(all_runs(&c, f, id).await.len(), 2);
+    let runs = all_runs(&c, leader, id).await;
+    assert!(runs[0]["id"].as_u64() > runs[1]["id"].as_u64(), "newest first");
+
+    let a = c.get(f, &format!("/api/runs/{run_id}")).await;
+    assert_eq!(a.data()["task_id"].as_u64(), Some(id));
+    let a = c.call(f, Method::POST, &format!("/api/runs/{run_id}/cancel"), None, &[]).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.data()["status"], "cancelled");
+    let a = c.call(f, Method::POST, &format!("/api/runs/{run_id}/cancel"), None, &[]).await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+
+    assert_eq!(c.get(f, "/api/runs/424242").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(c.call(f, Method::POST, "/api/tasks/424242/trigger", None, &[]).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(c.get(f, "/api/tasks/424242/runs").await.status, StatusCode::NOT_FOUND);
+    let a = c.call(f, Method::PUT, &format!("/api/tasks/{id}"), Some(json!({"status": "disabled"})), &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let a = c.call(f, Method::POST, &trigger, None, &[]).await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+    assert!(a.body["message"].as_str().unwrap().contains("disabled"));
+    c.shutdown().await;
+}
