@@ -17,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::Caller;
-use super::{json_body, parse_id, ApiError, Envelope, Reply};
+use super::{parse_id, typed_json_body, ApiError, Envelope, Reply};
 use crate::config::Role;
 use crate::node::NodeCore;
 use crate::raft::{NodeId, NodeInfo};
@@ -133,9 +133,7 @@ async fn add_node(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Reply<NodeId>, ApiError> {
     caller.require(Role::Admin)?;
-    let (value, _) = json_body(body)?;
-    let req: AddNodeRequest =
-        serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("invalid node: {e}")))?;
+    let req: AddNodeRequest = typed_json_body(body)?;
     if req.id == 0 {
         return Err(ApiError::BadRequest("id: node ids start at 1".into()));
     }
@@ -184,9 +182,7 @@ async fn transfer_leader(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Reply<NodeId>, ApiError> {
     caller.require(Role::Admin)?;
-    let (value, _) = json_body(body)?;
-    let req: TransferLeaderRequest =
-        serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("invalid request: {e}")))?;
+    let req: TransferLeaderRequest = typed_json_body(body)?;
     core.change_membership(MembershipOp::TransferLeader { to: req.to }).await?;
     Ok(Reply::ok(req.to).message(format!("node {} is the leader", req.to)))
 }

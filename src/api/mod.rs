@@ -251,6 +251,20 @@ pub fn json_body(body: Result<Bytes, BytesRejection>) -> Result<(serde_json::Val
     Ok((value, bytes))
 }
 
+/// Parses a JSON body into `T`; a type error names the field (`id: invalid type ...`).
+pub fn typed_json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let (value, _) = json_body(body)?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::BadRequest(format!("invalid request: {inner}"))
+        } else {
+            ApiError::BadRequest(format!("{path}: {inner}"))
+        }
+    })
+}
+
 /// Reads the `Idempotency-Key` header, scoped to the caller; the fingerprint covers the
 /// method, path and body so a reused key with another request is detected.
 pub fn idempotency_key(

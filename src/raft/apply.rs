@@ -103,17 +103,10 @@ fn apply_command(tx: &mut Tx<'_>, command: &Command, now: DateTime<Utc>) -> io::
             Ok(Response::ok(Outcome::Task(Box::new(task))))
         }
         Command::UpdateTask { id, fields, expected_version } => {
-            let Some(mut task) = tx.store.task(*id)? else {
-                return Ok(Response::rejected(Rejection::TaskNotFound(*id)));
+            let mut task = match task_to_change(tx, *id, *expected_version)? {
+                Ok(task) => task,
+                Err(rejection) => return Ok(Response::rejected(rejection)),
             };
-            if let Some(expected) = expected_version {
-                if *expected != task.version {
-                    return Ok(Response::rejected(Rejection::VersionMismatch {
-                        expected: *expected,
-                        actual: task.version,
-                    }));
-                }
-            }
             let old_name = task.spec.name.clone();
             let old_status = task.spec.status;
             for f in fields.iter().cloned() {
@@ -141,17 +134,10 @@ fn apply_command(tx: &mut Tx<'_>, command: &Command, now: DateTime<Utc>) -> io::
             Ok(Response::ok(Outcome::Task(Box::new(task))))
         }
         Command::DeleteTask { id, expected_version } => {
-            let Some(task) = tx.store.task(*id)? else {
-                return Ok(Response::rejected(Rejection::TaskNotFound(*id)));
+            let task = match task_to_change(tx, *id, *expected_version)? {
+                Ok(task) => task,
+                Err(rejection) => return Ok(Response::rejected(rejection)),
             };
-            if let Some(expected) = expected_version {
-                if *expected != task.version {
-                    return Ok(Response::rejected(Rejection::VersionMismatch {
-                        expected: *expected,
-                        actual: task.version,
-                    }));
-                }
-            }
             tx.delete_task(*id);
             tx.delete_task_name(&task.spec.name);
             Ok(Response::ok(Outcome::TaskDeleted { id: *id }))
@@ -216,6 +202,18 @@ fn apply_command(tx: &mut Tx<'_>, command: &Command, now: DateTime<Utc>) -> io::
             tx.put_run(&run)?;
             Ok(Response::ok(Outcome::Run(Box::new(run))))
         }
+    }
+}
+
+/// The task a client update or delete addresses, if it exists and (with `If-Match`) its
+/// version still matches.
+fn task_to_change(tx: &Tx<'_>, id: u64, expected_version: Option<u64>) -> io::Result<Result<Task, Rejection>> {
+    let Some(task) = tx.store.task(id)? else { return Ok(Err(Rejection::TaskNotFound(id))) };
+    match expected_version {
+        Some(expected) if expected != task.version => {
+            Ok(Err(Rejection::VersionMismatch { expected, actual: task.version }))
+        }
+        _ => Ok(Ok(task)),
     }
 }
 
