@@ -5,4 +5,6 @@ pub mod run;
 pub mod task;
 
 pub use run::{Run, RunStatus, RunTrigger};
-pub use task::{ExecutorKind, FieldError, MisfirePolicy, Task, TaskField, TaskSpec, TaskStatus, TaskView};
+pub use task::{
+    ConcurrencyPolicy, ExecutorKind, FieldError, MisfirePolicy, Task, TaskField, TaskSpec, TaskStatus, TaskView,
+};

@@ -11,7 +11,7 @@ use std::io;
 use chrono::{DateTime, Utc};
 
 use super::command::{Command, Outcome, Rejection, Request, Response};
-use crate::model::{Run, RunStatus, RunTrigger, Task, TaskField, TaskStatus};
+use crate::model::{ConcurrencyPolicy, Run, RunStatus, RunTrigger, Task, TaskField, TaskStatus};
 use crate::storage::{IdempotencyRecord, Tx};
 
 /// How long a stored idempotent answer is kept, in command time.
@@ -162,20 +162,40 @@ fn apply_command(tx: &mut Tx<'_>, command: &Command, now: DateTime<Utc>) -> io::
                     "ticks must increase and lie after the cursor and at or before the new cursor",
                 ))));
             }
+            // Concurrency policy, against runs already stored and runs this command made.
+            let mut unfinished = tx.store.unfinished_runs_of_task(task.id)?;
             let mut runs = Vec::with_capacity(fired.len());
+            let mut forbidden = 0u64;
             for tick in fired {
+                match task.spec.concurrency_policy {
+                    ConcurrencyPolicy::Forbid if !unfinished.is_empty() => {
+                        forbidden += 1;
+                        continue;
+                    }
+                    ConcurrencyPolicy::Replace => {
+                        for mut old in unfinished.drain(..) {
+                            old.status = RunStatus::Cancelled;
+                            old.finished_at = Some(now);
+                            old.pending_reason = None;
+                            old.error = Some(format!("replaced by the tick at {tick}"));
+                            tx.put_run(&old)?;
+                        }
+                    }
+                    _ => {}
+                }
                 let run = new_run(tx, task.id, RunTrigger::Schedule, *tick, now)?;
                 runs.push(run.id);
+                unfinished.push(run);
             }
-            task.fire_count += fired.len() as u64;
-            task.skipped_ticks += skipped;
+            task.fire_count += runs.len() as u64;
+            task.skipped_ticks += skipped + forbidden;
             task.cursor = Some(*new_cursor);
             task.next_run_at = *next_run_at;
             if let Some(last) = runs.last() {
                 task.last_run = Some(*last);
             }
             tx.put_task(&task)?;
-            Ok(Response::ok(Outcome::Fired { runs }))
+            Ok(Response::ok(Outcome::Fired { runs, forbidden }))
         }
         Command::TriggerRun { task_id } => {
             let Some(mut task) = tx.store.task(*task_id)? else {
@@ -295,7 +315,7 @@ mod tests {
 
         let first = fire(t(0), &[t(1), t(2)], t(2), 1);
         assert!(
-            matches!(apply(&store, first.clone(), t(2)).result, Ok(Outcome::Fired { ref runs }) if runs.len() == 2)
+            matches!(apply(&store, first.clone(), t(2)).result, Ok(Outcome::Fired { ref runs, .. }) if runs.len() == 2)
         );
         // The same proposal again (a retry after a lost response): refused.
         assert_eq!(apply(&store, first, t(3)).result, Err(Rejection::StaleFire(1)));
@@ -321,6 +341,50 @@ mod tests {
         assert_eq!(scheduled_ticks(&store), vec![t(1), t(2), t(3), t(4), t(5)]);
         let task = store.task(1).unwrap().unwrap();
         assert_eq!((task.fire_count, task.cursor, task.version), (5, Some(t(5)), 2));
+    }
+
+    fn store_with_task(policy: &str) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(open_db(dir.path()).unwrap());
+        let fields = TaskField::parse_object(serde_json::json!({
+            "name": "c", "executor": "shell", "command": "true", "schedule": "* * * * * *", "concurrency_policy": policy
+        }))
+        .unwrap();
+        apply(&store, Command::CreateTask { spec: Box::new(TaskSpec::from_fields(fields, "UTC").unwrap()) }, t(0));
+        (dir, store)
+    }
+
+    fn statuses(store: &Store) -> Vec<RunStatus> {
+        let mut out = Vec::new();
+        store
+            .scan_runs(|r| {
+                out.push(r.status);
+                true
+            })
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn concurrency_policies() {
+        // Runs never finish here (no workers), so every tick after the first overlaps.
+        let (_d, allow) = store_with_task("allow");
+        apply(&allow, fire(t(0), &[t(1), t(2)], t(2), 1), t(2));
+        apply(&allow, fire(t(2), &[t(3)], t(3), 1), t(3));
+        assert_eq!(statuses(&allow), vec![RunStatus::Pending; 3]);
+
+        let (_d, forbid) = store_with_task("forbid");
+        apply(&forbid, fire(t(0), &[t(1), t(2)], t(2), 1), t(2));
+        apply(&forbid, fire(t(2), &[t(3)], t(3), 1), t(3));
+        assert_eq!(statuses(&forbid), vec![RunStatus::Pending]);
+        let task = forbid.task(1).unwrap().unwrap();
+        assert_eq!((task.fire_count, task.skipped_ticks), (1, 2), "forbidden ticks are counted as skipped");
+
+        let (_d, replace) = store_with_task("replace");
+        apply(&replace, fire(t(0), &[t(1), t(2)], t(2), 1), t(2));
+        apply(&replace, fire(t(2), &[t(3)], t(3), 1), t(3));
+        assert_eq!(statuses(&replace), vec![RunStatus::Cancelled, RunStatus::Cancelled, RunStatus::Pending]);
+        assert_eq!(replace.task(1).unwrap().unwrap().fire_count, 3);
     }
 
     #[test]

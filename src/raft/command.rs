@@ -94,9 +94,10 @@ pub enum Outcome {
         id: u64,
     },
     Run(Box<Run>),
-    /// The runs a `Fire` created.
+    /// The runs a `Fire` created, and the ticks its concurrency policy skipped.
     Fired {
         runs: Vec<u64>,
+        forbidden: u64,
     },
 }
 

@@ -121,9 +121,9 @@ pub async fn run(core: Arc<NodeCore>) {
                 };
                 match core.propose_local(core.request(cmd, None)).await {
                     Ok(resp) => match resp.result {
-                        Ok(Outcome::Fired { runs }) => {
+                        Ok(Outcome::Fired { runs, forbidden }) => {
                             core.metrics.ticks_fired.inc_by(runs.len() as u64);
-                            core.metrics.ticks_skipped.inc_by(p.skipped);
+                            core.metrics.ticks_skipped.inc_by(p.skipped + forbidden);
                             let applied_at = Utc::now();
                             for t in &p.fired {
                                 let lag = (applied_at - *t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;

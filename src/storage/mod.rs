@@ -257,6 +257,26 @@ impl Store {
         Ok((runs, total))
     }
 
+    /// The task's runs that have not reached a final state, oldest first.
+    pub fn unfinished_runs_of_task(&self, task_id: u64) -> io::Result<Vec<Run>> {
+        let prefix = u64_key(task_id);
+        let mut out = Vec::new();
+        for item in
+            self.db.iterator_cf(self.cf(CF_RUNS_BY_TASK), IteratorMode::From(&prefix, rocksdb::Direction::Forward))
+        {
+            let (k, _) = item.map_err(db_err)?;
+            if k.len() != 16 || k[..8] != prefix {
+                break;
+            }
+            if let Some(r) = self.run(key_u64(&k[8..])?)? {
+                if !r.status.is_final() {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Visits runs in id order until `visit` returns false.
     pub fn scan_runs(&self, mut visit: impl FnMut(Run) -> bool) -> io::Result<()> {
         for item in self.db.iterator_cf(self.cf(CF_RUNS), IteratorMode::Start) {
