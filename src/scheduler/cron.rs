@@ -8,7 +8,7 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Timelike, Utc};
+use chrono::{DateTime, LocalResult, NaiveDateTime, Offset, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 
 /// A parsed schedule expression.
@@ -126,26 +126,47 @@ const MAX_SHIFT_HOURS: i64 = 3;
 /// instants it denotes in `tz`.
 fn next_cron(s: &cron::Schedule, fixed_hour: bool, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let local_after = after.with_timezone(&tz).naive_local();
-    let window_end = local_after + chrono::Duration::hours(MAX_SHIFT_HOURS);
-    let start = Utc.from_utc_datetime(&(local_after - chrono::Duration::hours(MAX_SHIFT_HOURS)));
+    let shift = chrono::Duration::hours(MAX_SHIFT_HOURS);
+    let offset = |t: DateTime<Utc>| tz.offset_from_utc_datetime(&t.naive_utc()).fix().local_minus_utc();
+    let (before, later) = (offset(after - shift), offset(after + shift));
+    if before == later {
+        // No transition near `after`: wall-clock order is instant order here, so the first
+        // local time after `after`'s is the answer (resolved, in case it lies in a far
+        // gap or overlap).
+        let local = s.after(&Utc.from_utc_datetime(&local_after)).next()?.naive_utc();
+        return resolve(tz, local, fixed_hour)
+            .into_iter()
+            .flatten()
+            .map(|t| t.with_timezone(&Utc))
+            .find(|t| *t > after);
+    }
+    // Near a transition a later local time can be an earlier instant: search the window
+    // the offset change spans.
+    let window = chrono::Duration::seconds(i64::from((before - later).abs())) + chrono::Duration::minutes(1);
+    let window_end = local_after + window;
+    let start = Utc.from_utc_datetime(&(local_after - window));
     let mut best: Option<DateTime<Utc>> = None;
     for candidate in s.after(&start).take(200_000) {
         let local = candidate.naive_utc();
         if local > window_end && best.is_some() {
             break;
         }
-        let instants = match tz.from_local_datetime(&local) {
-            LocalResult::Single(t) => [Some(t), None],
-            LocalResult::Ambiguous(first, second) => [Some(first), (!fixed_hour).then_some(second)],
-            LocalResult::None => [first_instant_after_gap(tz, local), None],
-        };
-        for t in instants.into_iter().flatten().map(|t| t.with_timezone(&Utc)) {
+        for t in resolve(tz, local, fixed_hour).into_iter().flatten().map(|t| t.with_timezone(&Utc)) {
             if t > after && best.is_none_or(|b| t < b) {
                 best = Some(t);
             }
         }
     }
     best
+}
+
+/// The real instants a local wall-clock time denotes under the DST rules above.
+fn resolve(tz: Tz, local: NaiveDateTime, fixed_hour: bool) -> [Option<DateTime<Tz>>; 2] {
+    match tz.from_local_datetime(&local) {
+        LocalResult::Single(t) => [Some(t), None],
+        LocalResult::Ambiguous(first, second) => [Some(first), (!fixed_hour).then_some(second)],
+        LocalResult::None => [first_instant_after_gap(tz, local), None],
+    }
 }
 
 /// The instant a spring-forward gap containing `local` ends at.

@@ -19,11 +19,12 @@ pub struct Opts {
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
     pub snapshot_every: u64,
+    pub misfire_threshold_s: u64,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { heartbeat_ms: 50, election_timeout_ms: 400, snapshot_every: 10_000 }
+        Opts { heartbeat_ms: 50, election_timeout_ms: 400, snapshot_every: 10_000, misfire_threshold_s: 60 }
     }
 }
 
@@ -64,6 +65,7 @@ pub fn config_for(id: u64, dir: &TempDir, peers: &[String], opts: &Opts) -> Conf
         format!("cluster.heartbeat_ms={}", opts.heartbeat_ms),
         format!("cluster.election_timeout_ms={}", opts.election_timeout_ms),
         format!("cluster.snapshot_every_entries={}", opts.snapshot_every),
+        format!("scheduler.misfire_threshold_s={}", opts.misfire_threshold_s),
         "cluster.secret=\"test-cluster-secret\"".into(),
         format!(
             "auth.api_keys=[{{name=\"viewer\", role=\"viewer\", sha256=\"{}\"}}]",
