@@ -7,6 +7,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use chrono::Utc;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -15,7 +16,7 @@ use utoipa_axum::routes;
 use super::auth::Caller;
 use super::{ApiError, Consistency, Envelope, Reply};
 use crate::config::Role;
-use crate::model::TaskStatus;
+use crate::model::{RunStatus, TaskStatus};
 use crate::node::NodeCore;
 use crate::raft::NodeId;
 
@@ -111,7 +112,8 @@ pub struct SystemStatus {
     pub workers: WorkerCounts,
     /// Runs created since 00:00 UTC today.
     pub runs_today: u64,
-    /// Percentage of finished runs that succeeded; null while no run has finished.
+    /// Percentage of finished runs (succeeded, failed, timed out, lost) that succeeded;
+    /// null while no run has finished. Cancelled runs do not count.
     pub success_rate: Option<f64>,
 }
 
@@ -139,7 +141,28 @@ async fn system_status(
         }
         true
     })?;
-    // Runs and workers are not replicated yet (they arrive with the firing and worker
-    // issues); until then there are truly none, and these counts say so.
-    Ok(Reply::ok(SystemStatus { tasks, workers: WorkerCounts::default(), runs_today: 0, success_rate: None }))
+    let today = Utc::now().date_naive().and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
+    let (mut runs_today, mut succeeded, mut finished) = (0u64, 0u64, 0u64);
+    let mut running_tasks = std::collections::BTreeSet::new();
+    core.store.scan_runs(|r| {
+        if r.created_at >= today {
+            runs_today += 1;
+        }
+        match r.status {
+            RunStatus::Running | RunStatus::Assigned => {
+                running_tasks.insert(r.task_id);
+            }
+            RunStatus::Succeeded => {
+                succeeded += 1;
+                finished += 1;
+            }
+            RunStatus::Failed | RunStatus::TimedOut | RunStatus::Lost => finished += 1,
+            RunStatus::Pending | RunStatus::Cancelled => {}
+        }
+        true
+    })?;
+    tasks.running = running_tasks.len() as u64;
+    let success_rate = (finished > 0).then(|| (succeeded as f64 * 1000.0 / finished as f64).round() / 10.0);
+    // Workers are not replicated yet (they arrive with the worker agent): there are none.
+    Ok(Reply::ok(SystemStatus { tasks, workers: WorkerCounts::default(), runs_today, success_rate }))
 }

@@ -87,6 +87,9 @@ async fn manual_trigger_through_a_follower_is_idempotent_and_runs_can_be_cancell
     let other = c.call(f, Method::POST, &trigger, None, &[("Idempotency-Key", "trigger-2")]).await;
     assert_ne!(other.data()["id"].as_u64(), Some(run_id));
     assert_eq!(all_runs(&c, f, id).await.len(), 2);
+    let status = c.get(f, "/api/system/status").await;
+    assert_eq!(status.data()["runs_today"], 2, "{}", status.body);
+    assert!(status.data()["success_rate"].is_null(), "no run has finished");
     let runs = all_runs(&c, leader, id).await;
     assert!(runs[0]["id"].as_u64() > runs[1]["id"].as_u64(), "newest first");
 
