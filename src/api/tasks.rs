@@ -127,6 +127,12 @@ async fn list_tasks(
     let search = q.get("search").map(|s| s.to_lowercase());
     Consistency::parse(q.get("consistency").map(String::as_str))?.prepare(&core).await?;
     let skip = (page - 1).saturating_mul(size);
+    if status.is_none() && search.is_none() {
+        // Unfiltered: count and skip by key, decode only the page.
+        let (tasks, total) = core.store.task_page(skip, size)?;
+        let items = tasks.into_iter().map(TaskView::from).collect();
+        return Ok(Reply::ok(TaskPage { items, total, page, size }));
+    }
     let mut total = 0u64;
     let mut items = Vec::new();
     core.store.scan_tasks(|task| {

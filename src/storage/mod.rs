@@ -288,6 +288,20 @@ impl Store {
         Ok(())
     }
 
+    /// One page of tasks in id order, and the number of tasks; only the page is decoded.
+    pub fn task_page(&self, skip: u64, limit: u64) -> io::Result<(Vec<Task>, u64)> {
+        let mut tasks = Vec::new();
+        let mut total = 0u64;
+        for item in self.db.iterator_cf(self.cf(CF_TASKS), IteratorMode::Start) {
+            let (_, v) = item.map_err(db_err)?;
+            if total >= skip && (tasks.len() as u64) < limit {
+                tasks.push(decode(&v)?);
+            }
+            total += 1;
+        }
+        Ok((tasks, total))
+    }
+
     /// Visits tasks in id order until `visit` returns false.
     pub fn scan_tasks(&self, mut visit: impl FnMut(Task) -> bool) -> io::Result<()> {
         for item in self.db.iterator_cf(self.cf(CF_TASKS), IteratorMode::Start) {
