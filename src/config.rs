@@ -97,16 +97,28 @@ pub struct SchedulerConfig {
     /// leader) is a misfire, handled by the task's `misfire_policy`.
     #[serde(default = "default_misfire_threshold")]
     pub misfire_threshold_s: u64,
+    /// Finished runs kept per task (older ones are pruned through Raft; unfinished runs are
+    /// never pruned, and `fire_count` keeps counting).
+    #[serde(default = "default_run_history")]
+    pub run_history_per_task: u32,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        Self { default_timezone: default_timezone(), misfire_threshold_s: default_misfire_threshold() }
+        Self {
+            default_timezone: default_timezone(),
+            misfire_threshold_s: default_misfire_threshold(),
+            run_history_per_task: default_run_history(),
+        }
     }
 }
 
 fn default_misfire_threshold() -> u64 {
     60
+}
+
+fn default_run_history() -> u32 {
+    100
 }
 
 /// What a credential may do. Ordered: each role can do everything the roles below it can,

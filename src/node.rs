@@ -304,6 +304,13 @@ impl NodeCore {
         Request { issued_at: Utc::now(), idempotency, command }
     }
 
+    /// A request for a command the leader makes for itself whose apply is idempotent on
+    /// its own (`Fire` is a compare-and-set, `InitCluster` is set-once): no idempotency
+    /// record, so a per-second task does not leave 86,400 of them a day.
+    pub fn internal_request(&self, command: Command) -> Request {
+        Request { issued_at: Utc::now(), idempotency: None, command }
+    }
+
     /// Commits a write through whichever node leads, retrying across leader changes until
     /// [`WRITE_DEADLINE`]. Fails with `Unavailable` if it was certainly never proposed and
     /// `Indeterminate` if it may have been.
@@ -644,7 +651,7 @@ impl NodeCore {
                 return;
             }
             if self.is_leader() {
-                let req = self.request(Command::InitCluster { cluster_id: uuid::Uuid::new_v4().to_string() }, None);
+                let req = self.internal_request(Command::InitCluster { cluster_id: uuid::Uuid::new_v4().to_string() });
                 if let Err(e) = self.propose_local(req).await {
                     tracing::debug!(error = %e, "cluster id not stamped yet");
                 }

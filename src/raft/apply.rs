@@ -222,6 +222,17 @@ fn apply_command(tx: &mut Tx<'_>, command: &Command, now: DateTime<Utc>) -> io::
             tx.put_run(&run)?;
             Ok(Response::ok(Outcome::Run(Box::new(run))))
         }
+        Command::PruneRuns { task_id, keep } => {
+            // Newest first; the newest `keep` runs stay whatever their state, older ones go
+            // only once final. `fire_count` lives on the task and is not touched.
+            let (runs, _) = tx.store.runs_of_task(*task_id, 0, usize::MAX)?;
+            let mut deleted = 0;
+            for run in runs.iter().skip(*keep as usize).filter(|r| r.status.is_final()) {
+                tx.delete_run(run);
+                deleted += 1;
+            }
+            Ok(Response::ok(Outcome::Pruned { deleted }))
+        }
     }
 }
 
@@ -385,6 +396,23 @@ mod tests {
         apply(&replace, fire(t(2), &[t(3)], t(3), 1), t(3));
         assert_eq!(statuses(&replace), vec![RunStatus::Cancelled, RunStatus::Cancelled, RunStatus::Pending]);
         assert_eq!(replace.task(1).unwrap().unwrap().fire_count, 3);
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_every_unfinished_run() {
+        let (_d, store) = store_with_task("allow");
+        let ticks: Vec<_> = (1..=6).map(t).collect();
+        apply(&store, fire(t(0), &ticks, t(6), 1), t(6));
+        // Runs 1..=6; finish 1, 2, 3 and 5 (cancelled is final); 4 and 6 stay pending.
+        for id in [1, 2, 3, 5] {
+            assert!(apply(&store, Command::CancelRun { run_id: id }, t(7)).result.is_ok());
+        }
+        let r = apply(&store, Command::PruneRuns { task_id: 1, keep: 2 }, t(8)).result;
+        assert_eq!(r, Ok(Outcome::Pruned { deleted: 3 }));
+        let (left, total) = store.runs_of_task(1, 0, 100).unwrap();
+        let ids: Vec<u64> = left.iter().map(|r| r.id).collect();
+        assert_eq!((ids, total), (vec![6, 5, 4], 3), "newest two kept, plus pending run 4");
+        assert_eq!(store.task(1).unwrap().unwrap().fire_count, 6, "pruning never lowers fire_count");
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub enum Command {
     CancelRun {
         run_id: u64,
     },
+    /// Deletes a task's finished runs beyond the newest `keep`; unfinished runs stay.
+    PruneRuns {
+        task_id: u64,
+        keep: u32,
+    },
 }
 
 /// What applying a request produced. Stored with an idempotency key, so a retry returns
@@ -94,6 +99,10 @@ pub enum Outcome {
         id: u64,
     },
     Run(Box<Run>),
+    /// How many runs `PruneRuns` deleted.
+    Pruned {
+        deleted: u64,
+    },
     /// The runs a `Fire` created, and the ticks its concurrency policy skipped.
     Fired {
         runs: Vec<u64>,
@@ -147,6 +156,7 @@ impl fmt::Display for Request {
             }
             Command::TriggerRun { task_id } => write!(f, "trigger(task {task_id})"),
             Command::CancelRun { run_id } => write!(f, "cancel(run {run_id})"),
+            Command::PruneRuns { task_id, keep } => write!(f, "prune-runs(task {task_id}, keep {keep})"),
         }
     }
 }

@@ -72,6 +72,25 @@ pub fn plan(task: &Task, now: DateTime<Utc>, misfire_threshold: chrono::Duration
     Some(FirePlan { fired, skipped, new_cursor, next_run_at })
 }
 
+/// Proposes `PruneRuns` once a task holds, beyond the runs it keeps, finished runs worth
+/// a tenth of its history: one Raft entry per tenth of the history, not one per tick, and
+/// none while only unfinished runs (which are never pruned) pile up.
+async fn prune_if_over(core: &NodeCore, task_id: u64) {
+    let keep = core.config.scheduler.run_history_per_task;
+    let Ok((_, total)) = core.store.runs_of_task(task_id, 0, 0) else { return };
+    let slack = u64::from(keep / 10).max(1);
+    if total <= u64::from(keep) + slack {
+        return;
+    }
+    let Ok((older, _)) = core.store.runs_of_task(task_id, keep as usize, usize::MAX) else { return };
+    if (older.iter().filter(|r| r.status.is_final()).count() as u64) < slack {
+        return;
+    }
+    if let Err(e) = core.propose_local(core.internal_request(Command::PruneRuns { task_id, keep })).await {
+        tracing::debug!(task_id, error = %e, "prune not committed; will retry");
+    }
+}
+
 fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.min(y)),
@@ -119,9 +138,10 @@ pub async fn run(core: Arc<NodeCore>) {
                     new_cursor: p.new_cursor,
                     next_run_at: p.next_run_at,
                 };
-                match core.propose_local(core.request(cmd, None)).await {
+                match core.propose_local(core.internal_request(cmd)).await {
                     Ok(resp) => match resp.result {
                         Ok(Outcome::Fired { runs, forbidden }) => {
+                            prune_if_over(&core, task_id).await;
                             core.metrics.ticks_fired.inc_by(runs.len() as u64);
                             core.metrics.ticks_skipped.inc_by(p.skipped + forbidden);
                             let applied_at = Utc::now();

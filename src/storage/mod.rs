@@ -390,6 +390,14 @@ impl<'a> Tx<'a> {
         self.put(CF_RUNS, &u64_key(run.id), run)
     }
 
+    /// Deletes a run and its index entry.
+    pub fn delete_run(&mut self, run: &Run) {
+        let mut k = u64_key(run.task_id).to_vec();
+        k.extend_from_slice(&u64_key(run.id));
+        self.batch.delete_cf(self.store.cf(CF_RUNS_BY_TASK), k);
+        self.batch.delete_cf(self.store.cf(CF_RUNS), u64_key(run.id));
+    }
+
     pub fn delete_task(&mut self, id: u64) {
         self.batch.delete_cf(self.store.cf(CF_TASKS), u64_key(id));
     }

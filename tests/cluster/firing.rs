@@ -164,3 +164,23 @@ async fn misfire_policies_after_a_full_cluster_outage() {
     }
     c.shutdown().await;
 }
+
+/// Run history is pruned through Raft to `run_history_per_task` (finished runs only);
+/// `fire_count` keeps counting. `replace` finishes (cancels) each previous run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn run_history_is_pruned_and_fire_count_keeps_counting() {
+    let opts = crate::fixture::Opts { run_history_per_task: 3, ..Default::default() };
+    let c = TestCluster::start_with(3, opts).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let body = json!({"name": "pruned", "executor": "shell", "command": "true", "schedule": "* * * * * *", "concurrency_policy": "replace"});
+    let id = c.post(leader, "/api/tasks", body).await.data()["id"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let task = c.get(c.follower(leader), &format!("/api/tasks/{id}")).await;
+    let fired = task.data()["fire_count"].as_u64().unwrap();
+    let runs = all_runs(&c, c.follower(leader), id).await;
+    assert!(fired >= 6, "fired {fired}");
+    assert!(runs.len() <= 5, "{} runs kept of {fired} fired: {runs:?}", runs.len());
+    let pending = runs.iter().filter(|r| r["status"] == "pending").count();
+    assert_eq!(pending, 1, "replace leaves only the newest run unfinished");
+    c.shutdown().await;
+}

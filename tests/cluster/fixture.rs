@@ -20,11 +20,18 @@ pub struct Opts {
     pub election_timeout_ms: u64,
     pub snapshot_every: u64,
     pub misfire_threshold_s: u64,
+    pub run_history_per_task: u32,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { heartbeat_ms: 50, election_timeout_ms: 400, snapshot_every: 10_000, misfire_threshold_s: 60 }
+        Opts {
+            heartbeat_ms: 50,
+            election_timeout_ms: 400,
+            snapshot_every: 10_000,
+            misfire_threshold_s: 60,
+            run_history_per_task: 100,
+        }
     }
 }
 
@@ -66,6 +73,7 @@ pub fn config_for(id: u64, dir: &TempDir, peers: &[String], opts: &Opts) -> Conf
         format!("cluster.election_timeout_ms={}", opts.election_timeout_ms),
         format!("cluster.snapshot_every_entries={}", opts.snapshot_every),
         format!("scheduler.misfire_threshold_s={}", opts.misfire_threshold_s),
+        format!("scheduler.run_history_per_task={}", opts.run_history_per_task),
         "cluster.secret=\"test-cluster-secret\"".into(),
         format!(
             "auth.api_keys=[{{name=\"viewer\", role=\"viewer\", sha256=\"{}\"}}]",
