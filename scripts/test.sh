@@ -4,7 +4,8 @@
 # when installed (each test in its own process), cargo test otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+# faketime: the clock-skew process test runs a node under libfaketime.
+scripts/install-deps.sh faketime
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --no-fail-fast "$@"
 else

@@ -126,6 +126,8 @@ pub struct TaskView {
     pub last_run: Option<u64>,
     pub fire_count: u64,
     pub skipped_ticks: u64,
+    /// The last schedule tick accounted for (fired or skipped).
+    pub cursor: Option<DateTime<Utc>>,
 }
 
 impl From<Task> for TaskView {
@@ -140,6 +142,7 @@ impl From<Task> for TaskView {
             last_run: t.last_run,
             fire_count: t.fire_count,
             skipped_ticks: t.skipped_ticks,
+            cursor: t.cursor,
         }
     }
 }

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 const KEY: &str = "process-test-key";
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 struct Node {
     id: u64,
@@ -35,7 +36,7 @@ fn free_port() -> u16 {
 
 impl Cluster {
     fn start(n: u64) -> Cluster {
-        Self::start_with(n, 500)
+        Self::start_with(n, 500).start_all()
     }
 
     fn start_with(n: u64, election_timeout_ms: u64) -> Cluster {
@@ -59,27 +60,37 @@ impl Cluster {
             .unwrap();
             nodes.push(Node { id, http: format!("127.0.0.1:{http}"), config, child: None });
         }
-        let mut c =
-            Cluster { nodes, _dir: dir, http: reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap() };
-        for i in 0..c.nodes.len() {
-            c.spawn(i);
+        Cluster { nodes, _dir: dir, http: reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap() }
+    }
+
+    fn start_all(mut self) -> Self {
+        for i in 0..self.nodes.len() {
+            self.spawn(i);
         }
-        c
+        self
     }
 
     fn spawn(&mut self, i: usize) {
+        self.spawn_with_clock(i, None);
+    }
+
+    /// Starts node `i`, optionally under libfaketime with its wall clock shifted by
+    /// `offset` (e.g. "-20s"); the monotonic clock stays real.
+    fn spawn_with_clock(&mut self, i: usize, offset: Option<&str>) {
         let node = &mut self.nodes[i];
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(node.config.with_extension("log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_raftcron"))
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftcron"));
+        cmd.args(["serve", "--config"])
             .arg(&node.config)
             .env("RAFTCRON_API_KEY", KEY)
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("raftcron binary starts");
+            .stderr(log);
+        if let Some(offset) = offset {
+            cmd.env("LD_PRELOAD", FAKETIME_LIB).env("FAKETIME", offset).env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        let child = cmd.spawn().expect("raftcron binary starts");
         node.child = Some(child);
     }
 
@@ -133,6 +144,11 @@ impl Cluster {
             ));
         }
         out
+    }
+
+    async fn get(&self, i: usize, path: &str) -> Value {
+        let url = format!("http://{}{path}", self.nodes[i].http);
+        self.http.get(url).bearer_auth(KEY).send().await.unwrap().json().await.unwrap()
     }
 
     /// Every task name, read linearizably through node `i`.
@@ -309,7 +325,7 @@ fn invalid_config_and_busy_port_fail_at_start_with_a_clear_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_on_the_leader_hands_over_before_the_election_timeout() {
     // A long election timeout: only a handover can produce a new leader well before it.
-    let mut c = Cluster::start_with(3, 3000);
+    let mut c = Cluster::start_with(3, 3000).start_all();
     c.wait_healthy(Duration::from_secs(30)).await;
     let leader = c.leader_seen_by(0).await.expect("a leader") as usize - 1;
     let other = (leader + 1) % 3;
@@ -332,4 +348,69 @@ async fn sigterm_on_the_leader_hands_over_before_the_election_timeout() {
     let status = c.nodes[leader].child.as_mut().unwrap().wait().unwrap();
     assert!(status.success(), "graceful exit, got {status}");
     c.nodes[leader].child = None;
+}
+
+/// Guarantee 3 under clock skew: nodes whose wall clocks run 20 s behind and 5 s ahead take
+/// turns leading a per-second task; no tick gets two runs, and fired + skipped accounts for
+/// exactly the ticks up to the task's cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn skewed_leaders_never_fire_a_tick_twice_and_account_for_every_tick() {
+    if !Path::new(FAKETIME_LIB).exists() {
+        panic!("libfaketime is missing: install the faketime package (scripts/install-deps.sh faketime)");
+    }
+    let mut c = Cluster::start_with(3, 500);
+    c.spawn(0);
+    c.spawn_with_clock(1, Some("-20s"));
+    c.spawn_with_clock(2, Some("+5s"));
+    c.wait_healthy(Duration::from_secs(30)).await;
+    let created: Value = c
+        .http
+        .post(format!("http://{}/api/tasks", c.nodes[0].http))
+        .bearer_auth(KEY)
+        .json(&json!({"name": "skewed", "executor": "shell", "command": "true", "schedule": "* * * * * *"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["data"]["id"].as_u64().unwrap_or_else(|| panic!("create failed: {created}"));
+    // Move leadership around: kill whoever leads, three times.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let leader = c.get(0, "/api/health").await["data"]["raft"]["leader_id"].as_u64().unwrap_or(1) as usize - 1;
+        c.kill(leader);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        match leader {
+            1 => c.spawn_with_clock(1, Some("-20s")),
+            2 => c.spawn_with_clock(2, Some("+5s")),
+            _ => c.spawn(0),
+        }
+        c.wait_healthy(Duration::from_secs(30)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let task = c.get(0, &format!("/api/tasks/{id}")).await;
+    let mut ticks = Vec::new();
+    for page in 1.. {
+        let v = c.get(0, &format!("/api/tasks/{id}/runs?size=100&page={page}")).await;
+        let items = v["data"]["items"].as_array().cloned().unwrap_or_default();
+        if items.is_empty() {
+            break;
+        }
+        ticks.extend(items.iter().map(|r| r["scheduled_at"].as_str().unwrap().to_string()));
+    }
+    let distinct: BTreeSet<&String> = ticks.iter().collect();
+    assert_eq!(distinct.len(), ticks.len(), "a tick fired twice: {ticks:?}");
+    let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp();
+    let created_at = parse(task["data"]["created_at"].as_str().unwrap());
+    let cursor = parse(task["data"]["cursor"].as_str().unwrap());
+    let fired = task["data"]["fire_count"].as_u64().unwrap();
+    let skipped = task["data"]["skipped_ticks"].as_u64().unwrap();
+    // Whole seconds in (created_at, cursor]: `created_at` has sub-second precision, so the
+    // first tick is the next whole second.
+    let expected = (cursor - created_at) as u64;
+    assert_eq!(fired, ticks.len() as u64);
+    assert_eq!(fired + skipped, expected, "fired {fired} + skipped {skipped} != {expected} ticks up to the cursor");
+    assert!(fired > 0);
 }
