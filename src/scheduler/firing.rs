@@ -91,6 +91,13 @@ async fn prune_if_over(core: &NodeCore, task_id: u64) {
     }
 }
 
+/// The task's first tick after its cursor.
+fn next_tick(task: &Task) -> Option<DateTime<Utc>> {
+    let schedule = Schedule::parse(task.spec.schedule.as_deref()?).ok()?;
+    let tz = parse_timezone(&task.spec.timezone).ok()?;
+    schedule.next_after(tz, task.created_at, task.cursor.unwrap_or(task.created_at))
+}
+
 fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.min(y)),
@@ -117,7 +124,9 @@ pub async fn run(core: Arc<NodeCore>) {
                 if let Some(p) = plan(&task, now, threshold) {
                     plans.push((task.id, task.version, task.cursor, p));
                 } else {
-                    next_wake = earliest(next_wake, task.next_run_at);
+                    // Nothing due: wake for its next tick. A task that has never fired has
+                    // no `next_run_at` yet (apply cannot evaluate cron), so compute it here.
+                    next_wake = earliest(next_wake, task.next_run_at.or_else(|| next_tick(&task)));
                 }
             }
             true

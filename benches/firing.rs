@@ -1,0 +1,128 @@
+//! Many tasks due in the same second on a 3-node loopback cluster: how long until every
+//! fire is committed, the schedule lag (run creation time minus nominal tick), the CPU
+//! the process (all three nodes) spent meanwhile, and memory per task.
+//!
+//! `cargo bench --bench firing [-- 1000 10000 100000]` prints a table. Bounded: creating
+//! and firing a row stops after `ROW_LIMIT`.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Timelike, Utc};
+
+#[allow(dead_code, reason = "the bench uses part of the test fixture")]
+#[path = "../tests/cluster/fixture.rs"]
+mod fixture;
+
+const ROW_LIMIT: Duration = Duration::from_secs(300);
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// (user + system CPU seconds, resident set KiB) of this process.
+fn cpu_and_rss() -> (f64, u64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    (cpu, rss)
+}
+
+async fn create_batch(c: &fixture::TestCluster, node: u64, n: usize, tag: &str, schedule: &str) -> usize {
+    let url = c.url(node, "/api/tasks");
+    let deadline = Instant::now() + ROW_LIMIT;
+    let mut created = 0;
+    let chunks: Vec<Vec<usize>> = (0..n).collect::<Vec<_>>().chunks(64).map(|c| c.to_vec()).collect();
+    for chunk in chunks {
+        if Instant::now() > deadline {
+            break;
+        }
+        let reqs = chunk.into_iter().map(|i| {
+            c.http
+                .post(&url)
+                .bearer_auth(fixture::KEY)
+                .json(&serde_json::json!({"name": format!("{tag}-{i}"), "executor": "shell", "command": "true", "schedule": schedule}))
+                .send()
+        });
+        created += futures::future::join_all(reqs)
+            .await
+            .into_iter()
+            .filter(|r| r.as_ref().is_ok_and(|r| r.status() == 201))
+            .count();
+    }
+    created
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let sizes = if sizes.is_empty() { vec![1_000, 10_000] } else { sizes };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = fixture::TestCluster::start(3).await;
+        let leader = c.wait_leader(Duration::from_secs(10)).await;
+        let follower = c.follower(leader);
+        println!(
+            "{:>8} {:>10} {:>12} {:>10} {:>10} {:>10} {:>12}",
+            "tasks", "create s", "all fired s", "lag p50", "lag p99", "cpu s", "rss/task B"
+        );
+        for n in sizes {
+            let (_, rss_before) = cpu_and_rss();
+            // A tick far enough ahead for the creates to finish (about 2k creates/s).
+            let lead = Duration::from_secs(5 + n as u64 / 1500);
+            let tick: DateTime<Utc> =
+                (Utc::now() + chrono::Duration::from_std(lead).unwrap()).with_nanosecond(0).unwrap();
+            let schedule = format!("{} {} {} * * *", tick.second(), tick.minute(), tick.hour());
+            let started = Instant::now();
+            let created = create_batch(&c, follower, n, &format!("n{n}"), &schedule).await;
+            let create_s = started.elapsed().as_secs_f64();
+            let (_, rss_after) = cpu_and_rss();
+            if Utc::now() >= tick {
+                println!("{n:>8} creates took {create_s:.1} s, past the tick; row skipped");
+                continue;
+            }
+            tokio::time::sleep((tick - Utc::now()).to_std().unwrap_or_default()).await;
+            let (cpu0, _) = cpu_and_rss();
+            let t0 = Instant::now();
+            let leader = c.wait_leader(Duration::from_secs(10)).await;
+            let store = &c.core(leader).store;
+            let mut lags = Vec::new();
+            loop {
+                lags.clear();
+                let mut fired = 0;
+                store
+                    .scan_runs(|r| {
+                        if r.scheduled_at == tick {
+                            fired += 1;
+                            lags.push((r.created_at - r.scheduled_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                        }
+                        true
+                    })
+                    .unwrap();
+                if fired >= created || t0.elapsed() > ROW_LIMIT {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let all_fired_s = t0.elapsed().as_secs_f64();
+            let (cpu1, _) = cpu_and_rss();
+            lags.sort_by(|a, b| a.total_cmp(b));
+            println!(
+                "{created:>8} {create_s:>10.1} {all_fired_s:>12.2} {:>8.1}ms {:>8.1}ms {:>10.1} {:>12}",
+                percentile(&lags, 0.5),
+                percentile(&lags, 0.99),
+                cpu1 - cpu0,
+                (rss_after.saturating_sub(rss_before) * 1024) / created.max(1) as u64
+            );
+        }
+        c.shutdown().await;
+    });
+}
