@@ -12,15 +12,11 @@ use chrono::{DateTime, Timelike, Utc};
 #[allow(dead_code, reason = "the bench uses part of the test fixture")]
 #[path = "../tests/cluster/fixture.rs"]
 mod fixture;
+mod support;
+
+use support::percentile;
 
 const ROW_LIMIT: Duration = Duration::from_secs(300);
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
 /// (user + system CPU seconds, resident set KiB) of this process.
 fn cpu_and_rss() -> (f64, u64) {

@@ -15,15 +15,11 @@ use tokio::sync::Mutex;
 #[allow(dead_code, reason = "the bench uses part of the test fixture")]
 #[path = "../tests/cluster/fixture.rs"]
 mod fixture;
+mod support;
+
+use support::percentile;
 
 const ROW_LIMIT: Duration = Duration::from_secs(20);
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
 /// Median and p99 of 4 KiB write + fdatasync in this machine's temp dir.
 fn fsync_latency_ms() -> (f64, f64) {
