@@ -299,6 +299,7 @@ impl NodeCore {
                 scope: format!("node-{}", self.id),
                 key: uuid::Uuid::new_v4().to_string(),
                 fingerprint: String::new(),
+                ttl_ms: crate::raft::apply::INTERNAL_IDEMPOTENCY_TTL_MS,
             })
         });
         Request { issued_at: Utc::now(), idempotency, command }

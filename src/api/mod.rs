@@ -289,6 +289,7 @@ pub fn idempotency_key(
         scope: caller.name.clone(),
         key: key.to_string(),
         fingerprint: hex::encode(h.finalize()),
+        ttl_ms: crate::raft::apply::IDEMPOTENCY_TTL_MS,
     }))
 }
 

@@ -14,8 +14,10 @@ use super::command::{Command, Outcome, Rejection, Request, Response};
 use crate::model::{ConcurrencyPolicy, Run, RunStatus, RunTrigger, Task, TaskField, TaskStatus};
 use crate::storage::{IdempotencyRecord, Tx};
 
-/// How long a stored idempotent answer is kept, in command time.
+/// How long a client's idempotent answer is kept, in command time.
 pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+/// How long a node's own retry key is kept: far beyond its write deadline.
+pub const INTERNAL_IDEMPOTENCY_TTL_MS: i64 = 10 * 60 * 1000;
 
 /// Expired idempotency records removed per applied request; bounded so one entry's
 /// batch stays small, and enough to keep up with any write rate the cluster accepts.
@@ -50,7 +52,7 @@ pub fn apply_request(tx: &mut Tx<'_>, req: &Request) -> io::Result<Response> {
     if let Some(idem) = &req.idempotency {
         let record = IdempotencyRecord {
             fingerprint: idem.fingerprint.clone(),
-            expires_at_ms: now_ms.saturating_add(IDEMPOTENCY_TTL_MS),
+            expires_at_ms: now_ms.saturating_add(idem.ttl_ms.clamp(0, IDEMPOTENCY_TTL_MS)),
             response: response.clone(),
         };
         tx.put_idempotency(&idem.scope, &idem.key, &record)?;
@@ -274,7 +276,7 @@ mod tests {
 
     use super::*;
     use crate::model::TaskSpec;
-    use crate::raft::command::Response;
+    use crate::raft::command::{IdempotencyKey, Response};
     use crate::storage::{open_db, Store};
 
     fn t(s: u32) -> DateTime<Utc> {
@@ -413,6 +415,34 @@ mod tests {
         let ids: Vec<u64> = left.iter().map(|r| r.id).collect();
         assert_eq!((ids, total), (vec![6, 5, 4], 3), "newest two kept, plus pending run 4");
         assert_eq!(store.task(1).unwrap().unwrap().fire_count, 6, "pruning never lowers fire_count");
+    }
+
+    /// A retried request returns the first answer until its key expires (in command
+    /// time), then applies anew; the expired record is swept.
+    #[test]
+    fn idempotency_keys_expire_in_command_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(open_db(dir.path()).unwrap());
+        let key = |ttl_ms| IdempotencyKey { scope: "c".into(), key: "k".into(), fingerprint: "f".into(), ttl_ms };
+        let create = |name: &str| {
+            let fields =
+                TaskField::parse_object(serde_json::json!({"name": name, "executor": "shell", "command": "true"}))
+                    .unwrap();
+            Command::CreateTask { spec: Box::new(TaskSpec::from_fields(fields, "UTC").unwrap()) }
+        };
+        let send = |at: DateTime<Utc>, name: &str| {
+            let mut tx = Tx::new(&store);
+            let req = Request { issued_at: at, idempotency: Some(key(60_000)), command: create(name) };
+            let resp = apply_request(&mut tx, &req).unwrap();
+            tx.commit().unwrap();
+            resp
+        };
+        let first = send(t(0), "a");
+        assert_eq!(send(t(30), "a"), first, "a retry within the ttl gets the first answer");
+        assert!(store.task(2).unwrap().is_none());
+        let later = t(0) + chrono::Duration::seconds(61);
+        assert!(matches!(send(later, "b").result, Ok(Outcome::Task(ref t)) if t.id == 2), "expired: applies anew");
+        assert!(store.idempotency("c", "k").unwrap().is_some_and(|r| r.expires_at_ms > later.timestamp_millis()));
     }
 
     #[test]

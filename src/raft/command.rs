@@ -35,6 +35,9 @@ pub struct IdempotencyKey {
     /// SHA-256 of the request (method, path, body): the same key with another request is
     /// refused rather than answered with the first request's result.
     pub fingerprint: String,
+    /// How long the answer is kept, in command time: a day for a client's key, minutes
+    /// for a node's own (its retries end within the write deadline).
+    pub ttl_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
