@@ -155,8 +155,7 @@ impl Cluster {
     async fn task_names(&self, i: usize) -> BTreeSet<String> {
         let mut names = BTreeSet::new();
         for page in 1.. {
-            let url = format!("http://{}/api/tasks?size=100&page={page}", self.nodes[i].http);
-            let v: Value = self.http.get(url).bearer_auth(KEY).send().await.unwrap().json().await.unwrap();
+            let v = self.get(i, &format!("/api/tasks?size=100&page={page}")).await;
             let items = v["data"]["items"].as_array().unwrap_or_else(|| panic!("list failed: {v}"));
             if items.is_empty() {
                 break;
@@ -268,16 +267,7 @@ async fn one_node_killed_mid_stream_recovers_and_catches_up() {
     // And the replicas converge to the same applied index and state digest.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let v: Value = c
-            .http
-            .get(format!("http://{}/api/cluster", c.nodes[0].http))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = c.get(0, "/api/cluster").await;
         let applied: BTreeSet<String> =
             v["data"]["members"].as_array().unwrap().iter().map(|m| m["status"]["applied_index"].to_string()).collect();
         if applied.len() == 1 {
