@@ -2,8 +2,10 @@
 //! flight, restarted from their data dirs. Every acknowledged write must survive.
 //!
 //! Ports: a process cannot be handed a bound socket portably, so each node's ports are
-//! found by binding port 0 and releasing it just before the node starts (a small race
-//! with other programs on this machine, accepted for this one suite).
+//! chosen here and probed free before the node starts. They are drawn from below the
+//! kernel's ephemeral range (`ip_local_port_range`), which the other tests' port-0
+//! listeners and every outgoing connection use; a port from inside it was once taken by
+//! such a socket between the probe and the node's bind.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -31,7 +33,18 @@ struct Cluster {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.max(10_100));
+    for _ in 0..1000 {
+        let port = rand::random_range(from..to);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {from}..{to}");
 }
 
 impl Cluster {
