@@ -24,6 +24,7 @@ pub struct Metrics {
     pub ticks_skipped: IntCounter,
     pub fires_deduplicated: IntCounter,
     pub schedule_lag: Histogram,
+    pub runs_pending: IntGauge,
 }
 
 const LATENCY_BUCKETS: [f64; 14] =
@@ -94,6 +95,10 @@ impl Metrics {
                 "Fire proposals refused by the cursor compare-and-set (already accounted for).",
             ),
             schedule_lag,
+            runs_pending: gauge(
+                "runs_pending",
+                "Runs waiting for a worker (the placement queue's depth), as this node has applied it.",
+            ),
             http_requests,
             http_latency,
             raft_term: gauge("raft_term", "Current Raft term."),

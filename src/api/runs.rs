@@ -61,7 +61,11 @@ async fn trigger_task(
     caller.require(Role::Operator)?;
     let task_id = parse_id("task", &task_id)?;
     let idem = idempotency_key(&headers, &caller, &method, &format!("/api/tasks/{task_id}/trigger"), b"")?;
-    let resp = core.write(core.request(Command::TriggerRun { task_id }, idem)).await?;
+    let resp = core
+        .write(
+            core.request(Command::TriggerRun { task_id, keep_runs: core.config.scheduler.run_history_per_task }, idem),
+        )
+        .await?;
     Ok(Reply::created(run_reply(resp)?))
 }
 

@@ -86,6 +86,10 @@ async fn health(State(core): State<Arc<NodeCore>>) -> Response {
 /// Prometheus text format; no credential needed (scrapers poll it).
 #[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain")))]
 async fn metrics(State(core): State<Arc<NodeCore>>) -> Response {
+    match core.store.queued_runs() {
+        Ok(n) => core.metrics.runs_pending.set(n as i64),
+        Err(e) => tracing::warn!(error = %e, "cannot count pending runs"),
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], core.metrics.render()).into_response()
 }
 

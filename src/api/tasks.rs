@@ -22,7 +22,11 @@ use crate::raft::{Command, Outcome, Response};
 use crate::scheduler::cron::{parse_timezone, Schedule};
 
 pub fn routes() -> OpenApiRouter<Arc<NodeCore>> {
-    OpenApiRouter::new().routes(routes!(create_task, list_tasks)).routes(routes!(get_task, update_task, delete_task))
+    OpenApiRouter::new()
+        .routes(routes!(create_task, list_tasks))
+        .routes(routes!(get_task, update_task, delete_task))
+        .routes(routes!(pause_task))
+        .routes(routes!(resume_task))
 }
 
 /// One page of tasks.
@@ -231,4 +235,63 @@ async fn delete_task(
         Outcome::TaskDeleted { .. } => Ok(Reply::ok(()).status(StatusCode::NO_CONTENT)),
         other => Err(ApiError::Internal(format!("unexpected apply outcome {other:?}"))),
     }
+}
+
+/// Pause a task: it stops firing until resumed. Pausing a disabled task is refused.
+#[utoipa::path(
+    post, path = "/api/tasks/{task_id}/pause", tag = "tasks",
+    params(("task_id" = u64, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses(
+        (status = 200, body = Envelope<TaskView>), (status = 400), (status = 401), (status = 403), (status = 404),
+        (status = 409, description = "the task is disabled"), (status = 422), (status = 503), (status = 504),
+    ),
+    security(("bearer" = []))
+)]
+async fn pause_task(
+    State(core): State<Arc<NodeCore>>,
+    Extension(caller): Extension<Caller>,
+    Path(task_id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Reply<TaskView>, ApiError> {
+    set_status(&core, &caller, &task_id, TaskStatus::Paused, &method, &headers, "pause").await
+}
+
+/// Resume a paused task: ticks that passed while it was paused are counted as skipped,
+/// never fired. Resuming a disabled task enables it, which only an admin may do.
+#[utoipa::path(
+    post, path = "/api/tasks/{task_id}/resume", tag = "tasks",
+    params(("task_id" = u64, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses(
+        (status = 200, body = Envelope<TaskView>), (status = 400), (status = 401), (status = 403), (status = 404),
+        (status = 409, description = "the task is disabled and the caller is not an admin"),
+        (status = 422), (status = 503), (status = 504),
+    ),
+    security(("bearer" = []))
+)]
+async fn resume_task(
+    State(core): State<Arc<NodeCore>>,
+    Extension(caller): Extension<Caller>,
+    Path(task_id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Reply<TaskView>, ApiError> {
+    set_status(&core, &caller, &task_id, TaskStatus::Active, &method, &headers, "resume").await
+}
+
+async fn set_status(
+    core: &NodeCore,
+    caller: &Caller,
+    task_id: &str,
+    status: TaskStatus,
+    method: &Method,
+    headers: &HeaderMap,
+    action: &str,
+) -> Result<Reply<TaskView>, ApiError> {
+    caller.require(Role::Operator)?;
+    let id = parse_id("task", task_id)?;
+    let may_enable = status == TaskStatus::Active && caller.require(Role::Admin).is_ok();
+    let idem = idempotency_key(headers, caller, method, &format!("/api/tasks/{id}/{action}"), b"")?;
+    let resp = core.write(core.request(Command::SetTaskStatus { id, status, may_enable }, idem)).await?;
+    task_reply(resp, false)
 }

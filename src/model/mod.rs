@@ -6,5 +6,6 @@ pub mod task;
 
 pub use run::{Run, RunStatus, RunTrigger};
 pub use task::{
-    ConcurrencyPolicy, ExecutorKind, FieldError, MisfirePolicy, Task, TaskField, TaskSpec, TaskStatus, TaskView,
+    ConcurrencyPolicy, ExecutorKind, FieldError, MisfirePolicy, Priority, Task, TaskField, TaskSpec, TaskStatus,
+    TaskView,
 };

@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::Priority;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
@@ -42,6 +44,8 @@ pub enum RunTrigger {
 pub struct Run {
     pub id: u64,
     pub task_id: u64,
+    /// The task's priority when the run was created; orders the placement queue.
+    pub priority: Priority,
     pub trigger: RunTrigger,
     /// The nominal tick for scheduled runs; the request time for manual ones.
     pub scheduled_at: DateTime<Utc>,
@@ -62,10 +66,18 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn pending(id: u64, task_id: u64, trigger: RunTrigger, scheduled_at: DateTime<Utc>, now: DateTime<Utc>) -> Run {
+    pub fn pending(
+        id: u64,
+        task_id: u64,
+        priority: Priority,
+        trigger: RunTrigger,
+        scheduled_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Run {
         Run {
             id,
             task_id,
+            priority,
             trigger,
             scheduled_at,
             attempt: 1,

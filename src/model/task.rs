@@ -37,6 +37,18 @@ pub enum Priority {
     Critical,
 }
 
+impl Priority {
+    /// Queue order: 0 for `critical` (placed first) … 3 for `low`.
+    pub fn rank(self) -> u8 {
+        match self {
+            Priority::Critical => 0,
+            Priority::High => 1,
+            Priority::Normal => 2,
+            Priority::Low => 3,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
@@ -111,6 +123,11 @@ pub struct Task {
     pub skipped_ticks: u64,
     /// The last schedule tick accounted for (fired or skipped); only moves forward.
     pub cursor: Option<DateTime<Utc>>,
+    /// When the task last became active again after a pause or disable: ticks between the
+    /// cursor and this instant are skipped (and counted) by the next `Fire`.
+    pub resumed_at: Option<DateTime<Utc>>,
+    /// Runs of this task currently stored (pruning keeps it near `run_history_per_task`).
+    pub runs_stored: u64,
 }
 
 /// The JSON shape of a task: the specification's fields at the top level, as in the seed.

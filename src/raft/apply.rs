@@ -10,7 +10,7 @@ use std::io;
 
 use chrono::{DateTime, Utc};
 
-use super::command::{Command, Outcome, Rejection, Request, Response};
+use super::command::{Command, Fired, Outcome, Rejection, Request, Response, TaskFire};
 use crate::model::{ConcurrencyPolicy, Run, RunStatus, RunTrigger, Task, TaskField, TaskStatus};
 use crate::storage::{IdempotencyRecord, Tx};
 
@@ -99,6 +99,8 @@ fn apply_command(tx: &mut Tx<'_>, command: &Command, now: DateTime<Utc>) -> io::
                 fire_count: 0,
                 skipped_ticks: 0,
                 cursor: Some(now),
+                resumed_at: None,
+                runs_stored: 0,
             };
             tx.put_task(&task)?;
             tx.put_task_name(&task.spec.name, id);
@@ -117,12 +119,7 @@ fn apply_command(tx: &mut Tx<'_>, command: &Command, now: DateTime<Utc>) -> io::
             if let Err(e) = task.spec.validate() {
                 return Ok(Response::rejected(Rejection::Invalid(e)));
             }
-            // Reactivated: ticks while paused or disabled are not fired afterwards.
-            // FIXME: they should also be counted in `skipped_ticks`; that needs the leader to
-            // evaluate the schedule, as apply may not.
-            if old_status != TaskStatus::Active && task.spec.status == TaskStatus::Active {
-                task.cursor = task.cursor.max(Some(now));
-            }
+            mark_resumed(&mut task, old_status, now);
             if task.spec.name != old_name {
                 if tx.store.task_id_by_name(&task.spec.name)?.is_some() {
                     return Ok(Response::rejected(Rejection::NameTaken(task.spec.name.clone())));
@@ -142,72 +139,48 @@ fn apply_command(tx: &mut Tx<'_>, command: &Command, now: DateTime<Utc>) -> io::
             };
             tx.delete_task(*id);
             tx.delete_task_name(&task.spec.name);
+            // Its runs go with it, finished or not: a worker reporting on one is told the run
+            // no longer exists. Bounded by the run history plus the unfinished runs.
+            let (runs, _) = tx.store.runs_of_task(*id, 0, usize::MAX)?;
+            for run in &runs {
+                tx.delete_run(run);
+            }
             Ok(Response::ok(Outcome::TaskDeleted { id: *id }))
         }
-        Command::Fire { task_id, spec_version, expected_cursor, fired, skipped, new_cursor, next_run_at } => {
-            let Some(mut task) = tx.store.task(*task_id)? else {
-                return Ok(Response::rejected(Rejection::TaskNotFound(*task_id)));
+        Command::SetTaskStatus { id, status, may_enable } => {
+            let Some(mut task) = tx.store.task(*id)? else {
+                return Ok(Response::rejected(Rejection::TaskNotFound(*id)));
             };
-            // The compare-and-set: whoever proposed this (a deposed leader, a retry, a
-            // leader whose clock runs behind) fires nothing unless the ticks are still
-            // unaccounted for under the same specification.
-            if task.version != *spec_version || task.cursor != *expected_cursor || Some(*new_cursor) <= task.cursor {
-                return Ok(Response::rejected(Rejection::StaleFire(*task_id)));
+            let old_status = task.spec.status;
+            if old_status == TaskStatus::Disabled && !may_enable {
+                return Ok(Response::rejected(Rejection::TaskDisabled(*id)));
             }
-            if task.spec.status != TaskStatus::Active {
-                return Ok(Response::rejected(Rejection::StaleFire(*task_id)));
+            if old_status != *status {
+                task.spec.status = *status;
+                mark_resumed(&mut task, old_status, now);
+                task.version += 1;
+                task.updated_at = now;
+                tx.put_task(&task)?;
             }
-            let in_range = |t: &DateTime<Utc>| Some(*t) > task.cursor && t <= new_cursor;
-            if !fired.iter().all(in_range) || !fired.windows(2).all(|w| w[0] < w[1]) {
-                return Ok(Response::rejected(Rejection::Invalid(crate::model::FieldError::new(
-                    "fired",
-                    "ticks must increase and lie after the cursor and at or before the new cursor",
-                ))));
-            }
-            // Concurrency policy, against runs already stored and runs this command made.
-            let mut unfinished = tx.store.unfinished_runs_of_task(task.id)?;
-            let mut runs = Vec::with_capacity(fired.len());
-            let mut forbidden = 0u64;
-            for tick in fired {
-                match task.spec.concurrency_policy {
-                    ConcurrencyPolicy::Forbid if !unfinished.is_empty() => {
-                        forbidden += 1;
-                        continue;
-                    }
-                    ConcurrencyPolicy::Replace => {
-                        for mut old in unfinished.drain(..) {
-                            old.status = RunStatus::Cancelled;
-                            old.finished_at = Some(now);
-                            old.pending_reason = None;
-                            old.error = Some(format!("replaced by the tick at {tick}"));
-                            tx.put_run(&old)?;
-                        }
-                    }
-                    _ => {}
-                }
-                let run = new_run(tx, task.id, RunTrigger::Schedule, *tick, now)?;
-                runs.push(run.id);
-                unfinished.push(run);
-            }
-            task.fire_count += runs.len() as u64;
-            task.skipped_ticks += skipped + forbidden;
-            task.cursor = Some(*new_cursor);
-            task.next_run_at = *next_run_at;
-            if let Some(last) = runs.last() {
-                task.last_run = Some(*last);
-            }
-            tx.put_task(&task)?;
-            Ok(Response::ok(Outcome::Fired { runs, forbidden }))
+            Ok(Response::ok(Outcome::Task(Box::new(task))))
         }
-        Command::TriggerRun { task_id } => {
+        Command::Fire { fires, keep_runs } => {
+            let mut results = Vec::with_capacity(fires.len());
+            for fire in fires {
+                results.push(apply_fire(tx, fire, *keep_runs, now)?);
+            }
+            Ok(Response::ok(Outcome::Fired(results)))
+        }
+        Command::TriggerRun { task_id, keep_runs } => {
             let Some(mut task) = tx.store.task(*task_id)? else {
                 return Ok(Response::rejected(Rejection::TaskNotFound(*task_id)));
             };
             if task.spec.status == TaskStatus::Disabled {
                 return Ok(Response::rejected(Rejection::TaskDisabled(*task_id)));
             }
-            let run = new_run(tx, task.id, RunTrigger::Manual, now, now)?;
+            let run = new_run(tx, &mut task, RunTrigger::Manual, now, now)?;
             task.last_run = Some(run.id);
+            prune_runs(tx, &mut task, *keep_runs, 1)?;
             tx.put_task(&task)?;
             Ok(Response::ok(Outcome::Run(Box::new(run))))
         }
@@ -224,18 +197,98 @@ fn apply_command(tx: &mut Tx<'_>, command: &Command, now: DateTime<Utc>) -> io::
             tx.put_run(&run)?;
             Ok(Response::ok(Outcome::Run(Box::new(run))))
         }
-        Command::PruneRuns { task_id, keep } => {
-            // Newest first; the newest `keep` runs stay whatever their state, older ones go
-            // only once final. `fire_count` lives on the task and is not touched.
-            let (runs, _) = tx.store.runs_of_task(*task_id, 0, usize::MAX)?;
-            let mut deleted = 0;
-            for run in runs.iter().skip(*keep as usize).filter(|r| r.status.is_final()) {
-                tx.delete_run(run);
-                deleted += 1;
-            }
-            Ok(Response::ok(Outcome::Pruned { deleted }))
-        }
     }
+}
+
+/// Reactivated: ticks while paused or disabled are not fired afterwards. Apply cannot
+/// evaluate the schedule to count them, so it marks the instant; the leader's next `Fire`
+/// accounts for them as skipped.
+fn mark_resumed(task: &mut Task, old_status: TaskStatus, now: DateTime<Utc>) {
+    if old_status != TaskStatus::Active && task.spec.status == TaskStatus::Active {
+        task.resumed_at = Some(now);
+    }
+}
+
+/// One task's firing decision: the compare-and-set of guarantee 3, then the runs.
+fn apply_fire(
+    tx: &mut Tx<'_>,
+    fire: &TaskFire,
+    keep_runs: u32,
+    now: DateTime<Utc>,
+) -> io::Result<Result<Fired, Rejection>> {
+    let TaskFire { task_id, spec_version, expected_cursor, fired, skipped, new_cursor, next_run_at } = fire;
+    let Some(mut task) = tx.store.task(*task_id)? else {
+        return Ok(Err(Rejection::TaskNotFound(*task_id)));
+    };
+    // Whoever proposed this (a deposed leader, a retry, a leader whose clock runs behind)
+    // fires nothing unless the ticks are still unaccounted for under the same spec.
+    if task.version != *spec_version || task.cursor != *expected_cursor || Some(*new_cursor) <= task.cursor {
+        return Ok(Err(Rejection::StaleFire(*task_id)));
+    }
+    if task.spec.status != TaskStatus::Active {
+        return Ok(Err(Rejection::StaleFire(*task_id)));
+    }
+    let in_range = |t: &DateTime<Utc>| Some(*t) > task.cursor && t <= new_cursor;
+    if !fired.iter().all(in_range) || !fired.windows(2).all(|w| w[0] < w[1]) {
+        return Ok(Err(Rejection::Invalid(crate::model::FieldError::new(
+            "fired",
+            "ticks must increase and lie after the cursor and at or before the new cursor",
+        ))));
+    }
+    // Concurrency policy, against runs already stored and runs this command made.
+    let mut unfinished = tx.store.unfinished_runs_of_task(task.id)?;
+    let mut runs = Vec::with_capacity(fired.len());
+    let mut forbidden = 0u64;
+    for tick in fired {
+        match task.spec.concurrency_policy {
+            ConcurrencyPolicy::Forbid if !unfinished.is_empty() => {
+                forbidden += 1;
+                continue;
+            }
+            ConcurrencyPolicy::Replace => {
+                for mut old in unfinished.drain(..) {
+                    old.status = RunStatus::Cancelled;
+                    old.finished_at = Some(now);
+                    old.pending_reason = None;
+                    old.error = Some(format!("replaced by the tick at {tick}"));
+                    tx.put_run(&old)?;
+                }
+            }
+            _ => {}
+        }
+        let run = new_run(tx, &mut task, RunTrigger::Schedule, *tick, now)?;
+        runs.push(run.id);
+        unfinished.push(run);
+    }
+    task.fire_count += runs.len() as u64;
+    task.skipped_ticks += skipped + forbidden;
+    task.cursor = Some(*new_cursor);
+    task.next_run_at = *next_run_at;
+    if let Some(last) = runs.last() {
+        task.last_run = Some(*last);
+    }
+    prune_runs(tx, &mut task, keep_runs, runs.len())?;
+    tx.put_task(&task)?;
+    Ok(Ok(Fired { runs, forbidden }))
+}
+
+/// Deletes the task's finished runs beyond the newest `keep`, once it stores a tenth of
+/// its history more than that (so pruning costs one scan per tenth, not one per run).
+/// Unfinished runs are never pruned; `fire_count` lives on the task and is not touched.
+/// `created` runs were made by this batch and are not visible to its reads yet.
+fn prune_runs(tx: &mut Tx<'_>, task: &mut Task, keep: u32, created: usize) -> io::Result<()> {
+    let slack = u64::from(keep / 10).max(1);
+    if task.runs_stored <= u64::from(keep) + slack {
+        return Ok(());
+    }
+    // Newest first; the batch's own runs are the newest of all.
+    let skip = (keep as usize).saturating_sub(created);
+    let (older, _) = tx.store.runs_of_task(task.id, skip, usize::MAX)?;
+    for run in older.iter().filter(|r| r.status.is_final()) {
+        tx.delete_run(run);
+        task.runs_stored -= 1;
+    }
+    Ok(())
 }
 
 /// The task a client update or delete addresses, if it exists and (with `If-Match`) its
@@ -252,7 +305,7 @@ fn task_to_change(tx: &Tx<'_>, id: u64, expected_version: Option<u64>) -> io::Re
 
 fn new_run(
     tx: &mut Tx<'_>,
-    task_id: u64,
+    task: &mut Task,
     trigger: RunTrigger,
     scheduled_at: DateTime<Utc>,
     now: DateTime<Utc>,
@@ -263,8 +316,9 @@ fn new_run(
     let id = id.max(tx.next_run_id);
     tx.next_run_id = id + 1;
     tx.put_meta("next_run_id", &(id + 1))?;
-    let run = Run::pending(id, task_id, trigger, scheduled_at, now);
+    let run = Run::pending(id, task.id, task.spec.priority, trigger, scheduled_at, now);
     tx.put_run(&run)?;
+    task.runs_stored += 1;
     Ok(run)
 }
 
@@ -290,8 +344,8 @@ mod tests {
         resp
     }
 
-    fn fire(expected: DateTime<Utc>, fired: &[DateTime<Utc>], new_cursor: DateTime<Utc>, version: u64) -> Command {
-        Command::Fire {
+    fn fire(expected: DateTime<Utc>, fired: &[DateTime<Utc>], new_cursor: DateTime<Utc>, version: u64) -> TaskFire {
+        TaskFire {
             task_id: 1,
             spec_version: version,
             expected_cursor: Some(expected),
@@ -299,6 +353,14 @@ mod tests {
             skipped: 0,
             new_cursor,
             next_run_at: None,
+        }
+    }
+
+    /// Applies a `Fire` of one task (history kept far beyond what tests create).
+    fn fire_at(store: &Store, at: DateTime<Utc>, fire: TaskFire) -> Result<Fired, Rejection> {
+        match apply(store, Command::Fire { fires: vec![fire], keep_runs: 1000 }, at).result {
+            Ok(Outcome::Fired(mut results)) if results.len() == 1 => results.remove(0),
+            other => panic!("unexpected {other:?}"),
         }
     }
 
@@ -327,29 +389,27 @@ mod tests {
         apply(&store, Command::CreateTask { spec: Box::new(spec) }, t(0));
 
         let first = fire(t(0), &[t(1), t(2)], t(2), 1);
-        assert!(
-            matches!(apply(&store, first.clone(), t(2)).result, Ok(Outcome::Fired { ref runs, .. }) if runs.len() == 2)
-        );
+        assert!(matches!(fire_at(&store, t(2), first.clone()), Ok(Fired { ref runs, .. }) if runs.len() == 2));
         // The same proposal again (a retry after a lost response): refused.
-        assert_eq!(apply(&store, first, t(3)).result, Err(Rejection::StaleFire(1)));
+        assert_eq!(fire_at(&store, t(3), first), Err(Rejection::StaleFire(1)));
         // A deposed leader that still believes the cursor is at 0.
-        assert_eq!(apply(&store, fire(t(0), &[t(1)], t(1), 1), t(3)).result, Err(Rejection::StaleFire(1)));
+        assert_eq!(fire_at(&store, t(3), fire(t(0), &[t(1)], t(1), 1)), Err(Rejection::StaleFire(1)));
         // Reordered: the later proposal arrives first and is refused; the earlier applies;
         // the later one, recomputed from the new cursor, applies.
         let later = fire(t(3), &[t(4)], t(4), 1);
-        assert_eq!(apply(&store, later.clone(), t(4)).result, Err(Rejection::StaleFire(1)));
-        assert!(apply(&store, fire(t(2), &[t(3)], t(3), 1), t(4)).result.is_ok());
-        assert!(apply(&store, later, t(5)).result.is_ok());
+        assert_eq!(fire_at(&store, t(4), later.clone()), Err(Rejection::StaleFire(1)));
+        assert!(fire_at(&store, t(4), fire(t(2), &[t(3)], t(3), 1)).is_ok());
+        assert!(fire_at(&store, t(5), later).is_ok());
         // The cursor never moves backwards, even with a matching expectation.
-        assert_eq!(apply(&store, fire(t(4), &[], t(3), 1), t(5)).result, Err(Rejection::StaleFire(1)));
+        assert_eq!(fire_at(&store, t(5), fire(t(4), &[], t(3), 1)), Err(Rejection::StaleFire(1)));
         // After a spec change, a fire computed from the old spec is refused.
         apply(
             &store,
             Command::UpdateTask { id: 1, fields: vec![TaskField::RetryCount(2)], expected_version: None },
             t(6),
         );
-        assert_eq!(apply(&store, fire(t(4), &[t(5)], t(5), 1), t(6)).result, Err(Rejection::StaleFire(1)));
-        assert!(apply(&store, fire(t(4), &[t(5)], t(5), 2), t(6)).result.is_ok());
+        assert_eq!(fire_at(&store, t(6), fire(t(4), &[t(5)], t(5), 1)), Err(Rejection::StaleFire(1)));
+        assert!(fire_at(&store, t(6), fire(t(4), &[t(5)], t(5), 2)).is_ok());
 
         assert_eq!(scheduled_ticks(&store), vec![t(1), t(2), t(3), t(4), t(5)]);
         let task = store.task(1).unwrap().unwrap();
@@ -382,39 +442,77 @@ mod tests {
     fn concurrency_policies() {
         // Runs never finish here (no workers), so every tick after the first overlaps.
         let (_d, allow) = store_with_task("allow");
-        apply(&allow, fire(t(0), &[t(1), t(2)], t(2), 1), t(2));
-        apply(&allow, fire(t(2), &[t(3)], t(3), 1), t(3));
+        fire_at(&allow, t(2), fire(t(0), &[t(1), t(2)], t(2), 1)).unwrap();
+        fire_at(&allow, t(3), fire(t(2), &[t(3)], t(3), 1)).unwrap();
         assert_eq!(statuses(&allow), vec![RunStatus::Pending; 3]);
 
         let (_d, forbid) = store_with_task("forbid");
-        apply(&forbid, fire(t(0), &[t(1), t(2)], t(2), 1), t(2));
-        apply(&forbid, fire(t(2), &[t(3)], t(3), 1), t(3));
+        fire_at(&forbid, t(2), fire(t(0), &[t(1), t(2)], t(2), 1)).unwrap();
+        fire_at(&forbid, t(3), fire(t(2), &[t(3)], t(3), 1)).unwrap();
         assert_eq!(statuses(&forbid), vec![RunStatus::Pending]);
         let task = forbid.task(1).unwrap().unwrap();
         assert_eq!((task.fire_count, task.skipped_ticks), (1, 2), "forbidden ticks are counted as skipped");
 
         let (_d, replace) = store_with_task("replace");
-        apply(&replace, fire(t(0), &[t(1), t(2)], t(2), 1), t(2));
-        apply(&replace, fire(t(2), &[t(3)], t(3), 1), t(3));
+        fire_at(&replace, t(2), fire(t(0), &[t(1), t(2)], t(2), 1)).unwrap();
+        fire_at(&replace, t(3), fire(t(2), &[t(3)], t(3), 1)).unwrap();
         assert_eq!(statuses(&replace), vec![RunStatus::Cancelled, RunStatus::Cancelled, RunStatus::Pending]);
         assert_eq!(replace.task(1).unwrap().unwrap().fire_count, 3);
     }
 
     #[test]
-    fn pruning_keeps_the_newest_and_every_unfinished_run() {
+    fn firing_prunes_history_to_the_newest_and_every_unfinished_run() {
         let (_d, store) = store_with_task("allow");
         let ticks: Vec<_> = (1..=6).map(t).collect();
-        apply(&store, fire(t(0), &ticks, t(6), 1), t(6));
+        fire_at(&store, t(6), fire(t(0), &ticks, t(6), 1)).unwrap();
         // Runs 1..=6; finish 1, 2, 3 and 5 (cancelled is final); 4 and 6 stay pending.
         for id in [1, 2, 3, 5] {
             assert!(apply(&store, Command::CancelRun { run_id: id }, t(7)).result.is_ok());
         }
-        let r = apply(&store, Command::PruneRuns { task_id: 1, keep: 2 }, t(8)).result;
-        assert_eq!(r, Ok(Outcome::Pruned { deleted: 3 }));
+        assert_eq!(store.queued_runs().unwrap(), 2, "only pending runs are queued");
+        // The next tick, with a history of 2: the newest two (7, 6) stay, 4 is unfinished.
+        let r = apply(&store, Command::Fire { fires: vec![fire(t(6), &[t(7)], t(7), 1)], keep_runs: 2 }, t(7));
+        assert!(r.result.is_ok());
         let (left, total) = store.runs_of_task(1, 0, 100).unwrap();
         let ids: Vec<u64> = left.iter().map(|r| r.id).collect();
-        assert_eq!((ids, total), (vec![6, 5, 4], 3), "newest two kept, plus pending run 4");
-        assert_eq!(store.task(1).unwrap().unwrap().fire_count, 6, "pruning never lowers fire_count");
+        assert_eq!((ids, total), (vec![7, 6, 4], 3), "newest two kept, plus pending run 4");
+        let task = store.task(1).unwrap().unwrap();
+        assert_eq!((task.fire_count, task.runs_stored), (7, 3), "pruning never lowers fire_count");
+        assert_eq!(store.queued_runs().unwrap(), 3);
+        // Deleting the task deletes its runs and empties the queue.
+        apply(&store, Command::DeleteTask { id: 1, expected_version: None }, t(8));
+        assert_eq!((store.runs_of_task(1, 0, 100).unwrap().1, store.queued_runs().unwrap()), (0, 0));
+    }
+
+    /// One `Fire` entry carries many tasks; each is its own compare-and-set.
+    #[test]
+    fn a_batched_fire_applies_each_task_independently() {
+        let (_d, store) = store_with_task("allow");
+        let fields =
+            TaskField::parse_object(serde_json::json!({"name": "d", "executor": "shell", "command": "true"})).unwrap();
+        apply(&store, Command::CreateTask { spec: Box::new(TaskSpec::from_fields(fields, "UTC").unwrap()) }, t(0));
+        fire_at(&store, t(1), fire(t(0), &[t(1)], t(1), 1)).unwrap();
+        let second = TaskFire { task_id: 2, ..fire(t(0), &[t(1)], t(1), 1) };
+        let missing = TaskFire { task_id: 9, ..fire(t(0), &[t(1)], t(1), 1) };
+        let stale = fire(t(0), &[t(1)], t(1), 1);
+        let r = apply(&store, Command::Fire { fires: vec![stale, second, missing], keep_runs: 10 }, t(2)).result;
+        let Ok(Outcome::Fired(results)) = r else { panic!("{r:?}") };
+        assert_eq!(results[0], Err(Rejection::StaleFire(1)));
+        assert!(matches!(results[1], Ok(Fired { ref runs, forbidden: 0 }) if runs.len() == 1));
+        assert_eq!(results[2], Err(Rejection::TaskNotFound(9)));
+        assert_eq!(scheduled_ticks(&store), vec![t(1), t(1)], "one run per task for the tick");
+    }
+
+    #[test]
+    fn reactivation_marks_the_instant_for_the_leader_to_count_skipped_ticks() {
+        let (_d, store) = store_with_task("allow");
+        let pause = TaskField::Status(TaskStatus::Paused);
+        apply(&store, Command::UpdateTask { id: 1, fields: vec![pause], expected_version: None }, t(1));
+        assert_eq!(fire_at(&store, t(3), fire(t(0), &[t(2)], t(2), 2)), Err(Rejection::StaleFire(1)), "paused");
+        let resume = TaskField::Status(TaskStatus::Active);
+        apply(&store, Command::UpdateTask { id: 1, fields: vec![resume], expected_version: None }, t(5));
+        let task = store.task(1).unwrap().unwrap();
+        assert_eq!((task.resumed_at, task.cursor), (Some(t(5)), Some(t(0))));
     }
 
     /// A retried request returns the first answer until its key expires (in command
@@ -452,9 +550,9 @@ mod tests {
         let fields =
             TaskField::parse_object(serde_json::json!({"name": "x", "executor": "shell", "command": "true"})).unwrap();
         apply(&store, Command::CreateTask { spec: Box::new(TaskSpec::from_fields(fields, "UTC").unwrap()) }, t(0));
-        let r = apply(&store, fire(t(0), &[t(5)], t(3), 1), t(5)).result;
+        let r = fire_at(&store, t(5), fire(t(0), &[t(5)], t(3), 1));
         assert!(matches!(r, Err(Rejection::Invalid(_))), "{r:?}");
-        let r = apply(&store, fire(t(0), &[t(2), t(1)], t(3), 1), t(5)).result;
+        let r = fire_at(&store, t(5), fire(t(0), &[t(2), t(1)], t(3), 1));
         assert!(matches!(r, Err(Rejection::Invalid(_))), "{r:?}");
         assert!(scheduled_ticks(&store).is_empty());
     }

@@ -12,7 +12,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{FieldError, Run, Task, TaskField, TaskSpec};
+use crate::model::{FieldError, Run, Task, TaskField, TaskSpec, TaskStatus};
 
 /// One log entry's application data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,31 +59,56 @@ pub enum Command {
         id: u64,
         expected_version: Option<u64>,
     },
-    /// The leader's firing decision for one task: a compare-and-set on the task's cursor
-    /// and spec version. Ticks are computed by the leader (cron and time zones never run
-    /// in apply); apply only checks and records them.
-    Fire {
-        task_id: u64,
-        spec_version: u64,
-        expected_cursor: Option<DateTime<Utc>>,
-        fired: Vec<DateTime<Utc>>,
-        skipped: u64,
-        new_cursor: DateTime<Utc>,
-        next_run_at: Option<DateTime<Utc>>,
+    /// Pause or resume (`active`) a task. A disabled task changes only when
+    /// `may_enable` (an admin asked): pausing or resuming it is otherwise refused.
+    SetTaskStatus {
+        id: u64,
+        status: TaskStatus,
+        may_enable: bool,
     },
-    /// A manual run of a task.
+    /// The leader's firing decisions for a batch of tasks (one entry for every task due in
+    /// the same instant): each a compare-and-set on its task's cursor and spec version,
+    /// applied independently. Ticks are computed by the leader (cron and time zones never
+    /// run in apply); apply only checks and records them. Each task's finished runs
+    /// beyond the newest `keep_runs` are pruned as it fires.
+    Fire {
+        fires: Vec<TaskFire>,
+        keep_runs: u32,
+    },
+    /// A manual run of a task (its history pruned to `keep_runs`, as for `Fire`).
     TriggerRun {
         task_id: u64,
+        keep_runs: u32,
     },
     /// Cancels a run that has not finished.
     CancelRun {
         run_id: u64,
     },
-    /// Deletes a task's finished runs beyond the newest `keep`; unfinished runs stay.
-    PruneRuns {
-        task_id: u64,
-        keep: u32,
-    },
+}
+
+/// One task's share of a [`Command::Fire`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskFire {
+    pub task_id: u64,
+    /// The task version the ticks were computed from.
+    pub spec_version: u64,
+    /// The cursor they were computed from.
+    pub expected_cursor: Option<DateTime<Utc>>,
+    /// Ticks to run, increasing, each after the cursor and at or before `new_cursor`.
+    pub fired: Vec<DateTime<Utc>>,
+    /// Ticks accounted for without a run (misfire policy, or while paused).
+    pub skipped: u64,
+    pub new_cursor: DateTime<Utc>,
+    pub next_run_at: Option<DateTime<Utc>>,
+}
+
+/// What one [`TaskFire`] did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fired {
+    /// The runs it created.
+    pub runs: Vec<u64>,
+    /// Ticks its concurrency policy (`forbid`) skipped.
+    pub forbidden: u64,
 }
 
 /// What applying a request produced. Stored with an idempotency key, so a retry returns
@@ -102,15 +127,8 @@ pub enum Outcome {
         id: u64,
     },
     Run(Box<Run>),
-    /// How many runs `PruneRuns` deleted.
-    Pruned {
-        deleted: u64,
-    },
-    /// The runs a `Fire` created, and the ticks its concurrency policy skipped.
-    Fired {
-        runs: Vec<u64>,
-        forbidden: u64,
-    },
+    /// Per [`TaskFire`] of a `Fire`, in order.
+    Fired(Vec<Result<Fired, Rejection>>),
 }
 
 /// A command that applied without changing anything, and why.
@@ -154,12 +172,13 @@ impl fmt::Display for Request {
             Command::CreateTask { spec } => write!(f, "create-task({:?})", spec.name),
             Command::UpdateTask { id, .. } => write!(f, "update-task({id})"),
             Command::DeleteTask { id, .. } => write!(f, "delete-task({id})"),
-            Command::Fire { task_id, fired, skipped, .. } => {
-                write!(f, "fire(task {task_id}: {} fired, {skipped} skipped)", fired.len())
+            Command::SetTaskStatus { id, status, .. } => write!(f, "set-task-status({id}, {status:?})"),
+            Command::Fire { fires, .. } => {
+                let ticks: usize = fires.iter().map(|t| t.fired.len()).sum();
+                write!(f, "fire({} tasks, {ticks} ticks)", fires.len())
             }
-            Command::TriggerRun { task_id } => write!(f, "trigger(task {task_id})"),
+            Command::TriggerRun { task_id, .. } => write!(f, "trigger(task {task_id})"),
             Command::CancelRun { run_id } => write!(f, "cancel(run {run_id})"),
-            Command::PruneRuns { task_id, keep } => write!(f, "prune-runs(task {task_id}, keep {keep})"),
         }
     }
 }

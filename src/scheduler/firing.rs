@@ -1,12 +1,17 @@
-//! Leader-only firing: computes each active task's due ticks and proposes `Fire`
-//! commands, whose apply is a compare-and-set on the task's cursor (guarantee 3).
+//! Leader-only firing: keeps an index of every active task's next tick, and when ticks
+//! fall due proposes `Fire` commands — one entry for a whole batch of tasks — whose apply
+//! is a compare-and-set on each task's cursor (guarantee 3).
 //!
-//! The loop wakes at the earliest next tick of any task (at least every
-//! [`MAX_SLEEP`], to see new and changed tasks), so an idle cluster fires within a few
-//! milliseconds of the nominal tick. "Now" is `max(this node's clock, the last applied
-//! command time)`: a new leader whose clock runs behind cannot re-fire ticks (the cursor
-//! forbids it anyway) nor fire them early.
+//! The index lives only on the leader: built by one scan when the node becomes leader
+//! (or installs a snapshot), then kept current from the task ids each applied entry
+//! touched ([`crate::storage::TaskChanges`]), so a wake costs the due tasks, not all
+//! tasks. The loop sleeps until the earliest tick or a task change (at most
+//! [`MAX_SLEEP`]). "Now" is `max(this node's clock, the last applied command time)`: a new
+//! leader whose clock runs behind cannot re-fire ticks (the cursor forbids it anyway) nor
+//! fire them early.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +20,22 @@ use chrono::{DateTime, Utc};
 use super::cron::{parse_timezone, Schedule};
 use crate::model::{MisfirePolicy, Task, TaskStatus};
 use crate::node::NodeCore;
-use crate::raft::{Command, Outcome, Rejection};
+use crate::raft::{Command, Outcome, Rejection, TaskFire};
+use crate::storage::Store;
 
-/// The longest the loop sleeps; bounds how late a new task's first tick can be noticed.
+/// The longest the loop sleeps without a change or a due tick.
 const MAX_SLEEP: Duration = Duration::from_millis(250);
-/// Ticks recorded per `Fire` at most; a longer backlog is worked off over several.
+/// Ticks fired per task per `Fire` at most; a longer backlog is worked off over several.
 const MAX_TICKS_PER_FIRE: usize = 1000;
+/// Ticks counted as skipped (while paused) per task per `Fire` at most.
+const MAX_PAUSED_TICKS: u64 = 100_000;
+/// Tasks per `Fire` entry: large enough that thousands of tasks due in the same second
+/// commit in a few entries, small enough that one entry stays well under a megabyte.
+const TASKS_PER_FIRE: usize = 500;
+/// Tasks planned per wake at most; the rest are still due on the next (immediate) wake.
+const TASKS_PER_WAKE: usize = 20_000;
+/// How long a task whose proposal failed waits before it is tried again.
+const RETRY_AFTER: chrono::Duration = chrono::Duration::seconds(1);
 
 /// What to propose for one task, computed from its schedule, cursor and policy.
 #[derive(Debug, PartialEq)]
@@ -32,6 +47,7 @@ pub struct FirePlan {
 }
 
 /// Plans the ticks of `task` due at `now`: those after the cursor and at or before `now`.
+/// Ticks up to the task's last resumption are skipped (it was paused or disabled then).
 /// Ticks older than `misfire_threshold` are misfires, handled by the task's policy:
 /// `fire_once` fires the latest of them and skips the rest, `skip` skips them all,
 /// `catch_up` fires them all (at most [`MAX_TICKS_PER_FIRE`] per plan).
@@ -39,11 +55,24 @@ pub fn plan(task: &Task, now: DateTime<Utc>, misfire_threshold: chrono::Duration
     let expr = task.spec.schedule.as_deref()?;
     let schedule = Schedule::parse(expr).ok()?;
     let tz = parse_timezone(&task.spec.timezone).ok()?;
-    let cursor = task.cursor.unwrap_or(task.created_at);
+    let mut at = task.cursor.unwrap_or(task.created_at);
+    let next = |at| schedule.next_after(tz, task.created_at, at);
+
+    // Ticks that passed while the task was not active: counted, never fired.
+    let mut paused = 0u64;
+    if let Some(resumed) = task.resumed_at.filter(|r| *r > at) {
+        while let Some(t) = next(at).filter(|t| *t <= resumed && *t <= now) {
+            at = t;
+            paused += 1;
+            if paused == MAX_PAUSED_TICKS {
+                return Some(FirePlan { fired: Vec::new(), skipped: paused, new_cursor: at, next_run_at: next(at) });
+            }
+        }
+    }
+
     let mut due = Vec::new();
-    let mut at = cursor;
     let mut truncated = false;
-    while let Some(t) = schedule.next_after(tz, task.created_at, at) {
+    while let Some(t) = next(at) {
         if t > now {
             break;
         }
@@ -54,7 +83,9 @@ pub fn plan(task: &Task, now: DateTime<Utc>, misfire_threshold: chrono::Duration
         due.push(t);
         at = t;
     }
-    let new_cursor = *due.last()?;
+    if due.is_empty() && paused == 0 {
+        return None;
+    }
     let late = now - misfire_threshold;
     let (missed, on_time): (Vec<_>, Vec<_>) = due.iter().partition(|t| **t < late);
     let (mut fired, skipped) = match task.spec.misfire_policy {
@@ -68,108 +99,178 @@ pub fn plan(task: &Task, now: DateTime<Utc>, misfire_threshold: chrono::Duration
         },
     };
     fired.extend(on_time);
-    let next_run_at = schedule.next_after(tz, task.created_at, new_cursor);
-    Some(FirePlan { fired, skipped, new_cursor, next_run_at })
+    Some(FirePlan { fired, skipped: skipped + paused, new_cursor: at, next_run_at: next(at) })
 }
 
-/// Proposes `PruneRuns` once a task holds, beyond the runs it keeps, finished runs worth
-/// a tenth of its history: one Raft entry per tenth of the history, not one per tick, and
-/// none while only unfinished runs (which are never pruned) pile up.
-async fn prune_if_over(core: &NodeCore, task_id: u64) {
-    let keep = core.config.scheduler.run_history_per_task;
-    let Ok((_, total)) = core.store.runs_of_task(task_id, 0, 0) else { return };
-    let slack = u64::from(keep / 10).max(1);
-    if total <= u64::from(keep) + slack {
-        return;
-    }
-    let Ok((older, _)) = core.store.runs_of_task(task_id, keep as usize, usize::MAX) else { return };
-    if (older.iter().filter(|r| r.status.is_final()).count() as u64) < slack {
-        return;
-    }
-    if let Err(e) = core.propose_local(core.internal_request(Command::PruneRuns { task_id, keep })).await {
-        tracing::debug!(task_id, error = %e, "prune not committed; will retry");
-    }
-}
-
-/// The task's first tick after its cursor.
+/// The task's first tick after its cursor: when it is next due.
 fn next_tick(task: &Task) -> Option<DateTime<Utc>> {
     let schedule = Schedule::parse(task.spec.schedule.as_deref()?).ok()?;
     let tz = parse_timezone(&task.spec.timezone).ok()?;
     schedule.next_after(tz, task.created_at, task.cursor.unwrap_or(task.created_at))
 }
 
-fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, y) => x.or(y),
+/// When each active, scheduled task is next due, ordered by that time.
+#[derive(Default)]
+struct DueIndex {
+    by_time: BTreeSet<(DateTime<Utc>, u64)>,
+    of_task: BTreeMap<u64, DateTime<Utc>>,
+}
+
+impl DueIndex {
+    fn build(store: &Store) -> io::Result<DueIndex> {
+        let mut index = DueIndex::default();
+        store.scan_tasks(|task| {
+            index.set(task.id, due_at(&task));
+            true
+        })?;
+        Ok(index)
     }
+
+    fn set(&mut self, id: u64, due: Option<DateTime<Utc>>) {
+        if let Some(old) = self.of_task.remove(&id) {
+            self.by_time.remove(&(old, id));
+        }
+        if let Some(at) = due {
+            self.by_time.insert((at, id));
+            self.of_task.insert(id, at);
+        }
+    }
+
+    fn refresh(&mut self, store: &Store, id: u64) -> io::Result<()> {
+        let due = store.task(id)?.as_ref().and_then(due_at);
+        self.set(id, due);
+        Ok(())
+    }
+
+    /// Tasks due at `now`, earliest first, at most `limit`.
+    fn due(&self, now: DateTime<Utc>, limit: usize) -> Vec<u64> {
+        self.by_time.range(..=(now, u64::MAX)).take(limit).map(|(_, id)| *id).collect()
+    }
+
+    fn earliest(&self) -> Option<DateTime<Utc>> {
+        self.by_time.first().map(|(at, _)| *at)
+    }
+}
+
+fn due_at(task: &Task) -> Option<DateTime<Utc>> {
+    (task.spec.status == TaskStatus::Active).then(|| next_tick(task)).flatten()
 }
 
 /// Runs on every node; acts while this node leads.
 pub async fn run(core: Arc<NodeCore>) {
-    let threshold = chrono::Duration::seconds(core.config.scheduler.misfire_threshold_s as i64);
+    let mut index: Option<DueIndex> = None;
     loop {
         if !core.is_leader() {
+            index = None;
+            core.store.task_changes().take();
             tokio::time::sleep(MAX_SLEEP).await;
             continue;
         }
-        let now = match core.store.clock() {
-            Ok(Some(last)) => last.max(Utc::now()),
-            _ => Utc::now(),
-        };
-        let mut plans = Vec::new();
-        let mut next_wake: Option<DateTime<Utc>> = None;
-        let scanned = core.store.scan_tasks(|task| {
-            if task.spec.status == TaskStatus::Active {
-                if let Some(p) = plan(&task, now, threshold) {
-                    plans.push((task.id, task.version, task.cursor, p));
-                } else {
-                    // Nothing due: wake for its next tick. A task that has never fired has
-                    // no `next_run_at` yet (apply cannot evaluate cron), so compute it here.
-                    next_wake = earliest(next_wake, task.next_run_at.or_else(|| next_tick(&task)));
+        match wake(&core, &mut index).await {
+            Ok(sleep) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(sleep) => {}
+                    _ = core.store.task_changes().changed() => {}
                 }
             }
-            true
-        });
-        if let Err(e) = scanned {
-            tracing::error!(error = %e, "firing: cannot read tasks");
+            Err(e) => {
+                tracing::error!(error = %e, "firing: cannot read tasks");
+                index = None;
+                tokio::time::sleep(MAX_SLEEP).await;
+            }
         }
-        let proposals = plans.into_iter().map(|(task_id, spec_version, expected_cursor, p)| {
-            let core = core.clone();
-            next_wake = earliest(next_wake, p.next_run_at);
-            async move {
-                let cmd = Command::Fire {
-                    task_id,
-                    spec_version,
-                    expected_cursor,
-                    fired: p.fired.clone(),
-                    skipped: p.skipped,
-                    new_cursor: p.new_cursor,
-                    next_run_at: p.next_run_at,
-                };
-                match core.propose_local(core.internal_request(cmd)).await {
-                    Ok(resp) => match resp.result {
-                        Ok(Outcome::Fired { runs, forbidden }) => {
-                            prune_if_over(&core, task_id).await;
-                            core.metrics.ticks_fired.inc_by(runs.len() as u64);
-                            core.metrics.ticks_skipped.inc_by(p.skipped + forbidden);
-                            let applied_at = Utc::now();
-                            for t in &p.fired {
-                                let lag = (applied_at - *t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
-                                core.metrics.schedule_lag.observe(lag);
-                            }
-                        }
-                        Err(Rejection::StaleFire(_)) => core.metrics.fires_deduplicated.inc(),
-                        other => tracing::warn!(task_id, result = ?other, "fire rejected"),
-                    },
-                    Err(e) => tracing::debug!(task_id, error = %e, "fire not committed; will retry"),
+    }
+}
+
+/// One pass: bring the index up to date, fire what is due, and say how long to sleep.
+async fn wake(core: &Arc<NodeCore>, index: &mut Option<DueIndex>) -> io::Result<Duration> {
+    // Take the changes before reading tasks, so a change applied meanwhile is seen next time.
+    let changed = core.store.task_changes().take();
+    let index = match index {
+        Some(index) if !changed.all => {
+            for id in changed.ids {
+                index.refresh(&core.store, id)?;
+            }
+            index
+        }
+        _ => index.insert(DueIndex::build(&core.store)?),
+    };
+    let threshold = chrono::Duration::seconds(core.config.scheduler.misfire_threshold_s as i64);
+    let now = match core.store.clock()? {
+        Some(last) => last.max(Utc::now()),
+        None => Utc::now(),
+    };
+    let mut fires = Vec::new();
+    for id in index.due(now, TASKS_PER_WAKE) {
+        let Some(task) = core.store.task(id)? else {
+            index.set(id, None);
+            continue;
+        };
+        match plan(&task, now, threshold) {
+            Some(p) => fires.push(TaskFire {
+                task_id: id,
+                spec_version: task.version,
+                expected_cursor: task.cursor,
+                fired: p.fired,
+                skipped: p.skipped,
+                new_cursor: p.new_cursor,
+                next_run_at: p.next_run_at,
+            }),
+            // The index was behind the task (e.g. its schedule changed): correct it.
+            None => index.set(id, due_at(&task)),
+        }
+    }
+    let batches: Vec<Vec<TaskFire>> = fires.chunks(TASKS_PER_FIRE).map(<[TaskFire]>::to_vec).collect();
+    let results = futures::future::join_all(batches.into_iter().map(|batch| propose(core, batch))).await;
+    // A task whose fire did not commit (or was refused for a reason other than a race) is
+    // retried a little later; the others are re-indexed through the change set.
+    for id in results.into_iter().flatten() {
+        index.set(id, Some(now + RETRY_AFTER));
+    }
+    let until_due = index.earliest().and_then(|t| (t - Utc::now()).to_std().ok());
+    Ok(until_due.map_or(MAX_SLEEP, |d| d.min(MAX_SLEEP)))
+}
+
+/// Proposes one `Fire` batch and records its metrics; returns the tasks to retry.
+async fn propose(core: &NodeCore, batch: Vec<TaskFire>) -> Vec<u64> {
+    let keep_runs = core.config.scheduler.run_history_per_task;
+    let ids: Vec<u64> = batch.iter().map(|f| f.task_id).collect();
+    let ticks: Vec<(u64, Vec<DateTime<Utc>>)> = batch.iter().map(|f| (f.skipped, f.fired.clone())).collect();
+    let resp = match core.propose_local(core.internal_request(Command::Fire { fires: batch, keep_runs })).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(tasks = ids.len(), error = %e, "fire not committed; will retry");
+            return ids;
+        }
+    };
+    let results = match resp.result {
+        Ok(Outcome::Fired(results)) => results,
+        other => {
+            tracing::warn!(result = ?other, "fire refused as a whole");
+            return ids;
+        }
+    };
+    let applied_at = Utc::now();
+    let mut retry = Vec::new();
+    for ((id, (skipped, fired)), result) in ids.into_iter().zip(ticks).zip(results) {
+        match result {
+            Ok(f) => {
+                core.metrics.ticks_fired.inc_by(f.runs.len() as u64);
+                core.metrics.ticks_skipped.inc_by(skipped + f.forbidden);
+                for t in &fired {
+                    let lag = (applied_at - *t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+                    core.metrics.schedule_lag.observe(lag);
                 }
             }
-        });
-        futures::future::join_all(proposals).await;
-        let sleep = next_wake.and_then(|t| (t - Utc::now()).to_std().ok()).map_or(MAX_SLEEP, |d| d.min(MAX_SLEEP));
-        tokio::time::sleep(sleep).await;
+            Err(Rejection::StaleFire(_)) => core.metrics.fires_deduplicated.inc(),
+            Err(Rejection::TaskNotFound(_)) => {}
+            Err(other) => {
+                tracing::warn!(task_id = id, rejection = %other, "fire rejected");
+                retry.push(id);
+            }
+        }
     }
+    retry
 }
 
 #[cfg(test)]
@@ -194,6 +295,8 @@ mod tests {
             fire_count: 0,
             skipped_ticks: 0,
             cursor: Some(created),
+            resumed_at: None,
+            runs_stored: 0,
         }
     }
 
@@ -228,5 +331,17 @@ mod tests {
         for p in [once, skip, all] {
             assert_eq!(p.new_cursor, at("2027-01-01T00:02:00Z"));
         }
+    }
+
+    #[test]
+    fn ticks_while_paused_are_counted_as_skipped_and_never_fired() {
+        // Every 10 s; paused before 00:00:10, resumed at 00:00:45: 10, 20, 30, 40 were
+        // missed while paused; 50 is on time.
+        let mut t = task("*/10 * * * * *", "catch_up", "2027-01-01T00:00:00Z");
+        t.resumed_at = Some(at("2027-01-01T00:00:45Z"));
+        let p = plan(&t, at("2027-01-01T00:00:46Z"), chrono::Duration::seconds(60)).unwrap();
+        assert_eq!((p.fired.len(), p.skipped, p.new_cursor), (0, 4, at("2027-01-01T00:00:40Z")));
+        let p = plan(&t, at("2027-01-01T00:00:51Z"), chrono::Duration::seconds(60)).unwrap();
+        assert_eq!((p.fired, p.skipped), (vec![at("2027-01-01T00:00:50Z")], 4));
     }
 }

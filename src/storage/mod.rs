@@ -14,6 +14,7 @@
 //! | `idempotency_expiry` | expiry ms BE, scope, 0x00, key | empty                         |
 //! | `runs`               | run id, u64 big-endian       | bincode [`Run`]                 |
 //! | `runs_by_task`       | task id BE, run id BE        | empty                           |
+//! | `run_queue`          | priority rank (0 = critical), run id BE | empty: the pending runs |
 //!
 //! Everything but `raft_log` and `raft_meta` is state-machine state: it is what snapshots
 //! carry and what [`Store::digest`] covers.
@@ -36,7 +37,7 @@ use sha2::{Digest, Sha256};
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
 
-use crate::model::{Run, Task};
+use crate::model::{Run, RunStatus, Task};
 use crate::raft::{LogId, Response, StoredMembership};
 
 pub const CF_RAFT_LOG: &str = "raft_log";
@@ -48,13 +49,10 @@ pub const CF_IDEMPOTENCY: &str = "idempotency";
 pub const CF_IDEMPOTENCY_EXPIRY: &str = "idempotency_expiry";
 pub const CF_RUNS: &str = "runs";
 pub const CF_RUNS_BY_TASK: &str = "runs_by_task";
+pub const CF_RUN_QUEUE: &str = "run_queue";
 
 /// The state-machine column families, in the fixed order snapshots and digests use.
-pub const SM_CFS: [&str; 7] =
-    [CF_SM_META, CF_TASKS, CF_TASK_NAMES, CF_IDEMPOTENCY, CF_IDEMPOTENCY_EXPIRY, CF_RUNS, CF_RUNS_BY_TASK];
-const ALL_CFS: [&str; 9] = [
-    CF_RAFT_LOG,
-    CF_RAFT_META,
+pub const SM_CFS: [&str; 8] = [
     CF_SM_META,
     CF_TASKS,
     CF_TASK_NAMES,
@@ -62,7 +60,15 @@ const ALL_CFS: [&str; 9] = [
     CF_IDEMPOTENCY_EXPIRY,
     CF_RUNS,
     CF_RUNS_BY_TASK,
+    CF_RUN_QUEUE,
 ];
+
+/// The Raft log's own column families (not state-machine state).
+const RAFT_CFS: [&str; 2] = [CF_RAFT_LOG, CF_RAFT_META];
+
+fn all_cfs() -> impl Iterator<Item = &'static str> {
+    RAFT_CFS.into_iter().chain(SM_CFS)
+}
 
 /// A stored answer to an idempotent write.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,16 +93,16 @@ pub fn open_db(dir: &Path) -> io::Result<Arc<DB>> {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     let existing = DB::list_cf(&opts, dir).unwrap_or_default();
-    if let Some(unknown) = existing.iter().find(|cf| *cf != "default" && !ALL_CFS.contains(&cf.as_str())) {
+    if let Some(unknown) = existing.iter().find(|cf| *cf != "default" && !all_cfs().any(|known| known == cf.as_str())) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("data dir {} has column family {unknown:?} that this version does not know; was it written by a newer raftcron?", dir.display()),
         ));
     }
-    let cfs = ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    let cfs = all_cfs().map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = DB::open_cf_descriptors(&opts, dir, cfs)
         .map_err(|e| io::Error::other(format!("cannot open database in {}: {e}", dir.display())))?;
-    for name in ALL_CFS {
+    for name in all_cfs() {
         db.cf_handle(name).ok_or_else(|| io::Error::other(format!("column family {name} missing after open")))?;
     }
     Ok(Arc::new(db))
@@ -162,15 +168,79 @@ pub(crate) fn idempotency_key(scope: &str, key: &str) -> Vec<u8> {
     k
 }
 
+/// How many changed task ids are remembered one by one; beyond it, "everything changed".
+const MAX_TRACKED_CHANGES: usize = 100_000;
+
+/// The tasks that applied entries touched since the firing loop last looked, so the
+/// leader keeps its due index current without rescanning every task. Not state: nothing
+/// here is replicated, and losing it (a restart) only costs one full rescan.
+#[derive(Default)]
+pub struct TaskChanges {
+    pending: std::sync::Mutex<ChangedTasks>,
+    notify: tokio::sync::Notify,
+}
+
+/// What changed: these ids, or (after a snapshot install or too many to list) everything.
+#[derive(Debug, Default, PartialEq)]
+pub struct ChangedTasks {
+    pub ids: std::collections::BTreeSet<u64>,
+    pub all: bool,
+}
+
+impl TaskChanges {
+    fn record(&self, ids: &[u64], all: bool) {
+        if ids.is_empty() && !all {
+            return;
+        }
+        {
+            let mut p = self.pending.lock().expect("task change set poisoned");
+            p.all |= all || p.ids.len() + ids.len() > MAX_TRACKED_CHANGES;
+            if p.all {
+                p.ids.clear();
+            } else {
+                p.ids.extend(ids);
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// Takes what changed since the last call.
+    pub fn take(&self) -> ChangedTasks {
+        std::mem::take(&mut *self.pending.lock().expect("task change set poisoned"))
+    }
+
+    /// Resolves once something changed after the last [`TaskChanges::take`] (at once if
+    /// something already has).
+    pub async fn changed(&self) {
+        self.notify.notified().await
+    }
+}
+
 /// Typed reads of the state machine, shared by `apply` and the API.
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
+    changes: Arc<TaskChanges>,
 }
 
 impl Store {
     pub fn new(db: Arc<DB>) -> Self {
-        Store { db }
+        Store { db, changes: Arc::default() }
+    }
+
+    /// Which tasks applied entries changed; see [`TaskChanges`].
+    pub fn task_changes(&self) -> &TaskChanges {
+        &self.changes
+    }
+
+    /// Number of pending runs (the placement queue's depth).
+    pub fn queued_runs(&self) -> io::Result<u64> {
+        let mut n = 0;
+        for item in self.db.iterator_cf(self.cf(CF_RUN_QUEUE), IteratorMode::Start) {
+            item.map_err(db_err)?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     pub fn db(&self) -> &Arc<DB> {
@@ -361,11 +431,13 @@ pub struct Tx<'a> {
     batch: WriteBatch,
     /// Run ids handed out within this batch (reads see only the committed state).
     pub next_run_id: u64,
+    /// Tasks this batch writes or deletes, announced through [`TaskChanges`] on commit.
+    touched_tasks: Vec<u64>,
 }
 
 impl<'a> Tx<'a> {
     pub fn new(store: &'a Store) -> Self {
-        Tx { store, batch: WriteBatch::default(), next_run_id: 0 }
+        Tx { store, batch: WriteBatch::default(), next_run_id: 0, touched_tasks: Vec::new() }
     }
 
     fn put<T: Serialize>(&mut self, cf: &str, key: &[u8], value: &T) -> io::Result<()> {
@@ -379,26 +451,35 @@ impl<'a> Tx<'a> {
     }
 
     pub fn put_task(&mut self, task: &Task) -> io::Result<()> {
+        self.touched_tasks.push(task.id);
         self.put(CF_TASKS, &u64_key(task.id), task)
     }
 
-    /// Stores a run and indexes it under its task.
+    /// Stores a run, indexes it under its task, and keeps it in the placement queue
+    /// exactly while it is pending.
     pub fn put_run(&mut self, run: &Run) -> io::Result<()> {
         let mut k = u64_key(run.task_id).to_vec();
         k.extend_from_slice(&u64_key(run.id));
         self.batch.put_cf(self.store.cf(CF_RUNS_BY_TASK), k, []);
+        if run.status == RunStatus::Pending {
+            self.batch.put_cf(self.store.cf(CF_RUN_QUEUE), queue_key(run), []);
+        } else {
+            self.batch.delete_cf(self.store.cf(CF_RUN_QUEUE), queue_key(run));
+        }
         self.put(CF_RUNS, &u64_key(run.id), run)
     }
 
-    /// Deletes a run and its index entry.
+    /// Deletes a run and its index entries.
     pub fn delete_run(&mut self, run: &Run) {
         let mut k = u64_key(run.task_id).to_vec();
         k.extend_from_slice(&u64_key(run.id));
         self.batch.delete_cf(self.store.cf(CF_RUNS_BY_TASK), k);
+        self.batch.delete_cf(self.store.cf(CF_RUN_QUEUE), queue_key(run));
         self.batch.delete_cf(self.store.cf(CF_RUNS), u64_key(run.id));
     }
 
     pub fn delete_task(&mut self, id: u64) {
+        self.touched_tasks.push(id);
         self.batch.delete_cf(self.store.cf(CF_TASKS), u64_key(id));
     }
 
@@ -429,8 +510,18 @@ impl<'a> Tx<'a> {
     /// Writes the batch. Not synced: the log entry it came from is, and on restart openraft
     /// re-applies everything after the persisted applied index.
     pub fn commit(self) -> io::Result<()> {
-        self.store.db.write(self.batch).map_err(db_err)
+        self.store.db.write(self.batch).map_err(db_err)?;
+        self.store.changes.record(&self.touched_tasks, false);
+        Ok(())
     }
+}
+
+/// A pending run's place in the queue: higher priority first, then older (lower id) first.
+fn queue_key(run: &Run) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = run.priority.rank();
+    k[1..].copy_from_slice(&u64_key(run.id));
+    k
 }
 
 #[cfg(test)]

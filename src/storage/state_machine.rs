@@ -171,6 +171,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             opts.set_sync(true);
             db.write_opt(batch, &opts).map_err(db_err)?;
             this.save_snapshot_file(&meta, &snapshot)?;
+            this.store.task_changes().record(&[], true);
             tracing::info!(last_log_id = ?meta.last_log_id, bytes = snapshot.len(), "installed snapshot");
             Ok(())
         })

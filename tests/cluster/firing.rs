@@ -100,6 +100,10 @@ async fn manual_trigger_through_a_follower_is_idempotent_and_runs_can_be_cancell
     assert_eq!(a.data()["status"], "cancelled");
     let a = c.call(f, Method::POST, &format!("/api/runs/{run_id}/cancel"), None, &[]).await;
     assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+    // The queue-depth gauge counts the one run still pending.
+    let m = c.http.get(c.url(f, "/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = m.lines().find(|l| l.starts_with("raftcron_runs_pending")).expect("runs_pending gauge");
+    assert!(line.ends_with(" 1"), "{line}");
 
     assert_eq!(c.get(f, "/api/runs/424242").await.status, StatusCode::NOT_FOUND);
     assert_eq!(c.call(f, Method::POST, "/api/tasks/424242/trigger", None, &[]).await.status, StatusCode::NOT_FOUND);
@@ -182,5 +186,58 @@ async fn run_history_is_pruned_and_fire_count_keeps_counting() {
     assert!(runs.len() <= 5, "{} runs kept of {fired} fired: {runs:?}", runs.len());
     let pending = runs.iter().filter(|r| r["status"] == "pending").count();
     assert_eq!(pending, 1, "replace leaves only the newest run unfinished");
+    c.shutdown().await;
+}
+
+/// Pause and resume through a follower: nothing fires while paused, the ticks that passed
+/// are counted as skipped on resume, and every tick since creation is accounted for once.
+/// A disabled task cannot be paused, and only an admin's resume enables it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn paused_ticks_are_counted_as_skipped_on_resume() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let node = c.follower(leader);
+    let body = json!({"name": "pausable", "executor": "shell", "command": "true", "schedule": "* * * * * *"});
+    let created = c.post(node, "/api/tasks", body).await;
+    let id = created.data()["id"].as_u64().unwrap();
+    let created_at: DateTime<Utc> = created.data()["created_at"].as_str().unwrap().parse().unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let paused = c.post(node, &format!("/api/tasks/{id}/pause"), json!({})).await;
+    assert_eq!((paused.status, paused.data()["status"].as_str()), (StatusCode::OK, Some("paused")), "{}", paused.body);
+    let paused_at: DateTime<Utc> = paused.data()["updated_at"].as_str().unwrap().parse().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let resumed = c.post(node, &format!("/api/tasks/{id}/resume"), json!({})).await;
+    assert_eq!(resumed.data()["status"], "active", "{}", resumed.body);
+    let resumed_at: DateTime<Utc> = resumed.data()["updated_at"].as_str().unwrap().parse().unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let task = c.get(node, &format!("/api/tasks/{id}")).await;
+    let runs = all_runs(&c, node, id).await;
+    let ticks: BTreeSet<DateTime<Utc>> =
+        runs.iter().map(|r| r["scheduled_at"].as_str().unwrap().parse().unwrap()).collect();
+    assert_eq!(ticks.len(), runs.len(), "a tick fired twice");
+    assert!(
+        !ticks.iter().any(|t| *t > paused_at && *t <= resumed_at),
+        "fired while paused ({paused_at} .. {resumed_at}): {ticks:?}"
+    );
+    let (fired, skipped) =
+        (task.data()["fire_count"].as_u64().unwrap(), task.data()["skipped_ticks"].as_u64().unwrap());
+    let cursor: DateTime<Utc> = task.data()["cursor"].as_str().unwrap().parse().unwrap();
+    let whole_seconds = (cursor.timestamp() - created_at.timestamp()) as u64;
+    assert_eq!(fired + skipped, whole_seconds, "fired {fired} + skipped {skipped} vs ticks up to the cursor");
+    assert!(skipped >= 2, "about three ticks passed while paused; skipped {skipped}");
+    assert!(ticks.iter().any(|t| *t > resumed_at), "firing resumed");
+
+    // Disabled: pause is refused (409); resume by an admin (the fixture's key) enables it.
+    let disabled =
+        c.call(node, Method::PUT, &format!("/api/tasks/{id}"), Some(json!({"status": "disabled"})), &[]).await;
+    assert_eq!(disabled.status, StatusCode::OK, "{}", disabled.body);
+    let refused = c.post(node, &format!("/api/tasks/{id}/pause"), json!({})).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
+    assert!(refused.body["message"].as_str().unwrap().contains("disabled"), "{}", refused.body);
+    let enabled = c.post(node, &format!("/api/tasks/{id}/resume"), json!({})).await;
+    assert_eq!(enabled.data()["status"], "active", "{}", enabled.body);
+    let missing = c.post(node, "/api/tasks/424242/pause", json!({})).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.body);
     c.shutdown().await;
 }

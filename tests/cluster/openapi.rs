@@ -27,6 +27,8 @@ const PROMISED: &[(&str, &str)] = &[
     ("get", "/api/tasks/{task_id}/runs"),
     ("get", "/api/runs/{run_id}"),
     ("post", "/api/runs/{run_id}/cancel"),
+    ("post", "/api/tasks/{task_id}/pause"),
+    ("post", "/api/tasks/{task_id}/resume"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
