@@ -4,8 +4,9 @@
 # when installed (each test in its own process), cargo test otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# faketime: the clock-skew process test runs a node under libfaketime.
-scripts/install-deps.sh faketime
+# faketime: the clock-skew process test runs a node under libfaketime; python3: the
+# python executor tests.
+scripts/install-deps.sh faketime python3
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --no-fail-fast "$@"
 else

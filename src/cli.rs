@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
 use crate::node::{self, Listeners};
+use crate::worker::{self, AgentConfig, RunningAgent};
 
 #[derive(Debug, Parser)]
 #[command(name = "raftcron", version, about = "A distributed job scheduler replicated through Raft")]
@@ -28,14 +29,20 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Run a single-node cluster for development (data in ./data, API on 127.0.0.1:8080).
+    /// Runs an embedded worker (id `dev-worker`, 4 slots) unless `--no-worker`.
     Dev {
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8080")]
         http: String,
+        /// Do not start the embedded worker.
+        #[arg(long)]
+        no_worker: bool,
     },
     /// Run one cluster node.
     Serve(ServeArgs),
+    /// Run a worker agent against any node (or the load balancer).
+    Worker(WorkerArgs),
     /// Schedule tools.
     Schedule {
         #[command(subcommand)]
@@ -73,6 +80,40 @@ pub struct ServeArgs {
     /// Sets any config key: `--set section.key=value` (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub sets: Vec<String>,
+    /// Also run a worker agent in this process with this id (it talks to this node).
+    #[arg(long, value_name = "WORKER_ID")]
+    pub worker: Option<String>,
+    /// Slots of the embedded worker.
+    #[arg(long, default_value_t = 4)]
+    pub worker_max_tasks: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Base URL of any node or the load balancer.
+    #[arg(long, env = "RAFTCRON_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// This worker's id (letters, digits, `.`, `_`, `-`); a `worker`-role key must be
+    /// named after it.
+    #[arg(long, env = "RAFTCRON_WORKER_ID")]
+    pub id: String,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// API key: a `worker`-role key named after `--id`, or an admin key.
+    #[arg(long, env = "RAFTCRON_WORKER_KEY", hide_env_values = true)]
+    pub key: String,
+    /// Runs executed at once.
+    #[arg(long, default_value_t = 4)]
+    pub max_tasks: u32,
+    /// Comma-separated tags; a task runs here only if this worker carries all of its tags.
+    #[arg(long, default_value = "")]
+    pub tags: String,
+    /// Where runs without a `working_directory` start (default: the current directory).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// On SIGTERM, how long running runs may finish before they are killed.
+    #[arg(long, default_value_t = 30)]
+    pub drain_s: u64,
 }
 
 #[derive(Debug, Args)]
@@ -137,8 +178,9 @@ fn process_env() -> BTreeMap<String, String> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Cmd::Dev { data_dir, http } => run_dev(data_dir, http).await,
+        Cmd::Dev { data_dir, http, no_worker } => run_dev(data_dir, http, !no_worker).await,
         Cmd::Serve(args) => run_serve(args).await,
+        Cmd::Worker(args) => run_worker(args).await,
         Cmd::Cluster { client, command } => run_cluster(client, command).await,
         Cmd::Schedule { command: ScheduleCmd::Preview { expr, timezone, count, from } } => {
             let from = match from {
@@ -157,7 +199,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn run_dev(data_dir: PathBuf, http: String) -> anyhow::Result<()> {
+/// An agent in this process, talking to the node at `http` with an admin key.
+async fn embedded_worker(
+    http: std::net::SocketAddr,
+    id: &str,
+    key: &str,
+    max_tasks: u32,
+) -> anyhow::Result<RunningAgent> {
+    worker::start(AgentConfig {
+        server: format!("http://{http}"),
+        id: id.to_string(),
+        name: None,
+        api_key: key.to_string(),
+        max_tasks,
+        tags: Vec::new(),
+        work_dir: None,
+        drain: std::time::Duration::from_secs(10),
+    })
+    .await
+}
+
+async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    crate::model::worker::validate_worker_id(&args.id).map_err(|e| anyhow::anyhow!("--id: {}", e.reason))?;
+    crate::model::worker::validate_slots(args.max_tasks).map_err(|e| anyhow::anyhow!("--max-tasks: {}", e.reason))?;
+    let tags: Vec<String> = args.tags.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect();
+    let agent = worker::start(AgentConfig {
+        server: args.server,
+        id: args.id,
+        name: args.name,
+        api_key: args.key,
+        max_tasks: args.max_tasks,
+        tags,
+        work_dir: args.work_dir,
+        drain: std::time::Duration::from_secs(args.drain_s),
+    })
+    .await?;
+    println!("raftcron worker started");
+    wait_for_shutdown_signal().await;
+    agent.shutdown().await;
+    Ok(())
+}
+
+async fn run_dev(data_dir: PathBuf, http: String, with_worker: bool) -> anyhow::Result<()> {
     let sets = vec![
         "node.id=1".to_string(),
         format!("node.data_dir={}", toml_string(&data_dir.to_string_lossy())),
@@ -173,7 +256,14 @@ async fn run_dev(data_dir: PathBuf, http: String) -> anyhow::Result<()> {
         _ => (format!("rc_{}", uuid::Uuid::new_v4().simple()), true),
     };
     let running = node::start(config, listeners, std::slice::from_ref(&key)).await?;
+    let agent = match with_worker {
+        true => Some(embedded_worker(running.http_addr, "dev-worker", &key, 4).await?),
+        false => None,
+    };
     println!("raftcron dev: API at http://{}/api", running.http_addr);
+    if agent.is_some() {
+        println!("worker dev-worker runs triggered tasks (4 slots; --no-worker to disable)");
+    }
     if generated {
         println!("admin API key (generated; set RAFTCRON_API_KEY to choose one): {key}");
     } else {
@@ -181,6 +271,9 @@ async fn run_dev(data_dir: PathBuf, http: String) -> anyhow::Result<()> {
     }
     println!("try: curl -H \"Authorization: Bearer $KEY\" http://{}/api/tasks", running.http_addr);
     wait_for_shutdown_signal().await;
+    if let Some(agent) = agent {
+        agent.shutdown().await;
+    }
     running.shutdown(true).await;
     Ok(())
 }
@@ -210,11 +303,24 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     sets.extend(args.sets);
     let env = process_env();
     let config = Config::load(args.config.as_deref(), &env, &sets)?;
-    let extra_keys: Vec<String> = env.get("RAFTCRON_API_KEY").filter(|k| !k.is_empty()).cloned().into_iter().collect();
+    let mut extra_keys: Vec<String> =
+        env.get("RAFTCRON_API_KEY").filter(|k| !k.is_empty()).cloned().into_iter().collect();
+    // The embedded worker's key exists only in this process.
+    let worker_key = format!("rc_{}", uuid::Uuid::new_v4().simple());
+    if args.worker.is_some() {
+        extra_keys.push(worker_key.clone());
+    }
     let listeners = Listeners::bind(&config).await?;
     let running = node::start(config, listeners, &extra_keys).await?;
     println!("raftcron node {} serving http://{} (rpc {})", running.core.id, running.http_addr, running.rpc_addr);
+    let agent = match &args.worker {
+        Some(id) => Some(embedded_worker(running.http_addr, id, &worker_key, args.worker_max_tasks).await?),
+        None => None,
+    };
     wait_for_shutdown_signal().await;
+    if let Some(agent) = agent {
+        agent.shutdown().await;
+    }
     running.shutdown(true).await;
     Ok(())
 }

@@ -101,6 +101,12 @@ pub struct SchedulerConfig {
     /// never pruned, and `fire_count` keeps counting).
     #[serde(default = "default_run_history")]
     pub run_history_per_task: u32,
+    /// A worker silent this long goes offline; its runs become `lost` and are re-queued.
+    #[serde(default = "default_worker_timeout")]
+    pub worker_timeout_s: u64,
+    /// How many times one run may be re-queued after losing its worker.
+    #[serde(default = "default_max_lost_requeues")]
+    pub max_lost_requeues: u32,
 }
 
 impl Default for SchedulerConfig {
@@ -109,6 +115,8 @@ impl Default for SchedulerConfig {
             default_timezone: default_timezone(),
             misfire_threshold_s: default_misfire_threshold(),
             run_history_per_task: default_run_history(),
+            worker_timeout_s: default_worker_timeout(),
+            max_lost_requeues: default_max_lost_requeues(),
         }
     }
 }
@@ -119,6 +127,14 @@ fn default_misfire_threshold() -> u64 {
 
 fn default_run_history() -> u32 {
     100
+}
+
+fn default_worker_timeout() -> u64 {
+    30
+}
+
+fn default_max_lost_requeues() -> u32 {
+    3
 }
 
 /// What a credential may do. Ordered: each role can do everything the roles below it can,
@@ -251,6 +267,9 @@ impl Config {
             if key.sha256.len() != 64 || hex::decode(&key.sha256).is_err() {
                 return bad(&format!("auth.api_keys[{i}].sha256"), "must be 64 hex digits".into());
             }
+        }
+        if self.scheduler.worker_timeout_s < 2 {
+            return bad("scheduler.worker_timeout_s", "must be at least 2 (workers renew every third of it)".into());
         }
         if self.scheduler.default_timezone.parse::<chrono_tz::Tz>().is_err() {
             return bad(

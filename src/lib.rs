@@ -24,3 +24,4 @@ pub mod raft;
 pub mod rpc;
 pub mod scheduler;
 pub mod storage;
+pub mod worker;

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub fires_deduplicated: IntCounter,
     pub schedule_lag: Histogram,
     pub runs_pending: IntGauge,
+    pub runs_assigned: IntCounter,
+    pub runs_lost: IntCounter,
 }
 
 const LATENCY_BUCKETS: [f64; 14] =
@@ -99,6 +101,8 @@ impl Metrics {
                 "runs_pending",
                 "Runs waiting for a worker (the placement queue's depth), as this node has applied it.",
             ),
+            runs_assigned: counter("runs_assigned_total", "Runs this node placed on a worker as leader."),
+            runs_lost: counter("runs_lost_total", "Runs lost with a worker that stopped heartbeating."),
             http_requests,
             http_latency,
             raft_term: gauge("raft_term", "Current Raft term."),

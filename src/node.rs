@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::raft::{Command, IdempotencyKey, NodeId, NodeInfo, Raft, Request, Response, SnapshotMeta, TypeConfig, Vote};
 use crate::rpc::{self, context, Identity, MembershipOp, NodeStatus, PeerClients, RpcFailure, RpcServer};
+use crate::scheduler::workers::{HeartbeatAck, HeartbeatBody, Seen};
 use crate::storage::{open_db, LogStore, StateMachine, Store};
 
 /// How long a client write may take, forwarding and leader changes included, before the
@@ -58,6 +59,8 @@ pub struct NodeCore {
     /// Set while this node's data dir is empty but the cluster remembers replicating to it:
     /// it must be removed and re-added, not silently rejoin (it may have voted before).
     pub quarantined: AtomicBool,
+    /// The leader's memory of worker heartbeats (not replicated).
+    pub heartbeats: crate::scheduler::workers::Heartbeats,
 }
 
 /// A started node; dropping it does not stop it, [`RunningNode::shutdown`] does.
@@ -150,6 +153,7 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
         // A pristine node that may be bootstrapped stays out of replication and elections
         // until its bootstrap has looked at the peers (see `bootstrap`).
         quarantined: AtomicBool::new(pristine && config_has_peers),
+        heartbeats: Default::default(),
     });
 
     let mut tasks = Vec::new();
@@ -167,6 +171,7 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
         tasks.push(tokio::spawn(async move { core.stamp_cluster_id().await }));
     }
     tasks.push(tokio::spawn(crate::scheduler::firing::run(core.clone())));
+    tasks.push(tokio::spawn(crate::scheduler::workers::run(core.clone())));
     let (http_shutdown, mut rx) = watch::channel(false);
     let app = crate::api::router(core.clone());
     let http_task = tokio::spawn(async move {
@@ -281,7 +286,12 @@ impl NodeCore {
                 ("discarded", Err(RpcFailure::Indeterminate("leadership changed while the write was in flight".into())))
             }
             Ok(Err(RaftError::APIError(e))) => ("error", Err(RpcFailure::Unavailable(e.to_string()))),
-            Ok(Err(RaftError::Fatal(e))) => ("fatal", Err(RpcFailure::Unavailable(format!("raft stopped: {e}")))),
+            // Raft stopped (shutdown, a crash) with the write handed to it: it may have
+            // been appended and replicated, and a later leader may commit it. Never say 503
+            // ("not applied") for that.
+            Ok(Err(RaftError::Fatal(e))) => {
+                ("fatal", Err(RpcFailure::Indeterminate(format!("raft stopped with the write in flight: {e}"))))
+            }
         };
         self.metrics.proposals.with_label_values(&[label]).inc();
         if label == "ok" {
@@ -427,6 +437,63 @@ impl NodeCore {
                 Err(RpcFailure::Unavailable(format!("read index from leader {leader}: {e}")))
             }
         }
+    }
+
+    /// A worker's heartbeat, delivered to the leader (forwarded when this node follows),
+    /// retried across a leader change for a few seconds. `Ok(None)`: not registered.
+    pub async fn worker_heartbeat(
+        &self,
+        worker: &str,
+        body: HeartbeatBody,
+    ) -> Result<Option<HeartbeatAck>, RpcFailure> {
+        let deadline = Instant::now() + RPC_TIMEOUT;
+        loop {
+            let leader = self.leader();
+            let res = match leader {
+                Some(id) if id == self.id => {
+                    return Ok(crate::scheduler::workers::heartbeat_local(self, worker, body).await)
+                }
+                Some(id) => match self.leader_client(id).await {
+                    Ok(c) => c
+                        .worker_heartbeat(
+                            context(RPC_TIMEOUT),
+                            self.identity.header(),
+                            worker.to_string(),
+                            body.clone(),
+                        )
+                        .await
+                        .unwrap_or_else(|e| Err(RpcFailure::Unavailable(e.to_string()))),
+                    Err(e) => Err(e),
+                },
+                None => Err(RpcFailure::Unavailable("no leader".into())),
+            };
+            match res {
+                Err(RpcFailure::NotLeader(_)) | Err(RpcFailure::Unavailable(_)) if Instant::now() < deadline => {
+                    self.await_leader_change(leader, Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The leader's memory of heartbeats (empty when no leader answers).
+    pub async fn worker_heartbeats(&self) -> BTreeMap<String, Seen> {
+        match self.leader() {
+            Some(id) if id == self.id => self.heartbeats.snapshot(),
+            Some(id) => match self.leader_client(id).await {
+                Ok(c) => match c.worker_heartbeats(context(RPC_TIMEOUT), self.identity.header()).await {
+                    Ok(Ok(m)) => m,
+                    _ => BTreeMap::new(),
+                },
+                Err(_) => BTreeMap::new(),
+            },
+            None => BTreeMap::new(),
+        }
+    }
+
+    async fn leader_client(&self, leader: NodeId) -> Result<rpc::ClusterServiceClient, RpcFailure> {
+        let info = self.node_info(leader).ok_or_else(|| RpcFailure::Unavailable(format!("leader {leader} unknown")))?;
+        self.peers.get(&info.rpc_addr).await.map_err(|e| RpcFailure::Unavailable(e.to_string()))
     }
 
     /// Membership changes run on the leader; a follower forwards them.

@@ -8,6 +8,7 @@ mod runs;
 pub mod schedule;
 mod system;
 mod tasks;
+pub mod workers;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -214,9 +215,11 @@ impl From<Rejection> for ApiError {
             Rejection::Invalid(f) => ApiError::InvalidField(f),
             Rejection::IdempotencyKeyReused => ApiError::IdempotencyKeyReused(r.to_string()),
             Rejection::RunNotFound(_) => ApiError::NotFound(r.to_string()),
-            Rejection::TaskDisabled(_) | Rejection::RunFinished(_) | Rejection::StaleFire(_) => {
-                ApiError::Conflict(r.to_string())
-            }
+            Rejection::WorkerNotFound(_) => ApiError::NotFound(r.to_string()),
+            Rejection::TaskDisabled(_)
+            | Rejection::RunFinished(_)
+            | Rejection::StaleFire(_)
+            | Rejection::StaleAttempt { .. } => ApiError::Conflict(r.to_string()),
         }
     }
 }
@@ -361,7 +364,7 @@ pub fn parse_id(what: &str, raw: &str) -> Result<u64, ApiError> {
 #[openapi(
     info(title = "raftcron", description = "Distributed job scheduler REST API. Every response uses the envelope {success, data, message, timestamp}."),
     modifiers(&BearerAuth),
-    tags((name = "tasks"), (name = "runs"), (name = "cluster"), (name = "schedule"), (name = "system"))
+    tags((name = "tasks"), (name = "runs"), (name = "cluster"), (name = "schedule"), (name = "system"), (name = "workers"))
 )]
 struct ApiDoc;
 
@@ -381,6 +384,7 @@ pub fn api_routes() -> (Router<Arc<NodeCore>>, Router<Arc<NodeCore>>, utoipa::op
         .merge(cluster::routes())
         .merge(schedule::routes())
         .merge(runs::routes())
+        .merge(workers::routes())
         .merge(system::protected_routes())
         .split_for_parts();
     let (open, doc_open) = OpenApiRouter::new().merge(system::open_routes()).split_for_parts();

@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 use super::auth::Caller;
 use super::{ApiError, Consistency, Envelope, Reply};
 use crate::config::Role;
-use crate::model::{RunStatus, TaskStatus};
+use crate::model::{Liveness, RunStatus, TaskStatus};
 use crate::node::NodeCore;
 use crate::raft::NodeId;
 
@@ -167,6 +167,13 @@ async fn system_status(
     })?;
     tasks.running = running_tasks.len() as u64;
     let success_rate = (finished > 0).then(|| (succeeded as f64 * 1000.0 / finished as f64).round() / 10.0);
-    // Workers are not replicated yet (they arrive with the worker agent): there are none.
-    Ok(Reply::ok(SystemStatus { tasks, workers: WorkerCounts::default(), runs_today, success_rate }))
+    let mut workers = WorkerCounts::default();
+    for w in core.store.workers()? {
+        workers.total += 1;
+        match w.liveness {
+            Liveness::Online => workers.online += 1,
+            Liveness::Offline => workers.offline += 1,
+        }
+    }
+    Ok(Reply::ok(SystemStatus { tasks, workers, runs_today, success_rate }))
 }

@@ -3,9 +3,11 @@
 
 pub mod run;
 pub mod task;
+pub mod worker;
 
-pub use run::{Run, RunStatus, RunTrigger};
+pub use run::{output_tail, Run, RunStatus, RunTrigger, MAX_OUTPUT};
 pub use task::{
     ConcurrencyPolicy, ExecutorKind, FieldError, MisfirePolicy, Priority, Task, TaskField, TaskSpec, TaskStatus,
     TaskView,
 };
+pub use worker::{Liveness, Registration, Worker, WorkerUpdate};

@@ -63,6 +63,12 @@ pub struct Run {
     pub error: Option<String>,
     /// Why a pending run is still pending (e.g. no worker carries the task's tags).
     pub pending_reason: Option<String>,
+    /// A retry waits for its backoff: not placed before this instant.
+    pub not_before: Option<DateTime<Utc>>,
+    /// The attempt this one re-runs (a retry after a failure, or a re-queue after a loss).
+    pub retry_of: Option<u64>,
+    /// How many times this run's chain was re-queued because its worker was lost (capped).
+    pub lost_requeues: u32,
 }
 
 impl Run {
@@ -92,6 +98,41 @@ impl Run {
             output: String::new(),
             error: None,
             pending_reason: Some("waiting for an eligible worker".into()),
+            not_before: None,
+            retry_of: None,
+            lost_requeues: 0,
         }
     }
+
+    /// The next attempt of this run, pending: a retry after a failure or a re-queue after
+    /// its worker was lost. Same task and tick; a new run id, so the old attempt's record
+    /// (and any late report for it) stays fenced off.
+    pub fn next_attempt(&self, id: u64, now: DateTime<Utc>, not_before: Option<DateTime<Utc>>) -> Run {
+        let mut next = Run::pending(id, self.task_id, self.priority, RunTrigger::Retry, self.scheduled_at, now);
+        next.attempt = self.attempt + 1;
+        next.retry_of = Some(self.id);
+        next.lost_requeues = self.lost_requeues;
+        next.not_before = not_before;
+        next
+    }
+
+    /// Holds a worker's slot.
+    pub fn is_assigned(&self) -> bool {
+        matches!(self.status, RunStatus::Assigned | RunStatus::Running)
+    }
+}
+
+/// The replicated part of a run's output is capped so Raft entries stay small.
+pub const MAX_OUTPUT: usize = 8 * 1024;
+
+/// The last `MAX_OUTPUT` bytes of `s`, cut at a character boundary.
+pub fn output_tail(s: &str) -> String {
+    if s.len() <= MAX_OUTPUT {
+        return s.to_string();
+    }
+    let mut start = s.len() - MAX_OUTPUT;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    s[start..].to_string()
 }

@@ -128,6 +128,10 @@ pub struct Task {
     pub resumed_at: Option<DateTime<Utc>>,
     /// Runs of this task currently stored (pruning keeps it near `run_history_per_task`).
     pub runs_stored: u64,
+    /// How many runs the last pruning left (the kept history plus unfinished runs): the
+    /// next pruning waits until a tenth more than that has accumulated, so a task with
+    /// thousands of unfinished runs is not rescanned on every new run.
+    pub prune_floor: u64,
 }
 
 /// The JSON shape of a task: the specification's fields at the top level, as in the seed.

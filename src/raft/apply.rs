@@ -6,12 +6,16 @@
 
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
 use chrono::{DateTime, Utc};
 
-use super::command::{Command, Fired, Outcome, Rejection, Request, Response, TaskFire};
-use crate::model::{ConcurrencyPolicy, Run, RunStatus, RunTrigger, Task, TaskField, TaskStatus};
+use super::command::{Command, Fired, Outcome, Rejection, Request, Response, RunReport, TaskFire};
+use crate::model::worker::{validate_slots, validate_tags, validate_worker_id};
+use crate::model::{
+    output_tail, ConcurrencyPolicy, Liveness, Run, RunStatus, RunTrigger, Task, TaskField, TaskStatus, Worker,
+};
 use crate::storage::{IdempotencyRecord, Tx};
 
 /// How long a client's idempotent answer is kept, in command time.
@@ -48,6 +52,12 @@ pub fn apply_request(tx: &mut Tx<'_>, req: &Request) -> io::Result<Response> {
     }
 
     let response = apply_command(tx, &req.command, now)?;
+    // A refused command without a key to remember its answer by changes nothing at all
+    // (not even the command clock), so a fenced report leaves the state as it was.
+    if response.result.is_err() && req.idempotency.is_none() {
+        tx.discard();
+        return Ok(response);
+    }
 
     if let Some(idem) = &req.idempotency {
         let record = IdempotencyRecord {
@@ -101,6 +111,7 @@ fn apply_command(tx: &mut Tx<'_>, command: &Command, now: DateTime<Utc>) -> io::
                 cursor: Some(now),
                 resumed_at: None,
                 runs_stored: 0,
+                prune_floor: 0,
             };
             tx.put_task(&task)?;
             tx.put_task_name(&task.spec.name, id);
@@ -197,6 +208,242 @@ fn apply_command(tx: &mut Tx<'_>, command: &Command, now: DateTime<Utc>) -> io::
             tx.put_run(&run)?;
             Ok(Response::ok(Outcome::Run(Box::new(run))))
         }
+        Command::RegisterWorker { id, name, max_tasks, tags, max_lost_requeues } => {
+            let checked =
+                validate_worker_id(id).and_then(|_| validate_slots(*max_tasks)).and_then(|_| validate_tags(tags));
+            if let Err(e) = checked {
+                return Ok(Response::rejected(Rejection::Invalid(e)));
+            }
+            let mut worker = tx.store.worker(id)?.unwrap_or(Worker {
+                id: id.clone(),
+                name: String::new(),
+                max_tasks: *max_tasks,
+                tags: Vec::new(),
+                enabled: true,
+                liveness: Liveness::Offline,
+                registered_at: now,
+                liveness_changed_at: now,
+            });
+            worker.name = if name.is_empty() { id.clone() } else { name.clone() };
+            worker.max_tasks = *max_tasks;
+            worker.tags = tags.clone();
+            worker.registered_at = now;
+            let reason = format!("worker {id} restarted while holding this run");
+            lose_runs(tx, id, *max_lost_requeues, &reason, now)?;
+            set_liveness(&mut worker, Liveness::Online, now);
+            tx.put_worker(&worker)?;
+            Ok(Response::ok(Outcome::Worker(Box::new(worker))))
+        }
+        Command::UpdateWorker { id, update } => {
+            let Some(mut worker) = tx.store.worker(id)? else {
+                return Ok(Response::rejected(Rejection::WorkerNotFound(id.clone())));
+            };
+            if let Some(n) = update.max_tasks {
+                if let Err(e) = validate_slots(n) {
+                    return Ok(Response::rejected(Rejection::Invalid(e)));
+                }
+                worker.max_tasks = n;
+            }
+            if let Some(tags) = &update.tags {
+                if let Err(e) = validate_tags(tags) {
+                    return Ok(Response::rejected(Rejection::Invalid(e)));
+                }
+                worker.tags = tags.clone();
+            }
+            if let Some(enabled) = update.enabled {
+                worker.enabled = enabled;
+            }
+            tx.put_worker(&worker)?;
+            Ok(Response::ok(Outcome::Worker(Box::new(worker))))
+        }
+        Command::SetWorkerLiveness { id, liveness, max_lost_requeues, reason } => {
+            let Some(mut worker) = tx.store.worker(id)? else {
+                return Ok(Response::rejected(Rejection::WorkerNotFound(id.clone())));
+            };
+            let (mut lost, mut requeued) = (Vec::new(), Vec::new());
+            if worker.liveness != *liveness {
+                if *liveness == Liveness::Offline {
+                    (lost, requeued) = lose_runs(tx, id, *max_lost_requeues, reason, now)?;
+                }
+                set_liveness(&mut worker, *liveness, now);
+                tx.put_worker(&worker)?;
+            }
+            Ok(Response::ok(Outcome::Lost { lost, requeued }))
+        }
+        Command::AssignRuns { assignments, waiting } => assign_runs(tx, assignments, waiting, now),
+        Command::ReportRun { run_id, attempt, worker_id, report, retry_jitter_ms } => {
+            report_run(tx, *run_id, *attempt, worker_id, report, *retry_jitter_ms, now)
+        }
+    }
+}
+
+fn set_liveness(worker: &mut Worker, liveness: Liveness, now: DateTime<Utc>) {
+    if worker.liveness != liveness {
+        worker.liveness = liveness;
+        worker.liveness_changed_at = now;
+    }
+}
+
+/// Marks every run holding a slot on `worker` lost, re-queuing each as a new attempt while
+/// its chain was re-queued fewer than `max_requeues` times. Returns (lost, re-queued).
+fn lose_runs(
+    tx: &mut Tx<'_>,
+    worker: &str,
+    max_requeues: u32,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> io::Result<(Vec<u64>, Vec<u64>)> {
+    let (mut lost, mut requeued) = (Vec::new(), Vec::new());
+    for run_id in tx.store.assignments_of(worker)? {
+        let Some(mut run) = tx.store.run(run_id)? else { continue };
+        if !run.is_assigned() {
+            continue;
+        }
+        run.status = RunStatus::Lost;
+        run.finished_at = Some(now);
+        run.error = Some(reason.to_string());
+        tx.put_run(&run)?;
+        lost.push(run.id);
+        if run.lost_requeues >= max_requeues {
+            continue;
+        }
+        let Some(mut task) = tx.store.task(run.task_id)? else { continue };
+        let id = alloc_run_id(tx)?;
+        let mut next = run.next_attempt(id, now, None);
+        next.lost_requeues += 1;
+        tx.put_run(&next)?;
+        task.runs_stored += 1;
+        task.last_run = Some(next.id);
+        tx.put_task(&task)?;
+        requeued.push(next.id);
+    }
+    Ok((lost, requeued))
+}
+
+fn assign_runs(
+    tx: &mut Tx<'_>,
+    assignments: &[(u64, String)],
+    waiting: &[(u64, String)],
+    now: DateTime<Utc>,
+) -> io::Result<Response> {
+    // Reads see the state before this entry: count this entry's own placements locally.
+    let mut placed_on: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut placed_runs = BTreeSet::new();
+    for (run_id, worker_id) in assignments {
+        let Some(mut run) = tx.store.run(*run_id)? else { continue };
+        if run.status != RunStatus::Pending || run.not_before.is_some_and(|t| t > now) || placed_runs.contains(run_id) {
+            continue;
+        }
+        let Some(worker) = tx.store.worker(worker_id)? else { continue };
+        if worker.liveness != Liveness::Online || !worker.enabled {
+            continue;
+        }
+        let Some(task) = tx.store.task(run.task_id)? else { continue };
+        let used =
+            tx.store.assignments_of(worker_id)?.len() as u32 + placed_on.get(worker_id.as_str()).copied().unwrap_or(0);
+        if used >= worker.max_tasks || !worker.carries(&task.spec.tags) {
+            continue;
+        }
+        run.status = RunStatus::Assigned;
+        run.worker_id = Some(worker_id.clone());
+        run.pending_reason = None;
+        tx.put_run(&run)?;
+        *placed_on.entry(worker_id.as_str()).or_default() += 1;
+        placed_runs.insert(*run_id);
+    }
+    for (run_id, reason) in waiting {
+        let Some(mut run) = tx.store.run(*run_id)? else { continue };
+        if run.status == RunStatus::Pending && run.pending_reason.as_deref() != Some(reason.as_str()) {
+            run.pending_reason = Some(reason.clone());
+            tx.put_run(&run)?;
+        }
+    }
+    Ok(Response::ok(Outcome::Assigned { placed: placed_runs.len() as u64 }))
+}
+
+/// Longest backoff before a retry, however many attempts came before.
+const MAX_RETRY_BACKOFF_MS: u64 = 3600 * 1000;
+/// Largest jitter a report may add to a retry's backoff.
+const MAX_RETRY_JITTER_MS: u64 = 60 * 1000;
+
+fn report_run(
+    tx: &mut Tx<'_>,
+    run_id: u64,
+    attempt: u32,
+    worker_id: &str,
+    report: &RunReport,
+    jitter_ms: u64,
+    now: DateTime<Utc>,
+) -> io::Result<Response> {
+    let Some(mut run) = tx.store.run(run_id)? else {
+        return Ok(Response::rejected(Rejection::RunNotFound(run_id)));
+    };
+    let stale = |run: &Run| {
+        Response::rejected(Rejection::StaleAttempt {
+            run_id,
+            attempt,
+            worker_id: worker_id.to_string(),
+            current: run.attempt,
+            status: run.status,
+        })
+    };
+    if run.worker_id.as_deref() != Some(worker_id) || run.attempt != attempt {
+        return Ok(stale(&run));
+    }
+    match report {
+        RunReport::Started => match run.status {
+            RunStatus::Assigned => {
+                run.status = RunStatus::Running;
+                run.started_at = Some(now);
+                tx.put_run(&run)?;
+                Ok(Response::ok(Outcome::Run(Box::new(run))))
+            }
+            // The same report again: nothing more changes.
+            RunStatus::Running => Ok(Response::ok(Outcome::Run(Box::new(run)))),
+            _ => Ok(stale(&run)),
+        },
+        RunReport::Finished { status, exit_code, http_status, output, error, duration_ms } => {
+            if !matches!(status, RunStatus::Succeeded | RunStatus::Failed | RunStatus::TimedOut) {
+                return Ok(Response::rejected(Rejection::Invalid(crate::model::FieldError::new(
+                    "status",
+                    "a finished run is succeeded, failed or timed_out",
+                ))));
+            }
+            if run.status.is_final() {
+                // The same report retried (its answer was lost) changes nothing more;
+                // anything else contradicts the record (e.g. the run was cancelled).
+                let same = run.status == *status && run.exit_code == *exit_code && run.http_status == *http_status;
+                return Ok(if same { Response::ok(Outcome::Run(Box::new(run))) } else { stale(&run) });
+            }
+            run.status = *status;
+            run.started_at.get_or_insert(now);
+            run.finished_at = Some(now);
+            run.duration_ms = Some(*duration_ms);
+            run.exit_code = *exit_code;
+            run.http_status = *http_status;
+            run.output = output_tail(output);
+            run.error = error.as_deref().map(output_tail);
+            tx.put_run(&run)?;
+            if *status != RunStatus::Succeeded {
+                if let Some(mut task) = tx.store.task(run.task_id)? {
+                    if run.attempt <= task.spec.retry_count {
+                        let base = u64::from(task.spec.retry_backoff_seconds) * 1000;
+                        let backoff = base
+                            .saturating_mul(1u64 << (run.attempt - 1).min(20))
+                            .min(MAX_RETRY_BACKOFF_MS)
+                            .saturating_add(jitter_ms.min(MAX_RETRY_JITTER_MS));
+                        let not_before = now + chrono::Duration::milliseconds(backoff as i64);
+                        let id = alloc_run_id(tx)?;
+                        let next = run.next_attempt(id, now, Some(not_before));
+                        tx.put_run(&next)?;
+                        task.runs_stored += 1;
+                        task.last_run = Some(next.id);
+                        tx.put_task(&task)?;
+                    }
+                }
+            }
+            Ok(Response::ok(Outcome::Run(Box::new(run))))
+        }
     }
 }
 
@@ -272,13 +519,14 @@ fn apply_fire(
     Ok(Ok(Fired { runs, forbidden }))
 }
 
-/// Deletes the task's finished runs beyond the newest `keep`, once it stores a tenth of
-/// its history more than that (so pruning costs one scan per tenth, not one per run).
-/// Unfinished runs are never pruned; `fire_count` lives on the task and is not touched.
-/// `created` runs were made by this batch and are not visible to its reads yet.
+/// Deletes the task's finished runs beyond the newest `keep`, once it stores a tenth more
+/// than it kept last time (so a scan of n runs happens once per n/10 new runs: constant
+/// work per run, however many unfinished runs pile up). Unfinished runs are never pruned;
+/// `fire_count` lives on the task and is not touched. `created` runs were made by this
+/// batch and are not visible to its reads yet.
 fn prune_runs(tx: &mut Tx<'_>, task: &mut Task, keep: u32, created: usize) -> io::Result<()> {
-    let slack = u64::from(keep / 10).max(1);
-    if task.runs_stored <= u64::from(keep) + slack {
+    let floor = u64::from(keep).max(task.prune_floor);
+    if task.runs_stored <= floor + (floor / 10).max(1) {
         return Ok(());
     }
     // Newest first; the batch's own runs are the newest of all.
@@ -288,6 +536,7 @@ fn prune_runs(tx: &mut Tx<'_>, task: &mut Task, keep: u32, created: usize) -> io
         tx.delete_run(run);
         task.runs_stored -= 1;
     }
+    task.prune_floor = task.runs_stored;
     Ok(())
 }
 
@@ -303,6 +552,16 @@ fn task_to_change(tx: &Tx<'_>, id: u64, expected_version: Option<u64>) -> io::Re
     }
 }
 
+fn alloc_run_id(tx: &mut Tx<'_>) -> io::Result<u64> {
+    let id: u64 = tx.store.meta("next_run_id")?.unwrap_or(1);
+    // Several runs may be created by one command: the counter is read from the batch's
+    // base state, so keep it in step locally.
+    let id = id.max(tx.next_run_id);
+    tx.next_run_id = id + 1;
+    tx.put_meta("next_run_id", &(id + 1))?;
+    Ok(id)
+}
+
 fn new_run(
     tx: &mut Tx<'_>,
     task: &mut Task,
@@ -310,12 +569,7 @@ fn new_run(
     scheduled_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> io::Result<Run> {
-    let id: u64 = tx.store.meta("next_run_id")?.unwrap_or(1);
-    // Several runs may be created by one command: the counter is read from the batch's
-    // base state, so keep it in step locally.
-    let id = id.max(tx.next_run_id);
-    tx.next_run_id = id + 1;
-    tx.put_meta("next_run_id", &(id + 1))?;
+    let id = alloc_run_id(tx)?;
     let run = Run::pending(id, task.id, task.spec.priority, trigger, scheduled_at, now);
     tx.put_run(&run)?;
     task.runs_stored += 1;
@@ -555,5 +809,60 @@ mod tests {
         let r = fire_at(&store, t(5), fire(t(0), &[t(2), t(1)], t(3), 1));
         assert!(matches!(r, Err(Rejection::Invalid(_))), "{r:?}");
         assert!(scheduled_ticks(&store).is_empty());
+    }
+
+    /// Losing a worker loses its runs and re-queues each, at most `max_lost_requeues` times
+    /// per chain; a stale attempt's report is refused and leaves no trace.
+    #[test]
+    fn lost_runs_are_requeued_a_bounded_number_of_times_and_stale_reports_are_fenced() {
+        let (_d, store) = store_with_task("allow");
+        let register = || Command::RegisterWorker {
+            id: "w".into(),
+            name: String::new(),
+            max_tasks: 2,
+            tags: Vec::new(),
+            max_lost_requeues: 1,
+        };
+        let offline = || Command::SetWorkerLiveness {
+            id: "w".into(),
+            liveness: Liveness::Offline,
+            max_lost_requeues: 1,
+            reason: "silent".into(),
+        };
+        assert!(apply(&store, register(), t(1)).result.is_ok());
+        apply(&store, Command::TriggerRun { task_id: 1, keep_runs: 100 }, t(1));
+        let assign = |run: u64| Command::AssignRuns { assignments: vec![(run, "w".into())], waiting: Vec::new() };
+        assert_eq!(apply(&store, assign(1), t(2)).result, Ok(Outcome::Assigned { placed: 1 }));
+        assert_eq!(store.assignments_of("w").unwrap(), vec![1]);
+        let r = apply(&store, offline(), t(3)).result;
+        assert_eq!(r, Ok(Outcome::Lost { lost: vec![1], requeued: vec![2] }));
+        let retry = store.run(2).unwrap().unwrap();
+        assert_eq!((retry.attempt, retry.lost_requeues, retry.status), (2, 1, RunStatus::Pending));
+        // Offline: placement onto it is refused in apply.
+        assert_eq!(apply(&store, assign(2), t(4)).result, Ok(Outcome::Assigned { placed: 0 }));
+        // Back (re-registered), assigned, lost again: the chain's one re-queue is spent.
+        apply(&store, register(), t(5));
+        apply(&store, assign(2), t(5));
+        let r = apply(&store, offline(), t(6)).result;
+        assert_eq!(r, Ok(Outcome::Lost { lost: vec![2], requeued: vec![] }));
+        // The first attempt's holder reports late: refused, and the state is untouched.
+        let digest = store.digest().unwrap();
+        let late = Command::ReportRun {
+            run_id: 1,
+            attempt: 1,
+            worker_id: "w".into(),
+            report: RunReport::Finished {
+                status: RunStatus::Succeeded,
+                exit_code: Some(0),
+                http_status: None,
+                output: String::new(),
+                error: None,
+                duration_ms: 5,
+            },
+            retry_jitter_ms: 0,
+        };
+        assert!(matches!(apply(&store, late, t(7)).result, Err(Rejection::StaleAttempt { .. })));
+        assert_eq!(store.digest().unwrap(), digest);
+        assert!(store.assignments_of("w").unwrap().is_empty());
     }
 }

@@ -12,7 +12,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{FieldError, Run, Task, TaskField, TaskSpec, TaskStatus};
+use crate::model::{FieldError, Liveness, Run, RunStatus, Task, TaskField, TaskSpec, TaskStatus, Worker, WorkerUpdate};
 
 /// One log entry's application data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,9 +80,66 @@ pub enum Command {
         task_id: u64,
         keep_runs: u32,
     },
-    /// Cancels a run that has not finished.
+    /// Cancels a run that has not finished (a worker running it sees it go and stops it).
     CancelRun {
         run_id: u64,
+    },
+    /// An agent starts (or restarts): creates or updates the worker, online. Runs still
+    /// assigned to it belong to its previous incarnation, which is gone: they are lost.
+    RegisterWorker {
+        id: String,
+        name: String,
+        max_tasks: u32,
+        tags: Vec<String>,
+        max_lost_requeues: u32,
+    },
+    /// An admin's change to a worker's slots, tags or `enabled`.
+    UpdateWorker {
+        id: String,
+        update: WorkerUpdate,
+    },
+    /// The leader's liveness decision. Going offline loses the worker's runs: each becomes
+    /// `lost` and, while its chain was re-queued fewer than `max_lost_requeues` times, a
+    /// new pending attempt.
+    SetWorkerLiveness {
+        id: String,
+        liveness: Liveness,
+        max_lost_requeues: u32,
+        reason: String,
+    },
+    /// The leader's placement: `(run, worker)` pairs, each checked again in apply
+    /// (pending, worker online and enabled with a free slot and the task's tags), and the
+    /// reasons shown for runs left pending.
+    AssignRuns {
+        assignments: Vec<(u64, String)>,
+        waiting: Vec<(u64, String)>,
+    },
+    /// A worker's report on its run, fenced: accepted only from the worker holding the
+    /// run's current attempt (guarantee 6). A failed attempt with retries left is followed
+    /// by a new pending attempt after its backoff, `retry_jitter_ms` (chosen by the node
+    /// that took the report; apply has no randomness) added.
+    ReportRun {
+        run_id: u64,
+        attempt: u32,
+        worker_id: String,
+        report: RunReport,
+        retry_jitter_ms: u64,
+    },
+}
+
+/// What a worker says about the run it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RunReport {
+    Started,
+    Finished {
+        /// `succeeded`, `failed` or `timed_out`.
+        status: RunStatus,
+        exit_code: Option<i32>,
+        http_status: Option<u16>,
+        /// The tail of the output; apply keeps at most [`crate::model::MAX_OUTPUT`] bytes.
+        output: String,
+        error: Option<String>,
+        duration_ms: u64,
     },
 }
 
@@ -129,6 +186,16 @@ pub enum Outcome {
     Run(Box<Run>),
     /// Per [`TaskFire`] of a `Fire`, in order.
     Fired(Vec<Result<Fired, Rejection>>),
+    Worker(Box<Worker>),
+    /// Runs lost with a worker, and the new attempts that re-queue them.
+    Lost {
+        lost: Vec<u64>,
+        requeued: Vec<u64>,
+    },
+    /// How many of an `AssignRuns`' pairs were placed.
+    Assigned {
+        placed: u64,
+    },
 }
 
 /// A command that applied without changing anything, and why.
@@ -154,6 +221,12 @@ pub enum Rejection {
     RunNotFound(u64),
     #[error("run {0} has already finished")]
     RunFinished(u64),
+    #[error("worker {0:?} not found")]
+    WorkerNotFound(String),
+    /// A report from anyone but the holder of the run's current attempt, or one that
+    /// contradicts what was already recorded for it.
+    #[error("run {run_id} attempt {attempt} is not held by worker {worker_id:?} (current attempt {current}, status {status:?})")]
+    StaleAttempt { run_id: u64, attempt: u32, worker_id: String, current: u32, status: RunStatus },
 }
 
 impl Response {
@@ -179,6 +252,16 @@ impl fmt::Display for Request {
             }
             Command::TriggerRun { task_id, .. } => write!(f, "trigger(task {task_id})"),
             Command::CancelRun { run_id } => write!(f, "cancel(run {run_id})"),
+            Command::RegisterWorker { id, .. } => write!(f, "register-worker({id})"),
+            Command::UpdateWorker { id, .. } => write!(f, "update-worker({id})"),
+            Command::SetWorkerLiveness { id, liveness, .. } => write!(f, "worker-liveness({id}, {liveness:?})"),
+            Command::AssignRuns { assignments, waiting } => {
+                write!(f, "assign({} runs, {} waiting)", assignments.len(), waiting.len())
+            }
+            Command::ReportRun { run_id, attempt, report, .. } => match report {
+                RunReport::Started => write!(f, "report(run {run_id} attempt {attempt}: started)"),
+                RunReport::Finished { status, .. } => write!(f, "report(run {run_id} attempt {attempt}: {status:?})"),
+            },
         }
     }
 }

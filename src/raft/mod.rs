@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use command::{Command, Fired, IdempotencyKey, Outcome, Rejection, Request, Response, TaskFire};
+pub use command::{Command, Fired, IdempotencyKey, Outcome, Rejection, Request, Response, RunReport, TaskFire};
 
 pub type NodeId = u64;
 

@@ -31,6 +31,7 @@ pub use network::NetworkFactory;
 pub use server::RpcServer;
 
 use crate::raft::{NodeId, NodeInfo, Request, Response, SnapshotMeta, TypeConfig, Vote, FORMAT_VERSION};
+use crate::scheduler::workers::{HeartbeatAck, HeartbeatBody, Seen};
 use crate::storage::Store;
 
 /// Largest frame either side accepts. Append batches are bounded by openraft's
@@ -144,6 +145,15 @@ pub trait ClusterService {
     async fn replication_of(hdr: Header, node: NodeId) -> Result<Option<u64>, RpcFailure>;
     /// The leader, adding this node on an operator's request, lifts its quarantine.
     async fn admit(hdr: Header) -> Result<(), RpcFailure>;
+    /// A worker's heartbeat, forwarded to the leader (which alone tracks liveness).
+    /// `None`: the worker is not registered.
+    async fn worker_heartbeat(
+        hdr: Header,
+        worker: String,
+        body: HeartbeatBody,
+    ) -> Result<Option<HeartbeatAck>, RpcFailure>;
+    /// The leader's memory of worker heartbeats.
+    async fn worker_heartbeats(hdr: Header) -> Result<BTreeMap<String, Seen>, RpcFailure>;
 }
 
 /// Builds and checks headers for this node.

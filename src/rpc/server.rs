@@ -1,5 +1,6 @@
 //! The receiving side of [`super::ClusterService`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use openraft::raft::{
@@ -11,6 +12,7 @@ use tarpc::context::Context;
 use super::{ClusterService, Header, MembershipOp, NodeStatus, RpcFailure, SnapshotChunk};
 use crate::node::NodeCore;
 use crate::raft::{NodeId, Request, Response, Snapshot, TypeConfig};
+use crate::scheduler::workers::{self, HeartbeatAck, HeartbeatBody, Seen};
 
 #[derive(Clone)]
 pub struct RpcServer {
@@ -141,5 +143,27 @@ impl ClusterService for RpcServer {
     async fn replication_of(self, _: Context, hdr: Header, node: NodeId) -> Result<Option<u64>, RpcFailure> {
         self.core.identity.check(&hdr)?;
         self.core.matched_index_of(node)
+    }
+
+    async fn worker_heartbeat(
+        self,
+        _: Context,
+        hdr: Header,
+        worker: String,
+        body: HeartbeatBody,
+    ) -> Result<Option<HeartbeatAck>, RpcFailure> {
+        self.core.identity.check(&hdr)?;
+        if !self.core.is_leader() {
+            return Err(RpcFailure::NotLeader(self.core.leader()));
+        }
+        Ok(workers::heartbeat_local(&self.core, &worker, body).await)
+    }
+
+    async fn worker_heartbeats(self, _: Context, hdr: Header) -> Result<BTreeMap<String, Seen>, RpcFailure> {
+        self.core.identity.check(&hdr)?;
+        if !self.core.is_leader() {
+            return Err(RpcFailure::NotLeader(self.core.leader()));
+        }
+        Ok(self.core.heartbeats.snapshot())
     }
 }

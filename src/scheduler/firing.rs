@@ -297,6 +297,7 @@ mod tests {
             cursor: Some(created),
             resumed_at: None,
             runs_stored: 0,
+            prune_floor: 0,
         }
     }
 

@@ -15,6 +15,8 @@
 //! | `runs`               | run id, u64 big-endian       | bincode [`Run`]                 |
 //! | `runs_by_task`       | task id BE, run id BE        | empty                           |
 //! | `run_queue`          | priority rank (0 = critical), run id BE | empty: the pending runs |
+//! | `workers`            | worker id, UTF-8             | bincode [`Worker`]              |
+//! | `assignments`        | worker id, 0x00, run id BE   | empty: runs holding a slot      |
 //!
 //! Everything but `raft_log` and `raft_meta` is state-machine state: it is what snapshots
 //! carry and what [`Store::digest`] covers.
@@ -37,7 +39,7 @@ use sha2::{Digest, Sha256};
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
 
-use crate::model::{Run, RunStatus, Task};
+use crate::model::{Run, RunStatus, Task, Worker};
 use crate::raft::{LogId, Response, StoredMembership};
 
 pub const CF_RAFT_LOG: &str = "raft_log";
@@ -50,9 +52,11 @@ pub const CF_IDEMPOTENCY_EXPIRY: &str = "idempotency_expiry";
 pub const CF_RUNS: &str = "runs";
 pub const CF_RUNS_BY_TASK: &str = "runs_by_task";
 pub const CF_RUN_QUEUE: &str = "run_queue";
+pub const CF_WORKERS: &str = "workers";
+pub const CF_ASSIGNMENTS: &str = "assignments";
 
 /// The state-machine column families, in the fixed order snapshots and digests use.
-pub const SM_CFS: [&str; 8] = [
+pub const SM_CFS: [&str; 10] = [
     CF_SM_META,
     CF_TASKS,
     CF_TASK_NAMES,
@@ -61,6 +65,8 @@ pub const SM_CFS: [&str; 8] = [
     CF_RUNS,
     CF_RUNS_BY_TASK,
     CF_RUN_QUEUE,
+    CF_WORKERS,
+    CF_ASSIGNMENTS,
 ];
 
 /// The Raft log's own column families (not state-machine state).
@@ -221,11 +227,59 @@ impl TaskChanges {
 pub struct Store {
     db: Arc<DB>,
     changes: Arc<TaskChanges>,
+    /// Bumped after every committed batch that wrote a run or a worker: wakes placement
+    /// on the leader and workers' long polls on every node.
+    runs_changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Store {
     pub fn new(db: Arc<DB>) -> Self {
-        Store { db, changes: Arc::default() }
+        Store { db, changes: Arc::default(), runs_changed: Arc::new(tokio::sync::watch::channel(0).0) }
+    }
+
+    /// Changes whenever a committed batch wrote a run or a worker.
+    pub fn runs_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.runs_changed.subscribe()
+    }
+
+    pub fn worker(&self, id: &str) -> io::Result<Option<Worker>> {
+        self.get(CF_WORKERS, id.as_bytes())
+    }
+
+    /// Every registered worker, in id order.
+    pub fn workers(&self) -> io::Result<Vec<Worker>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_WORKERS), IteratorMode::Start) {
+            let (_, v) = item.map_err(db_err)?;
+            out.push(decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// The runs holding a slot on `worker`, in id order.
+    pub fn assignments_of(&self, worker: &str) -> io::Result<Vec<u64>> {
+        let prefix = assignment_prefix(worker);
+        let mut out = Vec::new();
+        for item in
+            self.db.iterator_cf(self.cf(CF_ASSIGNMENTS), IteratorMode::From(&prefix, rocksdb::Direction::Forward))
+        {
+            let (k, _) = item.map_err(db_err)?;
+            if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
+                break;
+            }
+            out.push(key_u64(&k[prefix.len()..])?);
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` pending run ids in placement order (priority, then oldest).
+    pub fn queue(&self, limit: usize) -> io::Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_RUN_QUEUE), IteratorMode::Start).take(limit) {
+            let (k, _) = item.map_err(db_err)?;
+            out.push(key_u64(&k[1..])?);
+        }
+        Ok(out)
     }
 
     /// Which tasks applied entries changed; see [`TaskChanges`].
@@ -406,6 +460,8 @@ impl Store {
 
     /// SHA-256 over every state-machine column family, in a fixed order. Equal on every
     /// replica at the same applied index, however it got there (log replay or snapshot).
+    /// The applied log id itself is left out (it is compared on its own), so an entry that
+    /// changed nothing — a refused report, say — leaves the digest as it was.
     pub fn digest(&self) -> io::Result<String> {
         let snapshot = self.db.snapshot();
         let mut h = Sha256::new();
@@ -414,6 +470,9 @@ impl Store {
             h.update(name.as_bytes());
             for item in snapshot.iterator_cf(self.cf(name), IteratorMode::Start) {
                 let (k, v) = item.map_err(db_err)?;
+                if name == CF_SM_META && &*k == b"applied" {
+                    continue;
+                }
                 h.update((k.len() as u64).to_be_bytes());
                 h.update(&k);
                 h.update((v.len() as u64).to_be_bytes());
@@ -433,11 +492,13 @@ pub struct Tx<'a> {
     pub next_run_id: u64,
     /// Tasks this batch writes or deletes, announced through [`TaskChanges`] on commit.
     touched_tasks: Vec<u64>,
+    /// Whether it wrote a run or a worker (see [`Store::runs_changed`]).
+    touched_runs: bool,
 }
 
 impl<'a> Tx<'a> {
     pub fn new(store: &'a Store) -> Self {
-        Tx { store, batch: WriteBatch::default(), next_run_id: 0, touched_tasks: Vec::new() }
+        Tx { store, batch: WriteBatch::default(), next_run_id: 0, touched_tasks: Vec::new(), touched_runs: false }
     }
 
     fn put<T: Serialize>(&mut self, cf: &str, key: &[u8], value: &T) -> io::Result<()> {
@@ -455,9 +516,12 @@ impl<'a> Tx<'a> {
         self.put(CF_TASKS, &u64_key(task.id), task)
     }
 
-    /// Stores a run, indexes it under its task, and keeps it in the placement queue
-    /// exactly while it is pending.
+    /// Stores a run, indexes it under its task, keeps it in the placement queue exactly
+    /// while it is pending and in its worker's assignments exactly while it holds a slot.
+    /// A run changes worker only by becoming a new attempt (a new run), so its
+    /// `worker_id` names the one assignment entry it can have.
     pub fn put_run(&mut self, run: &Run) -> io::Result<()> {
+        self.touched_runs = true;
         let mut k = u64_key(run.task_id).to_vec();
         k.extend_from_slice(&u64_key(run.id));
         self.batch.put_cf(self.store.cf(CF_RUNS_BY_TASK), k, []);
@@ -466,16 +530,32 @@ impl<'a> Tx<'a> {
         } else {
             self.batch.delete_cf(self.store.cf(CF_RUN_QUEUE), queue_key(run));
         }
+        if let Some(worker) = &run.worker_id {
+            if run.is_assigned() {
+                self.batch.put_cf(self.store.cf(CF_ASSIGNMENTS), assignment_key(worker, run.id), []);
+            } else {
+                self.batch.delete_cf(self.store.cf(CF_ASSIGNMENTS), assignment_key(worker, run.id));
+            }
+        }
         self.put(CF_RUNS, &u64_key(run.id), run)
     }
 
     /// Deletes a run and its index entries.
     pub fn delete_run(&mut self, run: &Run) {
+        self.touched_runs = true;
         let mut k = u64_key(run.task_id).to_vec();
         k.extend_from_slice(&u64_key(run.id));
         self.batch.delete_cf(self.store.cf(CF_RUNS_BY_TASK), k);
         self.batch.delete_cf(self.store.cf(CF_RUN_QUEUE), queue_key(run));
+        if let Some(worker) = &run.worker_id {
+            self.batch.delete_cf(self.store.cf(CF_ASSIGNMENTS), assignment_key(worker, run.id));
+        }
         self.batch.delete_cf(self.store.cf(CF_RUNS), u64_key(run.id));
+    }
+
+    pub fn put_worker(&mut self, worker: &Worker) -> io::Result<()> {
+        self.touched_runs = true;
+        self.put(CF_WORKERS, worker.id.as_bytes(), worker)
     }
 
     pub fn delete_task(&mut self, id: u64) {
@@ -507,13 +587,36 @@ impl<'a> Tx<'a> {
         }
     }
 
+    /// Drops everything buffered so far: the entry applies as a no-op.
+    pub fn discard(&mut self) {
+        self.batch.clear();
+        self.touched_tasks.clear();
+        self.touched_runs = false;
+        self.next_run_id = 0;
+    }
+
     /// Writes the batch. Not synced: the log entry it came from is, and on restart openraft
     /// re-applies everything after the persisted applied index.
     pub fn commit(self) -> io::Result<()> {
         self.store.db.write(self.batch).map_err(db_err)?;
         self.store.changes.record(&self.touched_tasks, false);
+        if self.touched_runs {
+            self.store.runs_changed.send_modify(|n| *n += 1);
+        }
         Ok(())
     }
+}
+
+fn assignment_prefix(worker: &str) -> Vec<u8> {
+    let mut k = worker.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn assignment_key(worker: &str, run_id: u64) -> Vec<u8> {
+    let mut k = assignment_prefix(worker);
+    k.extend_from_slice(&u64_key(run_id));
+    k
 }
 
 /// A pending run's place in the queue: higher priority first, then older (lower id) first.

@@ -172,6 +172,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             db.write_opt(batch, &opts).map_err(db_err)?;
             this.save_snapshot_file(&meta, &snapshot)?;
             this.store.task_changes().record(&[], true);
+            this.store.runs_changed.send_modify(|n| *n += 1);
             tracing::info!(last_log_id = ?meta.last_log_id, bytes = snapshot.len(), "installed snapshot");
             Ok(())
         })

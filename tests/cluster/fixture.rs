@@ -14,6 +14,8 @@ use tokio::net::TcpListener;
 
 pub const KEY: &str = "test-admin-key";
 pub const VIEWER_KEY: &str = "test-viewer-key";
+/// A `worker`-role key named `w-keyed`: it may act for that worker only.
+pub const WORKER_KEY: &str = "test-worker-key";
 
 pub struct Opts {
     pub heartbeat_ms: u64,
@@ -21,6 +23,7 @@ pub struct Opts {
     pub snapshot_every: u64,
     pub misfire_threshold_s: u64,
     pub run_history_per_task: u32,
+    pub worker_timeout_s: u64,
 }
 
 impl Default for Opts {
@@ -31,6 +34,7 @@ impl Default for Opts {
             snapshot_every: 10_000,
             misfire_threshold_s: 60,
             run_history_per_task: 100,
+            worker_timeout_s: 30,
         }
     }
 }
@@ -74,10 +78,12 @@ pub fn config_for(id: u64, dir: &TempDir, peers: &[String], opts: &Opts) -> Conf
         format!("cluster.snapshot_every_entries={}", opts.snapshot_every),
         format!("scheduler.misfire_threshold_s={}", opts.misfire_threshold_s),
         format!("scheduler.run_history_per_task={}", opts.run_history_per_task),
+        format!("scheduler.worker_timeout_s={}", opts.worker_timeout_s),
         "cluster.secret=\"test-cluster-secret\"".into(),
         format!(
-            "auth.api_keys=[{{name=\"viewer\", role=\"viewer\", sha256=\"{}\"}}]",
-            raftcron::config::hash_api_key(VIEWER_KEY)
+            "auth.api_keys=[{{name=\"viewer\", role=\"viewer\", sha256=\"{}\"}}, {{name=\"w-keyed\", role=\"worker\", sha256=\"{}\"}}]",
+            raftcron::config::hash_api_key(VIEWER_KEY),
+            raftcron::config::hash_api_key(WORKER_KEY)
         ),
     ];
     Config::load(None, &BTreeMap::new(), &sets).expect("test config is valid")

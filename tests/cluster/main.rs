@@ -12,3 +12,4 @@ mod membership;
 mod openapi;
 mod replication;
 mod snapshot;
+mod workers;

@@ -35,9 +35,19 @@ async fn add_a_fourth_voter_then_remove_it() {
 
     let a = c.call(leader, Method::DELETE, "/api/cluster/nodes/4", None, &[]).await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
-    let view = c.get(f, "/api/cluster").await;
-    let ids: Vec<u64> = view.data()["members"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
-    assert_eq!(ids, vec![1, 2, 3], "{}", view.body);
+    // `/api/cluster` is the answering node's own view: a follower learns of the committed
+    // removal with the leader's next append.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let view = c.get(f, "/api/cluster").await;
+        let members = view.data()["members"].as_array().unwrap();
+        let ids: Vec<u64> = members.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+        if ids == [1, 2, 3] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "node 4 still listed: {}", view.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The cluster still commits.
     c.create_task(f, "after-remove").await;
     c.shutdown().await;

@@ -29,6 +29,13 @@ const PROMISED: &[(&str, &str)] = &[
     ("post", "/api/runs/{run_id}/cancel"),
     ("post", "/api/tasks/{task_id}/pause"),
     ("post", "/api/tasks/{task_id}/resume"),
+    ("get", "/api/workers"),
+    ("get", "/api/workers/{worker_id}"),
+    ("put", "/api/workers/{worker_id}"),
+    ("post", "/api/workers/{worker_id}/heartbeat"),
+    ("post", "/api/workers/{worker_id}/register"),
+    ("get", "/api/workers/{worker_id}/assignments"),
+    ("post", "/api/runs/{run_id}/report"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -48,7 +55,11 @@ async fn every_documented_route_is_served_and_every_promised_route_documented() 
         assert!(documented.iter().any(|(dm, dp)| dm == m && dp == p), "{m} {p} is not documented");
     }
     for (method, path) in &documented {
-        let concrete = path.replace("{task_id}", "999999").replace("{node_id}", "999999").replace("{run_id}", "999999");
+        let concrete = path
+            .replace("{task_id}", "999999")
+            .replace("{node_id}", "999999")
+            .replace("{run_id}", "999999")
+            .replace("{worker_id}", "nobody");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let body = matches!(method, Method::POST | Method::PUT).then(|| json!({}));
         let a = c.call(1, method.clone(), &concrete, body, &[]).await;

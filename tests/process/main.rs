@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 const KEY: &str = "process-test-key";
+/// Short, so the worker-loss test sees a worker declared offline quickly.
+const WORKER_TIMEOUT_S: u64 = 2;
 const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 struct Node {
@@ -66,7 +68,8 @@ impl Cluster {
                 &config,
                 format!(
                     "[node]\nid = {id}\ndata_dir = {data:?}\nhttp_addr = \"127.0.0.1:{http}\"\nrpc_addr = \"127.0.0.1:{rpc}\"\n\
-                     [cluster]\npeers = [{}]\nheartbeat_ms = 50\nelection_timeout_ms = {election_timeout_ms}\nsecret = \"s\"\n",
+                     [cluster]\npeers = [{}]\nheartbeat_ms = 50\nelection_timeout_ms = {election_timeout_ms}\nsecret = \"s\"\n\
+                     [scheduler]\nworker_timeout_s = {WORKER_TIMEOUT_S}\n",
                     peers.join(", ")
                 ),
             )
@@ -162,6 +165,14 @@ impl Cluster {
     async fn get(&self, i: usize, path: &str) -> Value {
         let url = format!("http://{}{path}", self.nodes[i].http);
         self.http.get(url).bearer_auth(KEY).send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn post(&self, i: usize, path: &str, body: Option<Value>) -> Value {
+        let mut req = self.http.post(format!("http://{}{path}", self.nodes[i].http)).bearer_auth(KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.unwrap().json().await.unwrap()
     }
 
     /// Every task name, read linearizably through node `i`.
@@ -366,17 +377,8 @@ async fn skewed_leaders_never_fire_a_tick_twice_and_account_for_every_tick() {
     c.spawn_with_clock(1, Some("-20s"));
     c.spawn_with_clock(2, Some("+5s"));
     c.wait_healthy(Duration::from_secs(30)).await;
-    let created: Value = c
-        .http
-        .post(format!("http://{}/api/tasks", c.nodes[0].http))
-        .bearer_auth(KEY)
-        .json(&json!({"name": "skewed", "executor": "shell", "command": "true", "schedule": "* * * * * *"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = json!({"name": "skewed", "executor": "shell", "command": "true", "schedule": "* * * * * *"});
+    let created = c.post(0, "/api/tasks", Some(body)).await;
     let id = created["data"]["id"].as_u64().unwrap_or_else(|| panic!("create failed: {created}"));
     // Move leadership around: kill whoever leads, three times.
     for _ in 0..3 {
@@ -416,4 +418,91 @@ async fn skewed_leaders_never_fire_a_tick_twice_and_account_for_every_tick() {
     assert_eq!(fired, ticks.len() as u64);
     assert_eq!(fired + skipped, expected, "fired {fired} + skipped {skipped} != {expected} ticks up to the cursor");
     assert!(fired > 0);
+}
+
+/// A `raftcron worker` process with the admin key, its log beside the nodes' logs.
+fn spawn_worker(c: &Cluster, node: usize, id: &str) -> Child {
+    let log = std::fs::File::create(c.nodes[node].config.with_file_name(format!("worker-{id}.log"))).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_raftcron"))
+        .args(["worker", "--server", &format!("http://{}", c.nodes[node].http), "--id", id, "--max-tasks", "1"])
+        .env("RAFTCRON_WORKER_KEY", KEY)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("worker starts")
+}
+
+fn signal(child: &Child, sig: &str) {
+    assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
+}
+
+fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+/// Guarantees 5 and 6 with a genuinely late worker: SIGSTOP it mid-run past
+/// `worker_timeout_s`; its run is lost and re-run elsewhere. SIGCONT it: it finds its lease
+/// expired and kills its own process group, and its report is refused (409) with the run's
+/// record unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_worker_is_replaced_and_fences_itself_when_it_wakes() {
+    let c = Cluster::start(3);
+    c.wait_healthy(Duration::from_secs(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let mut first = spawn_worker(&c, 0, "first");
+    let url = |i: usize, p: &str| format!("http://{}{p}", c.nodes[i].http);
+    let body =
+        json!({"name": "long", "executor": "shell", "command": format!("echo $$ >> {}; sleep 30", pids.display())});
+    let task = c.post(1, "/api/tasks", Some(body)).await;
+    let task = task["data"]["id"].as_u64().unwrap_or_else(|| panic!("create failed: {task}"));
+    let run = c.post(2, &format!("/api/tasks/{task}/trigger"), None).await;
+    let run = run["data"]["id"].as_u64().unwrap();
+    let wait = |pred: fn(&Value) -> bool, id: u64| {
+        let c = &c;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let r = c.get(1, &format!("/api/runs/{id}")).await;
+                if pred(&r["data"]) {
+                    return r["data"].clone();
+                }
+                assert!(Instant::now() < deadline, "run {id}: {r}; logs: {}", c.logs());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait(|r| r["status"] == "running", run).await;
+    let first_pid: u32 = std::fs::read_to_string(&pids).unwrap().trim().parse().unwrap();
+
+    signal(&first, "-STOP");
+    let mut second = spawn_worker(&c, 1, "second");
+    let lost = wait(|r| r["status"] == "lost", run).await;
+    let runs = c.get(1, &format!("/api/tasks/{task}/runs")).await;
+    let retry = runs["data"]["items"].as_array().unwrap().iter().find(|r| r["retry_of"].as_u64() == Some(run)).cloned();
+    let retry = retry.expect("the lost run is re-queued").get("id").and_then(Value::as_u64).unwrap();
+    let on_second = wait(|r| r["status"] == "running", retry).await;
+    assert_eq!(on_second["worker_id"], "second");
+
+    signal(&first, "-CONT");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pid_alive(first_pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!pid_alive(first_pid), "the woken worker did not kill its run's processes");
+    // Whatever it sends for the old attempt is refused and changes nothing.
+    let late = json!({"worker_id": "first", "attempt": 1, "status": "succeeded", "exit_code": 0});
+    let r = c.http.post(url(0, &format!("/api/runs/{run}/report"))).bearer_auth(KEY).json(&late).send().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::CONFLICT);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(c.get(1, &format!("/api/runs/{run}")).await["data"], lost, "the lost attempt's record is unchanged");
+    assert_eq!(c.get(1, &format!("/api/runs/{retry}")).await["data"]["status"], "running", "the new attempt runs on");
+    for w in [&mut first, &mut second] {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
 }

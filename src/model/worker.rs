@@ -1,0 +1,89 @@
+//! A worker: an agent process that executes runs. What is replicated is its registration,
+//! its configuration and its liveness *transitions*; the time of its last heartbeat lives
+//! only on the leader (a heartbeat is not a Raft write).
+
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)] // part of the deterministic apply path
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::FieldError;
+
+/// Longest worker id; ids are also API key names and path segments.
+pub const MAX_WORKER_ID: usize = 64;
+/// Most slots a worker may declare.
+pub const MAX_SLOTS: u32 = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    Online,
+    Offline,
+}
+
+/// A worker as the state machine stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Worker {
+    pub id: String,
+    pub name: String,
+    pub max_tasks: u32,
+    pub tags: Vec<String>,
+    /// An admin may disable a worker: it keeps its runs but gets no new ones.
+    pub enabled: bool,
+    pub liveness: Liveness,
+    pub registered_at: DateTime<Utc>,
+    /// Command time of the last liveness transition.
+    pub liveness_changed_at: DateTime<Utc>,
+}
+
+impl Worker {
+    /// Whether it carries every one of `tags`.
+    pub fn carries(&self, tags: &[String]) -> bool {
+        tags.iter().all(|t| self.tags.contains(t))
+    }
+}
+
+/// What an agent says about itself when it starts (and re-registers after a restart).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Registration {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub max_tasks: u32,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// What an admin may change (`PUT /api/workers/{id}`); absent fields stay.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerUpdate {
+    pub max_tasks: Option<u32>,
+    pub tags: Option<Vec<String>>,
+    pub enabled: Option<bool>,
+}
+
+/// Checks a worker id: 1–64 characters of `[A-Za-z0-9._-]`.
+pub fn validate_worker_id(id: &str) -> Result<(), FieldError> {
+    if id.is_empty() || id.len() > MAX_WORKER_ID {
+        return Err(FieldError::new("worker_id", format!("must be 1 to {MAX_WORKER_ID} characters")));
+    }
+    if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(FieldError::new("worker_id", "may contain only letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+pub fn validate_slots(max_tasks: u32) -> Result<(), FieldError> {
+    if max_tasks == 0 || max_tasks > MAX_SLOTS {
+        return Err(FieldError::new("max_tasks", format!("must be between 1 and {MAX_SLOTS}")));
+    }
+    Ok(())
+}
+
+pub fn validate_tags(tags: &[String]) -> Result<(), FieldError> {
+    if tags.len() > 64 || tags.iter().any(|t| t.is_empty() || t.len() > 64) {
+        return Err(FieldError::new("tags", "at most 64 tags of 1 to 64 characters each"));
+    }
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! Leader-only worker management: heartbeat memory, liveness, and placement.
+//!
+//! Heartbeats are not Raft writes: the leader remembers when it last heard from each
+//! worker (followers forward heartbeats to it). Only *transitions* are replicated: a
+//! worker silent for `worker_timeout_s` goes offline through `SetWorkerLiveness`, which
+//! loses and re-queues its runs; a heartbeat from an offline worker brings it back. A new
+//! leader knows no heartbeats yet, so it counts every worker as heard at the moment it
+//! took over: the grace period after a leader change is one `worker_timeout_s`.
+//!
+//! Placement reads the replicated queue (`run_queue`: priority, then oldest) and the
+//! replicated assignments (capacity never comes from what heartbeats claim), and proposes
+//! one `AssignRuns` entry per pass; apply checks every pair again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::model::{Liveness, RunStatus, Worker};
+use crate::node::NodeCore;
+use crate::raft::{Command, Outcome};
+
+/// Pending runs considered per placement pass while workers have free slots.
+const QUEUE_WINDOW: usize = 1000;
+/// Pending runs looked at (for their `pending_reason`) once no slot is free.
+const REASON_WINDOW: usize = 100;
+/// The longest placement and liveness checks wait without a change.
+const MAX_SLEEP: Duration = Duration::from_millis(500);
+
+/// A worker's load figures, as its heartbeat reports them (seed body).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SystemInfo {
+    #[serde(default)]
+    pub cpu_usage: Option<f64>,
+    #[serde(default)]
+    pub memory_usage: Option<f64>,
+    #[serde(default)]
+    pub disk_usage: Option<f64>,
+}
+
+/// `POST /api/workers/{id}/heartbeat`'s body (the seed's).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBody {
+    /// What the worker says of itself (`online`, `busy`); informational.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// What the worker says it runs; informational (capacity comes from assignments).
+    #[serde(default)]
+    pub current_tasks: Option<u32>,
+    #[serde(default)]
+    pub system_info: Option<SystemInfo>,
+}
+
+/// The leader's answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatAck {
+    /// The worker must stop its running processes if it cannot renew for this long.
+    pub lease_ms: u64,
+    /// How often it should renew.
+    pub heartbeat_ms: u64,
+}
+
+/// The last heartbeat the leader received from one worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Seen {
+    pub at: DateTime<Utc>,
+    pub body: HeartbeatBody,
+}
+
+/// The leader's memory of heartbeats; empty on followers.
+#[derive(Default)]
+pub struct Heartbeats {
+    seen: std::sync::Mutex<BTreeMap<String, (Instant, Seen)>>,
+}
+
+impl Heartbeats {
+    pub fn record(&self, worker: &str, body: HeartbeatBody) {
+        let seen = Seen { at: Utc::now(), body };
+        self.seen.lock().expect("heartbeats poisoned").insert(worker.to_string(), (Instant::now(), seen));
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, Seen> {
+        self.seen.lock().expect("heartbeats poisoned").iter().map(|(k, (_, s))| (k.clone(), s.clone())).collect()
+    }
+
+    fn last(&self, worker: &str) -> Option<Instant> {
+        self.seen.lock().expect("heartbeats poisoned").get(worker).map(|(at, _)| *at)
+    }
+
+    fn clear(&self) {
+        self.seen.lock().expect("heartbeats poisoned").clear();
+    }
+}
+
+/// The lease a worker holds between renewals: half the timeout after which the leader
+/// declares it offline, so a worker that cannot renew stops its runs well before they are
+/// re-queued elsewhere.
+pub fn lease(core: &NodeCore) -> HeartbeatAck {
+    let timeout_ms = core.config.scheduler.worker_timeout_s * 1000;
+    HeartbeatAck { lease_ms: timeout_ms / 2, heartbeat_ms: (timeout_ms / 6).max(100) }
+}
+
+/// On the leader: records a heartbeat and brings an offline worker back online. `None`
+/// when the worker never registered.
+pub async fn heartbeat_local(core: &NodeCore, worker: &str, body: HeartbeatBody) -> Option<HeartbeatAck> {
+    let known = core.store.worker(worker).ok().flatten()?;
+    core.heartbeats.record(worker, body);
+    if known.liveness == Liveness::Offline {
+        let cmd = Command::SetWorkerLiveness {
+            id: worker.to_string(),
+            liveness: Liveness::Online,
+            max_lost_requeues: core.config.scheduler.max_lost_requeues,
+            reason: String::new(),
+        };
+        if let Err(e) = core.propose_local(core.internal_request(cmd)).await {
+            tracing::debug!(worker, error = %e, "bringing worker online did not commit; next heartbeat retries");
+        }
+    }
+    Some(lease(core))
+}
+
+/// Runs on every node; acts while this node leads.
+pub async fn run(core: Arc<NodeCore>) {
+    let mut changed = core.store.runs_changed();
+    let mut leading_since: Option<Instant> = None;
+    loop {
+        if !core.is_leader() {
+            if leading_since.take().is_some() {
+                core.heartbeats.clear();
+            }
+            tokio::time::sleep(MAX_SLEEP).await;
+            continue;
+        }
+        let since = *leading_since.get_or_insert_with(Instant::now);
+        changed.borrow_and_update();
+        check_liveness(&core, since).await;
+        let sleep = match place(&core).await {
+            Ok(next) => next.and_then(|t| (t - Utc::now()).to_std().ok()).map_or(MAX_SLEEP, |d| d.min(MAX_SLEEP)),
+            Err(e) => {
+                tracing::error!(error = %e, "placement: cannot read state");
+                MAX_SLEEP
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = changed.changed() => {}
+        }
+    }
+}
+
+/// Takes offline every online worker not heard from for `worker_timeout_s` (counting from
+/// this node's takeover at the latest).
+async fn check_liveness(core: &NodeCore, leading_since: Instant) {
+    let timeout = Duration::from_secs(core.config.scheduler.worker_timeout_s);
+    let Ok(workers) = core.store.workers() else { return };
+    for w in workers.into_iter().filter(|w| w.liveness == Liveness::Online) {
+        let last = core.heartbeats.last(&w.id).map_or(leading_since, |t| t.max(leading_since));
+        if last.elapsed() <= timeout {
+            continue;
+        }
+        let cmd = Command::SetWorkerLiveness {
+            reason: format!("worker {} sent no heartbeat for {}s", w.id, timeout.as_secs()),
+            id: w.id,
+            liveness: Liveness::Offline,
+            max_lost_requeues: core.config.scheduler.max_lost_requeues,
+        };
+        match core.propose_local(core.internal_request(cmd)).await {
+            Ok(resp) => {
+                if let Ok(Outcome::Lost { lost, requeued }) = resp.result {
+                    core.metrics.runs_lost.inc_by(lost.len() as u64);
+                    tracing::warn!(lost = ?lost, requeued = ?requeued, "worker went offline");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "liveness change did not commit; will retry"),
+        }
+    }
+}
+
+/// One placement pass. Returns when the earliest backed-off retry becomes placeable.
+async fn place(core: &NodeCore) -> std::io::Result<Option<DateTime<Utc>>> {
+    let queue = core.store.queue(QUEUE_WINDOW)?;
+    if queue.is_empty() {
+        return Ok(None);
+    }
+    let mut workers: Vec<(Worker, u32)> = Vec::new();
+    for w in core.store.workers()? {
+        if w.liveness == Liveness::Online && w.enabled {
+            let used = core.store.assignments_of(&w.id)?.len() as u32;
+            workers.push((w, used));
+        }
+    }
+    let now = Utc::now();
+    let mut next_retry: Option<DateTime<Utc>> = None;
+    let (mut assignments, mut waiting) = (Vec::new(), Vec::new());
+    let mut free: u32 = workers.iter().map(|(w, used)| w.max_tasks.saturating_sub(*used)).sum();
+    for (examined, run_id) in queue.into_iter().enumerate() {
+        // Every pass runs after every change to runs: with all slots taken, looking past
+        // the head of the queue would only cost reads.
+        if free == 0 && examined >= REASON_WINDOW {
+            break;
+        }
+        let Some(run) = core.store.run(run_id)? else { continue };
+        if run.status != RunStatus::Pending {
+            continue;
+        }
+        if let Some(t) = run.not_before.filter(|t| *t > now) {
+            next_retry = Some(next_retry.map_or(t, |n| n.min(t)));
+            continue;
+        }
+        let Some(task) = core.store.task(run.task_id)? else { continue };
+        let tags = &task.spec.tags;
+        // Least loaded first (by share of slots used), then by id for a stable choice.
+        let best =
+            workers.iter_mut().filter(|(w, used)| *used < w.max_tasks && w.carries(tags)).min_by(|(a, ua), (b, ub)| {
+                let (la, lb) = (f64::from(*ua) / f64::from(a.max_tasks), f64::from(*ub) / f64::from(b.max_tasks));
+                la.total_cmp(&lb).then_with(|| a.id.cmp(&b.id))
+            });
+        match best {
+            Some((w, used)) => {
+                *used += 1;
+                free -= 1;
+                assignments.push((run_id, w.id.clone()));
+            }
+            None => {
+                let reason = if workers.is_empty() {
+                    "no worker is online and enabled".to_string()
+                } else if !workers.iter().any(|(w, _)| w.carries(tags)) {
+                    format!("no online worker carries every tag of the task ({})", tags.join(", "))
+                } else {
+                    "every eligible worker is at max_tasks".to_string()
+                };
+                if run.pending_reason.as_deref() != Some(reason.as_str()) {
+                    waiting.push((run_id, reason));
+                }
+            }
+        }
+    }
+    if assignments.is_empty() && waiting.is_empty() {
+        return Ok(next_retry);
+    }
+    let placing = assignments.len();
+    match core.propose_local(core.internal_request(Command::AssignRuns { assignments, waiting })).await {
+        Ok(resp) => {
+            if let Ok(Outcome::Assigned { placed }) = resp.result {
+                core.metrics.runs_assigned.inc_by(placed);
+                if (placed as usize) < placing {
+                    tracing::debug!(placed, placing, "some placements were refused in apply (state moved on)");
+                }
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "placement did not commit; will retry"),
+    }
+    Ok(next_retry)
+}
