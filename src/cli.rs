@@ -43,6 +43,14 @@ pub enum Cmd {
     Serve(ServeArgs),
     /// Run a worker agent against any node (or the load balancer).
     Worker(WorkerArgs),
+    /// Exit 0 when the local node answers `/api/health` with 200 (a container HEALTHCHECK
+    /// that needs no curl).
+    Healthcheck {
+        /// The node's HTTP address; default from RAFTCRON_NODE_HTTP_ADDR, else 127.0.0.1:8080
+        /// (a wildcard host is checked on 127.0.0.1).
+        #[arg(long)]
+        addr: Option<String>,
+    },
     /// Schedule tools.
     Schedule {
         #[command(subcommand)]
@@ -181,6 +189,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Dev { data_dir, http, no_worker } => run_dev(data_dir, http, !no_worker).await,
         Cmd::Serve(args) => run_serve(args).await,
         Cmd::Worker(args) => run_worker(args).await,
+        Cmd::Healthcheck { addr } => healthcheck(addr).await,
         Cmd::Cluster { client, command } => run_cluster(client, command).await,
         Cmd::Schedule { command: ScheduleCmd::Preview { expr, timezone, count, from } } => {
             let from = match from {
@@ -217,6 +226,23 @@ async fn embedded_worker(
         drain: std::time::Duration::from_secs(10),
     })
     .await
+}
+
+async fn healthcheck(addr: Option<String>) -> anyhow::Result<()> {
+    let addr =
+        addr.or_else(|| std::env::var("RAFTCRON_NODE_HTTP_ADDR").ok()).unwrap_or_else(|| "127.0.0.1:8080".into());
+    let addr = addr.trim_matches('"').replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+    let url = format!("http://{addr}/api/health");
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(3))
+        .send()
+        .await
+        .with_context(|| format!("{url} did not answer"))?;
+    if !resp.status().is_success() {
+        bail!("{url} answered {}", resp.status());
+    }
+    Ok(())
 }
 
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
