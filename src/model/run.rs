@@ -53,6 +53,8 @@ pub struct Run {
     pub status: RunStatus,
     pub worker_id: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// When the leader placed it on its worker.
+    pub assigned_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<u64>,
@@ -90,6 +92,7 @@ impl Run {
             status: RunStatus::Pending,
             worker_id: None,
             created_at: now,
+            assigned_at: None,
             started_at: None,
             finished_at: None,
             duration_ms: None,

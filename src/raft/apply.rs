@@ -271,6 +271,9 @@ fn apply_command(tx: &mut Tx<'_>, command: &Command, now: DateTime<Utc>) -> io::
             Ok(Response::ok(Outcome::Lost { lost, requeued }))
         }
         Command::AssignRuns { assignments, waiting } => assign_runs(tx, assignments, waiting, now),
+        Command::ExpireRun { run_id, attempt, reason, retry_jitter_ms } => {
+            expire_run(tx, *run_id, *attempt, reason, *retry_jitter_ms, now)
+        }
         Command::ReportRun { run_id, attempt, worker_id, report, retry_jitter_ms } => {
             report_run(tx, *run_id, *attempt, worker_id, report, *retry_jitter_ms, now)
         }
@@ -346,6 +349,7 @@ fn assign_runs(
         }
         run.status = RunStatus::Assigned;
         run.worker_id = Some(worker_id.clone());
+        run.assigned_at = Some(now);
         run.pending_reason = None;
         tx.put_run(&run)?;
         *placed_on.entry(worker_id.as_str()).or_default() += 1;
@@ -425,26 +429,60 @@ fn report_run(
             run.error = error.as_deref().map(output_tail);
             tx.put_run(&run)?;
             if *status != RunStatus::Succeeded {
-                if let Some(mut task) = tx.store.task(run.task_id)? {
-                    if run.attempt <= task.spec.retry_count {
-                        let base = u64::from(task.spec.retry_backoff_seconds) * 1000;
-                        let backoff = base
-                            .saturating_mul(1u64 << (run.attempt - 1).min(20))
-                            .min(MAX_RETRY_BACKOFF_MS)
-                            .saturating_add(jitter_ms.min(MAX_RETRY_JITTER_MS));
-                        let not_before = now + chrono::Duration::milliseconds(backoff as i64);
-                        let id = alloc_run_id(tx)?;
-                        let next = run.next_attempt(id, now, Some(not_before));
-                        tx.put_run(&next)?;
-                        task.runs_stored += 1;
-                        task.last_run = Some(next.id);
-                        tx.put_task(&task)?;
-                    }
-                }
+                retry_after_failure(tx, &run, jitter_ms, now)?;
             }
             Ok(Response::ok(Outcome::Run(Box::new(run))))
         }
     }
+}
+
+fn expire_run(
+    tx: &mut Tx<'_>,
+    run_id: u64,
+    attempt: u32,
+    reason: &str,
+    jitter_ms: u64,
+    now: DateTime<Utc>,
+) -> io::Result<Response> {
+    let Some(mut run) = tx.store.run(run_id)? else {
+        return Ok(Response::rejected(Rejection::RunNotFound(run_id)));
+    };
+    if run.attempt != attempt || !run.is_assigned() {
+        return Ok(Response::rejected(Rejection::StaleAttempt {
+            run_id,
+            attempt,
+            worker_id: run.worker_id.clone().unwrap_or_default(),
+            current: run.attempt,
+            status: run.status,
+        }));
+    }
+    run.status = RunStatus::TimedOut;
+    run.finished_at = Some(now);
+    run.error = Some(reason.to_string());
+    tx.put_run(&run)?;
+    retry_after_failure(tx, &run, jitter_ms, now)?;
+    Ok(Response::ok(Outcome::Run(Box::new(run))))
+}
+
+/// After a failed or timed-out attempt: the next attempt, pending after its backoff, while
+/// attempts remain (`attempt <= retry_count`).
+fn retry_after_failure(tx: &mut Tx<'_>, run: &Run, jitter_ms: u64, now: DateTime<Utc>) -> io::Result<()> {
+    let Some(mut task) = tx.store.task(run.task_id)? else { return Ok(()) };
+    if run.attempt > task.spec.retry_count {
+        return Ok(());
+    }
+    let base = u64::from(task.spec.retry_backoff_seconds) * 1000;
+    let backoff = base
+        .saturating_mul(1u64 << (run.attempt - 1).min(20))
+        .min(MAX_RETRY_BACKOFF_MS)
+        .saturating_add(jitter_ms.min(MAX_RETRY_JITTER_MS));
+    let not_before = now + chrono::Duration::milliseconds(backoff as i64);
+    let id = alloc_run_id(tx)?;
+    let next = run.next_attempt(id, now, Some(not_before));
+    tx.put_run(&next)?;
+    task.runs_stored += 1;
+    task.last_run = Some(next.id);
+    tx.put_task(&task)
 }
 
 /// Reactivated: ticks while paused or disabled are not fired afterwards. Apply cannot

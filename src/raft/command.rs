@@ -125,6 +125,16 @@ pub enum Command {
         report: RunReport,
         retry_jitter_ms: u64,
     },
+    /// The leader's verdict on a run its worker holds past `timeout_seconds` plus a grace
+    /// (the worker kills at the timeout, so it is hung or its reports are lost): the
+    /// attempt becomes `timed_out`, retried like any timed-out attempt. Refused unless
+    /// that attempt still holds its slot.
+    ExpireRun {
+        run_id: u64,
+        attempt: u32,
+        reason: String,
+        retry_jitter_ms: u64,
+    },
 }
 
 /// What a worker says about the run it holds.
@@ -258,6 +268,7 @@ impl fmt::Display for Request {
             Command::AssignRuns { assignments, waiting } => {
                 write!(f, "assign({} runs, {} waiting)", assignments.len(), waiting.len())
             }
+            Command::ExpireRun { run_id, attempt, .. } => write!(f, "expire(run {run_id} attempt {attempt})"),
             Command::ReportRun { run_id, attempt, report, .. } => match report {
                 RunReport::Started => write!(f, "report(run {run_id} attempt {attempt}: started)"),
                 RunReport::Finished { status, .. } => write!(f, "report(run {run_id} attempt {attempt}: {status:?})"),

@@ -29,6 +29,8 @@ const QUEUE_WINDOW: usize = 1000;
 const REASON_WINDOW: usize = 100;
 /// The longest placement and liveness checks wait without a change.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
+/// How often the leader looks for runs held past their timeout.
+const OVERDUE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// A worker's load figures, as its heartbeat reports them (seed body).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -127,6 +129,7 @@ pub async fn heartbeat_local(core: &NodeCore, worker: &str, body: HeartbeatBody)
 pub async fn run(core: Arc<NodeCore>) {
     let mut changed = core.store.runs_changed();
     let mut leading_since: Option<Instant> = None;
+    let mut last_overdue_check = Instant::now();
     loop {
         if !core.is_leader() {
             if leading_since.take().is_some() {
@@ -138,6 +141,12 @@ pub async fn run(core: Arc<NodeCore>) {
         let since = *leading_since.get_or_insert_with(Instant::now);
         changed.borrow_and_update();
         check_liveness(&core, since).await;
+        if last_overdue_check.elapsed() >= OVERDUE_CHECK_EVERY {
+            last_overdue_check = Instant::now();
+            if let Err(e) = expire_overdue(&core).await {
+                tracing::error!(error = %e, "cannot check for overdue runs");
+            }
+        }
         let sleep = match place(&core).await {
             Ok(next) => next.and_then(|t| (t - Utc::now()).to_std().ok()).map_or(MAX_SLEEP, |d| d.min(MAX_SLEEP)),
             Err(e) => {
@@ -178,6 +187,41 @@ async fn check_liveness(core: &NodeCore, leading_since: Instant) {
             Err(e) => tracing::debug!(error = %e, "liveness change did not commit; will retry"),
         }
     }
+}
+
+/// Times out every run held on a worker longer than its task's `timeout_seconds` plus
+/// `worker_timeout_s` since it was started (or assigned, if it never started). The worker
+/// itself kills at the timeout, so such a run's worker is hung or its reports are lost;
+/// without this, a worker that heartbeats but never reports would hold the run forever.
+async fn expire_overdue(core: &NodeCore) -> std::io::Result<()> {
+    let grace = chrono::Duration::seconds(core.config.scheduler.worker_timeout_s as i64);
+    let now = Utc::now();
+    for w in core.store.workers()? {
+        for run_id in core.store.assignments_of(&w.id)? {
+            let Some(run) = core.store.run(run_id)? else { continue };
+            let Some(task) = core.store.task(run.task_id)? else { continue };
+            let Some(since) = run.started_at.or(run.assigned_at) else { continue };
+            let timeout = chrono::Duration::seconds(task.spec.timeout_seconds.min(i64::MAX as u64 / 1000) as i64);
+            if now <= since + timeout + grace {
+                continue;
+            }
+            let cmd = Command::ExpireRun {
+                run_id,
+                attempt: run.attempt,
+                reason: format!(
+                    "worker {} held the run {}s past its {}s timeout without reporting",
+                    w.id,
+                    grace.num_seconds(),
+                    task.spec.timeout_seconds
+                ),
+                retry_jitter_ms: rand::random_range(0..1000),
+            };
+            if let Err(e) = core.propose_local(core.internal_request(cmd)).await {
+                tracing::debug!(run_id, error = %e, "expiring an overdue run did not commit; will retry");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One placement pass. Returns when the earliest backed-off retry becomes placeable.

@@ -457,3 +457,75 @@ async fn a_crashed_worker_is_detected_across_a_leader_change() {
     rescuer.shutdown().await;
     c.shutdown().await;
 }
+
+/// A worker that heartbeats but never reports (hung, or its reports are lost) does not hold
+/// a run forever: past the task's timeout plus `worker_timeout_s`, the leader times the
+/// attempt out and retries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_held_past_its_timeout_by_a_silent_reporter_is_timed_out() {
+    let opts = Opts { worker_timeout_s: 2, ..Default::default() };
+    let c = TestCluster::start_with(1, opts).await;
+    let n = c.wait_leader(Duration::from_secs(10)).await;
+    let a = c.post(n, "/api/workers/ghost/register", json!({"max_tasks": 1})).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let body = json!({"name": "held", "executor": "shell", "command": "true", "timeout_seconds": 1, "retry_count": 1, "retry_backoff_seconds": 1});
+    let task = create(&c, n, body).await;
+    let run = trigger(&c, n, task).await;
+    let assigned = Instant::now();
+    let deadline = assigned + Duration::from_secs(10);
+    let expired = loop {
+        let beat = c.post(n, "/api/workers/ghost/heartbeat", json!({"status": "online"})).await;
+        assert_eq!(beat.status, StatusCode::OK, "the ghost stays online");
+        let r = c.get(n, &format!("/api/runs/{run}")).await;
+        if is_final(r.data()) {
+            break r.data().clone();
+        }
+        assert!(Instant::now() < deadline, "still held: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(expired["status"], "timed_out", "{expired}");
+    assert!(expired["error"].as_str().unwrap().contains("past its 1s timeout"), "{expired}");
+    assert!(assigned.elapsed() >= Duration::from_secs(3), "not before timeout + grace");
+    let runs = all_runs(&c, n, task).await;
+    assert!(runs.iter().any(|r| r["retry_of"].as_u64() == Some(run)), "retried: {runs:?}");
+    c.shutdown().await;
+}
+
+/// Shutdown drains: a run that finishes within the drain period is reported normally; one
+/// that would not is killed and reported failed (so its retries apply), never left held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_shutting_down_drains_its_runs() {
+    let c = TestCluster::start(1).await;
+    let n = c.wait_leader(Duration::from_secs(10)).await;
+    let start = |drain| {
+        worker::start(AgentConfig {
+            server: c.url(n, ""),
+            id: "drainer".into(),
+            name: None,
+            api_key: KEY.into(),
+            max_tasks: 1,
+            tags: Vec::new(),
+            work_dir: None,
+            drain,
+        })
+    };
+    let short = create(&c, n, json!({"name": "short", "executor": "shell", "command": "sleep 1; echo finished"})).await;
+    let w = start(Duration::from_secs(5)).await.unwrap();
+    let run = trigger(&c, n, short).await;
+    wait_run(&c, n, run, Duration::from_secs(10), |r| r["status"] == "running").await;
+    w.shutdown().await;
+    let done = c.get(n, &format!("/api/runs/{run}")).await;
+    assert_eq!(done.data()["status"], "succeeded", "finished within the drain: {}", done.body);
+
+    let long = create(&c, n, json!({"name": "long", "executor": "shell", "command": "sleep 30"})).await;
+    let w = start(Duration::from_millis(300)).await.unwrap();
+    let run = trigger(&c, n, long).await;
+    wait_run(&c, n, run, Duration::from_secs(10), |r| r["status"] == "running").await;
+    w.shutdown().await;
+    let cut = c.get(n, &format!("/api/runs/{run}")).await;
+    assert_eq!(cut.data()["status"], "failed", "{}", cut.body);
+    assert!(cut.data()["error"].as_str().unwrap().contains("shut down"), "{}", cut.body);
+    let worker = c.get(n, "/api/workers/drainer").await;
+    assert_eq!(worker.data()["current_tasks"], 0, "no slot left held: {}", worker.body);
+    c.shutdown().await;
+}
