@@ -19,7 +19,7 @@ else
   jepsen_bin="$PWD/jepsen/target/debug/jepsen"
 fi
 if [ "$#" -eq 0 ]; then
-  # Every nemesis family once: 7 faults of 5 s with 3 s of calm after each.
-  set -- --nemesis kill,pause,partition,clock,flaky,membership,all --time-limit 75 --fault-s 5 --calm-s 3 --seed "${CHAOS_SEED:-1}"
+  # Every nemesis family once: 8 faults of 5 s with 3 s of calm after each.
+  set -- --nemesis kill,pause,partition,clock,flaky,delay,membership,all --time-limit 85 --fault-s 5 --calm-s 3 --seed "${CHAOS_SEED:-1}"
 fi
 exec "$jepsen_bin" run --bin "$raftcron_bin" "$@"

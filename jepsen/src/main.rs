@@ -11,6 +11,7 @@ mod checker;
 mod history;
 mod nemesis;
 mod net;
+mod proxy;
 mod report;
 mod workload;
 
@@ -42,6 +43,17 @@ enum Cmd {
     Run(RunArgs),
     /// Check a stored run again.
     Check { dir: PathBuf },
+    /// (internal) The delay nemesis's TCP proxy, run inside a node's namespace.
+    #[command(hide = true)]
+    DelayProxy {
+        /// `listen_addr=upstream_addr`, repeatable.
+        #[arg(long = "map", required = true)]
+        maps: Vec<String>,
+        #[arg(long)]
+        delay_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        jitter_ms: u64,
+    },
     /// (internal) The part of `run` that executes inside the control namespace.
     #[command(hide = true)]
     Inner {
@@ -57,7 +69,7 @@ struct RunArgs {
     /// register, set, or both comma-separated.
     #[arg(long, default_value = "register,set")]
     workload: String,
-    /// kill, pause, partition, clock, flaky, membership, all — comma-separated.
+    /// kill, pause, partition, clock, flaky, delay, membership, all — comma-separated.
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Seconds of workload under faults (healing and final reads come after).
@@ -91,6 +103,15 @@ fn main() -> ExitCode {
         Cmd::Run(args) => rt.block_on(run_outer(args)),
         Cmd::Inner { args, run_dir } => rt.block_on(run_inner(args, run_dir)),
         Cmd::Check { dir } => check_dir(&dir),
+        Cmd::DelayProxy { maps, delay_ms, jitter_ms } => rt.block_on(async move {
+            let maps: Vec<(String, String)> = maps
+                .iter()
+                .map(|m| m.split_once('=').map(|(a, b)| (a.to_string(), b.to_string())))
+                .collect::<Option<_>>()
+                .context("--map must be listen=upstream")?;
+            proxy::run(&maps, Duration::from_millis(delay_ms), Duration::from_millis(jitter_ms)).await?;
+            Ok(true)
+        }),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,

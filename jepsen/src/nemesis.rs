@@ -2,9 +2,11 @@
 //!
 //! Families: `kill` (SIGKILL + restart: the leader or a random node), `pause`
 //! (SIGSTOP/SIGCONT), `partition` (iptables inside the node namespaces: isolate the leader,
-//! a random minority/majority split, a bridge, a one-way cut), `clock` (libfaketime offset
-//! file: bump forwards or backwards, or strobe), `flaky` (iptables `statistic` drops of 30%
-//! of a node's inbound packets), `membership` (add the spare node, remove a voter —
+//! a random minority/majority split, a bridge, a one-way cut, and with 5 or more nodes a
+//! majorities ring), `clock` (libfaketime offset file: bump forwards or backwards, or
+//! strobe), `flaky` (iptables `statistic` drops of 30% of a node's inbound packets),
+//! `delay` (a node's inbound RPC and HTTP connections redirected through a delaying TCP
+//! proxy, [`crate::proxy`]), `membership` (add the spare node, remove a voter —
 //! sometimes wiping its disk — then add it back and remove the spare; the cluster never
 //! has fewer than its initial number of voters), and `all` (several at once; membership
 //! churn is kept out of `all` so that a partition cannot strand a half-done change).
@@ -26,6 +28,7 @@ pub enum Family {
     Partition,
     Clock,
     Flaky,
+    Delay,
     Membership,
     All,
 }
@@ -39,10 +42,11 @@ impl Family {
                 "partition" => Ok(Family::Partition),
                 "clock" => Ok(Family::Clock),
                 "flaky" => Ok(Family::Flaky),
+                "delay" => Ok(Family::Delay),
                 "membership" => Ok(Family::Membership),
                 "all" => Ok(Family::All),
                 other => anyhow::bail!(
-                    "unknown nemesis {other:?}; expected kill, pause, partition, clock, flaky, membership, all"
+                    "unknown nemesis {other:?}; expected kill, pause, partition, clock, flaky, delay, membership, all"
                 ),
             })
             .collect()
@@ -72,6 +76,8 @@ struct Damage {
     skewed: Vec<u64>,
     /// A voter removed by the membership nemesis, to add back (and the spare to remove).
     removed: Option<u64>,
+    /// Nodes whose inbound traffic goes through a delay proxy, and the proxies.
+    delayed: Vec<(u64, std::process::Child)>,
 }
 
 pub struct Nemesis<'a> {
@@ -146,6 +152,7 @@ impl<'a> Nemesis<'a> {
             Family::Partition => self.partition().await?,
             Family::Clock => return self.clock(hold).await,
             Family::Flaky => self.flaky()?,
+            Family::Delay => self.delay().await?,
             Family::Membership => self.membership().await?,
             Family::All => {
                 let mut parts = vec![self.partition().await?];
@@ -154,7 +161,11 @@ impl<'a> Nemesis<'a> {
                 } else {
                     parts.push(self.pause().await);
                 }
-                parts.push(self.flaky()?);
+                if self.rng.random_bool(0.5) {
+                    parts.push(self.flaky()?);
+                } else {
+                    parts.push(self.delay().await?);
+                }
                 let clock = self.clock(hold).await?;
                 parts.push(clock);
                 return Ok(parts.join("; "));
@@ -188,7 +199,11 @@ impl<'a> Nemesis<'a> {
 
     async fn partition(&mut self) -> anyhow::Result<String> {
         let ids = self.ids();
-        let kind = ["isolate-leader", "halves", "bridge", "one-way"].choose(&mut self.rng).copied().expect("kinds");
+        let mut kinds = vec!["isolate-leader", "halves", "bridge", "one-way"];
+        if ids.len() >= 5 {
+            kinds.push("majorities-ring");
+        }
+        let kind = kinds.choose(&mut self.rng).copied().expect("kinds");
         let cut = |a: &[u64], b: &[u64]| -> Vec<(u64, u64)> {
             a.iter().flat_map(|x| b.iter().map(move |y| (*x, *y))).collect()
         };
@@ -219,6 +234,25 @@ impl<'a> Nemesis<'a> {
                 p.extend(cut(b, a));
                 (p, format!("bridge n{bridge} between {a:?} and {b:?}"))
             }
+            "majorities-ring" => {
+                // Nodes in a shuffled ring each see only the nodes within `k` places: with
+                // 2k + 1 > n / 2, every node sees a majority, and no two see the same one
+                // (5 nodes: each sees its two neighbours).
+                let mut ring = ids.clone();
+                ring.shuffle(&mut self.rng);
+                let n = ring.len();
+                let k = (n / 2).div_ceil(2);
+                let mut p = Vec::new();
+                for (i, a) in ring.iter().enumerate() {
+                    for (j, b) in ring.iter().enumerate() {
+                        let d = (i + n - j) % n;
+                        if d.min(n - d) > k {
+                            p.push((*a, *b));
+                        }
+                    }
+                }
+                (p, format!("majorities ring {ring:?}"))
+            }
             _ => {
                 // One-way: the leader hears nobody, but everybody hears the leader.
                 let l = find_leader(self.nodes).await.unwrap_or(ids[0]);
@@ -240,6 +274,41 @@ impl<'a> Nemesis<'a> {
         )?;
         self.damage.firewalled.push(id);
         Ok(format!("drop 30% of inbound at n{id}"))
+    }
+
+    /// Delays a node's inbound RPC and HTTP traffic by 50–400 ms (plus up to 50 ms of
+    /// jitter) through a proxy in its namespace.
+    async fn delay(&mut self) -> anyhow::Result<String> {
+        let (id, why) = self.target().await;
+        if self.damage.delayed.iter().any(|(d, _)| *d == id) {
+            return Ok(format!("n{id} already delayed"));
+        }
+        let delay_ms = self.rng.random_range(50..=400u64);
+        let ip = node_ip(id);
+        let exe = std::env::current_exe()?;
+        let proxy = std::process::Command::new("ip")
+            .args(["netns", "exec", &crate::net::node_ns(id)])
+            .arg(exe)
+            .args(["delay-proxy", "--delay-ms", &delay_ms.to_string(), "--jitter-ms", "50"])
+            .args(["--map", &format!("{ip}:19080={ip}:9080"), "--map", &format!("{ip}:18080={ip}:8080")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        self.damage.delayed.push((id, proxy));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // NAT applies to new connections only: redirect those, and reset the established
+        // ones (peers' long-lived RPC connections) so they reconnect through the proxy.
+        // Redirected packets reach INPUT with the proxy's port, so the reset spares them;
+        // the proxy's own upstream connections come in on `lo`.
+        let veth = format!("rcjv{id}");
+        for (port, to) in [("9080", "19080"), ("8080", "18080")] {
+            let redirect = ["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", port, "-j", "REDIRECT"];
+            in_ns(id, &[&["iptables"][..], &redirect, &["--to-ports", to]].concat())?;
+            let reset = ["-A", "INPUT", "-i", &veth, "-p", "tcp", "--dport", port, "-j", "REJECT"];
+            in_ns(id, &[&["iptables"][..], &reset, &["--reject-with", "tcp-reset"]].concat())?;
+        }
+        self.damage.firewalled.push(id);
+        Ok(format!("delay n{id}'s inbound by {delay_ms} ms ({why})"))
     }
 
     async fn clock(&mut self, hold: Duration) -> anyhow::Result<String> {
@@ -306,6 +375,12 @@ impl<'a> Nemesis<'a> {
         let d = std::mem::take(&mut self.damage);
         for id in d.firewalled {
             in_ns(id, &["iptables", "-F", "INPUT"])?;
+        }
+        // New connections go direct again; the proxy's own die with it and reconnect.
+        for (id, mut proxy) in d.delayed {
+            in_ns(id, &["iptables", "-t", "nat", "-F", "PREROUTING"])?;
+            let _ = proxy.kill();
+            let _ = proxy.wait();
         }
         for id in d.skewed {
             self.node(id).set_clock_offset("+0s")?;
