@@ -439,30 +439,26 @@ impl NodeCore {
         }
     }
 
-    /// A worker's heartbeat, delivered to the leader (forwarded when this node follows),
-    /// retried across a leader change for a few seconds. `Ok(None)`: not registered.
-    pub async fn worker_heartbeat(
+    /// Runs a call on the leader: `local` when this node leads, otherwise `remote` with a
+    /// client to the leader. Retried across leader changes while the answer is
+    /// `NotLeader` or `Unavailable`, until `within` has passed.
+    async fn on_leader<T, LF, RF>(
         &self,
-        worker: &str,
-        body: HeartbeatBody,
-    ) -> Result<Option<HeartbeatAck>, RpcFailure> {
-        let deadline = Instant::now() + RPC_TIMEOUT;
+        within: Duration,
+        local: impl Fn() -> LF,
+        remote: impl Fn(rpc::ClusterServiceClient) -> RF,
+    ) -> Result<T, RpcFailure>
+    where
+        LF: std::future::Future<Output = Result<T, RpcFailure>>,
+        RF: std::future::Future<Output = Result<T, RpcFailure>>,
+    {
+        let deadline = Instant::now() + within;
         loop {
             let leader = self.leader();
             let res = match leader {
-                Some(id) if id == self.id => {
-                    return Ok(crate::scheduler::workers::heartbeat_local(self, worker, body).await)
-                }
+                Some(id) if id == self.id => local().await,
                 Some(id) => match self.leader_client(id).await {
-                    Ok(c) => c
-                        .worker_heartbeat(
-                            context(RPC_TIMEOUT),
-                            self.identity.header(),
-                            worker.to_string(),
-                            body.clone(),
-                        )
-                        .await
-                        .unwrap_or_else(|e| Err(RpcFailure::Unavailable(e.to_string()))),
+                    Ok(client) => remote(client).await,
                     Err(e) => Err(e),
                 },
                 None => Err(RpcFailure::Unavailable("no leader".into())),
@@ -476,52 +472,59 @@ impl NodeCore {
         }
     }
 
-    /// The leader's memory of heartbeats (empty when no leader answers).
-    pub async fn worker_heartbeats(&self) -> BTreeMap<String, Seen> {
-        match self.leader() {
-            Some(id) if id == self.id => self.heartbeats.snapshot(),
-            Some(id) => match self.leader_client(id).await {
-                Ok(c) => match c.worker_heartbeats(context(RPC_TIMEOUT), self.identity.header()).await {
-                    Ok(Ok(m)) => m,
-                    _ => BTreeMap::new(),
-                },
-                Err(_) => BTreeMap::new(),
-            },
-            None => BTreeMap::new(),
-        }
-    }
-
     async fn leader_client(&self, leader: NodeId) -> Result<rpc::ClusterServiceClient, RpcFailure> {
         let info = self.node_info(leader).ok_or_else(|| RpcFailure::Unavailable(format!("leader {leader} unknown")))?;
         self.peers.get(&info.rpc_addr).await.map_err(|e| RpcFailure::Unavailable(e.to_string()))
     }
 
+    /// A worker's heartbeat, delivered to the leader (forwarded when this node follows),
+    /// retried across a leader change for a few seconds. `Ok(None)`: not registered.
+    pub async fn worker_heartbeat(
+        &self,
+        worker: &str,
+        body: HeartbeatBody,
+    ) -> Result<Option<HeartbeatAck>, RpcFailure> {
+        let local = || {
+            let body = body.clone();
+            async move { Ok(crate::scheduler::workers::heartbeat_local(self, worker, body).await) }
+        };
+        let remote = |c: rpc::ClusterServiceClient| {
+            let (hdr, body) = (self.identity.header(), body.clone());
+            async move {
+                c.worker_heartbeat(context(RPC_TIMEOUT), hdr, worker.to_string(), body)
+                    .await
+                    .unwrap_or_else(|e| Err(RpcFailure::Unavailable(e.to_string())))
+            }
+        };
+        self.on_leader(RPC_TIMEOUT, local, remote).await
+    }
+
+    /// The leader's memory of heartbeats (empty when no leader answers).
+    pub async fn worker_heartbeats(&self) -> BTreeMap<String, Seen> {
+        let local = || async { Ok(self.heartbeats.snapshot()) };
+        let remote = |c: rpc::ClusterServiceClient| {
+            let hdr = self.identity.header();
+            async move {
+                c.worker_heartbeats(context(RPC_TIMEOUT), hdr)
+                    .await
+                    .unwrap_or_else(|e| Err(RpcFailure::Unavailable(e.to_string())))
+            }
+        };
+        self.on_leader(Duration::ZERO, local, remote).await.unwrap_or_default()
+    }
+
     /// Membership changes run on the leader; a follower forwards them.
     pub async fn change_membership(&self, op: MembershipOp) -> Result<(), RpcFailure> {
-        let deadline = Instant::now() + WRITE_DEADLINE * 3;
-        loop {
-            let leader = self.leader();
-            let res = match leader {
-                Some(id) if id == self.id => self.change_membership_local(op.clone()).await,
-                Some(id) => match self.node_info(id) {
-                    Some(info) => match self.peers.get(&info.rpc_addr).await {
-                        Ok(c) => c
-                            .change_membership(context(WRITE_DEADLINE * 2), self.identity.header(), op.clone())
-                            .await
-                            .unwrap_or_else(|e| Err(RpcFailure::Indeterminate(e.to_string()))),
-                        Err(e) => Err(RpcFailure::Unavailable(e.to_string())),
-                    },
-                    None => Err(RpcFailure::Unavailable(format!("leader {id} unknown"))),
-                },
-                None => Err(RpcFailure::Unavailable("no leader".into())),
-            };
-            match res {
-                Err(RpcFailure::NotLeader(_)) | Err(RpcFailure::Unavailable(_)) if Instant::now() < deadline => {
-                    self.await_leader_change(leader, Duration::from_millis(200)).await;
-                }
-                other => return other,
+        let local = || self.change_membership_local(op.clone());
+        let remote = |c: rpc::ClusterServiceClient| {
+            let (hdr, op) = (self.identity.header(), op.clone());
+            async move {
+                c.change_membership(context(WRITE_DEADLINE * 2), hdr, op)
+                    .await
+                    .unwrap_or_else(|e| Err(RpcFailure::Indeterminate(e.to_string())))
             }
-        }
+        };
+        self.on_leader(WRITE_DEADLINE * 3, local, remote).await
     }
 
     pub async fn change_membership_local(&self, op: MembershipOp) -> Result<(), RpcFailure> {

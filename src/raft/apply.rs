@@ -310,15 +310,8 @@ fn lose_runs(
         if run.lost_requeues >= max_requeues {
             continue;
         }
-        let Some(mut task) = tx.store.task(run.task_id)? else { continue };
-        let id = alloc_run_id(tx)?;
-        let mut next = run.next_attempt(id, now, None);
-        next.lost_requeues += 1;
-        tx.put_run(&next)?;
-        task.runs_stored += 1;
-        task.last_run = Some(next.id);
-        tx.put_task(&task)?;
-        requeued.push(next.id);
+        let Some(task) = tx.store.task(run.task_id)? else { continue };
+        requeued.push(queue_next_attempt(tx, task, &run, None, true, now)?);
     }
     Ok((lost, requeued))
 }
@@ -467,7 +460,7 @@ fn expire_run(
 /// After a failed or timed-out attempt: the next attempt, pending after its backoff, while
 /// attempts remain (`attempt <= retry_count`).
 fn retry_after_failure(tx: &mut Tx<'_>, run: &Run, jitter_ms: u64, now: DateTime<Utc>) -> io::Result<()> {
-    let Some(mut task) = tx.store.task(run.task_id)? else { return Ok(()) };
+    let Some(task) = tx.store.task(run.task_id)? else { return Ok(()) };
     if run.attempt > task.spec.retry_count {
         return Ok(());
     }
@@ -477,12 +470,28 @@ fn retry_after_failure(tx: &mut Tx<'_>, run: &Run, jitter_ms: u64, now: DateTime
         .min(MAX_RETRY_BACKOFF_MS)
         .saturating_add(jitter_ms.min(MAX_RETRY_JITTER_MS));
     let not_before = now + chrono::Duration::milliseconds(backoff as i64);
+    queue_next_attempt(tx, task, run, Some(not_before), false, now)?;
+    Ok(())
+}
+
+/// Stores `run`'s next attempt, pending (after `not_before`), as the task's latest run;
+/// `lost` counts it against the chain's lost re-queues. Returns its id.
+fn queue_next_attempt(
+    tx: &mut Tx<'_>,
+    mut task: Task,
+    run: &Run,
+    not_before: Option<DateTime<Utc>>,
+    lost: bool,
+    now: DateTime<Utc>,
+) -> io::Result<u64> {
     let id = alloc_run_id(tx)?;
-    let next = run.next_attempt(id, now, Some(not_before));
+    let mut next = run.next_attempt(id, now, not_before);
+    next.lost_requeues += u32::from(lost);
     tx.put_run(&next)?;
     task.runs_stored += 1;
-    task.last_run = Some(next.id);
-    tx.put_task(&task)
+    task.last_run = Some(id);
+    tx.put_task(&task)?;
+    Ok(id)
 }
 
 /// Reactivated: ticks while paused or disabled are not fired afterwards. Apply cannot

@@ -10,20 +10,6 @@ use serde_json::json;
 
 use crate::fixture::TestCluster;
 
-async fn all_runs(c: &TestCluster, node: u64, task: u64) -> Vec<serde_json::Value> {
-    let mut runs = Vec::new();
-    for page in 1.. {
-        let a = c.get(node, &format!("/api/tasks/{task}/runs?size=100&page={page}")).await;
-        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
-        let items = a.data()["items"].as_array().unwrap().clone();
-        if items.is_empty() {
-            return runs;
-        }
-        runs.extend(items);
-    }
-    unreachable!()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn per_second_task_fires_every_tick_exactly_once_across_leader_kills() {
     let mut c = TestCluster::start(3).await;
@@ -47,7 +33,7 @@ async fn per_second_task_fires_every_tick_exactly_once_across_leader_kills() {
 
     let node = c.running_ids()[0];
     let task = c.get(node, &format!("/api/tasks/{id}")).await;
-    let runs = all_runs(&c, node, id).await;
+    let runs = c.all_runs(node, id).await;
     let ticks: Vec<DateTime<Utc>> = runs.iter().map(|r| r["scheduled_at"].as_str().unwrap().parse().unwrap()).collect();
     let distinct: BTreeSet<_> = ticks.iter().copied().collect();
     assert_eq!(distinct.len(), ticks.len(), "a tick fired twice: {ticks:?}");
@@ -86,11 +72,11 @@ async fn manual_trigger_through_a_follower_is_idempotent_and_runs_can_be_cancell
     assert_eq!(again.data()["id"].as_u64(), Some(run_id), "same key, same run");
     let other = c.call(f, Method::POST, &trigger, None, &[("Idempotency-Key", "trigger-2")]).await;
     assert_ne!(other.data()["id"].as_u64(), Some(run_id));
-    assert_eq!(all_runs(&c, f, id).await.len(), 2);
+    assert_eq!(c.all_runs(f, id).await.len(), 2);
     let status = c.get(f, "/api/system/status").await;
     assert_eq!(status.data()["runs_today"], 2, "{}", status.body);
     assert!(status.data()["success_rate"].is_null(), "no run has finished");
-    let runs = all_runs(&c, leader, id).await;
+    let runs = c.all_runs(leader, id).await;
     assert!(runs[0]["id"].as_u64() > runs[1]["id"].as_u64(), "newest first");
 
     let a = c.get(f, &format!("/api/runs/{run_id}")).await;
@@ -143,7 +129,7 @@ async fn misfire_policies_after_a_full_cluster_outage() {
 
     for (policy, id) in ids {
         let task = c.get(1, &format!("/api/tasks/{id}")).await;
-        let runs = all_runs(&c, 1, id).await;
+        let runs = c.all_runs(1, id).await;
         let mut ticks: Vec<DateTime<Utc>> =
             runs.iter().map(|r| r["scheduled_at"].as_str().unwrap().parse().unwrap()).collect();
         ticks.sort();
@@ -181,7 +167,7 @@ async fn run_history_is_pruned_and_fire_count_keeps_counting() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     let task = c.get(c.follower(leader), &format!("/api/tasks/{id}")).await;
     let fired = task.data()["fire_count"].as_u64().unwrap();
-    let runs = all_runs(&c, c.follower(leader), id).await;
+    let runs = c.all_runs(c.follower(leader), id).await;
     assert!(fired >= 6, "fired {fired}");
     assert!(runs.len() <= 5, "{} runs kept of {fired} fired: {runs:?}", runs.len());
     let pending = runs.iter().filter(|r| r["status"] == "pending").count();
@@ -212,7 +198,7 @@ async fn paused_ticks_are_counted_as_skipped_on_resume() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
     let task = c.get(node, &format!("/api/tasks/{id}")).await;
-    let runs = all_runs(&c, node, id).await;
+    let runs = c.all_runs(node, id).await;
     let ticks: BTreeSet<DateTime<Utc>> =
         runs.iter().map(|r| r["scheduled_at"].as_str().unwrap().parse().unwrap()).collect();
     assert_eq!(ticks.len(), runs.len(), "a tick fired twice");

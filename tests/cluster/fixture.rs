@@ -243,6 +243,21 @@ impl TestCluster {
         a.data().clone()
     }
 
+    /// Every run of `task`, newest first, read page by page through node `id`.
+    pub async fn all_runs(&self, id: u64, task: u64) -> Vec<Value> {
+        let mut runs = Vec::new();
+        for page in 1.. {
+            let a = self.get(id, &format!("/api/tasks/{task}/runs?size=100&page={page}")).await;
+            assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+            let items = a.data()["items"].as_array().expect("a page of runs").clone();
+            if items.is_empty() {
+                break;
+            }
+            runs.extend(items);
+        }
+        runs
+    }
+
     /// Waits until all running nodes applied the same index, then returns their digests.
     pub async fn converged_digests(&self, within: Duration) -> BTreeMap<u64, (u64, String)> {
         let deadline = Instant::now() + within;

@@ -54,11 +54,6 @@ fn is_final(r: &Value) -> bool {
     matches!(r["status"].as_str(), Some("succeeded" | "failed" | "timed_out" | "cancelled" | "lost"))
 }
 
-async fn all_runs(c: &TestCluster, node: u64, task: u64) -> Vec<Value> {
-    let a = c.get(node, &format!("/api/tasks/{task}/runs?size=100")).await;
-    a.data()["items"].as_array().unwrap().clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_manual_trigger_through_a_follower_runs_on_a_worker() {
     let c = TestCluster::start(3).await;
@@ -196,7 +191,7 @@ async fn failed_runs_are_retried_with_backoff_up_to_retry_count() {
     trigger(&c, n, task).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let runs = loop {
-        let runs = all_runs(&c, n, task).await;
+        let runs = c.all_runs(n, task).await;
         if runs.len() == 3 && runs.iter().all(is_final) {
             break runs;
         }
@@ -204,7 +199,7 @@ async fn failed_runs_are_retried_with_backoff_up_to_retry_count() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(all_runs(&c, n, task).await.len(), 3, "no attempt beyond retry_count + 1");
+    assert_eq!(c.all_runs(n, task).await.len(), 3, "no attempt beyond retry_count + 1");
     let mut runs = runs;
     runs.reverse(); // oldest first
     let attempts: Vec<u64> = runs.iter().map(|r| r["attempt"].as_u64().unwrap()).collect();
@@ -238,7 +233,7 @@ async fn a_silent_worker_loses_its_run_and_its_late_report_is_fenced() {
     let lost = wait_run(&c, f, run, Duration::from_secs(10), is_final).await;
     assert_eq!(lost["status"], "lost", "{lost}");
     assert!(lost["error"].as_str().unwrap().contains("no heartbeat"), "{lost}");
-    let runs = all_runs(&c, f, task).await;
+    let runs = c.all_runs(f, task).await;
     let retry = runs.iter().find(|r| r["retry_of"].as_u64() == Some(run)).expect("re-queued attempt");
     assert_eq!(retry["attempt"], 2);
     let retry_id = retry["id"].as_u64().unwrap();
@@ -447,7 +442,7 @@ async fn a_crashed_worker_is_detected_across_a_leader_change() {
     let rescuer = agent(&c, f, "rescuer", 1, &[]).await;
     let lost = wait_run(&c, f, run, Duration::from_secs(15), is_final).await;
     assert_eq!(lost["status"], "lost", "{lost}");
-    let runs = all_runs(&c, f, task).await;
+    let runs = c.all_runs(f, task).await;
     let retry = runs.iter().find(|r| r["retry_of"].as_u64() == Some(run)).expect("re-queued").clone();
     let done = wait_run(&c, f, retry["id"].as_u64().unwrap(), Duration::from_secs(15), is_final).await;
     assert_eq!((done["status"].as_str(), done["worker_id"].as_str()), (Some("succeeded"), Some("rescuer")));
@@ -486,7 +481,7 @@ async fn a_run_held_past_its_timeout_by_a_silent_reporter_is_timed_out() {
     assert_eq!(expired["status"], "timed_out", "{expired}");
     assert!(expired["error"].as_str().unwrap().contains("past its 1s timeout"), "{expired}");
     assert!(assigned.elapsed() >= Duration::from_secs(3), "not before timeout + grace");
-    let runs = all_runs(&c, n, task).await;
+    let runs = c.all_runs(n, task).await;
     assert!(runs.iter().any(|r| r["retry_of"].as_u64() == Some(run)), "retried: {runs:?}");
     c.shutdown().await;
 }
