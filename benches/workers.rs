@@ -93,14 +93,9 @@ fn main() {
         let mut agents = Vec::new();
         for (i, node) in followers.iter().enumerate() {
             let config = AgentConfig {
-                server: c.url(*node, ""),
-                id: format!("bench-{i}"),
-                name: None,
-                api_key: fixture::KEY.into(),
                 max_tasks: SLOTS,
-                tags: Vec::new(),
-                work_dir: None,
                 drain: Duration::from_secs(5),
+                ..AgentConfig::new(c.url(*node, ""), format!("bench-{i}"), fixture::KEY)
             };
             agents.push(worker::start(config).await.unwrap());
         }

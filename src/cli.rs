@@ -38,6 +38,9 @@ pub enum Cmd {
         /// Do not start the embedded worker.
         #[arg(long)]
         no_worker: bool,
+        /// Run the embedded worker's jobs as this user (needs root).
+        #[arg(long, value_name = "USER")]
+        run_as: Option<String>,
     },
     /// Run one cluster node.
     Serve(ServeArgs),
@@ -122,6 +125,11 @@ pub struct WorkerArgs {
     /// On SIGTERM, how long running runs may finish before they are killed.
     #[arg(long, default_value_t = 30)]
     pub drain_s: u64,
+    /// Run jobs as this user (the agent must run as root). Without it jobs run as the
+    /// agent's user, which cannot read the agent's memory or environment (the agent is
+    /// non-dumpable) but can read that user's files.
+    #[arg(long, value_name = "USER")]
+    pub run_as: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -185,8 +193,12 @@ fn process_env() -> BTreeMap<String, String> {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if matches!(cli.command, Cmd::Dev { .. } | Cmd::Serve(_) | Cmd::Worker(_)) {
+        // These hold credentials (API keys, the cluster secret) and may start jobs.
+        worker::protect_process_memory();
+    }
     match cli.command {
-        Cmd::Dev { data_dir, http, no_worker } => run_dev(data_dir, http, !no_worker).await,
+        Cmd::Dev { data_dir, http, no_worker, run_as } => run_dev(data_dir, http, !no_worker, run_as).await,
         Cmd::Serve(args) => run_serve(args).await,
         Cmd::Worker(args) => run_worker(args).await,
         Cmd::Healthcheck { addr } => healthcheck(addr).await,
@@ -208,24 +220,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// An agent in this process, talking to the node at `http` with an admin key.
+/// An agent in this process, talking to the node at `http` with a key that exists only in
+/// this process.
 async fn embedded_worker(
     http: std::net::SocketAddr,
     id: &str,
     key: &str,
     max_tasks: u32,
+    settings: crate::config::WorkerConfig,
 ) -> anyhow::Result<RunningAgent> {
-    worker::start(AgentConfig {
-        server: format!("http://{http}"),
-        id: id.to_string(),
-        name: None,
-        api_key: key.to_string(),
-        max_tasks,
-        tags: Vec::new(),
-        work_dir: None,
-        drain: std::time::Duration::from_secs(10),
-    })
-    .await
+    let mut config = AgentConfig::new(format!("http://{http}"), id, key);
+    config.max_tasks = max_tasks;
+    config.work_dir = settings.work_dir;
+    config.run_as = settings.run_as;
+    worker::start(config).await
 }
 
 async fn healthcheck(addr: Option<String>) -> anyhow::Result<()> {
@@ -258,6 +266,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         tags,
         work_dir: args.work_dir,
         drain: std::time::Duration::from_secs(args.drain_s),
+        run_as: args.run_as,
     })
     .await?;
     println!("raftcron worker started");
@@ -266,7 +275,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_dev(data_dir: PathBuf, http: String, with_worker: bool) -> anyhow::Result<()> {
+async fn run_dev(data_dir: PathBuf, http: String, with_worker: bool, run_as: Option<String>) -> anyhow::Result<()> {
     let sets = vec![
         "node.id=1".to_string(),
         format!("node.data_dir={}", toml_string(&data_dir.to_string_lossy())),
@@ -283,7 +292,10 @@ async fn run_dev(data_dir: PathBuf, http: String, with_worker: bool) -> anyhow::
     };
     let running = node::start(config, listeners, std::slice::from_ref(&key)).await?;
     let agent = match with_worker {
-        true => Some(embedded_worker(running.http_addr, "dev-worker", &key, 4).await?),
+        true => {
+            let settings = crate::config::WorkerConfig { run_as, work_dir: None };
+            Some(embedded_worker(running.http_addr, "dev-worker", &key, 4, settings).await?)
+        }
         false => None,
     };
     println!("raftcron dev: API at http://{}/api", running.http_addr);
@@ -337,10 +349,13 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         extra_keys.push(worker_key.clone());
     }
     let listeners = Listeners::bind(&config).await?;
+    let worker_settings = config.worker.clone();
     let running = node::start(config, listeners, &extra_keys).await?;
     println!("raftcron node {} serving http://{} (rpc {})", running.core.id, running.http_addr, running.rpc_addr);
     let agent = match &args.worker {
-        Some(id) => Some(embedded_worker(running.http_addr, id, &worker_key, args.worker_max_tasks).await?),
+        Some(id) => {
+            Some(embedded_worker(running.http_addr, id, &worker_key, args.worker_max_tasks, worker_settings).await?)
+        }
         None => None,
     };
     wait_for_shutdown_signal().await;

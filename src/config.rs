@@ -24,6 +24,8 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub scheduler: SchedulerConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,6 +109,21 @@ pub struct SchedulerConfig {
     /// How many times one run may be re-queued after losing its worker.
     #[serde(default = "default_max_lost_requeues")]
     pub max_lost_requeues: u32,
+}
+
+/// The embedded worker of `raftcron serve --worker` (a standalone `raftcron worker` takes
+/// the same settings as flags).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Run jobs as this user instead of the node's (the node must run as root). An
+    /// embedded worker otherwise shares the node's user, so its jobs are trusted as much
+    /// as the node's operator.
+    #[serde(default)]
+    pub run_as: Option<String>,
+    /// Where jobs without a `working_directory` start (default: the node's directory).
+    #[serde(default)]
+    pub work_dir: Option<PathBuf>,
 }
 
 impl Default for SchedulerConfig {
@@ -218,7 +235,11 @@ impl Config {
             // RAFTCRON_API_KEY and RAFTCRON_LOG are not config keys.
             let Some((section, key)) = rest.split_once('_') else { continue };
             let section = section.to_ascii_lowercase();
-            if !matches!(section.as_str(), "node" | "cluster" | "auth" | "scheduler") {
+            if !matches!(section.as_str(), "node" | "cluster" | "auth" | "scheduler" | "worker") {
+                continue;
+            }
+            // The standalone agent's own variables (`raftcron worker`), not config keys.
+            if matches!(name.as_str(), "RAFTCRON_WORKER_KEY" | "RAFTCRON_WORKER_ID") {
                 continue;
             }
             set_key(&mut root, &section, &key.to_ascii_lowercase(), value, name)?;

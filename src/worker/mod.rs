@@ -43,6 +43,36 @@ pub struct AgentConfig {
     pub work_dir: Option<PathBuf>,
     /// How long running runs may finish after a shutdown request.
     pub drain: Duration,
+    /// Run jobs as this user (needs root). Without it, jobs run as the agent's user.
+    pub run_as: Option<String>,
+}
+
+impl AgentConfig {
+    /// An agent with one slot, no tags, a 10 s drain, jobs in the agent's directory as its
+    /// user.
+    pub fn new(server: impl Into<String>, id: impl Into<String>, api_key: impl Into<String>) -> AgentConfig {
+        AgentConfig {
+            server: server.into(),
+            id: id.into(),
+            name: None,
+            api_key: api_key.into(),
+            max_tasks: 1,
+            tags: Vec::new(),
+            work_dir: None,
+            drain: Duration::from_secs(10),
+            run_as: None,
+        }
+    }
+}
+
+/// Makes this process non-dumpable: no core dumps, and `/proc/<pid>/environ`, `mem` and
+/// friends become unreadable to other processes of the same user — the jobs this agent
+/// starts among them — so the credentials the process holds stay in it. (Root can still
+/// read them; that is what `run_as` is for.)
+pub fn protect_process_memory() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot make the process non-dumpable");
+    }
 }
 
 /// One run executing here.
@@ -53,6 +83,7 @@ struct Held {
 
 struct Shared {
     config: AgentConfig,
+    launch: exec::Launch,
     http: reqwest::Client,
     running: Mutex<BTreeMap<u64, Held>>,
     /// When the lease was last renewed, and for how long it holds.
@@ -70,8 +101,11 @@ pub struct RunningAgent {
 /// answers), then heartbeats and polls until shut down.
 pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     let http = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30)).build()?;
+    let run_as = config.run_as.as_deref().map(exec::RunAs::lookup).transpose().map_err(anyhow::Error::msg)?;
+    let launch = exec::Launch { work_dir: config.work_dir.clone(), run_as };
     let shared = Arc::new(Shared {
         config,
+        launch,
         http,
         running: Mutex::new(BTreeMap::new()),
         lease: Mutex::new((Instant::now(), Duration::from_secs(5))),
@@ -262,7 +296,8 @@ impl Shared {
     async fn execute(self: Arc<Self>, a: Assignment, stop: watch::Receiver<Option<Stop>>) {
         let run_id = a.run_id;
         if self.report(run_id, a.attempt, json!({"status": "running"})).await {
-            let result = exec::execute(&a.task, self.config.work_dir.as_deref(), stop).await;
+            let job = exec::JobContext { run_id, task_id: a.task_id, attempt: a.attempt, scheduled_at: a.scheduled_at };
+            let result = exec::execute(&a.task, &job, &self.launch, stop).await;
             match result {
                 Ok(f) => {
                     self.report(run_id, a.attempt, finished_body(&f)).await;

@@ -11,18 +11,11 @@ use serde_json::{json, Value};
 use crate::fixture::{Opts, TestCluster, KEY, WORKER_KEY};
 
 async fn agent(c: &TestCluster, node: u64, id: &str, max_tasks: u32, tags: &[&str]) -> RunningAgent {
-    worker::start(AgentConfig {
-        server: c.url(node, ""),
-        id: id.into(),
-        name: None,
-        api_key: KEY.into(),
-        max_tasks,
-        tags: tags.iter().map(|t| t.to_string()).collect(),
-        work_dir: None,
-        drain: Duration::from_secs(5),
-    })
-    .await
-    .expect("agent starts")
+    let mut config = AgentConfig::new(c.url(node, ""), id, KEY);
+    config.max_tasks = max_tasks;
+    config.tags = tags.iter().map(|t| t.to_string()).collect();
+    config.drain = Duration::from_secs(5);
+    worker::start(config).await.expect("agent starts")
 }
 
 async fn create(c: &TestCluster, node: u64, body: Value) -> u64 {
@@ -492,18 +485,7 @@ async fn a_run_held_past_its_timeout_by_a_silent_reporter_is_timed_out() {
 async fn a_worker_shutting_down_drains_its_runs() {
     let c = TestCluster::start(1).await;
     let n = c.wait_leader(Duration::from_secs(10)).await;
-    let start = |drain| {
-        worker::start(AgentConfig {
-            server: c.url(n, ""),
-            id: "drainer".into(),
-            name: None,
-            api_key: KEY.into(),
-            max_tasks: 1,
-            tags: Vec::new(),
-            work_dir: None,
-            drain,
-        })
-    };
+    let start = |drain| worker::start(AgentConfig { drain, ..AgentConfig::new(c.url(n, ""), "drainer", KEY) });
     let short = create(&c, n, json!({"name": "short", "executor": "shell", "command": "sleep 1; echo finished"})).await;
     let w = start(Duration::from_secs(5)).await.unwrap();
     let run = trigger(&c, n, short).await;
