@@ -1,0 +1,120 @@
+//! The deterministic heart: applying one committed request to the state machine.
+//!
+//! Invariant: the result is a function of (state, request) alone. No clock, no randomness,
+//! no network, no time-zone data, no hash-map iteration; every timestamp and id comes from
+//! the request or the state. Clippy enforces the clock/randomness/hash-map part below.
+//!
+//! This module owns the request envelope (command clock, idempotency); one submodule per
+//! command family does the rest: [`tasks`] (specs, status, firing, history pruning),
+//! [`runs`] (triggers, reports, expiry, retries), [`workers`] (registration, liveness,
+//! placement). None of them may read anything but the state and the command.
+
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod runs;
+mod tasks;
+#[cfg(test)]
+mod tests;
+mod workers;
+
+use std::io;
+
+use chrono::{DateTime, Utc};
+
+use super::command::{Command, Outcome, Rejection, Request, Response};
+use crate::storage::{IdempotencyRecord, Tx};
+
+/// How long a client's idempotent answer is kept, in command time.
+pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+/// How long a node's own retry key is kept: far beyond its write deadline.
+pub const INTERNAL_IDEMPOTENCY_TTL_MS: i64 = 10 * 60 * 1000;
+
+/// Expired idempotency records removed per applied request; bounded so one entry's
+/// batch stays small, and enough to keep up with any write rate the cluster accepts.
+const IDEMPOTENCY_SWEEP: usize = 16;
+
+/// Applies one request, writing its effects into `tx`.
+pub fn apply_request(tx: &mut Tx<'_>, req: &Request) -> io::Result<Response> {
+    let now = match tx.store.clock()? {
+        Some(last) if last > req.issued_at => last,
+        _ => req.issued_at,
+    };
+    tx.put_meta("clock", &now)?;
+    let now_ms = now.timestamp_millis();
+    // Sweep before anything else writes: a batch applies in order, so a record this request
+    // stores below must come after any delete of the expired record under the same key.
+    sweep_idempotency(tx, now_ms)?;
+
+    if let Some(idem) = &req.idempotency {
+        if let Some(record) = tx.store.idempotency(&idem.scope, &idem.key)? {
+            if record.expires_at_ms > now_ms {
+                return Ok(if record.fingerprint == idem.fingerprint {
+                    record.response
+                } else {
+                    Response::rejected(Rejection::IdempotencyKeyReused)
+                });
+            }
+        }
+    }
+
+    let response = apply_command(tx, &req.command, now)?;
+    // A refused command without a key to remember its answer by changes nothing at all
+    // (not even the command clock), so a fenced report leaves the state as it was.
+    if response.result.is_err() && req.idempotency.is_none() {
+        tx.discard();
+        return Ok(response);
+    }
+
+    if let Some(idem) = &req.idempotency {
+        let record = IdempotencyRecord {
+            fingerprint: idem.fingerprint.clone(),
+            expires_at_ms: now_ms.saturating_add(idem.ttl_ms.clamp(0, IDEMPOTENCY_TTL_MS)),
+            response: response.clone(),
+        };
+        tx.put_idempotency(&idem.scope, &idem.key, &record)?;
+    }
+    Ok(response)
+}
+
+fn sweep_idempotency(tx: &mut Tx<'_>, now_ms: i64) -> io::Result<()> {
+    for e in tx.store.expired_idempotency(now_ms, IDEMPOTENCY_SWEEP)? {
+        // The key may have been reused after it expired; then the record is newer than this
+        // index entry and stays.
+        let stale =
+            tx.store.idempotency_by_record_key(&e.record_key)?.is_some_and(|r| r.expires_at_ms == e.expires_at_ms);
+        tx.delete_idempotency(&e.expiry_key, stale.then_some(e.record_key.as_slice()));
+    }
+    Ok(())
+}
+
+fn apply_command(tx: &mut Tx<'_>, command: &Command, now: DateTime<Utc>) -> io::Result<Response> {
+    match command {
+        Command::InitCluster { cluster_id } => {
+            if tx.store.cluster_id()?.is_none() {
+                tx.put_meta("cluster_id", cluster_id)?;
+            }
+            Ok(Response::ok(Outcome::Done))
+        }
+        Command::CreateTask { spec } => tasks::create(tx, spec, now),
+        Command::UpdateTask { id, fields, expected_version } => tasks::update(tx, *id, fields, *expected_version, now),
+        Command::DeleteTask { id, expected_version } => tasks::delete(tx, *id, *expected_version),
+        Command::SetTaskStatus { id, status, may_enable } => tasks::set_status(tx, *id, *status, *may_enable, now),
+        Command::Fire { fires, keep_runs } => tasks::fire(tx, fires, *keep_runs, now),
+        Command::TriggerRun { task_id, keep_runs } => runs::trigger(tx, *task_id, *keep_runs, now),
+        Command::CancelRun { run_id } => runs::cancel(tx, *run_id, now),
+        Command::RegisterWorker { id, name, max_tasks, tags, max_lost_requeues } => {
+            workers::register(tx, id, name, *max_tasks, tags, *max_lost_requeues, now)
+        }
+        Command::UpdateWorker { id, update } => workers::update(tx, id, update),
+        Command::SetWorkerLiveness { id, liveness, max_lost_requeues, reason } => {
+            workers::set_liveness(tx, id, *liveness, *max_lost_requeues, reason, now)
+        }
+        Command::AssignRuns { assignments, waiting } => workers::assign_runs(tx, assignments, waiting, now),
+        Command::ExpireRun { run_id, attempt, reason, retry_jitter_ms } => {
+            runs::expire(tx, *run_id, *attempt, reason, *retry_jitter_ms, now)
+        }
+        Command::ReportRun { run_id, attempt, worker_id, report, retry_jitter_ms } => {
+            runs::report(tx, *run_id, *attempt, worker_id, report, *retry_jitter_ms, now)
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Applying task commands: create, update, delete, pause/resume, and the leader's firing
+//! decisions (the cursor compare-and-set of guarantee 3) with history pruning.
+
+use std::io;
+
+use chrono::{DateTime, Utc};
+
+use super::runs::new_run;
+use crate::model::{ConcurrencyPolicy, RunStatus, RunTrigger, Task, TaskField, TaskSpec, TaskStatus};
+use crate::raft::command::{Fired, Outcome, Rejection, Response, TaskFire};
+use crate::storage::Tx;
+
+pub(super) fn create(tx: &mut Tx<'_>, spec: &TaskSpec, now: DateTime<Utc>) -> io::Result<Response> {
+    if let Err(e) = spec.validate() {
+        return Ok(Response::rejected(Rejection::Invalid(e)));
+    }
+    if tx.store.task_id_by_name(&spec.name)?.is_some() {
+        return Ok(Response::rejected(Rejection::NameTaken(spec.name.clone())));
+    }
+    let id: u64 = tx.store.meta("next_task_id")?.unwrap_or(1);
+    tx.put_meta("next_task_id", &(id + 1))?;
+    let task = Task {
+        id,
+        spec: spec.clone(),
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        next_run_at: None,
+        last_run: None,
+        fire_count: 0,
+        skipped_ticks: 0,
+        cursor: Some(now),
+        resumed_at: None,
+        runs_stored: 0,
+        prune_floor: 0,
+    };
+    tx.put_task(&task)?;
+    tx.put_task_name(&task.spec.name, id);
+    Ok(Response::ok(Outcome::Task(Box::new(task))))
+}
+
+pub(super) fn update(
+    tx: &mut Tx<'_>,
+    id: u64,
+    fields: &[TaskField],
+    expected_version: Option<u64>,
+    now: DateTime<Utc>,
+) -> io::Result<Response> {
+    let mut task = match task_to_change(tx, id, expected_version)? {
+        Ok(task) => task,
+        Err(rejection) => return Ok(Response::rejected(rejection)),
+    };
+    let old_name = task.spec.name.clone();
+    let old_status = task.spec.status;
+    for f in fields.iter().cloned() {
+        TaskField::apply_to(f, &mut task.spec);
+    }
+    if let Err(e) = task.spec.validate() {
+        return Ok(Response::rejected(Rejection::Invalid(e)));
+    }
+    mark_resumed(&mut task, old_status, now);
+    if task.spec.name != old_name {
+        if tx.store.task_id_by_name(&task.spec.name)?.is_some() {
+            return Ok(Response::rejected(Rejection::NameTaken(task.spec.name.clone())));
+        }
+        tx.delete_task_name(&old_name);
+        tx.put_task_name(&task.spec.name, task.id);
+    }
+    task.version += 1;
+    task.updated_at = now;
+    tx.put_task(&task)?;
+    Ok(Response::ok(Outcome::Task(Box::new(task))))
+}
+
+pub(super) fn delete(tx: &mut Tx<'_>, id: u64, expected_version: Option<u64>) -> io::Result<Response> {
+    let task = match task_to_change(tx, id, expected_version)? {
+        Ok(task) => task,
+        Err(rejection) => return Ok(Response::rejected(rejection)),
+    };
+    tx.delete_task(id);
+    tx.delete_task_name(&task.spec.name);
+    // Its runs go with it, finished or not: a worker reporting on one is told the run
+    // no longer exists. Bounded by the run history plus the unfinished runs.
+    let (runs, _) = tx.store.runs_of_task(id, 0, usize::MAX)?;
+    for run in &runs {
+        tx.delete_run(run);
+    }
+    Ok(Response::ok(Outcome::TaskDeleted { id }))
+}
+
+/// Pause or resume (`active`) a task; a disabled task changes only when `may_enable`.
+pub(super) fn set_status(
+    tx: &mut Tx<'_>,
+    id: u64,
+    status: TaskStatus,
+    may_enable: bool,
+    now: DateTime<Utc>,
+) -> io::Result<Response> {
+    let Some(mut task) = tx.store.task(id)? else {
+        return Ok(Response::rejected(Rejection::TaskNotFound(id)));
+    };
+    let old_status = task.spec.status;
+    if old_status == TaskStatus::Disabled && !may_enable {
+        return Ok(Response::rejected(Rejection::TaskDisabled(id)));
+    }
+    if old_status != status {
+        task.spec.status = status;
+        mark_resumed(&mut task, old_status, now);
+        task.version += 1;
+        task.updated_at = now;
+        tx.put_task(&task)?;
+    }
+    Ok(Response::ok(Outcome::Task(Box::new(task))))
+}
+
+pub(super) fn fire(tx: &mut Tx<'_>, fires: &[TaskFire], keep_runs: u32, now: DateTime<Utc>) -> io::Result<Response> {
+    let mut results = Vec::with_capacity(fires.len());
+    for fire in fires {
+        results.push(apply_fire(tx, fire, keep_runs, now)?);
+    }
+    Ok(Response::ok(Outcome::Fired(results)))
+}
+
+/// Reactivated: ticks while paused or disabled are not fired afterwards. Apply cannot
+/// evaluate the schedule to count them, so it marks the instant; the leader's next `Fire`
+/// accounts for them as skipped.
+fn mark_resumed(task: &mut Task, old_status: TaskStatus, now: DateTime<Utc>) {
+    if old_status != TaskStatus::Active && task.spec.status == TaskStatus::Active {
+        task.resumed_at = Some(now);
+    }
+}
+
+/// One task's firing decision: the compare-and-set of guarantee 3, then the runs.
+fn apply_fire(
+    tx: &mut Tx<'_>,
+    fire: &TaskFire,
+    keep_runs: u32,
+    now: DateTime<Utc>,
+) -> io::Result<Result<Fired, Rejection>> {
+    let TaskFire { task_id, spec_version, expected_cursor, fired, skipped, new_cursor, next_run_at } = fire;
+    let Some(mut task) = tx.store.task(*task_id)? else {
+        return Ok(Err(Rejection::TaskNotFound(*task_id)));
+    };
+    // Whoever proposed this (a deposed leader, a retry, a leader whose clock runs behind)
+    // fires nothing unless the ticks are still unaccounted for under the same spec.
+    if task.version != *spec_version || task.cursor != *expected_cursor || Some(*new_cursor) <= task.cursor {
+        return Ok(Err(Rejection::StaleFire(*task_id)));
+    }
+    if task.spec.status != TaskStatus::Active {
+        return Ok(Err(Rejection::StaleFire(*task_id)));
+    }
+    let in_range = |t: &DateTime<Utc>| Some(*t) > task.cursor && t <= new_cursor;
+    if !fired.iter().all(in_range) || !fired.windows(2).all(|w| w[0] < w[1]) {
+        return Ok(Err(Rejection::Invalid(crate::model::FieldError::new(
+            "fired",
+            "ticks must increase and lie after the cursor and at or before the new cursor",
+        ))));
+    }
+    // Concurrency policy, against runs already stored and runs this command made.
+    let mut unfinished = tx.store.unfinished_runs_of_task(task.id)?;
+    let mut runs = Vec::with_capacity(fired.len());
+    let mut forbidden = 0u64;
+    for tick in fired {
+        match task.spec.concurrency_policy {
+            ConcurrencyPolicy::Forbid if !unfinished.is_empty() => {
+                forbidden += 1;
+                continue;
+            }
+            ConcurrencyPolicy::Replace => {
+                for mut old in unfinished.drain(..) {
+                    old.status = RunStatus::Cancelled;
+                    old.finished_at = Some(now);
+                    old.pending_reason = None;
+                    old.error = Some(format!("replaced by the tick at {tick}"));
+                    tx.put_run(&old)?;
+                }
+            }
+            _ => {}
+        }
+        let run = new_run(tx, &mut task, RunTrigger::Schedule, *tick, now)?;
+        runs.push(run.id);
+        unfinished.push(run);
+    }
+    task.fire_count += runs.len() as u64;
+    task.skipped_ticks += skipped + forbidden;
+    task.cursor = Some(*new_cursor);
+    task.next_run_at = *next_run_at;
+    if let Some(last) = runs.last() {
+        task.last_run = Some(*last);
+    }
+    prune_runs(tx, &mut task, keep_runs, runs.len())?;
+    tx.put_task(&task)?;
+    Ok(Ok(Fired { runs, forbidden }))
+}
+
+/// Deletes the task's finished runs beyond the newest `keep`, once it stores a tenth more
+/// than it kept last time (so a scan of n runs happens once per n/10 new runs: constant
+/// work per run, however many unfinished runs pile up). Unfinished runs are never pruned;
+/// `fire_count` lives on the task and is not touched. `created` runs were made by this
+/// batch and are not visible to its reads yet.
+pub(super) fn prune_runs(tx: &mut Tx<'_>, task: &mut Task, keep: u32, created: usize) -> io::Result<()> {
+    let floor = u64::from(keep).max(task.prune_floor);
+    if task.runs_stored <= floor + (floor / 10).max(1) {
+        return Ok(());
+    }
+    // Newest first; the batch's own runs are the newest of all.
+    let skip = (keep as usize).saturating_sub(created);
+    let (older, _) = tx.store.runs_of_task(task.id, skip, usize::MAX)?;
+    for run in older.iter().filter(|r| r.status.is_final()) {
+        tx.delete_run(run);
+        task.runs_stored -= 1;
+    }
+    task.prune_floor = task.runs_stored;
+    Ok(())
+}
+
+/// The task a client update or delete addresses, if it exists and (with `If-Match`) its
+/// version still matches.
+fn task_to_change(tx: &Tx<'_>, id: u64, expected_version: Option<u64>) -> io::Result<Result<Task, Rejection>> {
+    let Some(task) = tx.store.task(id)? else { return Ok(Err(Rejection::TaskNotFound(id))) };
+    match expected_version {
+        Some(expected) if expected != task.version => {
+            Ok(Err(Rejection::VersionMismatch { expected, actual: task.version }))
+        }
+        _ => Ok(Ok(task)),
+    }
+}

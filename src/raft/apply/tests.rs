@@ -1,0 +1,284 @@
+//! Apply's unit tests: commands against a real RocksDB in a temp dir.
+
+#![allow(clippy::disallowed_methods, clippy::disallowed_types, reason = "tests may use the clock")]
+
+use chrono::TimeZone;
+
+use super::*;
+use crate::model::{Liveness, RunStatus, TaskField, TaskSpec, TaskStatus};
+use crate::raft::command::{Fired, IdempotencyKey, Response, RunReport, TaskFire};
+use crate::storage::{open_db, Store};
+
+fn t(s: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, s).unwrap()
+}
+
+fn apply(store: &Store, command: Command, at: DateTime<Utc>) -> Response {
+    let mut tx = Tx::new(store);
+    let resp = apply_request(&mut tx, &Request { issued_at: at, idempotency: None, command }).unwrap();
+    tx.commit().unwrap();
+    resp
+}
+
+fn fire(expected: DateTime<Utc>, fired: &[DateTime<Utc>], new_cursor: DateTime<Utc>, version: u64) -> TaskFire {
+    TaskFire {
+        task_id: 1,
+        spec_version: version,
+        expected_cursor: Some(expected),
+        fired: fired.to_vec(),
+        skipped: 0,
+        new_cursor,
+        next_run_at: None,
+    }
+}
+
+/// Applies a `Fire` of one task (history kept far beyond what tests create).
+fn fire_at(store: &Store, at: DateTime<Utc>, fire: TaskFire) -> Result<Fired, Rejection> {
+    match apply(store, Command::Fire { fires: vec![fire], keep_runs: 1000 }, at).result {
+        Ok(Outcome::Fired(mut results)) if results.len() == 1 => results.remove(0),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn scheduled_ticks(store: &Store) -> Vec<DateTime<Utc>> {
+    let mut ticks = Vec::new();
+    store
+        .scan_runs(|r| {
+            ticks.push(r.scheduled_at);
+            true
+        })
+        .unwrap();
+    ticks
+}
+
+/// Duplicate, stale and reordered `Fire` commands, as a retried proposal or a deposed
+/// leader would send them: each tick becomes exactly one run.
+#[test]
+fn fire_is_a_compare_and_set_on_the_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(open_db(dir.path()).unwrap());
+    let fields = TaskField::parse_object(serde_json::json!({
+        "name": "tick", "executor": "shell", "command": "true", "schedule": "* * * * * *"
+    }))
+    .unwrap();
+    let spec = TaskSpec::from_fields(fields, "UTC").unwrap();
+    apply(&store, Command::CreateTask { spec: Box::new(spec) }, t(0));
+
+    let first = fire(t(0), &[t(1), t(2)], t(2), 1);
+    assert!(matches!(fire_at(&store, t(2), first.clone()), Ok(Fired { ref runs, .. }) if runs.len() == 2));
+    // The same proposal again (a retry after a lost response): refused.
+    assert_eq!(fire_at(&store, t(3), first), Err(Rejection::StaleFire(1)));
+    // A deposed leader that still believes the cursor is at 0.
+    assert_eq!(fire_at(&store, t(3), fire(t(0), &[t(1)], t(1), 1)), Err(Rejection::StaleFire(1)));
+    // Reordered: the later proposal arrives first and is refused; the earlier applies;
+    // the later one, recomputed from the new cursor, applies.
+    let later = fire(t(3), &[t(4)], t(4), 1);
+    assert_eq!(fire_at(&store, t(4), later.clone()), Err(Rejection::StaleFire(1)));
+    assert!(fire_at(&store, t(4), fire(t(2), &[t(3)], t(3), 1)).is_ok());
+    assert!(fire_at(&store, t(5), later).is_ok());
+    // The cursor never moves backwards, even with a matching expectation.
+    assert_eq!(fire_at(&store, t(5), fire(t(4), &[], t(3), 1)), Err(Rejection::StaleFire(1)));
+    // After a spec change, a fire computed from the old spec is refused.
+    apply(&store, Command::UpdateTask { id: 1, fields: vec![TaskField::RetryCount(2)], expected_version: None }, t(6));
+    assert_eq!(fire_at(&store, t(6), fire(t(4), &[t(5)], t(5), 1)), Err(Rejection::StaleFire(1)));
+    assert!(fire_at(&store, t(6), fire(t(4), &[t(5)], t(5), 2)).is_ok());
+
+    assert_eq!(scheduled_ticks(&store), vec![t(1), t(2), t(3), t(4), t(5)]);
+    let task = store.task(1).unwrap().unwrap();
+    assert_eq!((task.fire_count, task.cursor, task.version), (5, Some(t(5)), 2));
+}
+
+fn store_with_task(policy: &str) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(open_db(dir.path()).unwrap());
+    let fields = TaskField::parse_object(serde_json::json!({
+        "name": "c", "executor": "shell", "command": "true", "schedule": "* * * * * *", "concurrency_policy": policy
+    }))
+    .unwrap();
+    apply(&store, Command::CreateTask { spec: Box::new(TaskSpec::from_fields(fields, "UTC").unwrap()) }, t(0));
+    (dir, store)
+}
+
+fn statuses(store: &Store) -> Vec<RunStatus> {
+    let mut out = Vec::new();
+    store
+        .scan_runs(|r| {
+            out.push(r.status);
+            true
+        })
+        .unwrap();
+    out
+}
+
+#[test]
+fn concurrency_policies() {
+    // Runs never finish here (no workers), so every tick after the first overlaps.
+    let (_d, allow) = store_with_task("allow");
+    fire_at(&allow, t(2), fire(t(0), &[t(1), t(2)], t(2), 1)).unwrap();
+    fire_at(&allow, t(3), fire(t(2), &[t(3)], t(3), 1)).unwrap();
+    assert_eq!(statuses(&allow), vec![RunStatus::Pending; 3]);
+
+    let (_d, forbid) = store_with_task("forbid");
+    fire_at(&forbid, t(2), fire(t(0), &[t(1), t(2)], t(2), 1)).unwrap();
+    fire_at(&forbid, t(3), fire(t(2), &[t(3)], t(3), 1)).unwrap();
+    assert_eq!(statuses(&forbid), vec![RunStatus::Pending]);
+    let task = forbid.task(1).unwrap().unwrap();
+    assert_eq!((task.fire_count, task.skipped_ticks), (1, 2), "forbidden ticks are counted as skipped");
+
+    let (_d, replace) = store_with_task("replace");
+    fire_at(&replace, t(2), fire(t(0), &[t(1), t(2)], t(2), 1)).unwrap();
+    fire_at(&replace, t(3), fire(t(2), &[t(3)], t(3), 1)).unwrap();
+    assert_eq!(statuses(&replace), vec![RunStatus::Cancelled, RunStatus::Cancelled, RunStatus::Pending]);
+    assert_eq!(replace.task(1).unwrap().unwrap().fire_count, 3);
+}
+
+#[test]
+fn firing_prunes_history_to_the_newest_and_every_unfinished_run() {
+    let (_d, store) = store_with_task("allow");
+    let ticks: Vec<_> = (1..=6).map(t).collect();
+    fire_at(&store, t(6), fire(t(0), &ticks, t(6), 1)).unwrap();
+    // Runs 1..=6; finish 1, 2, 3 and 5 (cancelled is final); 4 and 6 stay pending.
+    for id in [1, 2, 3, 5] {
+        assert!(apply(&store, Command::CancelRun { run_id: id }, t(7)).result.is_ok());
+    }
+    assert_eq!(store.queued_runs().unwrap(), 2, "only pending runs are queued");
+    // The next tick, with a history of 2: the newest two (7, 6) stay, 4 is unfinished.
+    let r = apply(&store, Command::Fire { fires: vec![fire(t(6), &[t(7)], t(7), 1)], keep_runs: 2 }, t(7));
+    assert!(r.result.is_ok());
+    let (left, total) = store.runs_of_task(1, 0, 100).unwrap();
+    let ids: Vec<u64> = left.iter().map(|r| r.id).collect();
+    assert_eq!((ids, total), (vec![7, 6, 4], 3), "newest two kept, plus pending run 4");
+    let task = store.task(1).unwrap().unwrap();
+    assert_eq!((task.fire_count, task.runs_stored), (7, 3), "pruning never lowers fire_count");
+    assert_eq!(store.queued_runs().unwrap(), 3);
+    // Deleting the task deletes its runs and empties the queue.
+    apply(&store, Command::DeleteTask { id: 1, expected_version: None }, t(8));
+    assert_eq!((store.runs_of_task(1, 0, 100).unwrap().1, store.queued_runs().unwrap()), (0, 0));
+}
+
+/// One `Fire` entry carries many tasks; each is its own compare-and-set.
+#[test]
+fn a_batched_fire_applies_each_task_independently() {
+    let (_d, store) = store_with_task("allow");
+    let fields =
+        TaskField::parse_object(serde_json::json!({"name": "d", "executor": "shell", "command": "true"})).unwrap();
+    apply(&store, Command::CreateTask { spec: Box::new(TaskSpec::from_fields(fields, "UTC").unwrap()) }, t(0));
+    fire_at(&store, t(1), fire(t(0), &[t(1)], t(1), 1)).unwrap();
+    let second = TaskFire { task_id: 2, ..fire(t(0), &[t(1)], t(1), 1) };
+    let missing = TaskFire { task_id: 9, ..fire(t(0), &[t(1)], t(1), 1) };
+    let stale = fire(t(0), &[t(1)], t(1), 1);
+    let r = apply(&store, Command::Fire { fires: vec![stale, second, missing], keep_runs: 10 }, t(2)).result;
+    let Ok(Outcome::Fired(results)) = r else { panic!("{r:?}") };
+    assert_eq!(results[0], Err(Rejection::StaleFire(1)));
+    assert!(matches!(results[1], Ok(Fired { ref runs, forbidden: 0 }) if runs.len() == 1));
+    assert_eq!(results[2], Err(Rejection::TaskNotFound(9)));
+    assert_eq!(scheduled_ticks(&store), vec![t(1), t(1)], "one run per task for the tick");
+}
+
+#[test]
+fn reactivation_marks_the_instant_for_the_leader_to_count_skipped_ticks() {
+    let (_d, store) = store_with_task("allow");
+    let pause = TaskField::Status(TaskStatus::Paused);
+    apply(&store, Command::UpdateTask { id: 1, fields: vec![pause], expected_version: None }, t(1));
+    assert_eq!(fire_at(&store, t(3), fire(t(0), &[t(2)], t(2), 2)), Err(Rejection::StaleFire(1)), "paused");
+    let resume = TaskField::Status(TaskStatus::Active);
+    apply(&store, Command::UpdateTask { id: 1, fields: vec![resume], expected_version: None }, t(5));
+    let task = store.task(1).unwrap().unwrap();
+    assert_eq!((task.resumed_at, task.cursor), (Some(t(5)), Some(t(0))));
+}
+
+/// A retried request returns the first answer until its key expires (in command
+/// time), then applies anew; the expired record is swept.
+#[test]
+fn idempotency_keys_expire_in_command_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(open_db(dir.path()).unwrap());
+    let key = |ttl_ms| IdempotencyKey { scope: "c".into(), key: "k".into(), fingerprint: "f".into(), ttl_ms };
+    let create = |name: &str| {
+        let fields =
+            TaskField::parse_object(serde_json::json!({"name": name, "executor": "shell", "command": "true"})).unwrap();
+        Command::CreateTask { spec: Box::new(TaskSpec::from_fields(fields, "UTC").unwrap()) }
+    };
+    let send = |at: DateTime<Utc>, name: &str| {
+        let mut tx = Tx::new(&store);
+        let req = Request { issued_at: at, idempotency: Some(key(60_000)), command: create(name) };
+        let resp = apply_request(&mut tx, &req).unwrap();
+        tx.commit().unwrap();
+        resp
+    };
+    let first = send(t(0), "a");
+    assert_eq!(send(t(30), "a"), first, "a retry within the ttl gets the first answer");
+    assert!(store.task(2).unwrap().is_none());
+    let later = t(0) + chrono::Duration::seconds(61);
+    assert!(matches!(send(later, "b").result, Ok(Outcome::Task(ref t)) if t.id == 2), "expired: applies anew");
+    assert!(store.idempotency("c", "k").unwrap().is_some_and(|r| r.expires_at_ms > later.timestamp_millis()));
+}
+
+#[test]
+fn fired_ticks_must_lie_between_the_cursors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(open_db(dir.path()).unwrap());
+    let fields =
+        TaskField::parse_object(serde_json::json!({"name": "x", "executor": "shell", "command": "true"})).unwrap();
+    apply(&store, Command::CreateTask { spec: Box::new(TaskSpec::from_fields(fields, "UTC").unwrap()) }, t(0));
+    let r = fire_at(&store, t(5), fire(t(0), &[t(5)], t(3), 1));
+    assert!(matches!(r, Err(Rejection::Invalid(_))), "{r:?}");
+    let r = fire_at(&store, t(5), fire(t(0), &[t(2), t(1)], t(3), 1));
+    assert!(matches!(r, Err(Rejection::Invalid(_))), "{r:?}");
+    assert!(scheduled_ticks(&store).is_empty());
+}
+
+/// Losing a worker loses its runs and re-queues each, at most `max_lost_requeues` times
+/// per chain; a stale attempt's report is refused and leaves no trace.
+#[test]
+fn lost_runs_are_requeued_a_bounded_number_of_times_and_stale_reports_are_fenced() {
+    let (_d, store) = store_with_task("allow");
+    let register = || Command::RegisterWorker {
+        id: "w".into(),
+        name: String::new(),
+        max_tasks: 2,
+        tags: Vec::new(),
+        max_lost_requeues: 1,
+    };
+    let offline = || Command::SetWorkerLiveness {
+        id: "w".into(),
+        liveness: Liveness::Offline,
+        max_lost_requeues: 1,
+        reason: "silent".into(),
+    };
+    assert!(apply(&store, register(), t(1)).result.is_ok());
+    apply(&store, Command::TriggerRun { task_id: 1, keep_runs: 100 }, t(1));
+    let assign = |run: u64| Command::AssignRuns { assignments: vec![(run, "w".into())], waiting: Vec::new() };
+    assert_eq!(apply(&store, assign(1), t(2)).result, Ok(Outcome::Assigned { placed: 1 }));
+    assert_eq!(store.assignments_of("w").unwrap(), vec![1]);
+    let r = apply(&store, offline(), t(3)).result;
+    assert_eq!(r, Ok(Outcome::Lost { lost: vec![1], requeued: vec![2] }));
+    let retry = store.run(2).unwrap().unwrap();
+    assert_eq!((retry.attempt, retry.lost_requeues, retry.status), (2, 1, RunStatus::Pending));
+    // Offline: placement onto it is refused in apply.
+    assert_eq!(apply(&store, assign(2), t(4)).result, Ok(Outcome::Assigned { placed: 0 }));
+    // Back (re-registered), assigned, lost again: the chain's one re-queue is spent.
+    apply(&store, register(), t(5));
+    apply(&store, assign(2), t(5));
+    let r = apply(&store, offline(), t(6)).result;
+    assert_eq!(r, Ok(Outcome::Lost { lost: vec![2], requeued: vec![] }));
+    // The first attempt's holder reports late: refused, and the state is untouched.
+    let digest = store.digest().unwrap();
+    let late = Command::ReportRun {
+        run_id: 1,
+        attempt: 1,
+        worker_id: "w".into(),
+        report: RunReport::Finished {
+            status: RunStatus::Succeeded,
+            exit_code: Some(0),
+            http_status: None,
+            output: String::new(),
+            error: None,
+            duration_ms: 5,
+        },
+        retry_jitter_ms: 0,
+    };
+    assert!(matches!(apply(&store, late, t(7)).result, Err(Rejection::StaleAttempt { .. })));
+    assert_eq!(store.digest().unwrap(), digest);
+    assert!(store.assignments_of("w").unwrap().is_empty());
+}
