@@ -289,8 +289,15 @@ impl Config {
                 return bad(&format!("auth.api_keys[{i}].sha256"), "must be 64 hex digits".into());
             }
         }
-        if self.scheduler.worker_timeout_s < 2 {
-            return bad("scheduler.worker_timeout_s", "must be at least 2 (workers renew every third of it)".into());
+        let min = crate::model::lease::MIN_WORKER_TIMEOUT_S;
+        if self.scheduler.worker_timeout_s < min {
+            return bad(
+                "scheduler.worker_timeout_s",
+                format!(
+                    "must be at least {min}: a worker holds its lease for half of it, and the rest must cover clock \
+                     drift and the time to kill its processes (see model/lease.rs)"
+                ),
+            );
         }
         if self.scheduler.default_timezone.parse::<chrono_tz::Tz>().is_err() {
             return bad(
@@ -411,6 +418,12 @@ mod tests {
         let f = write("[node]\nid = 1\n[scheduler]\ndefault_timezone = \"Mars/Base\"\n");
         let err = Config::load(Some(f.path()), &env(&[]), &[]).unwrap_err().to_string();
         assert!(err.contains("scheduler.default_timezone"), "{err}");
+        // Too short to fence a worker safely (model::lease): refused, the floor accepted.
+        let f = write("[node]\nid = 1\n[scheduler]\nworker_timeout_s = 3\n");
+        let err = Config::load(Some(f.path()), &env(&[]), &[]).unwrap_err().to_string();
+        assert!(err.contains("scheduler.worker_timeout_s") && err.contains("at least 4"), "{err}");
+        let f = write("[node]\nid = 1\n[scheduler]\nworker_timeout_s = 4\n");
+        assert!(Config::load(Some(f.path()), &env(&[]), &[]).is_ok());
     }
 
     #[test]

@@ -17,9 +17,9 @@ use tokio::task::JoinHandle;
 use crate::api::auth::Auth;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::model::{HeartbeatAck, HeartbeatBody, Seen};
 use crate::raft::{Command, IdempotencyKey, NodeId, NodeInfo, Raft, Request, Response, SnapshotMeta, TypeConfig, Vote};
 use crate::rpc::{self, context, Identity, MembershipOp, NodeStatus, PeerClients, RpcFailure, RpcServer};
-use crate::scheduler::workers::{HeartbeatAck, HeartbeatBody, Seen};
 use crate::storage::{open_db, LogStore, StateMachine, Store};
 
 /// How long a client write may take, forwarding and leader changes included, before the
@@ -249,6 +249,20 @@ impl NodeCore {
 
     pub fn is_leader(&self) -> bool {
         self.leader() == Some(self.id)
+    }
+
+    /// On a leader that has not heard from a quorum within the election timeout (it may be
+    /// cut off; openraft keeps such a node in the leader state): how long it has been, or
+    /// `Duration::MAX` when no quorum ever acknowledged it. `None` on a healthy leader, a
+    /// sole voter, or a node that does not lead.
+    pub fn leader_out_of_touch(&self) -> Option<Duration> {
+        use openraft::Instant as _;
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.current_leader != Some(self.id) || m.membership_config.voter_ids().count() <= 1 {
+            return None;
+        }
+        let age = m.last_quorum_acked.map_or(Duration::MAX, |t| t.elapsed());
+        (age > Duration::from_millis(self.config.cluster.election_timeout_ms)).then_some(age)
     }
 
     fn node_info(&self, id: NodeId) -> Option<NodeInfo> {
@@ -486,7 +500,7 @@ impl NodeCore {
     ) -> Result<Option<HeartbeatAck>, RpcFailure> {
         let local = || {
             let body = body.clone();
-            async move { Ok(crate::scheduler::workers::heartbeat_local(self, worker, body).await) }
+            async move { crate::scheduler::workers::heartbeat_local(self, worker, body).await }
         };
         let remote = |c: rpc::ClusterServiceClient| {
             let (hdr, body) = (self.identity.header(), body.clone());

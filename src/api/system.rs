@@ -30,7 +30,8 @@ pub fn protected_routes() -> OpenApiRouter<Arc<NodeCore>> {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// `healthy` when this node is in a quorum with a known leader.
+    /// `healthy` when this node is in a quorum with a known leader (and, on the leader, a
+    /// quorum acknowledged it within the election timeout).
     pub status: String,
     /// `connected` when the local RocksDB answers.
     pub database: String,
@@ -53,13 +54,15 @@ pub struct RaftHealth {
 /// Liveness and leadership of this node; no credential needed (load balancers poll it).
 #[utoipa::path(
     get, path = "/api/health", tag = "system",
-    responses((status = 200, description = "healthy", body = Envelope<Health>), (status = 503, description = "no leader or storage failing", body = Envelope<Health>))
+    responses((status = 200, description = "healthy", body = Envelope<Health>), (status = 503, description = "no leader, a leader out of touch with its quorum, or storage failing", body = Envelope<Health>))
 )]
 async fn health(State(core): State<Arc<NodeCore>>) -> Response {
     let st = core.status(false);
     let db_ok = core.store.applied().is_ok();
     let has_leader = st.leader_id.is_some();
-    let healthy = db_ok && has_leader;
+    // A leader cut off from its quorum must not attract a load balancer's traffic.
+    let out_of_touch = core.leader_out_of_touch();
+    let healthy = db_ok && has_leader && out_of_touch.is_none();
     let body = Health {
         status: if healthy { "healthy" } else { "unhealthy" }.into(),
         database: if db_ok { "connected" } else { "error" }.into(),
@@ -74,10 +77,17 @@ async fn health(State(core): State<Arc<NodeCore>>) -> Response {
             applied_index: st.applied_index,
         },
     };
-    let (status, message, error) = match (db_ok, has_leader) {
-        (true, true) => (StatusCode::OK, "ok".to_string(), None),
-        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "local storage is failing".to_string(), Some("unavailable")),
-        (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "this node has no leader".to_string(), Some("unavailable")),
+    let unavailable = |message: String| (StatusCode::SERVICE_UNAVAILABLE, message, Some("unavailable"));
+    let (status, message, error) = match (db_ok, has_leader, out_of_touch) {
+        (false, _, _) => unavailable("local storage is failing".into()),
+        (true, false, _) => unavailable("this node has no leader".into()),
+        (true, true, Some(age)) if age == std::time::Duration::MAX => {
+            unavailable("this node leads but no quorum has acknowledged it yet".into())
+        }
+        (true, true, Some(age)) => {
+            unavailable(format!("this node leads but has not heard from a quorum for {} ms", age.as_millis()))
+        }
+        (true, true, None) => (StatusCode::OK, "ok".to_string(), None),
     };
     let env = Envelope { success: healthy, data: Some(body), message, timestamp: super::now_rfc3339(), error };
     (status, Json(env)).into_response()

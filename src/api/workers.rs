@@ -22,10 +22,10 @@ use super::auth::Caller;
 use super::{parse_id, typed_json_body, ApiError, Consistency, Envelope, Reply};
 use crate::config::Role;
 use crate::model::worker::validate_worker_id;
+use crate::model::{HeartbeatAck, HeartbeatBody, Seen, SystemInfo};
 use crate::model::{Liveness, Registration, Run, RunStatus, TaskSpec, Worker, WorkerUpdate};
 use crate::node::NodeCore;
 use crate::raft::{Command, Outcome, Response, RunReport};
-use crate::scheduler::workers::{HeartbeatAck, HeartbeatBody, Seen, SystemInfo};
 
 pub fn routes() -> OpenApiRouter<Arc<NodeCore>> {
     OpenApiRouter::new()

@@ -30,8 +30,8 @@ use tokio::sync::Mutex;
 pub use network::NetworkFactory;
 pub use server::RpcServer;
 
+use crate::model::{HeartbeatAck, HeartbeatBody, Seen};
 use crate::raft::{NodeId, NodeInfo, Request, Response, SnapshotMeta, TypeConfig, Vote, FORMAT_VERSION};
-use crate::scheduler::workers::{HeartbeatAck, HeartbeatBody, Seen};
 use crate::storage::Store;
 
 /// Largest frame either side accepts. Append batches are bounded by openraft's

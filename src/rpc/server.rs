@@ -10,9 +10,10 @@ use openraft::raft::{
 use tarpc::context::Context;
 
 use super::{ClusterService, Header, MembershipOp, NodeStatus, RpcFailure, SnapshotChunk};
+use crate::model::{HeartbeatAck, HeartbeatBody, Seen};
 use crate::node::NodeCore;
 use crate::raft::{NodeId, Request, Response, Snapshot, TypeConfig};
-use crate::scheduler::workers::{self, HeartbeatAck, HeartbeatBody, Seen};
+use crate::scheduler::workers;
 
 #[derive(Clone)]
 pub struct RpcServer {
@@ -156,7 +157,7 @@ impl ClusterService for RpcServer {
         if !self.core.is_leader() {
             return Err(RpcFailure::NotLeader(self.core.leader()));
         }
-        Ok(workers::heartbeat_local(&self.core, &worker, body).await)
+        workers::heartbeat_local(&self.core, &worker, body).await
     }
 
     async fn worker_heartbeats(self, _: Context, hdr: Header) -> Result<BTreeMap<String, Seen>, RpcFailure> {

@@ -16,12 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use openraft::ReadPolicy;
 
-use crate::model::{Liveness, RunStatus, Worker};
+use crate::model::{HeartbeatAck, HeartbeatBody, Liveness, RunStatus, Seen, Worker};
 use crate::node::NodeCore;
 use crate::raft::{Command, Outcome};
+use crate::rpc::RpcFailure;
 
 /// Pending runs considered per placement pass while workers have free slots.
 const QUEUE_WINDOW: usize = 1000;
@@ -31,47 +31,6 @@ const REASON_WINDOW: usize = 100;
 const MAX_SLEEP: Duration = Duration::from_millis(500);
 /// How often the leader looks for runs held past their timeout.
 const OVERDUE_CHECK_EVERY: Duration = Duration::from_secs(1);
-
-/// A worker's load figures, as its heartbeat reports them (seed body).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct SystemInfo {
-    #[serde(default)]
-    pub cpu_usage: Option<f64>,
-    #[serde(default)]
-    pub memory_usage: Option<f64>,
-    #[serde(default)]
-    pub disk_usage: Option<f64>,
-}
-
-/// `POST /api/workers/{id}/heartbeat`'s body (the seed's).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct HeartbeatBody {
-    /// What the worker says of itself (`online`, `busy`); informational.
-    #[serde(default)]
-    pub status: Option<String>,
-    /// What the worker says it runs; informational (capacity comes from assignments).
-    #[serde(default)]
-    pub current_tasks: Option<u32>,
-    #[serde(default)]
-    pub system_info: Option<SystemInfo>,
-}
-
-/// The leader's answer to a heartbeat.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct HeartbeatAck {
-    /// The worker must stop its running processes if it cannot renew for this long.
-    pub lease_ms: u64,
-    /// How often it should renew.
-    pub heartbeat_ms: u64,
-}
-
-/// The last heartbeat the leader received from one worker.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Seen {
-    pub at: DateTime<Utc>,
-    pub body: HeartbeatBody,
-}
 
 /// The leader's memory of heartbeats; empty on followers.
 #[derive(Default)]
@@ -98,18 +57,26 @@ impl Heartbeats {
     }
 }
 
-/// The lease a worker holds between renewals: half the timeout after which the leader
-/// declares it offline, so a worker that cannot renew stops its runs well before they are
-/// re-queued elsewhere.
+/// The lease a worker holds between renewals (see [`crate::model::lease`]).
 pub fn lease(core: &NodeCore) -> HeartbeatAck {
-    let timeout_ms = core.config.scheduler.worker_timeout_s * 1000;
-    HeartbeatAck { lease_ms: timeout_ms / 2, heartbeat_ms: (timeout_ms / 6).max(100) }
+    HeartbeatAck::for_timeout(Duration::from_secs(core.config.scheduler.worker_timeout_s))
 }
 
-/// On the leader: records a heartbeat and brings an offline worker back online. `None`
+/// On the leader: records a heartbeat and brings an offline worker back online. `Ok(None)`
 /// when the worker never registered.
-pub async fn heartbeat_local(core: &NodeCore, worker: &str, body: HeartbeatBody) -> Option<HeartbeatAck> {
-    let known = core.store.worker(worker).ok().flatten()?;
+///
+/// Acknowledged only while this node's Raft leader lease holds: a leader cut off from its
+/// quorum keeps believing it leads (openraft keeps it in the leader state), and renewing
+/// worker leases then would let its workers run on while the majority's leader re-queues
+/// their runs. The lease check costs no round trip and fails at once when stale.
+pub async fn heartbeat_local(
+    core: &NodeCore,
+    worker: &str,
+    body: HeartbeatBody,
+) -> Result<Option<HeartbeatAck>, RpcFailure> {
+    confirm_leader_lease(core).await?;
+    let known = core.store.worker(worker).map_err(|e| RpcFailure::Unavailable(format!("cannot read workers: {e}")))?;
+    let Some(known) = known else { return Ok(None) };
     core.heartbeats.record(worker, body);
     if known.liveness == Liveness::Offline {
         let cmd = Command::SetWorkerLiveness {
@@ -122,7 +89,18 @@ pub async fn heartbeat_local(core: &NodeCore, worker: &str, body: HeartbeatBody)
             tracing::debug!(worker, error = %e, "bringing worker online did not commit; next heartbeat retries");
         }
     }
-    Some(lease(core))
+    Ok(Some(lease(core)))
+}
+
+/// Fails unless this node leads with a quorum acknowledgement younger than its leader
+/// lease (openraft's `LeaseRead`: no round trip).
+async fn confirm_leader_lease(core: &NodeCore) -> Result<(), RpcFailure> {
+    use openraft::errors::{LinearizableReadError, RaftError};
+    match core.raft.get_read_log_id(ReadPolicy::LeaseRead).await {
+        Ok(_) => Ok(()),
+        Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(RpcFailure::NotLeader(f.leader_id)),
+        Err(e) => Err(RpcFailure::Unavailable(format!("leadership lease not confirmed: {e}"))),
+    }
 }
 
 /// Runs on every node; acts while this node leads.

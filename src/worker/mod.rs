@@ -4,9 +4,11 @@
 //!
 //! Safety rules it keeps:
 //! - It reports only for the attempt it was given; the cluster fences everything else.
-//! - If it cannot renew its lease for `lease_ms` (half the cluster's `worker_timeout_s`),
-//!   it kills its running process groups itself and reports nothing for them: by the time
-//!   the cluster declares it offline and re-queues those runs, they no longer run here.
+//! - Its lease runs from the moment it *sent* the heartbeat the cluster acknowledged, for
+//!   `lease_ms` (half the cluster's `worker_timeout_s`). A timer kills its running
+//!   processes when the lease runs out (not only at the next heartbeat), and it reports
+//!   nothing for them: by the time the cluster declares it offline and re-queues those
+//!   runs, they no longer run here (the margin is worked out in `model::lease`).
 //! - A run that disappears from its assignments (cancelled, or re-queued after this worker
 //!   was presumed lost) is killed.
 //! - On shutdown it stops taking runs, lets running ones finish for a drain period, then
@@ -86,8 +88,8 @@ struct Shared {
     launch: exec::Launch,
     http: reqwest::Client,
     running: Mutex<BTreeMap<u64, Held>>,
-    /// When the lease was last renewed, and for how long it holds.
-    lease: Mutex<(Instant, Duration)>,
+    /// Until when the lease holds (on this process's monotonic clock).
+    lease: watch::Sender<Instant>,
     stopping: watch::Sender<bool>,
 }
 
@@ -108,7 +110,8 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         launch,
         http,
         running: Mutex::new(BTreeMap::new()),
-        lease: Mutex::new((Instant::now(), Duration::from_secs(5))),
+        // No lease until the cluster grants one.
+        lease: watch::channel(Instant::now()).0,
         stopping: watch::channel(false).0,
     });
     let s = shared.clone();
@@ -117,7 +120,8 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         tracing::info!(worker = %s.config.id, server = %s.config.server, "worker registered");
         tokio::join!(s.clone().heartbeat_loop(heartbeat_every), s.clone().poll_loop());
     });
-    Ok(RunningAgent { shared, tasks: vec![main] })
+    let watchdog = tokio::spawn(shared.clone().lease_watchdog());
+    Ok(RunningAgent { shared, tasks: vec![main, watchdog] })
 }
 
 impl RunningAgent {
@@ -181,18 +185,44 @@ impl Shared {
         }
     }
 
-    fn renewed(&self, ack: &Value) {
-        let lease = ack["data"]["lease_ms"].as_u64().map(Duration::from_millis);
-        let mut l = self.lease.lock().expect("lease poisoned");
-        l.0 = Instant::now();
-        if let Some(lease) = lease {
-            l.1 = lease;
-        }
+    /// The cluster acknowledged a heartbeat (or registration) this agent sent at `sent_at`.
+    fn renewed(&self, sent_at: Instant, ack: &Value) {
+        let Some(lease) = ack["data"]["lease_ms"].as_u64().map(Duration::from_millis) else {
+            tracing::warn!("acknowledgement without lease_ms; lease not renewed");
+            return;
+        };
+        self.lease.send_if_modified(|until| {
+            let renewed = sent_at + lease;
+            if renewed <= *until {
+                return false;
+            }
+            *until = renewed;
+            true
+        });
     }
 
     fn lease_expired(&self) -> bool {
-        let l = self.lease.lock().expect("lease poisoned");
-        l.0.elapsed() > l.1
+        Instant::now() >= *self.lease.borrow()
+    }
+
+    /// Kills the running runs the moment the lease runs out.
+    async fn lease_watchdog(self: Arc<Self>) {
+        let mut until = self.lease.subscribe();
+        loop {
+            let deadline = *until.borrow_and_update();
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if self.lease_expired() && self.running_count() > 0 {
+                        tracing::warn!(worker = %self.config.id, "lease ran out: killing running runs");
+                        self.stop_all(Stop::Fenced);
+                    }
+                    if until.changed().await.is_err() {
+                        return;
+                    }
+                }
+                changed = until.changed() => if changed.is_err() { return },
+            }
+        }
     }
 
     /// Registers until the cluster accepts; returns the heartbeat interval it asks for.
@@ -201,9 +231,10 @@ impl Shared {
         let path = format!("/api/workers/{}/register", self.config.id);
         let mut backoff = Duration::from_millis(100);
         loop {
+            let sent_at = Instant::now();
             match self.call(reqwest::Method::POST, &path, Some(body.clone()), Duration::from_secs(15)).await {
                 Ok((StatusCode::OK, ack)) => {
-                    self.renewed(&ack);
+                    self.renewed(sent_at, &ack);
                     return Duration::from_millis(ack["data"]["heartbeat_ms"].as_u64().unwrap_or(1000));
                 }
                 Ok((status, v)) if status.is_client_error() => {
@@ -221,17 +252,12 @@ impl Shared {
         let path = format!("/api/workers/{}/heartbeat", self.config.id);
         loop {
             tokio::time::sleep(every).await;
-            // Checked before renewing: a lease that ran out while this process could not
-            // act (stopped, starved, partitioned) may already have cost it its runs.
-            if self.lease_expired() && self.running_count() > 0 {
-                tracing::warn!(worker = %self.config.id, "lease not renewed in time: killing running runs");
-                self.stop_all(Stop::Fenced);
-            }
             let busy = self.running_count() as u32;
             let status = if busy >= self.config.max_tasks { "busy" } else { "online" };
             let body = json!({"status": status, "current_tasks": busy});
+            let sent_at = Instant::now();
             match self.call(reqwest::Method::POST, &path, Some(body), every.max(Duration::from_millis(500))).await {
-                Ok((StatusCode::OK, ack)) => self.renewed(&ack),
+                Ok((StatusCode::OK, ack)) => self.renewed(sent_at, &ack),
                 Ok((StatusCode::NOT_FOUND, _)) => {
                     // The cluster does not know this worker (e.g. its state was rebuilt).
                     self.stop_all(Stop::Fenced);

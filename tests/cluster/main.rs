@@ -3,6 +3,7 @@
 
 mod fixture;
 
+mod agent;
 mod bad_input;
 mod failover;
 mod firing;

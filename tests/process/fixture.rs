@@ -17,15 +17,19 @@ use serde_json::Value;
 pub const KEY: &str = "process-test-key";
 /// Distinctive, so a test can search a job's output for it.
 pub const CLUSTER_SECRET: &str = "process-test-cluster-secret-5f1c0e";
-/// Short, so the worker-loss test sees a worker declared offline quickly.
-pub const WORKER_TIMEOUT_S: u64 = 2;
+/// The shortest the configuration accepts, so worker-loss tests see a worker declared
+/// offline quickly.
+pub const WORKER_TIMEOUT_S: u64 = 4;
 pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 pub struct Node {
     pub id: u64,
     pub http: String,
+    pub rpc_port: u16,
     pub config: PathBuf,
     pub child: Option<Child>,
+    /// The user the node runs as (see [`Cluster::run_as_own_users`]); the test's otherwise.
+    pub uid: Option<u32>,
 }
 
 pub struct Cluster {
@@ -79,9 +83,74 @@ impl Cluster {
                 ),
             )
             .unwrap();
-            nodes.push(Node { id, http: format!("127.0.0.1:{http}"), config, child: None });
+            nodes.push(Node { id, http: format!("127.0.0.1:{http}"), rpc_port: *rpc, config, child: None, uid: None });
         }
         Cluster { nodes, _dir: dir, http: reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap() }
+    }
+
+    /// Runs each node as a user of its own (uids from a per-process base), so iptables can
+    /// tell their packets apart on loopback (`-m owner`). Needs root.
+    pub fn run_as_own_users(mut self) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        assert!(nix::unistd::Uid::effective().is_root(), "running nodes as other users needs root");
+        let base = 61_000 + (std::process::id() % 1000) * 4;
+        std::fs::set_permissions(self._dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            let uid = base + i as u32;
+            let data = self._dir.path().join(format!("data{}", node.id));
+            std::fs::create_dir_all(&data).unwrap();
+            std::os::unix::fs::chown(&data, Some(uid), Some(uid)).unwrap();
+            node.uid = Some(uid);
+        }
+        self
+    }
+
+    /// Cuts node `i` off from every other node's RPC port, and them from its own, until the
+    /// returned guard is dropped. Clients still reach every node's HTTP port.
+    pub fn isolate(&self, i: usize) -> Isolation {
+        let me = &self.nodes[i];
+        let uid = me.uid.expect("isolate needs run_as_own_users").to_string();
+        let others: Vec<String> = self.nodes.iter().filter(|n| n.id != me.id).map(|n| n.rpc_port.to_string()).collect();
+        let chain = format!("RC{}N{}", std::process::id(), me.id);
+        let iptables = |args: &[&str]| {
+            let out = Command::new("iptables").args(args).output().expect("iptables runs");
+            assert!(out.status.success(), "iptables {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        iptables(&["-N", &chain]);
+        // Its outgoing connections to the others, and everyone else's to it.
+        iptables(&[
+            "-A",
+            &chain,
+            "-p",
+            "tcp",
+            "-m",
+            "owner",
+            "--uid-owner",
+            &uid,
+            "-m",
+            "multiport",
+            "--dports",
+            &others.join(","),
+            "-j",
+            "DROP",
+        ]);
+        iptables(&[
+            "-A",
+            &chain,
+            "-p",
+            "tcp",
+            "--dport",
+            &me.rpc_port.to_string(),
+            "-m",
+            "owner",
+            "!",
+            "--uid-owner",
+            &uid,
+            "-j",
+            "DROP",
+        ]);
+        iptables(&["-I", "OUTPUT", "-j", &chain]);
+        Isolation { chain }
     }
 
     pub fn start_all(mut self) -> Self {
@@ -107,6 +176,10 @@ impl Cluster {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(node.config.with_extension("log")).unwrap();
         let mut cmd = raftcron_command(log);
+        if let Some(uid) = node.uid {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(uid);
+        }
         cmd.args(["serve", "--config"])
             .arg(&node.config)
             .args(extra)
@@ -196,6 +269,19 @@ impl Cluster {
             names.extend(items.iter().map(|t| t["name"].as_str().unwrap().to_string()));
         }
         names
+    }
+}
+
+/// iptables rules that cut one node off; removed on drop (also when a test panics).
+pub struct Isolation {
+    chain: String,
+}
+
+impl Drop for Isolation {
+    fn drop(&mut self) {
+        for args in [vec!["-D", "OUTPUT", "-j", &self.chain], vec!["-F", &self.chain], vec!["-X", &self.chain]] {
+            let _ = Command::new("iptables").args(&args).output();
+        }
     }
 }
 

@@ -5,6 +5,7 @@ mod fixture;
 
 mod clock;
 mod durability;
+mod fencing;
 mod isolation;
 mod lifecycle;
 mod workers;

@@ -1,0 +1,134 @@
+//! Never two attempts at once (PRODUCT.md §4.5–4.6), with real processes: a leader cut off
+//! from its quorum together with the worker that talks to it, and the majority re-running
+//! that worker's run elsewhere. Each job writes its own timeline (start, a tick every
+//! 100 ms, end), which is the ground truth the checks read.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::fixture::{spawn_worker, Cluster};
+
+/// A shell job that logs `start`, then `tick` every 100 ms for `seconds`, then `end`, each
+/// line with its run id, attempt and a nanosecond timestamp.
+fn timeline_job(log: &Path, seconds: u32) -> String {
+    let line =
+        |what: &str| format!("echo \"{what} $RAFTCRON_RUN_ID $RAFTCRON_ATTEMPT $(date +%s%N)\" >> {}", log.display());
+    format!(
+        "{}; i=0; while [ $i -lt {} ]; do {}; sleep 0.1; i=$((i+1)); done; {}",
+        line("start"),
+        seconds * 10,
+        line("tick"),
+        line("end")
+    )
+}
+
+/// Per attempt: (first, last) timestamp it logged, in nanoseconds.
+fn intervals(log: &Path) -> BTreeMap<u32, (u128, u128)> {
+    let mut out: BTreeMap<u32, (u128, u128)> = BTreeMap::new();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let (Some(attempt), Some(at)) =
+            (parts.get(2).and_then(|a| a.parse().ok()), parts.get(3).and_then(|t| t.parse().ok()))
+        else {
+            continue;
+        };
+        let e = out.entry(attempt).or_insert((at, at));
+        e.0 = e.0.min(at);
+        e.1 = e.1.max(at);
+    }
+    out
+}
+
+async fn run_of(c: &Cluster, node: usize, id: u64) -> Value {
+    let r = c
+        .http
+        .get(format!("http://{}/api/runs/{id}", c.nodes[node].http))
+        .bearer_auth(crate::fixture::KEY)
+        .send()
+        .await;
+    match r {
+        Ok(r) => r.json::<Value>().await.map(|v| v["data"].clone()).unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+async fn health_status(c: &Cluster, node: usize) -> Option<u16> {
+    let r =
+        c.http.get(format!("http://{}/api/health", c.nodes[node].http)).timeout(Duration::from_secs(2)).send().await;
+    r.ok().map(|r| r.status().as_u16())
+}
+
+/// Regression test for a deposed leader renewing worker leases: the leader and worker W1
+/// are cut off from the other two nodes while W1 runs a long job. The majority elects a
+/// leader, declares W1 lost and re-runs the job on W2. The old leader must stop
+/// acknowledging W1's heartbeats (its Raft lease lapsed), so W1 kills its job before the
+/// retry starts — the two attempts never overlap — and its `/api/health` turns 503 so a
+/// load balancer stops sending it clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_leaders_worker_stops_before_the_majority_reruns_its_job() {
+    let c = Cluster::start_with(3, 500).run_as_own_users().start_all();
+    c.wait_healthy(Duration::from_secs(30)).await;
+    let leader = c.leader_seen_by(0).await.expect("a leader") as usize - 1;
+    let majority = (leader + 1) % 3;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    let mut w1 = spawn_worker(&c, leader, "w1");
+    let body = json!({"name": "long", "executor": "shell", "command": timeline_job(&log, 25), "timeout_seconds": 60});
+    let task = c.post(leader, "/api/tasks", Some(body)).await;
+    let task = task["data"]["id"].as_u64().unwrap_or_else(|| panic!("create failed: {task}"));
+    let run = c.post(leader, &format!("/api/tasks/{task}/trigger"), None).await;
+    let run = run["data"]["id"].as_u64().unwrap_or_else(|| panic!("trigger failed: {run}"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while run_of(&c, leader, run).await["status"] != "running" {
+        assert!(Instant::now() < deadline, "the run never started on w1; logs: {}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // W2 exists only on the majority side, and only once the run is W1's.
+    let mut w2 = spawn_worker(&c, majority, "w2");
+
+    let cut = c.isolate(leader);
+    let cut_at = Instant::now();
+    // The old leader reports itself unhealthy once its quorum has been silent for an
+    // election timeout.
+    loop {
+        if health_status(&c, leader).await == Some(503) {
+            break;
+        }
+        assert!(cut_at.elapsed() < Duration::from_secs(5), "the isolated leader still answers /api/health 200");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The majority re-runs the job on W2.
+    let retry = loop {
+        let runs = c.get(majority, &format!("/api/tasks/{task}/runs?consistency=local")).await;
+        let items = runs["data"]["items"].as_array().cloned().unwrap_or_default();
+        if let Some(r) = items.iter().find(|r| r["retry_of"].as_u64() == Some(run) && r["status"] == "running") {
+            break r.clone();
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(20),
+            "no retry running on the majority side; logs: {}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(retry["worker_id"], "w2", "{retry}");
+    // Let the retry run a while beside whatever W1 may still be doing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(cut);
+
+    let spans = intervals(&log);
+    let (first, second) = (spans.get(&1).copied(), spans.get(&2).copied());
+    let (Some(first), Some(second)) = (first, second) else { panic!("both attempts should have logged: {spans:?}") };
+    assert!(
+        first.1 < second.0,
+        "attempt 1 was still running {} ms after attempt 2 started",
+        (first.1 - second.0) / 1_000_000
+    );
+    for w in [&mut w1, &mut w2] {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+}
