@@ -95,7 +95,7 @@ fn main() {
             let config = AgentConfig {
                 max_tasks: SLOTS,
                 drain: Duration::from_secs(5),
-                ..AgentConfig::new(c.url(*node, ""), format!("bench-{i}"), fixture::KEY)
+                ..fixture::agent_config(c.url(*node, ""), &format!("bench-{i}"), fixture::KEY)
             };
             agents.push(worker::start(config).await.unwrap());
         }

@@ -59,6 +59,9 @@ pub enum Cmd {
         #[command(subcommand)]
         command: ScheduleCmd,
     },
+    /// The per-run supervisor a worker agent starts for each process run (internal).
+    #[command(hide = true)]
+    RunShim,
     /// Cluster administration through any node's REST API.
     Cluster {
         #[command(flatten)]
@@ -130,6 +133,11 @@ pub struct WorkerArgs {
     /// non-dumpable) but can read that user's files.
     #[arg(long, value_name = "USER")]
     pub run_as: Option<String>,
+    /// Where the agent records the runs it supervises and the reports it has not
+    /// delivered yet, so a restarted agent kills what its crashed predecessor left running
+    /// and still reports what finished (default: ./.raftcron-worker-ID).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -202,6 +210,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Serve(args) => run_serve(args).await,
         Cmd::Worker(args) => run_worker(args).await,
         Cmd::Healthcheck { addr } => healthcheck(addr).await,
+        Cmd::RunShim => bail!("run-shim runs before the async runtime starts (see main.rs)"),
         Cmd::Cluster { client, command } => run_cluster(client, command).await,
         Cmd::Schedule { command: ScheduleCmd::Preview { expr, timezone, count, from } } => {
             let from = match from {
@@ -228,11 +237,13 @@ async fn embedded_worker(
     key: &str,
     max_tasks: u32,
     settings: crate::config::WorkerConfig,
+    state_dir: PathBuf,
 ) -> anyhow::Result<RunningAgent> {
     let mut config = AgentConfig::new(format!("http://{http}"), id, key);
     config.max_tasks = max_tasks;
     config.work_dir = settings.work_dir;
     config.run_as = settings.run_as;
+    config.state_dir = Some(state_dir);
     worker::start(config).await
 }
 
@@ -257,6 +268,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     crate::model::worker::validate_worker_id(&args.id).map_err(|e| anyhow::anyhow!("--id: {}", e.reason))?;
     crate::model::worker::validate_slots(args.max_tasks).map_err(|e| anyhow::anyhow!("--max-tasks: {}", e.reason))?;
     let tags: Vec<String> = args.tags.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect();
+    let state_dir = args.state_dir.unwrap_or_else(|| PathBuf::from(format!(".raftcron-worker-{}", args.id)));
     let agent = worker::start(AgentConfig {
         server: args.server,
         id: args.id,
@@ -267,6 +279,8 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         work_dir: args.work_dir,
         drain: std::time::Duration::from_secs(args.drain_s),
         run_as: args.run_as,
+        shim: None,
+        state_dir: Some(state_dir),
     })
     .await?;
     println!("raftcron worker started");
@@ -294,7 +308,8 @@ async fn run_dev(data_dir: PathBuf, http: String, with_worker: bool, run_as: Opt
     let agent = match with_worker {
         true => {
             let settings = crate::config::WorkerConfig { run_as, work_dir: None };
-            Some(embedded_worker(running.http_addr, "dev-worker", &key, 4, settings).await?)
+            let state_dir = data_dir.join("worker");
+            Some(embedded_worker(running.http_addr, "dev-worker", &key, 4, settings, state_dir).await?)
         }
         false => None,
     };
@@ -350,11 +365,13 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let listeners = Listeners::bind(&config).await?;
     let worker_settings = config.worker.clone();
+    let worker_state_dir = config.node.data_dir.join("worker");
     let running = node::start(config, listeners, &extra_keys).await?;
     println!("raftcron node {} serving http://{} (rpc {})", running.core.id, running.http_addr, running.rpc_addr);
     let agent = match &args.worker {
         Some(id) => {
-            Some(embedded_worker(running.http_addr, id, &worker_key, args.worker_max_tasks, worker_settings).await?)
+            let (slots, dir) = (args.worker_max_tasks, worker_state_dir);
+            Some(embedded_worker(running.http_addr, id, &worker_key, slots, worker_settings, dir).await?)
         }
         None => None,
     };

@@ -4,6 +4,10 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = raftcron::cli::Cli::parse();
+    // The per-run supervisor is plain threads and `waitpid`: no runtime, no logging.
+    if matches!(cli.command, raftcron::cli::Cmd::RunShim) {
+        return std::process::ExitCode::from(raftcron::worker::shim::run().clamp(0, 255) as u8);
+    }
     raftcron::cli::init_logging(&cli);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -106,7 +106,8 @@ async fn confirm_leader_lease(core: &NodeCore) -> Result<(), RpcFailure> {
 /// Runs on every node; acts while this node leads.
 pub async fn run(core: Arc<NodeCore>) {
     let mut changed = core.store.runs_changed();
-    let mut leading_since: Option<Instant> = None;
+    // When this node took over: as an instant (liveness) and on the wall clock (expiry).
+    let mut leading_since: Option<(Instant, DateTime<Utc>)> = None;
     let mut last_overdue_check = Instant::now();
     loop {
         if !core.is_leader() {
@@ -116,12 +117,12 @@ pub async fn run(core: Arc<NodeCore>) {
             tokio::time::sleep(MAX_SLEEP).await;
             continue;
         }
-        let since = *leading_since.get_or_insert_with(Instant::now);
+        let (since, since_wall) = *leading_since.get_or_insert_with(|| (Instant::now(), Utc::now()));
         changed.borrow_and_update();
         check_liveness(&core, since).await;
         if last_overdue_check.elapsed() >= OVERDUE_CHECK_EVERY {
             last_overdue_check = Instant::now();
-            if let Err(e) = expire_overdue(&core).await {
+            if let Err(e) = expire_overdue(&core, since_wall).await {
                 tracing::error!(error = %e, "cannot check for overdue runs");
             }
         }
@@ -171,7 +172,11 @@ async fn check_liveness(core: &NodeCore, leading_since: Instant) {
 /// `worker_timeout_s` since it was started (or assigned, if it never started). The worker
 /// itself kills at the timeout, so such a run's worker is hung or its reports are lost;
 /// without this, a worker that heartbeats but never reports would hold the run forever.
-async fn expire_overdue(core: &NodeCore) -> std::io::Result<()> {
+///
+/// The grace counts from this node's takeover at the latest, as liveness does: after an
+/// outage of the whole cluster, a worker whose run ended meanwhile gets a full grace to
+/// deliver the report it kept, instead of seeing the run expired and run again.
+async fn expire_overdue(core: &NodeCore, leading_since: DateTime<Utc>) -> std::io::Result<()> {
     let grace = chrono::Duration::seconds(core.config.scheduler.worker_timeout_s as i64);
     let now = Utc::now();
     for w in core.store.workers()? {
@@ -180,7 +185,7 @@ async fn expire_overdue(core: &NodeCore) -> std::io::Result<()> {
             let Some(task) = core.store.task(run.task_id)? else { continue };
             let Some(since) = run.started_at.or(run.assigned_at) else { continue };
             let timeout = chrono::Duration::seconds(task.spec.timeout_seconds.min(i64::MAX as u64 / 1000) as i64);
-            if now <= since + timeout + grace {
+            if now <= (since + timeout).max(leading_since) + grace {
                 continue;
             }
             let cmd = Command::ExpireRun {

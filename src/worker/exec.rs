@@ -1,9 +1,11 @@
 //! Executors: run one task's command (shell, python) or request (http) to completion, a
 //! timeout, or a stop, and capture the tail of its output.
 //!
-//! A process task runs in its own process group; the whole group is killed at the timeout,
-//! on a stop, and also when the main process exits (a run's processes end with it, so no
-//! grandchild outlives the run that started it).
+//! A process task (shell, python) runs under its own supervisor process, `raftcron
+//! run-shim` ([`super::shim`]): the job's whole process tree is killed at the timeout, on a
+//! stop, when its main process exits (a run's processes end with it), when the agent dies
+//! and when the agent's lease runs out — even if the agent itself is stopped. An HTTP task
+//! runs in the agent.
 //!
 //! The job environment contract: a process starts from an empty environment, then gets
 //! the agent's `PATH`, `HOME`, `LANG` and `TZ` (where set; `HOME` is the `run_as` user's
@@ -16,15 +18,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{Gid, Pid, Uid, User};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use super::shim::{
+    monotonic_ns, Held, ShimResult, ShimSpec, Started, FRAME_HELD, FRAME_OUTPUT, FRAME_RESULT, FRAME_STARTED,
+};
 use crate::model::{output_tail, ExecutorKind, RunStatus, TaskSpec, MAX_OUTPUT};
 
 /// Why a run was stopped before it finished; a stopped run is not reported.
@@ -36,6 +40,16 @@ pub enum Stop {
     Fenced,
     /// The worker is shutting down and its drain period ended.
     Shutdown,
+}
+
+impl Stop {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stop::Withdrawn => "withdrawn",
+            Stop::Fenced => "fenced",
+            Stop::Shutdown => "shutdown",
+        }
+    }
 }
 
 /// How a run ended.
@@ -50,7 +64,7 @@ pub struct Finished {
 }
 
 impl Finished {
-    fn failed(error: String, started: Instant) -> Finished {
+    pub(super) fn failed(error: String, started: Instant) -> Finished {
         Finished {
             status: RunStatus::Failed,
             exit_code: None,
@@ -100,9 +114,11 @@ impl RunAs {
     }
 }
 
-/// How a process job is started: where, and as whom.
-#[derive(Debug, Clone, Default)]
+/// How a process job is started: through which shim, where, and as whom.
+#[derive(Debug, Clone)]
 pub struct Launch {
+    /// The `raftcron` binary whose `run-shim` supervises each process job.
+    pub shim: PathBuf,
     /// Where a job without a `working_directory` starts (default: the agent's directory).
     pub work_dir: Option<PathBuf>,
     pub run_as: Option<RunAs>,
@@ -134,33 +150,238 @@ pub fn job_environment(
     env
 }
 
-/// Runs `spec` once. `stop` carries `Some(reason)` when the run must end now.
-pub async fn execute(
-    spec: &TaskSpec,
-    job: &JobContext,
-    launch: &Launch,
-    stop: watch::Receiver<Option<Stop>>,
-) -> Result<Finished, Stop> {
-    let timeout = Duration::from_secs(spec.timeout_seconds.max(1));
-    let mut cmd = match spec.executor {
+/// Builds the shim's instructions for a process task (`None` for an HTTP task, which the
+/// agent runs itself).
+pub fn shim_spec(spec: &TaskSpec, job: &JobContext, launch: &Launch, lease_deadline_ns: u64) -> Option<ShimSpec> {
+    let (program, args) = match spec.executor {
         ExecutorKind::Shell => {
-            let mut cmd = tokio::process::Command::new("/bin/sh");
-            cmd.arg("-c").arg(spec.command.as_deref().unwrap_or_default());
-            cmd
+            ("/bin/sh".to_string(), vec!["-c".to_string(), spec.command.clone().unwrap_or_default()])
         }
         ExecutorKind::Python => {
-            let mut cmd = tokio::process::Command::new(spec.python_path.as_deref().unwrap_or("python3"));
-            cmd.arg(spec.command.as_deref().unwrap_or_default()).args(&spec.arguments);
-            cmd
+            let mut args = vec![spec.command.clone().unwrap_or_default()];
+            args.extend(spec.arguments.iter().cloned());
+            (spec.python_path.clone().unwrap_or_else(|| "python3".into()), args)
         }
-        ExecutorKind::Http => return run_http(spec, timeout, stop).await,
+        ExecutorKind::Http => return None,
     };
-    cmd.env_clear().envs(job_environment(spec, job, launch.run_as.as_ref(), |k| std::env::var(k).ok()));
-    if let Some(user) = &launch.run_as {
-        // std drops the supplementary groups too when root switches user.
-        cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+    Some(ShimSpec {
+        program,
+        args,
+        env: job_environment(spec, job, launch.run_as.as_ref(), |k| std::env::var(k).ok()),
+        cwd: spec.working_directory.as_deref().map(PathBuf::from).or_else(|| launch.work_dir.clone()),
+        uid: launch.run_as.as_ref().map(|u| u.uid.as_raw()),
+        gid: launch.run_as.as_ref().map(|u| u.gid.as_raw()),
+        timeout_ms: spec.timeout_seconds.max(1).saturating_mul(1000),
+        lease_deadline_ns,
+        cgroup: Some(format!("raftcron-run-{}-{}-{}", job.run_id, job.attempt, uuid::Uuid::new_v4().simple())),
+    })
+}
+
+/// `until` (this process's monotonic clock) as `CLOCK_MONOTONIC` nanoseconds, the form the
+/// shim compares against.
+pub fn monotonic_deadline_ns(until: Instant) -> u64 {
+    let (now, now_ns) = (Instant::now(), monotonic_ns());
+    if until >= now {
+        now_ns.saturating_add((until - now).as_nanos() as u64)
+    } else {
+        now_ns.saturating_sub((now - until).as_nanos() as u64)
     }
-    run_process(cmd, spec, launch.work_dir.as_deref(), timeout, stop).await
+}
+
+/// How long a shim may take to answer before the agent treats it as broken.
+const SHIM_ANSWER: Duration = Duration::from_secs(10);
+
+/// A run's shim process, held before its job starts and then watched until it ends.
+pub struct Supervised {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: tokio::process::ChildStdout,
+    pub shim_pid: u32,
+    pub held: Held,
+    started: Option<Started>,
+}
+
+impl Supervised {
+    /// Starts the shim and waits until it is ready to start the job.
+    pub async fn spawn(shim_exe: &Path, spec: &ShimSpec) -> std::io::Result<Supervised> {
+        let mut child = tokio::process::Command::new(shim_exe)
+            .arg("run-shim")
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start {} run-shim: {e}", shim_exe.display())))?;
+        let shim_pid = child.id().unwrap_or(0);
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = serde_json::to_vec(spec).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        stdin.write_all(&line).await?;
+        let mut s =
+            Supervised { child, stdin: Some(stdin), stdout, shim_pid, held: Held { cgroup: None }, started: None };
+        match tokio::time::timeout(SHIM_ANSWER, read_frame(&mut s.stdout)).await {
+            Ok(Ok((FRAME_HELD, payload))) => {
+                s.held = serde_json::from_slice(&payload).map_err(std::io::Error::other)?;
+                Ok(s)
+            }
+            Ok(Ok((tag, payload))) => Err(std::io::Error::other(format!(
+                "run-shim answered {:?} {} instead of being ready",
+                tag as char,
+                String::from_utf8_lossy(&payload)
+            ))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::Error::other("run-shim did not answer in time")),
+        }
+    }
+
+    async fn send(&mut self, line: &str) {
+        if let Some(stdin) = &mut self.stdin {
+            // A shim that already ended cannot read; its result frame says why.
+            let _ = stdin.write_all(format!("{line}\n").as_bytes()).await;
+        }
+    }
+
+    /// Tells a held shim to end without starting the job, and waits for it.
+    pub async fn abort(mut self) {
+        self.send("stop withdrawn").await;
+        self.stdin = None;
+        let _ = tokio::time::timeout(SHIM_ANSWER, self.child.wait()).await;
+    }
+
+    /// Starts the job. `Ok(None)` when the shim could not start it (its result follows in
+    /// [`Supervised::watch`]).
+    pub async fn go(&mut self) -> std::io::Result<Option<Started>> {
+        self.send("go").await;
+        match tokio::time::timeout(SHIM_ANSWER, peek_started(&mut self.stdout)).await {
+            Ok(Ok(started)) => {
+                self.started = started.clone();
+                Ok(started)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::Error::other("run-shim did not start the job in time")),
+        }
+    }
+
+    /// Follows the run to its end: collects its output, forwards lease renewals, passes a
+    /// stop on. Returns how it ended, or why it was stopped.
+    pub async fn watch(
+        mut self,
+        mut stop: watch::Receiver<Option<Stop>>,
+        mut lease: watch::Receiver<Instant>,
+        timeout: Duration,
+    ) -> Result<Finished, Stop> {
+        let started = Instant::now();
+        let mut tail = Tail::default();
+        let mut asked: Option<Stop> = None;
+        let mut pending_output = Vec::new();
+        // The shim enforces the timeout; this only bounds a shim that stopped answering.
+        let give_up = tokio::time::sleep(timeout + SHIM_ANSWER * 3);
+        tokio::pin!(give_up);
+        let result = loop {
+            tokio::select! {
+                frame = read_frame(&mut self.stdout) => match frame {
+                    Ok((FRAME_OUTPUT, bytes)) => tail.push(&bytes),
+                    Ok((FRAME_RESULT, payload)) => break serde_json::from_slice::<ShimResult>(&payload).ok(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        pending_output.push(format!("the run's supervisor went away: {e}"));
+                        break None;
+                    }
+                },
+                why = stop_reason(&mut stop), if asked.is_none() => {
+                    asked = Some(why);
+                    self.send(&format!("stop {}", why.as_str())).await;
+                }
+                changed = lease.changed() => {
+                    if changed.is_ok() {
+                        let ns = monotonic_deadline_ns(*lease.borrow_and_update());
+                        self.send(&format!("lease {ns}")).await;
+                    }
+                }
+                _ = &mut give_up => {
+                    pending_output.push("the run's supervisor stopped answering; killed".into());
+                    self.kill_hard();
+                    break None;
+                }
+            }
+        };
+        self.stdin = None;
+        let _ = tokio::time::timeout(SHIM_ANSWER, self.child.wait()).await;
+        let output = tail.text();
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let ended = |status, exit_code, error: Option<String>| Finished {
+            status,
+            exit_code,
+            http_status: None,
+            output: output.clone(),
+            error,
+            duration_ms,
+        };
+        match result {
+            Some(ShimResult::Exited { code: 0 }) => Ok(ended(RunStatus::Succeeded, Some(0), None)),
+            Some(ShimResult::Exited { code }) => {
+                Ok(ended(RunStatus::Failed, Some(code), Some(format!("exited with code {code}"))))
+            }
+            Some(ShimResult::Signaled { signal }) => {
+                Ok(ended(RunStatus::Failed, None, Some(format!("killed by signal {signal}"))))
+            }
+            Some(ShimResult::TimedOut) => {
+                Ok(ended(RunStatus::TimedOut, None, Some(format!("killed after the {}s timeout", timeout.as_secs()))))
+            }
+            Some(ShimResult::SpawnFailed { error }) => Ok(ended(RunStatus::Failed, None, Some(error))),
+            Some(ShimResult::Stopped { why }) => {
+                Err(asked.unwrap_or(if why == "lease_expired" { Stop::Fenced } else { Stop::Shutdown }))
+            }
+            None => match asked {
+                Some(why) => Err(why),
+                None => Ok(ended(RunStatus::Failed, None, Some(pending_output.join("; ")))),
+            },
+        }
+    }
+
+    /// Last resort for a shim that stopped answering: kill it and the job's process group.
+    fn kill_hard(&mut self) {
+        let _ = self.child.start_kill();
+        if let Some(st) = &self.started {
+            let _ = killpg(Pid::from_raw(st.pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Waits until a stop is asked for (a dropped sender counts as a shutdown).
+async fn stop_reason(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
+    match stop.wait_for(Option::is_some).await {
+        Ok(r) => r.unwrap_or(Stop::Shutdown),
+        Err(_) => Stop::Shutdown,
+    }
+}
+
+/// Reads frames until `S` (started) or `R` (ended without starting: `None`); output that
+/// arrives first is impossible (the job is not running yet).
+async fn peek_started(from: &mut tokio::process::ChildStdout) -> std::io::Result<Option<Started>> {
+    loop {
+        match read_frame(from).await? {
+            (FRAME_STARTED, payload) => {
+                return serde_json::from_slice(&payload).map(Some).map_err(std::io::Error::other)
+            }
+            (FRAME_RESULT, _) => return Ok(None),
+            _ => {}
+        }
+    }
+}
+
+/// One `[tag][len u32 BE][payload]` frame from the shim.
+async fn read_frame(from: &mut tokio::process::ChildStdout) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; 5];
+    from.read_exact(&mut head).await?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > 1 << 20 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("shim frame of {len} bytes")));
+    }
+    let mut payload = vec![0u8; len];
+    from.read_exact(&mut payload).await?;
+    Ok((head[0], payload))
 }
 
 /// The last [`MAX_OUTPUT`] bytes written to stdout and stderr, interleaved as they came.
@@ -180,94 +401,9 @@ impl Tail {
     }
 }
 
-async fn drain(mut from: impl AsyncRead + Unpin, into: Arc<Mutex<Tail>>) {
-    let mut buf = [0u8; 8192];
-    while let Ok(n) = from.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        into.lock().expect("output tail poisoned").push(&buf[..n]);
-    }
-}
-
-fn kill_group(pgid: Option<u32>) {
-    if let Some(pgid) = pgid {
-        // ESRCH (the group is already gone) is the normal case after a clean exit.
-        let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
-    }
-}
-
-async fn run_process(
-    mut cmd: tokio::process::Command,
-    spec: &TaskSpec,
-    work_dir: Option<&Path>,
-    timeout: Duration,
-    mut stop: watch::Receiver<Option<Stop>>,
-) -> Result<Finished, Stop> {
-    let started = Instant::now();
-    if let Some(dir) = spec.working_directory.as_deref().map(Path::new).or(work_dir) {
-        cmd.current_dir(dir);
-    }
-    cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return Ok(Finished::failed(format!("cannot start the process: {e}"), started)),
-    };
-    let pgid = child.id();
-    let tail = Arc::new(Mutex::new(Tail::default()));
-    let readers = [
-        child.stdout.take().map(|o| tokio::spawn(drain(o, tail.clone()))),
-        child.stderr.take().map(|e| tokio::spawn(drain(e, tail.clone()))),
-    ];
-    let outcome = tokio::select! {
-        status = child.wait() => Ok(status),
-        _ = tokio::time::sleep(timeout) => Err(None),
-        reason = stop.wait_for(Option::is_some) => Err(reason.ok().and_then(|r| *r).or(Some(Stop::Shutdown))),
-    };
-    kill_group(pgid);
-    let status = match outcome {
-        Ok(status) => status,
-        Err(stopped) => {
-            let _ = child.wait().await;
-            if let Some(reason) = stopped {
-                return Err(reason);
-            }
-            Err(std::io::Error::other("timed out"))
-        }
-    };
-    // The group is dead, so the pipes close; the readers finish promptly.
-    for r in readers.into_iter().flatten() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
-    }
-    let output = tail.lock().expect("output tail poisoned").text();
-    let duration_ms = started.elapsed().as_millis() as u64;
-    Ok(match status {
-        Err(_) => Finished {
-            status: RunStatus::TimedOut,
-            exit_code: None,
-            http_status: None,
-            output,
-            error: Some(format!("killed after the {}s timeout", timeout.as_secs())),
-            duration_ms,
-        },
-        Ok(st) => {
-            use std::os::unix::process::ExitStatusExt;
-            let (status, error) = match (st.code(), st.signal()) {
-                (Some(0), _) => (RunStatus::Succeeded, None),
-                (Some(code), _) => (RunStatus::Failed, Some(format!("exited with code {code}"))),
-                (None, Some(sig)) => (RunStatus::Failed, Some(format!("killed by signal {sig}"))),
-                (None, None) => (RunStatus::Failed, Some("ended without an exit code".into())),
-            };
-            Finished { status, exit_code: st.code(), http_status: None, output, error, duration_ms }
-        }
-    })
-}
-
-async fn run_http(
-    spec: &TaskSpec,
-    timeout: Duration,
-    mut stop: watch::Receiver<Option<Stop>>,
-) -> Result<Finished, Stop> {
+/// Runs an HTTP task in the agent, to its response, its timeout, or a stop.
+pub async fn run_http(spec: &TaskSpec, mut stop: watch::Receiver<Option<Stop>>) -> Result<Finished, Stop> {
+    let timeout = Duration::from_secs(spec.timeout_seconds.max(1));
     let started = Instant::now();
     let url = spec.url.as_deref().unwrap_or_default();
     let method = spec.method.as_deref().unwrap_or("GET");

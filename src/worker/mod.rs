@@ -15,6 +15,8 @@
 //!   kills the rest (they are reported failed, so a task with retries left runs again).
 
 pub mod exec;
+pub mod records;
+pub mod shim;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,6 +31,8 @@ use tokio::task::JoinHandle;
 use crate::api::workers::Assignment;
 use crate::model::RunStatus;
 use exec::{Finished, Stop};
+use records::{PendingReport, Records, RunRecord};
+use shim::{process_start_time, ShimSpec};
 
 /// How the agent is set up.
 #[derive(Debug, Clone)]
@@ -47,6 +51,12 @@ pub struct AgentConfig {
     pub drain: Duration,
     /// Run jobs as this user (needs root). Without it, jobs run as the agent's user.
     pub run_as: Option<String>,
+    /// The `raftcron` binary whose `run-shim` supervises each process run (default: this
+    /// executable).
+    pub shim: Option<PathBuf>,
+    /// Where the agent keeps its run records and undelivered reports (see [`records`]);
+    /// `None` keeps nothing, so a crash of this agent can leave a finished run unreported.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -63,6 +73,8 @@ impl AgentConfig {
             work_dir: None,
             drain: Duration::from_secs(10),
             run_as: None,
+            shim: None,
+            state_dir: None,
         }
     }
 }
@@ -86,6 +98,7 @@ struct Held {
 struct Shared {
     config: AgentConfig,
     launch: exec::Launch,
+    records: Records,
     http: reqwest::Client,
     running: Mutex<BTreeMap<u64, Held>>,
     /// Until when the lease holds (on this process's monotonic clock).
@@ -104,10 +117,21 @@ pub struct RunningAgent {
 pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     let http = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30)).build()?;
     let run_as = config.run_as.as_deref().map(exec::RunAs::lookup).transpose().map_err(anyhow::Error::msg)?;
-    let launch = exec::Launch { work_dir: config.work_dir.clone(), run_as };
+    let shim = match &config.shim {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?,
+    };
+    let launch = exec::Launch { shim, work_dir: config.work_dir.clone(), run_as };
+    let records = Records::open(config.state_dir.as_deref())?;
+    // A previous incarnation's jobs die before this one says anything to the cluster.
+    let killed = records.kill_survivors();
+    if !killed.is_empty() {
+        tracing::warn!(worker = %config.id, runs = ?killed, "killed runs a previous incarnation of this agent left");
+    }
     let shared = Arc::new(Shared {
         config,
         launch,
+        records,
         http,
         running: Mutex::new(BTreeMap::new()),
         // No lease until the cluster grants one.
@@ -116,6 +140,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     });
     let s = shared.clone();
     let main = tokio::spawn(async move {
+        s.deliver_pending_reports().await;
         let heartbeat_every = s.register().await;
         tracing::info!(worker = %s.config.id, server = %s.config.server, "worker registered");
         tokio::join!(s.clone().heartbeat_loop(heartbeat_every), s.clone().poll_loop());
@@ -320,57 +345,162 @@ impl Shared {
     }
 
     async fn execute(self: Arc<Self>, a: Assignment, stop: watch::Receiver<Option<Stop>>) {
-        let run_id = a.run_id;
-        if self.report(run_id, a.attempt, json!({"status": "running"})).await {
-            let job = exec::JobContext { run_id, task_id: a.task_id, attempt: a.attempt, scheduled_at: a.scheduled_at };
-            let result = exec::execute(&a.task, &job, &self.launch, stop).await;
-            match result {
-                Ok(f) => {
-                    self.report(run_id, a.attempt, finished_body(&f)).await;
-                }
-                Err(Stop::Shutdown) => {
-                    let f = Finished {
-                        status: RunStatus::Failed,
-                        exit_code: None,
-                        http_status: None,
-                        output: String::new(),
-                        error: Some("the worker shut down before the run finished".into()),
-                        duration_ms: 0,
-                    };
-                    self.report(run_id, a.attempt, finished_body(&f)).await;
-                }
-                Err(why) => tracing::info!(run_id, ?why, "run stopped; not reporting"),
+        let (run_id, attempt) = (a.run_id, a.attempt);
+        let job = exec::JobContext { run_id, task_id: a.task_id, attempt, scheduled_at: a.scheduled_at };
+        let lease_ns = exec::monotonic_deadline_ns(*self.lease.borrow());
+        let outcome = match exec::shim_spec(&a.task, &job, &self.launch, lease_ns) {
+            Some(spec) => self.execute_supervised(&job, &spec, a.task.timeout_seconds, stop).await,
+            None => match self.report_started(run_id, attempt).await {
+                true => Some(exec::run_http(&a.task, stop).await),
+                false => None,
+            },
+        };
+        match outcome {
+            Some(Ok(f)) => self.report_final(run_id, attempt, finished_body(&f)).await,
+            Some(Err(Stop::Shutdown)) => {
+                let f = Finished {
+                    status: RunStatus::Failed,
+                    exit_code: None,
+                    http_status: None,
+                    output: String::new(),
+                    error: Some("the worker shut down before the run finished".into()),
+                    duration_ms: 0,
+                };
+                self.report_final(run_id, attempt, finished_body(&f)).await;
             }
+            Some(Err(why)) => tracing::info!(run_id, ?why, "run stopped; not reporting"),
+            None => {}
         }
         self.running.lock().expect("running map poisoned").remove(&run_id);
     }
 
-    /// Sends a report until the cluster answers it (accepted, or refused as stale).
-    /// Returns whether it was accepted.
-    async fn report(&self, run_id: u64, attempt: u32, mut body: Value) -> bool {
+    /// A process run: its shim is started held, recorded on disk, the run reported
+    /// started, and only then the job started. `None` when the run never started.
+    async fn execute_supervised(
+        &self,
+        job: &exec::JobContext,
+        spec: &ShimSpec,
+        timeout_seconds: u64,
+        stop: watch::Receiver<Option<Stop>>,
+    ) -> Option<Result<Finished, Stop>> {
+        let (run_id, attempt) = (job.run_id, job.attempt);
+        let mut shim = match exec::Supervised::spawn(&self.launch.shim, spec).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(run_id, error = %e, "cannot start the run's supervisor");
+                if !self.report_started(run_id, attempt).await {
+                    return None;
+                }
+                return Some(Ok(Finished::failed(format!("cannot start the run's supervisor: {e}"), Instant::now())));
+            }
+        };
+        let mut record = RunRecord {
+            run_id,
+            attempt,
+            shim_pid: shim.shim_pid,
+            shim_start_time: process_start_time(shim.shim_pid).unwrap_or(0),
+            cgroup: shim.held.cgroup.clone(),
+            job: None,
+        };
+        if let Err(e) = self.records.put_run(&record) {
+            tracing::error!(run_id, error = %e, "cannot record the run in the state dir; not starting it");
+            shim.abort().await;
+            return None;
+        }
+        if !self.report_started(run_id, attempt).await {
+            shim.abort().await;
+            self.records.remove_run(run_id, attempt);
+            return None;
+        }
+        match shim.go().await {
+            Ok(Some(started)) => {
+                record.job = Some((started.pid, started.start_time));
+                if let Err(e) = self.records.put_run(&record) {
+                    tracing::warn!(run_id, error = %e, "cannot record the job's process group");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(run_id, error = %e, "the run's supervisor did not confirm the start"),
+        }
+        let result = shim.watch(stop, self.lease.subscribe(), Duration::from_secs(timeout_seconds.max(1))).await;
+        self.records.remove_run(run_id, attempt);
+        Some(result)
+    }
+
+    /// Reports a run started, retrying while the lease holds (a run must not start on a
+    /// lapsed lease). Returns whether the cluster accepted it.
+    async fn report_started(&self, run_id: u64, attempt: u32) -> bool {
+        let body = self.report_body(attempt, json!({"status": "running"}));
+        self.send_report(run_id, &body, || !self.lease_expired()).await == Delivery::Accepted
+    }
+
+    /// Reports how a run ended. The report is kept in the state dir until the cluster
+    /// accepts or refuses it, however long that takes and across restarts of this agent:
+    /// an outcome given up on would later be expired as `timed_out` and run again.
+    async fn report_final(&self, run_id: u64, attempt: u32, body: Value) {
+        let body = self.report_body(attempt, body);
+        let pending = PendingReport { run_id, attempt, body: body.clone() };
+        if let Err(e) = self.records.put_report(&pending) {
+            tracing::warn!(run_id, error = %e, "cannot keep the report on disk; sending it from memory only");
+        }
+        self.send_report(run_id, &body, || true).await;
+        self.records.remove_report(run_id, attempt);
+    }
+
+    fn report_body(&self, attempt: u32, mut body: Value) -> Value {
         body["worker_id"] = json!(self.config.id);
         body["attempt"] = json!(attempt);
+        body
+    }
+
+    /// Sends a report until the cluster answers it (accepted, or refused as stale) or
+    /// `keep_trying` says stop.
+    async fn send_report(&self, run_id: u64, body: &Value, keep_trying: impl Fn() -> bool) -> Delivery {
         let path = format!("/api/runs/{run_id}/report");
-        let deadline = Instant::now() + Duration::from_secs(60);
         let mut backoff = Duration::from_millis(100);
+        let mut failures = 0u32;
         loop {
             match self.call(reqwest::Method::POST, &path, Some(body.clone()), Duration::from_secs(15)).await {
-                Ok((StatusCode::OK, _)) => return true,
+                Ok((StatusCode::OK, _)) => return Delivery::Accepted,
                 Ok((status, v)) if status.is_client_error() => {
                     tracing::info!(run_id, %status, message = %v["message"], "report refused");
-                    return false;
+                    return Delivery::Refused;
                 }
                 Ok((status, _)) => tracing::debug!(run_id, %status, "report not accepted yet"),
                 Err(e) => tracing::debug!(run_id, error = %e, "report failed"),
             }
-            if Instant::now() > deadline {
-                tracing::warn!(run_id, "giving up on a report after 60s");
-                return false;
+            failures += 1;
+            if failures.is_multiple_of(30) {
+                tracing::warn!(run_id, failures, "report still not accepted; retrying");
+            }
+            if !keep_trying() {
+                return Delivery::GaveUp;
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
+
+    /// Sends the final reports a previous incarnation could not deliver, before this one
+    /// registers (registering gives up the runs they are for).
+    async fn deliver_pending_reports(&self) {
+        for pending in self.records.pending_reports() {
+            tracing::info!(
+                run_id = pending.run_id,
+                attempt = pending.attempt,
+                "sending a report left by a previous agent"
+            );
+            self.send_report(pending.run_id, &pending.body, || true).await;
+            self.records.remove_report(pending.run_id, pending.attempt);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    Accepted,
+    Refused,
+    GaveUp,
 }
 
 fn finished_body(f: &Finished) -> Value {

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use axum::routing::{get, post};
 use axum::Json;
-use raftcron::worker::{self, AgentConfig};
+use raftcron::worker;
 use serde_json::{json, Value};
+
+use crate::fixture::agent_config;
 
 /// What the fake cluster does and saw.
 struct Script {
@@ -96,7 +98,7 @@ async fn the_lease_runs_from_the_send_time_and_a_timer_ends_it() {
         command: format!("echo $$ > {}; exec sleep 30", pidfile.display()),
     });
     let server = fake_cluster(script.clone()).await;
-    let agent = worker::start(AgentConfig::new(server, "w", "key")).await.unwrap();
+    let agent = worker::start(agent_config(server, "w", "key")).await.unwrap();
     let pid = pid_in(&pidfile, Duration::from_secs(10));
     let answered = script.registered_at.lock().unwrap().expect("registered");
     let deadline = answered + Duration::from_millis(1500);

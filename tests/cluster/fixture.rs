@@ -17,6 +17,16 @@ pub const VIEWER_KEY: &str = "test-viewer-key";
 /// A `worker`-role key named `w-keyed`: it may act for that worker only.
 pub const WORKER_KEY: &str = "test-worker-key";
 
+/// An agent config for these tests: the `raftcron` binary built for them supervises each
+/// process run (this test binary cannot: it has no `run-shim`).
+#[allow(dead_code, reason = "not every bench that includes this fixture starts agents")]
+pub fn agent_config(server: String, id: &str, key: &str) -> raftcron::worker::AgentConfig {
+    raftcron::worker::AgentConfig {
+        shim: Some(env!("CARGO_BIN_EXE_raftcron").into()),
+        ..raftcron::worker::AgentConfig::new(server, id, key)
+    }
+}
+
 pub struct Opts {
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,

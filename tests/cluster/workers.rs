@@ -8,10 +8,10 @@ use raftcron::worker::{self, AgentConfig, RunningAgent};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::fixture::{Opts, TestCluster, KEY, WORKER_KEY};
+use crate::fixture::{agent_config, Opts, TestCluster, KEY, WORKER_KEY};
 
 async fn agent(c: &TestCluster, node: u64, id: &str, max_tasks: u32, tags: &[&str]) -> RunningAgent {
-    let mut config = AgentConfig::new(c.url(node, ""), id, KEY);
+    let mut config = agent_config(c.url(node, ""), id, KEY);
     config.max_tasks = max_tasks;
     config.tags = tags.iter().map(|t| t.to_string()).collect();
     config.drain = Duration::from_secs(5);
@@ -111,6 +111,8 @@ async fn shell_python_and_http_tasks_succeed_fail_and_time_out() {
     std::fs::write(&script, "import sys\nprint('args', sys.argv[1:])\nsys.exit(int(sys.argv[1]))\n").unwrap();
     let target = http_target().await;
     let pidfile = dir.path().join("grandchild.pid");
+    let escaped_at_exit = dir.path().join("escaped-at-exit.pid");
+    let escaped_at_timeout = dir.path().join("escaped-at-timeout.pid");
     let cases = [
         (json!({"executor": "shell", "command": "exit 3"}), "failed", Some(3)),
         (json!({"executor": "shell", "command": "pwd", "working_directory": dir.path()}), "succeeded", Some(0)),
@@ -132,6 +134,20 @@ async fn shell_python_and_http_tasks_succeed_fail_and_time_out() {
         (
             json!({"executor": "shell", "timeout_seconds": 1,
                    "command": format!("sleep 300 & echo $! > {}; sleep 300", pidfile.display())}),
+            "timed_out",
+            None,
+        ),
+        // Processes that leave the job's process group and session (setsid, then a double
+        // fork that orphans them): they die when the job ends, and at its timeout.
+        (
+            json!({"executor": "shell",
+                   "command": format!("setsid sh -c 'sleep 300 & echo $! > {}'; echo escaped", escaped_at_exit.display())}),
+            "succeeded",
+            Some(0),
+        ),
+        (
+            json!({"executor": "shell", "timeout_seconds": 1,
+                   "command": format!("setsid sh -c 'sleep 300 & echo $! > {}'; sleep 300", escaped_at_timeout.display())}),
             "timed_out",
             None,
         ),
@@ -164,12 +180,14 @@ async fn shell_python_and_http_tasks_succeed_fail_and_time_out() {
             assert!(output.contains("got ping"), "{output:?}");
         }
     }
-    let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while alive(pid) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for file in [&pidfile, &escaped_at_exit, &escaped_at_timeout] {
+        let pid: u32 = std::fs::read_to_string(file).unwrap().trim().parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while alive(pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!alive(pid), "{} (pid {pid}) outlived its run", file.display());
     }
-    assert!(!alive(pid), "the timed-out task's grandchild {pid} survived");
     w.shutdown().await;
     c.shutdown().await;
 }
@@ -485,7 +503,7 @@ async fn a_run_held_past_its_timeout_by_a_silent_reporter_is_timed_out() {
 async fn a_worker_shutting_down_drains_its_runs() {
     let c = TestCluster::start(1).await;
     let n = c.wait_leader(Duration::from_secs(10)).await;
-    let start = |drain| worker::start(AgentConfig { drain, ..AgentConfig::new(c.url(n, ""), "drainer", KEY) });
+    let start = |drain| worker::start(AgentConfig { drain, ..agent_config(c.url(n, ""), "drainer", KEY) });
     let short = create(&c, n, json!({"name": "short", "executor": "shell", "command": "sleep 1; echo finished"})).await;
     let w = start(Duration::from_secs(5)).await.unwrap();
     let run = trigger(&c, n, short).await;

@@ -9,15 +9,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::fixture::{spawn_worker, Cluster};
+use crate::fixture::{pid_alive, spawn_worker, Cluster, KEY};
 
 /// A shell job that logs `start`, then `tick` every 100 ms for `seconds`, then `end`, each
-/// line with its run id, attempt and a nanosecond timestamp.
+/// line with its run id, attempt and a nanosecond timestamp, into `log`; and its pid into
+/// `pid-ATTEMPT` beside it.
 fn timeline_job(log: &Path, seconds: u32) -> String {
     let line =
         |what: &str| format!("echo \"{what} $RAFTCRON_RUN_ID $RAFTCRON_ATTEMPT $(date +%s%N)\" >> {}", log.display());
+    let pid = log.with_file_name("pid-$RAFTCRON_ATTEMPT");
     format!(
-        "{}; i=0; while [ $i -lt {} ]; do {}; sleep 0.1; i=$((i+1)); done; {}",
+        "echo $$ > {}; {}; i=0; while [ $i -lt {} ]; do {}; sleep 0.1; i=$((i+1)); done; {}",
+        pid.display(),
         line("start"),
         seconds * 10,
         line("tick"),
@@ -43,12 +46,7 @@ fn intervals(log: &Path) -> BTreeMap<u32, (u128, u128)> {
 }
 
 async fn run_of(c: &Cluster, node: usize, id: u64) -> Value {
-    let r = c
-        .http
-        .get(format!("http://{}/api/runs/{id}", c.nodes[node].http))
-        .bearer_auth(crate::fixture::KEY)
-        .send()
-        .await;
+    let r = c.http.get(format!("http://{}/api/runs/{id}", c.nodes[node].http)).bearer_auth(KEY).send().await;
     match r {
         Ok(r) => r.json::<Value>().await.map(|v| v["data"].clone()).unwrap_or(Value::Null),
         Err(_) => Value::Null,
@@ -131,4 +129,116 @@ async fn a_partitioned_leaders_worker_stops_before_the_majority_reruns_its_job()
         let _ = w.kill();
         let _ = w.wait();
     }
+}
+
+/// The pid attempt `attempt`'s job wrote beside `log`, once it did.
+async fn job_pid(log: &Path, attempt: u32) -> u32 {
+    let file = log.with_file_name(format!("pid-{attempt}"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok()) {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "attempt {attempt}'s job never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_gone(pid: u32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while pid_alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    !pid_alive(pid)
+}
+
+/// A one-node cluster whose worker `w1` runs a 30 s timeline job.
+struct TimelineOnW1 {
+    c: Cluster,
+    _dir: tempfile::TempDir,
+    log: std::path::PathBuf,
+    w1: std::process::Child,
+    task: u64,
+    run: u64,
+    /// The job's pid.
+    pid: u32,
+}
+
+async fn timeline_on_w1() -> TimelineOnW1 {
+    let c = Cluster::start(1);
+    c.wait_healthy(Duration::from_secs(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("timeline");
+    let w1 = spawn_worker(&c, 0, "w1");
+    let body =
+        json!({"name": "timeline", "executor": "shell", "command": timeline_job(&log, 30), "timeout_seconds": 120});
+    let task = c.post(0, "/api/tasks", Some(body)).await;
+    let task = task["data"]["id"].as_u64().unwrap_or_else(|| panic!("create failed: {task}"));
+    let run = c.post(0, &format!("/api/tasks/{task}/trigger"), None).await;
+    let run = run["data"]["id"].as_u64().unwrap_or_else(|| panic!("trigger failed: {run}"));
+    let pid = job_pid(&log, 1).await;
+    TimelineOnW1 { c, _dir: dir, log, w1, task, run, pid }
+}
+
+/// Asserts attempt 1 had ended (last line logged) before attempt 2 began.
+fn assert_attempts_apart(log: &Path) {
+    let spans = intervals(log);
+    let (Some(first), Some(second)) = (spans.get(&1).copied(), spans.get(&2).copied()) else {
+        panic!("both attempts should have logged: {spans:?}")
+    };
+    assert!(first.1 < second.0, "attempt 1 still ran {} ms after attempt 2 began", (first.1 - second.0) / 1_000_000);
+}
+
+/// Waits until the run's retry is running, read through node 0.
+async fn retry_running(c: &Cluster, task: u64, run: u64, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let runs = c.get(0, &format!("/api/tasks/{task}/runs")).await;
+        let items = runs["data"]["items"].as_array().cloned().unwrap_or_default();
+        if let Some(r) = items.iter().find(|r| r["retry_of"].as_u64() == Some(run) && r["status"] == "running") {
+            return r.clone();
+        }
+        assert!(Instant::now() < deadline, "no retry running: {runs}; logs: {}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Regression test: `kill -9` of `raftcron worker` left its job running, and the cluster's
+/// retry ran beside the orphan. The job's shim sees the agent's pipe close and kills it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_agents_job_dies_with_it_and_the_retry_runs_alone() {
+    let TimelineOnW1 { c, _dir, log, mut w1, task, run, pid } = timeline_on_w1().await;
+    w1.kill().unwrap(); // SIGKILL of the agent alone; its shim lives on
+    w1.wait().unwrap();
+    assert!(wait_gone(pid, Duration::from_secs(1)).await, "the killed agent's job still runs");
+    let mut w2 = spawn_worker(&c, 0, "w2");
+    let retry = retry_running(&c, task, run, Duration::from_secs(20)).await;
+    assert_eq!(retry["worker_id"], "w2", "{retry}");
+    job_pid(&log, 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_attempts_apart(&log);
+    let _ = w2.kill();
+    let _ = w2.wait();
+}
+
+/// An agent SIGKILLed together with its shims (its whole process group) leaves its job
+/// orphaned; restarted from the same state dir, it finds the record and kills the job
+/// before it registers again. Its new incarnation then runs the re-queued attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_agent_kills_what_its_crashed_predecessor_left_running() {
+    let TimelineOnW1 { c, _dir, log, mut w1, task, run, pid } = timeline_on_w1().await;
+    let group = nix::unistd::Pid::from_raw(-(w1.id() as i32));
+    nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL).unwrap();
+    w1.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(pid_alive(pid), "the orphaned job should still run: nothing supervises it now");
+    let mut again = spawn_worker(&c, 0, "w1");
+    assert!(wait_gone(pid, Duration::from_secs(3)).await, "the restarted agent left its predecessor's job running");
+    let retry = retry_running(&c, task, run, Duration::from_secs(20)).await;
+    assert_eq!(retry["worker_id"], "w1", "{retry}");
+    job_pid(&log, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_attempts_apart(&log);
+    let _ = again.kill();
+    let _ = again.wait();
 }

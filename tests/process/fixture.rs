@@ -309,12 +309,23 @@ pub fn spawn_worker(c: &Cluster, node: usize, id: &str) -> Child {
     spawn_worker_with(c, node, id, &[])
 }
 
-/// [`spawn_worker`] with `extra` arguments.
+/// [`spawn_worker`] with `extra` arguments. The agent leads its own process group (so a
+/// test can kill it together with the shims it started) and keeps its state in
+/// `worker-ID-state` beside the nodes' files (so a restarted agent finds its records).
 pub fn spawn_worker_with(c: &Cluster, node: usize, id: &str, extra: &[&str]) -> Child {
-    let log = std::fs::File::create(c.nodes[node].config.with_file_name(format!("worker-{id}.log"))).unwrap();
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(c.nodes[node].config.with_file_name(format!("worker-{id}.log")))
+        .unwrap();
+    let state = c.nodes[node].config.with_file_name(format!("worker-{id}-state"));
     raftcron_command(log)
         .args(["worker", "--server", &format!("http://{}", c.nodes[node].http), "--id", id, "--max-tasks", "1"])
+        .arg("--state-dir")
+        .arg(state)
         .args(extra)
+        .process_group(0)
         .env("RAFTCRON_WORKER_KEY", KEY)
         .env("RUST_LOG", "info")
         .spawn()

@@ -12,10 +12,13 @@ use sha2::{Digest, Sha256};
 
 use crate::fixture::{free_port, raftcron_command, spawn_worker_with, Cluster, CLUSTER_SECRET, KEY};
 
-/// Prints everything a job could read credentials from. `/proc/1/environ` first and
-/// capped: only the output's tail is kept, and PID 1's environment is not ours to size.
-const PROBE: &str = "head -c 1500 /proc/1/environ | tr '\\0' '\\n'; echo '--- agent'; \
-                     tr '\\0' '\\n' < /proc/$PPID/environ; echo '--- self'; tr '\\0' '\\n' < /proc/self/environ; \
+/// Prints everything a job could read credentials from: PID 1's environment, every
+/// ancestor's (its shim, its agent, the node it may be embedded in, …), its own, and its
+/// descriptors. PID 1's first and capped: only the output's tail is kept, and PID 1's
+/// environment is not ours to size.
+const PROBE: &str = "head -c 1500 /proc/1/environ | tr '\\0' '\\n'; echo '--- ancestors'; \
+                     p=$PPID; while [ \"$p\" -gt 1 ]; do echo \"pid $p\"; tr '\\0' '\\n' < /proc/$p/environ; \
+                     p=$(cut -d' ' -f4 /proc/$p/stat); done; echo '--- self'; tr '\\0' '\\n' < /proc/self/environ; \
                      echo '--- env'; env; echo '--- fds'; ls -la /proc/self/fd; echo \"--- uid $(id -u)\"";
 
 fn is_root() -> bool {
@@ -91,6 +94,7 @@ fn assert_clean(run: &Value) {
     let output = run["output"].as_str().unwrap();
     let leaked = credentials_in(output);
     assert!(leaked.is_empty(), "the job read credentials {leaked:?}:\n{output}");
+    assert!(output.contains("--- ancestors\npid "), "the probe walked no ancestor: {output}");
     let env = output.split("--- env").nth(1).expect("the probe ran to its env section");
     for expected in [
         format!("RAFTCRON_RUN_ID={}", run["id"]),

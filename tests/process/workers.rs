@@ -7,8 +7,9 @@ use serde_json::{json, Value};
 use crate::fixture::{pid_alive, signal, spawn_worker, Cluster, KEY};
 
 /// Guarantees 5 and 6 with a genuinely late worker: SIGSTOP it mid-run past
-/// `worker_timeout_s`; its run is lost and re-run elsewhere. SIGCONT it: it finds its lease
-/// expired and kills its own process group, and its report is refused (409) with the run's
+/// `worker_timeout_s`. Its job dies when the lease runs out although the agent itself is
+/// stopped (the run's shim holds the deadline), before the run is lost and re-run
+/// elsewhere. SIGCONT it: its report for the old attempt is refused (409) with the run's
 /// record unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_worker_is_replaced_and_fences_itself_when_it_wakes() {
@@ -39,9 +40,30 @@ async fn a_stopped_worker_is_replaced_and_fences_itself_when_it_wakes() {
         }
     };
     wait(|r| r["status"] == "running", run).await;
-    let first_pid: u32 = std::fs::read_to_string(&pids).unwrap().trim().parse().unwrap();
+    // The run is reported running just before its job starts.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let first_pid: u32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pids).ok().and_then(|s| s.trim().parse().ok()) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the job never wrote its pid");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
 
     signal(&first, "-STOP");
+    let stopped_at = Instant::now();
+    // Regression test: the job used to run on until the agent woke up.
+    let lease = Duration::from_secs(crate::fixture::WORKER_TIMEOUT_S) / 2;
+    while pid_alive(first_pid) && stopped_at.elapsed() < lease + Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!pid_alive(first_pid), "the stopped agent's job outlived the agent's lease");
+    assert!(
+        stopped_at.elapsed() < lease + Duration::from_millis(1500),
+        "killed only {:?} after the stop",
+        stopped_at.elapsed()
+    );
+    assert!(process_state(first.id()) == Some('T'), "the agent is still stopped");
     let mut second = spawn_worker(&c, 1, "second");
     let lost = wait(|r| r["status"] == "lost", run).await;
     let runs = c.get(1, &format!("/api/tasks/{task}/runs")).await;
@@ -51,11 +73,6 @@ async fn a_stopped_worker_is_replaced_and_fences_itself_when_it_wakes() {
     assert_eq!(on_second["worker_id"], "second");
 
     signal(&first, "-CONT");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pid_alive(first_pid) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(!pid_alive(first_pid), "the woken worker did not kill its run's processes");
     // Whatever it sends for the old attempt is refused and changes nothing.
     let late = json!({"worker_id": "first", "attempt": 1, "status": "succeeded", "exit_code": 0});
     let r = c.http.post(url(0, &format!("/api/runs/{run}/report"))).bearer_auth(KEY).json(&late).send().await.unwrap();
@@ -67,4 +84,61 @@ async fn a_stopped_worker_is_replaced_and_fences_itself_when_it_wakes() {
         let _ = w.kill();
         let _ = w.wait();
     }
+}
+
+/// The state letter of a process (`R`, `S`, `T` for stopped, …).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}
+
+/// Regression test: an agent gave up on a report after 60 s and kept it only in memory, so
+/// a run that succeeded during a cluster outage (here: the whole one-node cluster down,
+/// and the agent restarted meanwhile) was later expired as `timed_out` and run again. The
+/// agent keeps the report in its state dir and delivers it before it registers again; the
+/// restarted leader counts the run's grace from its takeover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_report_outlives_a_cluster_outage_and_an_agent_restart() {
+    let mut c = Cluster::start(1);
+    c.wait_healthy(Duration::from_secs(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let mut w = spawn_worker(&c, 0, "w1");
+    let command = format!("echo x >> {}; sleep 0.5; echo done", marker.display());
+    let body = json!({"name": "short", "executor": "shell", "command": command, "timeout_seconds": 1});
+    let task = c.post(0, "/api/tasks", Some(body)).await;
+    let task = task["data"]["id"].as_u64().unwrap_or_else(|| panic!("create failed: {task}"));
+    let run = c.post(0, &format!("/api/tasks/{task}/trigger"), None).await;
+    let run = run["data"]["id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the job never started; logs: {}", c.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.kill(0); // the job finishes while no node answers
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = w.kill();
+    let _ = w.wait();
+    // Down past the run's timeout plus the grace, so only the takeover grace saves it.
+    tokio::time::sleep(Duration::from_secs(1 + crate::fixture::WORKER_TIMEOUT_S + 1)).await;
+    c.spawn(0);
+    c.wait_healthy(Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut w = spawn_worker(&c, 0, "w1");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let done = loop {
+        let r = c.get(0, &format!("/api/runs/{run}")).await;
+        if r["data"]["status"] != "running" {
+            break r["data"].clone();
+        }
+        assert!(Instant::now() < deadline, "run still running: {r}; logs: {}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(done["output"].as_str().unwrap().contains("done"), "{done}");
+    let runs = c.get(0, &format!("/api/tasks/{task}/runs")).await;
+    assert_eq!(runs["data"]["total"], 1, "no second attempt: {runs}");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 1, "the job ran once");
+    let _ = w.kill();
+    let _ = w.wait();
 }
