@@ -196,6 +196,7 @@ impl From<RpcFailure> for ApiError {
     fn from(e: RpcFailure) -> Self {
         match e {
             RpcFailure::Invalid(m) => ApiError::BadRequest(m),
+            RpcFailure::Conflict(m) => ApiError::Conflict(m),
             RpcFailure::Indeterminate(m) => ApiError::Indeterminate(format!(
                 "the write may or may not have been applied ({m}); retry with the same Idempotency-Key"
             )),

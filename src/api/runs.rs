@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 use super::auth::Caller;
 use super::{idempotency_key, parse_id, ApiError, Consistency, Envelope, Reply};
 use crate::config::Role;
-use crate::model::Run;
+use crate::model::{pending_reason, Run, RunStatus};
 use crate::node::NodeCore;
 use crate::raft::{Command, Outcome, Response};
 
@@ -26,17 +26,41 @@ pub fn routes() -> OpenApiRouter<Arc<NodeCore>> {
         .routes(routes!(cancel_run))
 }
 
+/// A run as the API shows it: the stored run and, while it is pending, why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunView {
+    #[serde(flatten)]
+    pub run: Run,
+    /// Why a pending run is still pending, judged from the workers as they are now (no
+    /// eligible worker online, all busy, a retry's backoff); null otherwise.
+    pub pending_reason: Option<String>,
+}
+
+/// The API's view of `runs`; the workers are read once, and only if a run is pending.
+pub fn run_views(core: &NodeCore, runs: Vec<Run>) -> Result<Vec<RunView>, ApiError> {
+    let loads = match runs.iter().any(|r| r.status == RunStatus::Pending) {
+        true => core.store.worker_loads()?,
+        false => Vec::new(),
+    };
+    let now = chrono::Utc::now();
+    Ok(runs.into_iter().map(|run| RunView { pending_reason: pending_reason(&run, &loads, now), run }).collect())
+}
+
+pub fn run_view(core: &NodeCore, run: Run) -> Result<RunView, ApiError> {
+    Ok(run_views(core, vec![run])?.remove(0))
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RunPage {
-    pub items: Vec<Run>,
+    pub items: Vec<RunView>,
     pub total: u64,
     pub page: u64,
     pub size: u64,
 }
 
-fn run_reply(resp: Response) -> Result<Run, ApiError> {
+fn run_reply(core: &NodeCore, resp: Response) -> Result<RunView, ApiError> {
     match resp.result? {
-        Outcome::Run(run) => Ok(*run),
+        Outcome::Run(run) => run_view(core, *run),
         other => Err(ApiError::Internal(format!("unexpected apply outcome {other:?}"))),
     }
 }
@@ -46,7 +70,7 @@ fn run_reply(resp: Response) -> Result<Run, ApiError> {
     post, path = "/api/tasks/{task_id}/trigger", tag = "runs",
     params(("task_id" = u64, Path), ("Idempotency-Key" = Option<String>, Header, description = "one run per key")),
     responses(
-        (status = 201, body = Envelope<Run>), (status = 400), (status = 401), (status = 403), (status = 404),
+        (status = 201, body = Envelope<RunView>), (status = 400), (status = 401), (status = 403), (status = 404),
         (status = 409, description = "the task is disabled"), (status = 422), (status = 503), (status = 504),
     ),
     security(("bearer" = []))
@@ -57,7 +81,7 @@ async fn trigger_task(
     Path(task_id): Path<String>,
     method: Method,
     headers: HeaderMap,
-) -> Result<Reply<Run>, ApiError> {
+) -> Result<Reply<RunView>, ApiError> {
     caller.require(Role::Operator)?;
     let task_id = parse_id("task", &task_id)?;
     let idem = idempotency_key(&headers, &caller, &method, &format!("/api/tasks/{task_id}/trigger"), b"")?;
@@ -66,7 +90,7 @@ async fn trigger_task(
             core.request(Command::TriggerRun { task_id, keep_runs: core.config.scheduler.run_history_per_task }, idem),
         )
         .await?;
-    Ok(Reply::created(run_reply(resp)?))
+    Ok(Reply::created(run_reply(&core, resp)?))
 }
 
 /// A task's runs, newest first.
@@ -95,14 +119,14 @@ async fn task_runs(
     }
     let skip = usize::try_from((page - 1).saturating_mul(size)).unwrap_or(usize::MAX);
     let (items, total) = core.store.runs_of_task(task_id, skip, size as usize)?;
-    Ok(Reply::ok(RunPage { items, total, page, size }))
+    Ok(Reply::ok(RunPage { items: run_views(&core, items)?, total, page, size }))
 }
 
 /// One run.
 #[utoipa::path(
     get, path = "/api/runs/{run_id}", tag = "runs",
     params(("run_id" = u64, Path), ("consistency" = Option<String>, Query)),
-    responses((status = 200, body = Envelope<Run>), (status = 400), (status = 401), (status = 404), (status = 503)),
+    responses((status = 200, body = Envelope<RunView>), (status = 400), (status = 401), (status = 404), (status = 503)),
     security(("bearer" = []))
 )]
 async fn get_run(
@@ -110,19 +134,19 @@ async fn get_run(
     Extension(caller): Extension<Caller>,
     Path(run_id): Path<String>,
     Query(q): Query<BTreeMap<String, String>>,
-) -> Result<Reply<Run>, ApiError> {
+) -> Result<Reply<RunView>, ApiError> {
     caller.require(Role::Viewer)?;
     let run_id = parse_id("run", &run_id)?;
     Consistency::parse(q.get("consistency").map(String::as_str))?.prepare(&core).await?;
     let run = core.store.run(run_id)?.ok_or_else(|| ApiError::NotFound(format!("run {run_id} not found")))?;
-    Ok(Reply::ok(run))
+    Ok(Reply::ok(run_view(&core, run)?))
 }
 
 /// Cancel a run that has not finished.
 #[utoipa::path(
     post, path = "/api/runs/{run_id}/cancel", tag = "runs",
     params(("run_id" = u64, Path), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = Envelope<Run>), (status = 401), (status = 403), (status = 404), (status = 409, description = "already finished"), (status = 503), (status = 504)),
+    responses((status = 200, body = Envelope<RunView>), (status = 401), (status = 403), (status = 404), (status = 409, description = "already finished"), (status = 503), (status = 504)),
     security(("bearer" = []))
 )]
 async fn cancel_run(
@@ -131,10 +155,10 @@ async fn cancel_run(
     Path(run_id): Path<String>,
     method: Method,
     headers: HeaderMap,
-) -> Result<Reply<Run>, ApiError> {
+) -> Result<Reply<RunView>, ApiError> {
     caller.require(Role::Operator)?;
     let run_id = parse_id("run", &run_id)?;
     let idem = idempotency_key(&headers, &caller, &method, &format!("/api/runs/{run_id}/cancel"), b"")?;
     let resp = core.write(core.request(Command::CancelRun { run_id }, idem)).await?;
-    Ok(Reply::ok(run_reply(resp)?).message("cancelled"))
+    Ok(Reply::ok(run_reply(&core, resp)?).message("cancelled"))
 }

@@ -19,11 +19,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::Caller;
+use super::runs::RunView;
 use super::{parse_id, typed_json_body, ApiError, Consistency, Envelope, Reply};
 use crate::config::Role;
 use crate::model::worker::validate_worker_id;
 use crate::model::{HeartbeatAck, HeartbeatBody, Seen, SystemInfo};
-use crate::model::{Liveness, Registration, Run, RunStatus, TaskSpec, Worker, WorkerUpdate};
+use crate::model::{Liveness, Registration, RunStatus, TaskSpec, Worker, WorkerUpdate};
 use crate::node::NodeCore;
 use crate::raft::{Command, Outcome, Response, RunReport};
 
@@ -168,7 +169,7 @@ async fn update_worker(
     post, path = "/api/workers/{worker_id}/heartbeat", tag = "workers",
     params(("worker_id" = String, Path)),
     request_body = HeartbeatBody,
-    responses((status = 200, body = Envelope<HeartbeatAck>), (status = 400), (status = 401), (status = 403), (status = 404, description = "not registered"), (status = 503)),
+    responses((status = 200, body = Envelope<HeartbeatAck>), (status = 400), (status = 401), (status = 403), (status = 404, description = "not registered"), (status = 409, description = "the epoch is not the worker's current registration"), (status = 503)),
     security(("bearer" = []))
 )]
 async fn heartbeat(
@@ -191,7 +192,7 @@ async fn heartbeat(
     post, path = "/api/workers/{worker_id}/register", tag = "workers",
     params(("worker_id" = String, Path)),
     request_body = Registration,
-    responses((status = 200, body = Envelope<HeartbeatAck>), (status = 400), (status = 401), (status = 403), (status = 503), (status = 504)),
+    responses((status = 200, body = Envelope<HeartbeatAck>), (status = 400), (status = 401), (status = 403), (status = 409, description = "another registration replaced this one before it took effect"), (status = 503), (status = 504)),
     security(("bearer" = []))
 )]
 async fn register(
@@ -202,16 +203,22 @@ async fn register(
 ) -> Result<Reply<HeartbeatAck>, ApiError> {
     act_for(&caller, &worker_id)?;
     let reg: Registration = typed_json_body(body)?;
+    if reg.killed.len() > 10_000 {
+        return Err(ApiError::BadRequest("killed: at most 10000 runs".into()));
+    }
     let cmd = Command::RegisterWorker {
         id: worker_id.clone(),
         name: reg.name.unwrap_or_default(),
         max_tasks: reg.max_tasks,
         tags: reg.tags,
         max_lost_requeues: core.config.scheduler.max_lost_requeues,
+        killed: reg.killed,
+        requeue_delay_ms: core.config.scheduler.worker_timeout_s.saturating_mul(1000),
     };
-    worker_reply(core.write(core.request(cmd, None)).await?)?;
+    let worker = worker_reply(core.write(core.request(cmd, None)).await?)?;
     // The registration counts as the first heartbeat.
-    match core.worker_heartbeat(&worker_id, HeartbeatBody::default()).await? {
+    let first = HeartbeatBody { epoch: Some(worker.epoch), ..HeartbeatBody::default() };
+    match core.worker_heartbeat(&worker_id, first).await? {
         Some(ack) => Ok(Reply::ok(ack)),
         None => Err(ApiError::Unavailable("registered, but the leader has not applied it yet; retry".into())),
     }
@@ -222,6 +229,8 @@ async fn register(
 pub struct Assignment {
     pub run_id: u64,
     pub attempt: u32,
+    /// The registration epoch the run was placed with.
+    pub epoch: u64,
     pub status: RunStatus,
     pub task_id: u64,
     pub scheduled_at: DateTime<Utc>,
@@ -235,8 +244,12 @@ const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
 /// run it has not started yet, what it holds changes, or the time passes (a long poll).
 #[utoipa::path(
     get, path = "/api/workers/{worker_id}/assignments", tag = "workers",
-    params(("worker_id" = String, Path), ("wait_ms" = Option<u64>, Query, description = "long-poll up to this long (at most 30000) for a run not yet started")),
-    responses((status = 200, body = Envelope<Vec<Assignment>>), (status = 400), (status = 401), (status = 403), (status = 404), (status = 503)),
+    params(
+        ("worker_id" = String, Path),
+        ("wait_ms" = Option<u64>, Query, description = "long-poll up to this long (at most 30000) for a run not yet started"),
+        ("epoch" = Option<u64>, Query, description = "the registration epoch the agent holds; another one answers 409"),
+    ),
+    responses((status = 200, body = Envelope<Vec<Assignment>>), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409, description = "the epoch is not the worker's current registration"), (status = 503)),
     security(("bearer" = []))
 )]
 async fn assignments(
@@ -253,15 +266,27 @@ async fn assignments(
         )
         .min(MAX_POLL_WAIT),
     };
+    let epoch = match q.get("epoch") {
+        None => None,
+        Some(v) => {
+            Some(v.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("epoch: {v:?} is not a whole number")))?)
+        }
+    };
     let mut changed = core.store.runs_changed();
     core.linearize().await?;
-    if core.store.worker(&worker_id)?.is_none() {
-        return Err(ApiError::NotFound(format!("worker {worker_id:?} is not registered")));
-    }
     let deadline = tokio::time::Instant::now() + wait;
     let mut first: Option<Vec<u64>> = None;
     loop {
         changed.borrow_and_update();
+        let Some(worker) = core.store.worker(&worker_id)? else {
+            return Err(ApiError::NotFound(format!("worker {worker_id:?} is not registered")));
+        };
+        if let Some(e) = epoch.filter(|e| *e != worker.epoch) {
+            return Err(ApiError::Conflict(format!(
+                "worker {worker_id:?} registration {e} was replaced by registration {}; register again",
+                worker.epoch
+            )));
+        }
         let held = held_by(&core, &worker_id)?;
         let ids: Vec<u64> = held.iter().map(|a| a.run_id).collect();
         // Answer at once with work to start, or as soon as what it holds changes (a run
@@ -285,6 +310,7 @@ fn held_by(core: &NodeCore, worker: &str) -> Result<Vec<Assignment>, ApiError> {
         out.push(Assignment {
             run_id,
             attempt: run.attempt,
+            epoch: run.worker_epoch,
             status: run.status,
             task_id: run.task_id,
             scheduled_at: run.scheduled_at,
@@ -300,6 +326,8 @@ fn held_by(core: &NodeCore, worker: &str) -> Result<Vec<Assignment>, ApiError> {
 pub struct ReportBody {
     pub worker_id: String,
     pub attempt: u32,
+    /// The registration epoch the agent holds (the run's assignment names it).
+    pub epoch: u64,
     /// `running` when it starts; `succeeded`, `failed` or `timed_out` when it ends.
     pub status: RunStatus,
     #[serde(default)]
@@ -321,7 +349,7 @@ pub struct ReportBody {
     params(("run_id" = u64, Path)),
     request_body = ReportBody,
     responses(
-        (status = 200, body = Envelope<Run>), (status = 400), (status = 401), (status = 403), (status = 404),
+        (status = 200, body = Envelope<RunView>), (status = 400), (status = 401), (status = 403), (status = 404),
         (status = 409, description = "not the current attempt's holder, or contradicts the record"), (status = 503), (status = 504),
     ),
     security(("bearer" = []))
@@ -331,7 +359,7 @@ async fn report(
     Extension(caller): Extension<Caller>,
     Path(run_id): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Reply<Run>, ApiError> {
+) -> Result<Reply<RunView>, ApiError> {
     let run_id = parse_id("run", &run_id)?;
     let body: ReportBody = typed_json_body(body)?;
     act_for(&caller, &body.worker_id)?;
@@ -357,13 +385,14 @@ async fn report(
         run_id,
         attempt: body.attempt,
         worker_id: body.worker_id,
+        epoch: body.epoch,
         report,
         retry_jitter_ms: jitter,
     };
     // No idempotency record: a report is idempotent by itself (fenced by attempt, and the
     // same report again changes nothing), and a refused one must leave no trace.
     match core.write(core.internal_request(cmd)).await?.result? {
-        Outcome::Run(run) => Ok(Reply::ok(*run)),
+        Outcome::Run(run) => Ok(Reply::ok(super::runs::run_view(&core, *run)?)),
         other => Err(ApiError::Internal(format!("unexpected apply outcome {other:?}"))),
     }
 }

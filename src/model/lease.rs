@@ -74,6 +74,11 @@ pub struct HeartbeatBody {
     pub current_tasks: Option<u32>,
     #[serde(default)]
     pub system_info: Option<SystemInfo>,
+    /// The registration epoch the agent holds (from its registration's answer). A
+    /// heartbeat from an older registration is refused (409): another agent registered
+    /// under this worker id since. Without it the heartbeat is not fenced.
+    #[serde(default)]
+    pub epoch: Option<u64>,
 }
 
 /// The leader's answer to a heartbeat.
@@ -84,13 +89,16 @@ pub struct HeartbeatAck {
     pub lease_ms: u64,
     /// How often it should renew.
     pub heartbeat_ms: u64,
+    /// The worker's current registration epoch: polls and reports carry it.
+    pub epoch: u64,
 }
 
 impl HeartbeatAck {
-    pub fn for_timeout(worker_timeout: Duration) -> HeartbeatAck {
+    pub fn for_timeout(worker_timeout: Duration, epoch: u64) -> HeartbeatAck {
         HeartbeatAck {
             lease_ms: lease_for(worker_timeout).as_millis() as u64,
             heartbeat_ms: heartbeat_interval_for(worker_timeout).as_millis() as u64,
+            epoch,
         }
     }
 }
@@ -113,8 +121,8 @@ mod tests {
         assert!(fencing_margin_s(Duration::from_secs(2)) < 0.0);
         assert_eq!(lease_for(Duration::from_secs(30)), Duration::from_secs(15));
         assert_eq!(
-            HeartbeatAck::for_timeout(Duration::from_secs(30)),
-            HeartbeatAck { lease_ms: 15_000, heartbeat_ms: 5_000 }
+            HeartbeatAck::for_timeout(Duration::from_secs(30), 3),
+            HeartbeatAck { lease_ms: 15_000, heartbeat_ms: 5_000, epoch: 3 }
         );
     }
 }

@@ -106,6 +106,9 @@ pub struct TaskSpec {
     pub tags: Vec<String>,
     pub concurrency_policy: ConcurrencyPolicy,
     pub misfire_policy: MisfirePolicy,
+    /// A run that waits longer than this for a worker fails (none: it waits as long as it
+    /// takes, visibly pending).
+    pub pending_timeout_s: Option<u64>,
 }
 
 /// A task as the state machine stores it.
@@ -126,12 +129,32 @@ pub struct Task {
     /// When the task last became active again after a pause or disable: ticks between the
     /// cursor and this instant are skipped (and counted) by the next `Fire`.
     pub resumed_at: Option<DateTime<Utc>>,
-    /// Runs of this task currently stored (pruning keeps it near `run_history_per_task`).
-    pub runs_stored: u64,
     /// How many runs the last pruning left (the kept history plus unfinished runs): the
     /// next pruning waits until a tenth more than that has accumulated, so a task with
-    /// thousands of unfinished runs is not rescanned on every new run.
+    /// thousands of unfinished runs is not rescanned on every new run. (How many runs are
+    /// stored is counted by the storage layer, not here.)
     pub prune_floor: u64,
+}
+
+impl Task {
+    /// A task as created at `now`: version 1, its schedule cursor at `now` (no tick before
+    /// its creation fires).
+    pub fn new(id: u64, spec: TaskSpec, now: DateTime<Utc>) -> Task {
+        Task {
+            id,
+            spec,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            next_run_at: None,
+            last_run: None,
+            fire_count: 0,
+            skipped_ticks: 0,
+            cursor: Some(now),
+            resumed_at: None,
+            prune_floor: 0,
+        }
+    }
 }
 
 /// The JSON shape of a task: the specification's fields at the top level, as in the seed.
@@ -209,6 +232,7 @@ pub enum TaskField {
     Tags(Vec<String>),
     ConcurrencyPolicy(ConcurrencyPolicy),
     MisfirePolicy(MisfirePolicy),
+    PendingTimeoutS(Option<u64>),
 }
 
 fn typed<T: serde::de::DeserializeOwned>(key: &str, value: Value) -> Result<T, FieldError> {
@@ -254,6 +278,7 @@ impl TaskField {
             "misfire_policy" => F::MisfirePolicy(
                 typed(key, value).map_err(|_| FieldError::new(key, "expected one of fire_once, skip, catch_up"))?,
             ),
+            "pending_timeout_s" => F::PendingTimeoutS(typed(key, value)?),
             _ => return Err(FieldError::new(key, "unknown field")),
         })
     }
@@ -291,6 +316,7 @@ impl TaskField {
             F::Tags(v) => spec.tags = v,
             F::ConcurrencyPolicy(v) => spec.concurrency_policy = v,
             F::MisfirePolicy(v) => spec.misfire_policy = v,
+            F::PendingTimeoutS(v) => spec.pending_timeout_s = v,
         }
     }
 }
@@ -324,6 +350,7 @@ impl TaskSpec {
             tags: Vec::new(),
             concurrency_policy: ConcurrencyPolicy::Allow,
             misfire_policy: MisfirePolicy::FireOnce,
+            pending_timeout_s: None,
         }
     }
 
@@ -419,8 +446,11 @@ impl TaskSpec {
                 return Err(FieldError::new(field, format!("more than {MAX_ITEMS} entries")));
             }
         }
-        if self.tags.iter().any(|t| t.trim().is_empty()) {
-            return Err(FieldError::new("tags", "must not contain empty tags"));
+        if self.tags.iter().any(|t| t.trim().is_empty() || t.len() > 64 || t.chars().any(char::is_control)) {
+            return Err(FieldError::new("tags", "each tag must be 1 to 64 bytes without control characters"));
+        }
+        if self.pending_timeout_s.is_some_and(|s| s == 0 || s > 365 * 24 * 3600) {
+            return Err(FieldError::new("pending_timeout_s", "must be between 1 and 31536000"));
         }
         Ok(())
     }

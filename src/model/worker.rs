@@ -32,6 +32,9 @@ pub struct Worker {
     /// An admin may disable a worker: it keeps its runs but gets no new ones.
     pub enabled: bool,
     pub liveness: Liveness,
+    /// Bumped by every registration: the agent that registered last holds the id, and
+    /// what an older registration's agent says (heartbeats, polls, reports) is refused.
+    pub epoch: u64,
     pub registered_at: DateTime<Utc>,
     /// Command time of the last liveness transition.
     pub liveness_changed_at: DateTime<Utc>,
@@ -46,12 +49,26 @@ impl Worker {
 
 /// What an agent says about itself when it starts (and re-registers after a restart).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Registration {
     #[serde(default)]
     pub name: Option<String>,
     pub max_tasks: u32,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Runs of a previous registration this agent saw killed (from its state dir): they
+    /// are re-queued at once. Any other run the previous registration held may still be
+    /// running on an agent that does not know it was replaced, so its re-queue waits one
+    /// `worker_timeout_s`, by which time that agent's lease has run out.
+    #[serde(default)]
+    pub killed: Vec<RunAttempt>,
+}
+
+/// One attempt of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+pub struct RunAttempt {
+    pub run_id: u64,
+    pub attempt: u32,
 }
 
 /// What an admin may change (`PUT /api/workers/{id}`); absent fields stay.

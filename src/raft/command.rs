@@ -12,7 +12,9 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{FieldError, Liveness, Run, RunStatus, Task, TaskField, TaskSpec, TaskStatus, Worker, WorkerUpdate};
+use crate::model::{
+    FieldError, Liveness, Run, RunAttempt, RunStatus, Task, TaskField, TaskSpec, TaskStatus, Worker, WorkerUpdate,
+};
 
 /// One log entry's application data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,14 +86,20 @@ pub enum Command {
     CancelRun {
         run_id: u64,
     },
-    /// An agent starts (or restarts): creates or updates the worker, online. Runs still
-    /// assigned to it belong to its previous incarnation, which is gone: they are lost.
+    /// An agent starts (or restarts): creates or updates the worker, online, under a new
+    /// epoch. Runs still assigned to it belong to an earlier registration, whose agent is
+    /// gone or replaced: they are lost and re-queued — at once if the registering agent
+    /// saw them killed (`killed`) or they never started, otherwise after
+    /// `requeue_delay_ms` (the worker timeout, by which an agent that does not know it was
+    /// replaced has fenced itself).
     RegisterWorker {
         id: String,
         name: String,
         max_tasks: u32,
         tags: Vec<String>,
         max_lost_requeues: u32,
+        killed: Vec<RunAttempt>,
+        requeue_delay_ms: u64,
     },
     /// An admin's change to a worker's slots, tags or `enabled`.
     UpdateWorker {
@@ -107,12 +115,14 @@ pub enum Command {
         max_lost_requeues: u32,
         reason: String,
     },
-    /// The leader's placement: `(run, worker)` pairs, each checked again in apply
-    /// (pending, worker online and enabled with a free slot and the task's tags), and the
-    /// reasons shown for runs left pending.
+    /// The leader's placement pass, each part checked again in apply: `(run, worker)`
+    /// pairs (pending, worker online and enabled with a free slot and the run's tags);
+    /// `released`: retries whose backoff ended, moved to the placement queue; `expired`:
+    /// pending runs past their `pending_deadline`, failed.
     AssignRuns {
         assignments: Vec<(u64, String)>,
-        waiting: Vec<(u64, String)>,
+        released: Vec<u64>,
+        expired: Vec<u64>,
     },
     /// A worker's report on its run, fenced: accepted only from the worker holding the
     /// run's current attempt (guarantee 6). A failed attempt with retries left is followed
@@ -122,6 +132,8 @@ pub enum Command {
         run_id: u64,
         attempt: u32,
         worker_id: String,
+        /// The registration epoch the reporting agent holds.
+        epoch: u64,
         report: RunReport,
         retry_jitter_ms: u64,
     },
@@ -202,9 +214,10 @@ pub enum Outcome {
         lost: Vec<u64>,
         requeued: Vec<u64>,
     },
-    /// How many of an `AssignRuns`' pairs were placed.
+    /// What an `AssignRuns` did: runs placed, and pending runs failed at their deadline.
     Assigned {
         placed: u64,
+        expired: u64,
     },
 }
 
@@ -233,10 +246,10 @@ pub enum Rejection {
     RunFinished(u64),
     #[error("worker {0:?} not found")]
     WorkerNotFound(String),
-    /// A report from anyone but the holder of the run's current attempt, or one that
-    /// contradicts what was already recorded for it.
-    #[error("run {run_id} attempt {attempt} is not held by worker {worker_id:?} (current attempt {current}, status {status:?})")]
-    StaleAttempt { run_id: u64, attempt: u32, worker_id: String, current: u32, status: RunStatus },
+    /// A report from anyone but the holder of the run's current attempt (under the epoch
+    /// it was placed with), or one that contradicts what was already recorded for it.
+    #[error("run {run_id} attempt {attempt} is not held by worker {worker_id:?} epoch {epoch} (current attempt {current}, status {status:?})")]
+    StaleAttempt { run_id: u64, attempt: u32, worker_id: String, epoch: u64, current: u32, status: RunStatus },
 }
 
 impl Response {
@@ -265,8 +278,8 @@ impl fmt::Display for Request {
             Command::RegisterWorker { id, .. } => write!(f, "register-worker({id})"),
             Command::UpdateWorker { id, .. } => write!(f, "update-worker({id})"),
             Command::SetWorkerLiveness { id, liveness, .. } => write!(f, "worker-liveness({id}, {liveness:?})"),
-            Command::AssignRuns { assignments, waiting } => {
-                write!(f, "assign({} runs, {} waiting)", assignments.len(), waiting.len())
+            Command::AssignRuns { assignments, released, expired } => {
+                write!(f, "assign({} runs, {} released, {} expired)", assignments.len(), released.len(), expired.len())
             }
             Command::ExpireRun { run_id, attempt, .. } => write!(f, "expire(run {run_id} attempt {attempt})"),
             Command::ReportRun { run_id, attempt, report, .. } => match report {

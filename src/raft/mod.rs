@@ -45,7 +45,13 @@ pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>;
 
-/// The version of every encoded thing that leaves this binary: log entries, snapshots and
-/// node-to-node messages. bincode is not self-describing, so a reader checks it first and
-/// refuses what it does not know instead of decoding garbage.
-pub const FORMAT_VERSION: u8 = 1;
+/// The version of every encoded thing that leaves this binary: log entries, snapshots,
+/// node-to-node messages, and the data dir itself. bincode is not self-describing, so a
+/// reader checks it first and refuses what it does not know instead of decoding garbage.
+///
+/// History: 1 — the first release. 2 — worker registration epochs, run requirements (tags)
+/// and pending deadlines, the placement queue by class of tags, the backoff and deadline
+/// indexes, run counts kept by the storage layer. A node meets a data dir, entry, snapshot or
+/// message of another version with an error naming both versions; there is no in-place
+/// migration (see ARCHITECTURE.md, "Formats").
+pub const FORMAT_VERSION: u8 = 2;

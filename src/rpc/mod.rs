@@ -70,6 +70,10 @@ pub enum RpcFailure {
     /// The request itself is wrong (e.g. removing the last voter).
     #[error("{0}")]
     Invalid(String),
+    /// The caller acts on a state that moved on (e.g. a worker registration that another
+    /// registration replaced).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// One piece of a snapshot on its way to a follower.

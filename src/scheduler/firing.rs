@@ -284,21 +284,7 @@ mod tests {
         }))
         .unwrap();
         let created = DateTime::parse_from_rfc3339(created).unwrap().with_timezone(&Utc);
-        Task {
-            id: 1,
-            spec: TaskSpec::from_fields(fields, "UTC").unwrap(),
-            version: 1,
-            created_at: created,
-            updated_at: created,
-            next_run_at: None,
-            last_run: None,
-            fire_count: 0,
-            skipped_ticks: 0,
-            cursor: Some(created),
-            resumed_at: None,
-            runs_stored: 0,
-            prune_floor: 0,
-        }
+        Task::new(1, TaskSpec::from_fields(fields, "UTC").unwrap(), created)
     }
 
     fn at(s: &str) -> DateTime<Utc> {

@@ -7,9 +7,10 @@
 //! leader knows no heartbeats yet, so it counts every worker as heard at the moment it
 //! took over: the grace period after a leader change is one `worker_timeout_s`.
 //!
-//! Placement reads the replicated queue (`run_queue`: priority, then oldest) and the
-//! replicated assignments (capacity never comes from what heartbeats claim), and proposes
-//! one `AssignRuns` entry per pass; apply checks every pair again.
+//! Placement reads the replicated queue (`run_queue`: by class of required tags, then
+//! priority, then oldest), the backoff and pending-deadline indexes, and the replicated
+//! assignments (capacity never comes from what heartbeats claim), and proposes one
+//! `AssignRuns` entry per pass; apply checks every part again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,15 +19,16 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use openraft::ReadPolicy;
 
-use crate::model::{HeartbeatAck, HeartbeatBody, Liveness, RunStatus, Seen, Worker};
+use crate::model::{HeartbeatAck, HeartbeatBody, Liveness, Seen, WorkerLoad};
 use crate::node::NodeCore;
 use crate::raft::{Command, Outcome};
 use crate::rpc::RpcFailure;
+use crate::storage::{CF_RUN_DEADLINES, CF_RUN_DELAYED};
 
-/// Pending runs considered per placement pass while workers have free slots.
-const QUEUE_WINDOW: usize = 1000;
-/// Pending runs looked at (for their `pending_reason`) once no slot is free.
-const REASON_WINDOW: usize = 100;
+/// Most runs one placement pass places (bounds one entry).
+const MAX_PLACED_PER_PASS: usize = 1000;
+/// Most backoff releases and pending-timeout failures one pass carries.
+const MAX_DUE_PER_PASS: usize = 1000;
 /// The longest placement and liveness checks wait without a change.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
 /// How often the leader looks for runs held past their timeout.
@@ -58,8 +60,8 @@ impl Heartbeats {
 }
 
 /// The lease a worker holds between renewals (see [`crate::model::lease`]).
-pub fn lease(core: &NodeCore) -> HeartbeatAck {
-    HeartbeatAck::for_timeout(Duration::from_secs(core.config.scheduler.worker_timeout_s))
+pub fn lease(core: &NodeCore, epoch: u64) -> HeartbeatAck {
+    HeartbeatAck::for_timeout(Duration::from_secs(core.config.scheduler.worker_timeout_s), epoch)
 }
 
 /// On the leader: records a heartbeat and brings an offline worker back online. `Ok(None)`
@@ -77,6 +79,12 @@ pub async fn heartbeat_local(
     confirm_leader_lease(core).await?;
     let known = core.store.worker(worker).map_err(|e| RpcFailure::Unavailable(format!("cannot read workers: {e}")))?;
     let Some(known) = known else { return Ok(None) };
+    if let Some(epoch) = body.epoch.filter(|e| *e != known.epoch) {
+        return Err(RpcFailure::Conflict(format!(
+            "worker {worker:?} registration {epoch} was replaced by registration {}; register again",
+            known.epoch
+        )));
+    }
     core.heartbeats.record(worker, body);
     if known.liveness == Liveness::Offline {
         let cmd = Command::SetWorkerLiveness {
@@ -89,7 +97,7 @@ pub async fn heartbeat_local(
             tracing::debug!(worker, error = %e, "bringing worker online did not commit; next heartbeat retries");
         }
     }
-    Ok(Some(lease(core)))
+    Ok(Some(lease(core, known.epoch)))
 }
 
 /// Fails unless this node leads with a quorum acknowledgement younger than its leader
@@ -207,73 +215,80 @@ async fn expire_overdue(core: &NodeCore, leading_since: DateTime<Utc>) -> std::i
     Ok(())
 }
 
-/// One placement pass. Returns when the earliest backed-off retry becomes placeable.
+/// One placement pass: releases retries whose backoff ended, fails pending runs past
+/// their deadline, and places every placeable run a free slot can take — highest priority,
+/// then oldest, across every class of runs (a class is a set of required tags) that some
+/// free worker can serve. A class no worker can serve costs one seek, however many runs it
+/// holds, so unplaceable runs never starve the ones behind them. Returns when the next
+/// backoff or deadline falls due.
 async fn place(core: &NodeCore) -> std::io::Result<Option<DateTime<Utc>>> {
-    let queue = core.store.queue(QUEUE_WINDOW)?;
-    if queue.is_empty() {
-        return Ok(None);
-    }
-    let mut workers: Vec<(Worker, u32)> = Vec::new();
-    for w in core.store.workers()? {
-        if w.liveness == Liveness::Online && w.enabled {
-            let used = core.store.assignments_of(&w.id)?.len() as u32;
-            workers.push((w, used));
-        }
-    }
     let now = Utc::now();
-    let mut next_retry: Option<DateTime<Utc>> = None;
-    let (mut assignments, mut waiting) = (Vec::new(), Vec::new());
-    let mut free: u32 = workers.iter().map(|(w, used)| w.max_tasks.saturating_sub(*used)).sum();
-    for (examined, run_id) in queue.into_iter().enumerate() {
-        // Every pass runs after every change to runs: with all slots taken, looking past
-        // the head of the queue would only cost reads.
-        if free == 0 && examined >= REASON_WINDOW {
-            break;
-        }
-        let Some(run) = core.store.run(run_id)? else { continue };
-        if run.status != RunStatus::Pending {
-            continue;
-        }
-        if let Some(t) = run.not_before.filter(|t| *t > now) {
-            next_retry = Some(next_retry.map_or(t, |n| n.min(t)));
-            continue;
-        }
-        let Some(task) = core.store.task(run.task_id)? else { continue };
-        let tags = &task.spec.tags;
-        // Least loaded first (by share of slots used), then by id for a stable choice.
-        let best =
-            workers.iter_mut().filter(|(w, used)| *used < w.max_tasks && w.carries(tags)).min_by(|(a, ua), (b, ub)| {
-                let (la, lb) = (f64::from(*ua) / f64::from(a.max_tasks), f64::from(*ub) / f64::from(b.max_tasks));
-                la.total_cmp(&lb).then_with(|| a.id.cmp(&b.id))
-            });
-        match best {
-            Some((w, used)) => {
-                *used += 1;
-                free -= 1;
-                assignments.push((run_id, w.id.clone()));
+    let now_ms = now.timestamp_millis();
+    let (released, next_release) = core.store.due_runs(CF_RUN_DELAYED, now_ms, MAX_DUE_PER_PASS)?;
+    let (expired, next_deadline) = core.store.due_runs(CF_RUN_DEADLINES, now_ms, MAX_DUE_PER_PASS)?;
+    let next_due = [next_release, next_deadline].into_iter().flatten().min().and_then(DateTime::from_timestamp_millis);
+    let mut loads = core.store.worker_loads()?;
+    let mut free: usize = loads
+        .iter()
+        .filter(|w| w.worker.liveness == Liveness::Online && w.worker.enabled)
+        .map(|w| w.worker.max_tasks.saturating_sub(w.used) as usize)
+        .sum();
+    let mut assignments = Vec::new();
+    if free > 0 {
+        let expired_set: std::collections::BTreeSet<u64> = expired.iter().copied().collect();
+        let mut classes = core.store.queued_classes()?;
+        // (priority rank, run id, class): everything a free slot might take this pass.
+        let mut candidates: Vec<(u8, u64, usize)> = Vec::new();
+        for (ci, tags) in classes.iter().enumerate() {
+            if loads.iter().any(|w| w.can_take(tags)) {
+                let head = core.store.queued_of_class(tags, free.min(MAX_PLACED_PER_PASS))?;
+                candidates.extend(head.into_iter().map(|(rank, id)| (rank, id, ci)));
             }
-            None => {
-                let reason = if workers.is_empty() {
-                    "no worker is online and enabled".to_string()
-                } else if !workers.iter().any(|(w, _)| w.carries(tags)) {
-                    format!("no online worker carries every tag of the task ({})", tags.join(", "))
-                } else {
-                    "every eligible worker is at max_tasks".to_string()
-                };
-                if run.pending_reason.as_deref() != Some(reason.as_str()) {
-                    waiting.push((run_id, reason));
+        }
+        // Retries released by this very pass are placeable in it too (apply releases first).
+        for id in &released {
+            let Some(run) = core.store.run(*id)? else { continue };
+            let ci = match classes.iter().position(|c| *c == run.tags) {
+                Some(ci) => ci,
+                None => {
+                    classes.push(run.tags.clone());
+                    classes.len() - 1
                 }
+            };
+            candidates.push((run.priority.rank(), *id, ci));
+        }
+        candidates.sort_unstable();
+        for (_, run_id, ci) in candidates {
+            if free == 0 || assignments.len() >= MAX_PLACED_PER_PASS {
+                break;
+            }
+            if expired_set.contains(&run_id) {
+                continue;
+            }
+            let tags = &classes[ci];
+            // Least loaded first (by share of slots used), then by id for a stable choice.
+            let best = loads.iter_mut().filter(|w| w.can_take(tags)).min_by(|a, b| {
+                let share = |w: &WorkerLoad| f64::from(w.used) / f64::from(w.worker.max_tasks);
+                share(a).total_cmp(&share(b)).then_with(|| a.worker.id.cmp(&b.worker.id))
+            });
+            if let Some(w) = best {
+                w.used += 1;
+                free -= 1;
+                assignments.push((run_id, w.worker.id.clone()));
             }
         }
     }
-    if assignments.is_empty() && waiting.is_empty() {
-        return Ok(next_retry);
+    if assignments.is_empty() && released.is_empty() && expired.is_empty() {
+        return Ok(next_due);
     }
     let placing = assignments.len();
-    match core.propose_local(core.internal_request(Command::AssignRuns { assignments, waiting })).await {
+    match core.propose_local(core.internal_request(Command::AssignRuns { assignments, released, expired })).await {
         Ok(resp) => {
-            if let Ok(Outcome::Assigned { placed }) = resp.result {
+            if let Ok(Outcome::Assigned { placed, expired }) = resp.result {
                 core.metrics.runs_assigned.inc_by(placed);
+                if expired > 0 {
+                    tracing::warn!(expired, "pending runs failed: no worker took them within their pending timeout");
+                }
                 if (placed as usize) < placing {
                     tracing::debug!(placed, placing, "some placements were refused in apply (state moved on)");
                 }
@@ -281,5 +296,5 @@ async fn place(core: &NodeCore) -> std::io::Result<Option<DateTime<Utc>>> {
         }
         Err(e) => tracing::debug!(error = %e, "placement did not commit; will retry"),
     }
-    Ok(next_retry)
+    Ok(next_due)
 }

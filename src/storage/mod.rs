@@ -14,7 +14,10 @@
 //! | `idempotency_expiry` | expiry ms BE, scope, 0x00, key | empty                         |
 //! | `runs`               | run id, u64 big-endian       | bincode [`Run`]                 |
 //! | `runs_by_task`       | task id BE, run id BE        | empty                           |
-//! | `run_queue`          | priority rank (0 = critical), run id BE | empty: the pending runs |
+//! | `run_queue`          | class (tags), priority rank, run id BE | empty: pending runs ready to place |
+//! | `run_delayed`        | not_before ms BE, run id BE  | empty: pending runs in a backoff |
+//! | `run_deadlines`      | pending deadline ms BE, run id BE | empty: pending runs that may time out |
+//! | `run_counts`         | task id BE                   | bincode u64: the task's stored runs |
 //! | `workers`            | worker id, UTF-8             | bincode [`Worker`]              |
 //! | `assignments`        | worker id, 0x00, run id BE   | empty: runs holding a slot      |
 //!
@@ -23,8 +26,10 @@
 
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)] // part of the deterministic apply path
 
+mod keys;
 mod log_store;
 mod state_machine;
+mod tx;
 
 use std::io;
 use std::path::Path;
@@ -38,8 +43,9 @@ use sha2::{Digest, Sha256};
 
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
+pub use tx::Tx;
 
-use crate::model::{Run, RunStatus, Task, Worker};
+use crate::model::{Run, Task, Worker, WorkerLoad};
 use crate::raft::{LogId, Response, StoredMembership};
 
 pub const CF_RAFT_LOG: &str = "raft_log";
@@ -54,9 +60,12 @@ pub const CF_RUNS_BY_TASK: &str = "runs_by_task";
 pub const CF_RUN_QUEUE: &str = "run_queue";
 pub const CF_WORKERS: &str = "workers";
 pub const CF_ASSIGNMENTS: &str = "assignments";
+pub const CF_RUN_DELAYED: &str = "run_delayed";
+pub const CF_RUN_DEADLINES: &str = "run_deadlines";
+pub const CF_RUN_COUNTS: &str = "run_counts";
 
 /// The state-machine column families, in the fixed order snapshots and digests use.
-pub const SM_CFS: [&str; 10] = [
+pub const SM_CFS: [&str; 13] = [
     CF_SM_META,
     CF_TASKS,
     CF_TASK_NAMES,
@@ -67,6 +76,9 @@ pub const SM_CFS: [&str; 10] = [
     CF_RUN_QUEUE,
     CF_WORKERS,
     CF_ASSIGNMENTS,
+    CF_RUN_DELAYED,
+    CF_RUN_DEADLINES,
+    CF_RUN_COUNTS,
 ];
 
 /// The Raft log's own column families (not state-machine state).
@@ -111,8 +123,46 @@ pub fn open_db(dir: &Path) -> io::Result<Arc<DB>> {
     for name in all_cfs() {
         db.cf_handle(name).ok_or_else(|| io::Error::other(format!("column family {name} missing after open")))?;
     }
+    check_format(&db, dir)?;
     Ok(Arc::new(db))
 }
+
+/// Refuses a data dir written in another format; marks a new one with this binary's. Data
+/// dirs of format 1 predate the marker: one that holds anything at all is format 1.
+fn check_format(db: &DB, dir: &Path) -> io::Result<()> {
+    let meta = db.cf_handle(CF_RAFT_META).expect("checked above");
+    let found = match db.get_cf(meta, FORMAT_KEY).map_err(db_err)? {
+        Some(bytes) => bytes.first().copied().unwrap_or(0),
+        None => {
+            let written = all_cfs().any(|name| {
+                let cf = db.cf_handle(name).expect("checked above");
+                db.iterator_cf(cf, IteratorMode::Start).next().is_some()
+            });
+            if !written {
+                let mut opts = rocksdb::WriteOptions::default();
+                opts.set_sync(true);
+                db.put_cf_opt(meta, FORMAT_KEY, [crate::raft::FORMAT_VERSION], &opts).map_err(db_err)?;
+                return Ok(());
+            }
+            1
+        }
+    };
+    if found != crate::raft::FORMAT_VERSION {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "data dir {} has format version {found}, this binary reads format version {}; \
+                 it cannot be opened in place: restore its tasks into a new cluster, or run the release that wrote it",
+                dir.display(),
+                crate::raft::FORMAT_VERSION
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `raft_meta` key of the data dir's format version (one byte).
+const FORMAT_KEY: &[u8] = b"format";
 
 fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
@@ -151,6 +201,10 @@ pub(crate) fn decode_versioned<T: DeserializeOwned>(what: &str, bytes: &[u8]) ->
         )),
         None => Err(io::Error::new(io::ErrorKind::InvalidData, format!("{what} is empty"))),
     }
+}
+
+fn corrupt(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("malformed {what}"))
 }
 
 pub(crate) fn db_err(e: rocksdb::Error) -> io::Error {
@@ -256,9 +310,19 @@ impl Store {
         Ok(out)
     }
 
+    /// Every worker with the number of slots its assignments take.
+    pub fn worker_loads(&self) -> io::Result<Vec<WorkerLoad>> {
+        let mut out = Vec::new();
+        for worker in self.workers()? {
+            let used = self.assignments_of(&worker.id)?.len() as u32;
+            out.push(WorkerLoad { worker, used });
+        }
+        Ok(out)
+    }
+
     /// The runs holding a slot on `worker`, in id order.
     pub fn assignments_of(&self, worker: &str) -> io::Result<Vec<u64>> {
-        let prefix = assignment_prefix(worker);
+        let prefix = keys::assignment_prefix(worker);
         let mut out = Vec::new();
         for item in
             self.db.iterator_cf(self.cf(CF_ASSIGNMENTS), IteratorMode::From(&prefix, rocksdb::Direction::Forward))
@@ -272,14 +336,53 @@ impl Store {
         Ok(out)
     }
 
-    /// Up to `limit` pending run ids in placement order (priority, then oldest).
-    pub fn queue(&self, limit: usize) -> io::Result<Vec<u64>> {
+    /// The distinct classes (required tag sets) that have runs in the placement queue,
+    /// one seek each.
+    pub fn queued_classes(&self) -> io::Result<Vec<Vec<String>>> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_RUN_QUEUE), IteratorMode::Start).take(limit) {
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let mut iter =
+                self.db.iterator_cf(self.cf(CF_RUN_QUEUE), IteratorMode::From(&from, rocksdb::Direction::Forward));
+            let Some(item) = iter.next() else { break };
             let (k, _) = item.map_err(db_err)?;
-            out.push(key_u64(&k[1..])?);
+            let (tags, _, _) = keys::parse_queue_key(&k).ok_or_else(|| corrupt("run_queue key"))?;
+            from = keys::class_prefix(&tags);
+            from.push(0xff);
+            out.push(tags);
         }
         Ok(out)
+    }
+
+    /// Up to `limit` queued runs of one class in placement order: (priority rank, run id).
+    pub fn queued_of_class(&self, tags: &[String], limit: usize) -> io::Result<Vec<(u8, u64)>> {
+        let prefix = keys::class_prefix(tags);
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(self.cf(CF_RUN_QUEUE), IteratorMode::From(&prefix, rocksdb::Direction::Forward));
+        for item in iter {
+            let (k, _) = item.map_err(db_err)?;
+            let (class, rank, id) = keys::parse_queue_key(&k).ok_or_else(|| corrupt("run_queue key"))?;
+            if out.len() >= limit || class != tags {
+                break;
+            }
+            out.push((rank, id));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` runs of a time index (`run_delayed`, `run_deadlines`) due at or before
+    /// `now_ms`, earliest first; and the time of the first entry not returned.
+    pub fn due_runs(&self, index: &str, now_ms: i64, limit: usize) -> io::Result<(Vec<u64>, Option<i64>)> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(index), IteratorMode::Start) {
+            let (k, _) = item.map_err(db_err)?;
+            let (at, id) = keys::parse_time_key(&k).ok_or_else(|| corrupt("run time index key"))?;
+            if at > now_ms || out.len() >= limit {
+                return Ok((out, Some(at)));
+            }
+            out.push(id);
+        }
+        Ok((out, None))
     }
 
     /// Which tasks applied entries changed; see [`TaskChanges`].
@@ -287,14 +390,21 @@ impl Store {
         &self.changes
     }
 
-    /// Number of pending runs (the placement queue's depth).
+    /// Number of pending runs (placeable now or in a backoff).
     pub fn queued_runs(&self) -> io::Result<u64> {
         let mut n = 0;
-        for item in self.db.iterator_cf(self.cf(CF_RUN_QUEUE), IteratorMode::Start) {
-            item.map_err(db_err)?;
-            n += 1;
+        for cf in [CF_RUN_QUEUE, CF_RUN_DELAYED] {
+            for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
+                item.map_err(db_err)?;
+                n += 1;
+            }
         }
         Ok(n)
+    }
+
+    /// How many runs of the task are stored.
+    pub fn runs_stored(&self, task_id: u64) -> io::Result<u64> {
+        Ok(self.get(CF_RUN_COUNTS, &u64_key(task_id))?.unwrap_or(0))
     }
 
     pub fn db(&self) -> &Arc<DB> {
@@ -303,6 +413,16 @@ impl Store {
 
     fn cf(&self, name: &str) -> &ColumnFamily {
         self.db.cf_handle(name).expect("column families are checked at open")
+    }
+
+    /// Commits one entry's batch and tells the watchers what it touched.
+    fn write_batch(&self, batch: WriteBatch, touched_tasks: &[u64], touched_runs: bool) -> io::Result<()> {
+        self.db.write(batch).map_err(db_err)?;
+        self.changes.record(touched_tasks, false);
+        if touched_runs {
+            self.runs_changed.send_modify(|n| *n += 1);
+        }
+        Ok(())
     }
 
     fn get<T: DeserializeOwned>(&self, cf: &str, key: &[u8]) -> io::Result<Option<T>> {
@@ -483,150 +603,6 @@ impl Store {
     }
 }
 
-/// Buffered writes of one applied entry, committed atomically together with the applied
-/// log id (so data, applied index and membership never disagree after a crash).
-pub struct Tx<'a> {
-    pub store: &'a Store,
-    batch: WriteBatch,
-    /// Run ids handed out within this batch (reads see only the committed state).
-    pub next_run_id: u64,
-    /// Tasks this batch writes or deletes, announced through [`TaskChanges`] on commit.
-    touched_tasks: Vec<u64>,
-    /// Whether it wrote a run or a worker (see [`Store::runs_changed`]).
-    touched_runs: bool,
-}
-
-impl<'a> Tx<'a> {
-    pub fn new(store: &'a Store) -> Self {
-        Tx { store, batch: WriteBatch::default(), next_run_id: 0, touched_tasks: Vec::new(), touched_runs: false }
-    }
-
-    fn put<T: Serialize>(&mut self, cf: &str, key: &[u8], value: &T) -> io::Result<()> {
-        let bytes = encode(value)?;
-        self.batch.put_cf(self.store.cf(cf), key, bytes);
-        Ok(())
-    }
-
-    pub fn put_meta<T: Serialize>(&mut self, key: &str, value: &T) -> io::Result<()> {
-        self.put(CF_SM_META, key.as_bytes(), value)
-    }
-
-    pub fn put_task(&mut self, task: &Task) -> io::Result<()> {
-        self.touched_tasks.push(task.id);
-        self.put(CF_TASKS, &u64_key(task.id), task)
-    }
-
-    /// Stores a run, indexes it under its task, keeps it in the placement queue exactly
-    /// while it is pending and in its worker's assignments exactly while it holds a slot.
-    /// A run changes worker only by becoming a new attempt (a new run), so its
-    /// `worker_id` names the one assignment entry it can have.
-    pub fn put_run(&mut self, run: &Run) -> io::Result<()> {
-        self.touched_runs = true;
-        let mut k = u64_key(run.task_id).to_vec();
-        k.extend_from_slice(&u64_key(run.id));
-        self.batch.put_cf(self.store.cf(CF_RUNS_BY_TASK), k, []);
-        if run.status == RunStatus::Pending {
-            self.batch.put_cf(self.store.cf(CF_RUN_QUEUE), queue_key(run), []);
-        } else {
-            self.batch.delete_cf(self.store.cf(CF_RUN_QUEUE), queue_key(run));
-        }
-        if let Some(worker) = &run.worker_id {
-            if run.is_assigned() {
-                self.batch.put_cf(self.store.cf(CF_ASSIGNMENTS), assignment_key(worker, run.id), []);
-            } else {
-                self.batch.delete_cf(self.store.cf(CF_ASSIGNMENTS), assignment_key(worker, run.id));
-            }
-        }
-        self.put(CF_RUNS, &u64_key(run.id), run)
-    }
-
-    /// Deletes a run and its index entries.
-    pub fn delete_run(&mut self, run: &Run) {
-        self.touched_runs = true;
-        let mut k = u64_key(run.task_id).to_vec();
-        k.extend_from_slice(&u64_key(run.id));
-        self.batch.delete_cf(self.store.cf(CF_RUNS_BY_TASK), k);
-        self.batch.delete_cf(self.store.cf(CF_RUN_QUEUE), queue_key(run));
-        if let Some(worker) = &run.worker_id {
-            self.batch.delete_cf(self.store.cf(CF_ASSIGNMENTS), assignment_key(worker, run.id));
-        }
-        self.batch.delete_cf(self.store.cf(CF_RUNS), u64_key(run.id));
-    }
-
-    pub fn put_worker(&mut self, worker: &Worker) -> io::Result<()> {
-        self.touched_runs = true;
-        self.put(CF_WORKERS, worker.id.as_bytes(), worker)
-    }
-
-    pub fn delete_task(&mut self, id: u64) {
-        self.touched_tasks.push(id);
-        self.batch.delete_cf(self.store.cf(CF_TASKS), u64_key(id));
-    }
-
-    pub fn put_task_name(&mut self, name: &str, id: u64) {
-        self.batch.put_cf(self.store.cf(CF_TASK_NAMES), name.as_bytes(), u64_key(id));
-    }
-
-    pub fn delete_task_name(&mut self, name: &str) {
-        self.batch.delete_cf(self.store.cf(CF_TASK_NAMES), name.as_bytes());
-    }
-
-    pub fn put_idempotency(&mut self, scope: &str, key: &str, record: &IdempotencyRecord) -> io::Result<()> {
-        let k = idempotency_key(scope, key);
-        let mut expiry = record.expires_at_ms.to_be_bytes().to_vec();
-        expiry.extend_from_slice(&k);
-        self.batch.put_cf(self.store.cf(CF_IDEMPOTENCY_EXPIRY), expiry, []);
-        self.put(CF_IDEMPOTENCY, &k, record)
-    }
-
-    /// Removes an expiry index entry and, when given, the record it pointed at.
-    pub fn delete_idempotency(&mut self, expiry_key: &[u8], record_key: Option<&[u8]>) {
-        self.batch.delete_cf(self.store.cf(CF_IDEMPOTENCY_EXPIRY), expiry_key);
-        if let Some(k) = record_key {
-            self.batch.delete_cf(self.store.cf(CF_IDEMPOTENCY), k);
-        }
-    }
-
-    /// Drops everything buffered so far: the entry applies as a no-op.
-    pub fn discard(&mut self) {
-        self.batch.clear();
-        self.touched_tasks.clear();
-        self.touched_runs = false;
-        self.next_run_id = 0;
-    }
-
-    /// Writes the batch. Not synced: the log entry it came from is, and on restart openraft
-    /// re-applies everything after the persisted applied index.
-    pub fn commit(self) -> io::Result<()> {
-        self.store.db.write(self.batch).map_err(db_err)?;
-        self.store.changes.record(&self.touched_tasks, false);
-        if self.touched_runs {
-            self.store.runs_changed.send_modify(|n| *n += 1);
-        }
-        Ok(())
-    }
-}
-
-fn assignment_prefix(worker: &str) -> Vec<u8> {
-    let mut k = worker.as_bytes().to_vec();
-    k.push(0);
-    k
-}
-
-fn assignment_key(worker: &str, run_id: u64) -> Vec<u8> {
-    let mut k = assignment_prefix(worker);
-    k.extend_from_slice(&u64_key(run_id));
-    k
-}
-
-/// A pending run's place in the queue: higher priority first, then older (lower id) first.
-fn queue_key(run: &Run) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = run.priority.rank();
-    k[1..].copy_from_slice(&u64_key(run.id));
-    k
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -641,6 +617,26 @@ mod tests {
         let err = decode_versioned::<(String, u64)>("log entry", &newer).unwrap_err().to_string();
         assert!(err.contains("format version") && err.contains("upgrade"), "{err}");
         assert!(decode_versioned::<(String, u64)>("snapshot", &[]).unwrap_err().to_string().contains("empty"));
+    }
+
+    /// A data dir written by format 1 (before this binary's changes to replicated types,
+    /// checked in under tests/fixtures) is refused with both versions named, and left as
+    /// it was.
+    #[test]
+    fn a_format_1_data_dir_is_refused_naming_both_versions() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-v1/db");
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&fixture).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        let err = open_db(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("format version 1") && err.contains("format version 2"), "{err}");
+        assert!(open_db(dir.path()).unwrap_err().to_string().contains("format version 1"), "still refused");
+        // A fresh dir is marked and opens again.
+        let fresh = tempfile::tempdir().unwrap();
+        drop(open_db(fresh.path()).unwrap());
+        drop(open_db(fresh.path()).unwrap());
     }
 
     #[test]

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::workers::Assignment;
-use crate::model::RunStatus;
+use crate::model::{RunAttempt, RunStatus};
 use exec::{Finished, Stop};
 use records::{PendingReport, Records, RunRecord};
 use shim::{process_start_time, ShimSpec};
@@ -89,10 +89,12 @@ pub fn protect_process_memory() {
     }
 }
 
-/// One run executing here.
+/// One run held here: executing, or finished with its final report not yet delivered.
 struct Held {
     attempt: u32,
     stop: watch::Sender<Option<Stop>>,
+    /// Its processes are gone (it ended or was stopped).
+    done: bool,
 }
 
 struct Shared {
@@ -103,6 +105,11 @@ struct Shared {
     running: Mutex<BTreeMap<u64, Held>>,
     /// Until when the lease holds (on this process's monotonic clock).
     lease: watch::Sender<Instant>,
+    /// The registration epoch this agent holds (0 before it registered).
+    epoch: std::sync::atomic::AtomicU64,
+    /// Runs of an earlier registration this agent saw die; the next registration tells
+    /// the cluster, which then re-queues them at once.
+    killed: Mutex<Vec<RunAttempt>>,
     stopping: watch::Sender<bool>,
 }
 
@@ -136,6 +143,8 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         running: Mutex::new(BTreeMap::new()),
         // No lease until the cluster grants one.
         lease: watch::channel(Instant::now()).0,
+        epoch: std::sync::atomic::AtomicU64::new(0),
+        killed: Mutex::new(killed.iter().map(|&(run_id, attempt)| RunAttempt { run_id, attempt }).collect()),
         stopping: watch::channel(false).0,
     });
     let s = shared.clone();
@@ -250,15 +259,28 @@ impl Shared {
         }
     }
 
-    /// Registers until the cluster accepts; returns the heartbeat interval it asks for.
+    fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Registers (a new epoch) until the cluster accepts; returns the heartbeat interval
+    /// it asks for.
     async fn register(&self) -> Duration {
-        let body = json!({"name": self.config.name, "max_tasks": self.config.max_tasks, "tags": self.config.tags});
         let path = format!("/api/workers/{}/register", self.config.id);
         let mut backoff = Duration::from_millis(100);
         loop {
+            let killed = self.killed.lock().expect("killed list poisoned").clone();
+            let body = json!({"name": self.config.name, "max_tasks": self.config.max_tasks, "tags": self.config.tags, "killed": killed});
             let sent_at = Instant::now();
-            match self.call(reqwest::Method::POST, &path, Some(body.clone()), Duration::from_secs(15)).await {
+            match self.call(reqwest::Method::POST, &path, Some(body), Duration::from_secs(15)).await {
                 Ok((StatusCode::OK, ack)) => {
+                    let Some(epoch) = ack["data"]["epoch"].as_u64() else {
+                        tracing::error!("registration answered without an epoch; retrying");
+                        tokio::time::sleep(backoff).await;
+                        continue;
+                    };
+                    self.epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
+                    self.killed.lock().expect("killed list poisoned").retain(|k| !killed.contains(k));
                     self.renewed(sent_at, &ack);
                     return Duration::from_millis(ack["data"]["heartbeat_ms"].as_u64().unwrap_or(1000));
                 }
@@ -279,13 +301,25 @@ impl Shared {
             tokio::time::sleep(every).await;
             let busy = self.running_count() as u32;
             let status = if busy >= self.config.max_tasks { "busy" } else { "online" };
-            let body = json!({"status": status, "current_tasks": busy});
+            let body = json!({"status": status, "current_tasks": busy, "epoch": self.epoch()});
             let sent_at = Instant::now();
             match self.call(reqwest::Method::POST, &path, Some(body), every.max(Duration::from_millis(500))).await {
                 Ok((StatusCode::OK, ack)) => self.renewed(sent_at, &ack),
                 Ok((StatusCode::NOT_FOUND, _)) => {
                     // The cluster does not know this worker (e.g. its state was rebuilt).
                     self.stop_all(Stop::Fenced);
+                    self.wait_runs_stopped().await;
+                    self.register().await;
+                }
+                Ok((StatusCode::CONFLICT, v)) => {
+                    // Another agent registered under this worker id: it holds the id now,
+                    // and nothing this one runs may go on. Take the id back only after a
+                    // worker timeout, so two agents configured alike do not thrash.
+                    tracing::error!(worker = %self.config.id, message = %v["message"],
+                        "another agent registered as this worker; stopping this one's runs");
+                    self.stop_all(Stop::Fenced);
+                    self.wait_runs_stopped().await;
+                    tokio::time::sleep(every * 6).await;
                     self.register().await;
                 }
                 Ok((status, _)) => tracing::debug!(%status, "heartbeat not accepted"),
@@ -294,13 +328,22 @@ impl Shared {
         }
     }
 
+    /// Waits (a few seconds at most) until every stopped run's processes are gone.
+    async fn wait_runs_stopped(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && self.running.lock().expect("running map poisoned").values().any(|h| !h.done)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn poll_loop(self: Arc<Self>) {
-        let path = format!("/api/workers/{}/assignments?wait_ms=20000", self.config.id);
         let mut stopping = self.stopping.subscribe();
         loop {
             if *stopping.borrow() {
                 return;
             }
+            let path = format!("/api/workers/{}/assignments?wait_ms=20000&epoch={}", self.config.id, self.epoch());
             let polled = tokio::select! {
                 r = self.call(reqwest::Method::GET, &path, None, Duration::from_secs(25)) => r,
                 _ = stopping.changed() => return,
@@ -339,24 +382,27 @@ impl Shared {
                 continue;
             }
             let (tx, rx) = watch::channel(None);
-            running.insert(a.run_id, Held { attempt: a.attempt, stop: tx });
+            running.insert(a.run_id, Held { attempt: a.attempt, stop: tx, done: false });
             tokio::spawn(self.clone().execute(a, rx));
         }
     }
 
     async fn execute(self: Arc<Self>, a: Assignment, stop: watch::Receiver<Option<Stop>>) {
-        let (run_id, attempt) = (a.run_id, a.attempt);
+        let (run_id, attempt, epoch) = (a.run_id, a.attempt, a.epoch);
         let job = exec::JobContext { run_id, task_id: a.task_id, attempt, scheduled_at: a.scheduled_at };
         let lease_ns = exec::monotonic_deadline_ns(*self.lease.borrow());
         let outcome = match exec::shim_spec(&a.task, &job, &self.launch, lease_ns) {
-            Some(spec) => self.execute_supervised(&job, &spec, a.task.timeout_seconds, stop).await,
-            None => match self.report_started(run_id, attempt).await {
+            Some(spec) => self.execute_supervised(&job, epoch, &spec, a.task.timeout_seconds, stop).await,
+            None => match self.report_started(run_id, attempt, epoch).await {
                 true => Some(exec::run_http(&a.task, stop).await),
                 false => None,
             },
         };
+        if let Some(held) = self.running.lock().expect("running map poisoned").get_mut(&run_id) {
+            held.done = true;
+        }
         match outcome {
-            Some(Ok(f)) => self.report_final(run_id, attempt, finished_body(&f)).await,
+            Some(Ok(f)) => self.report_final(run_id, attempt, epoch, finished_body(&f)).await,
             Some(Err(Stop::Shutdown)) => {
                 let f = Finished {
                     status: RunStatus::Failed,
@@ -366,9 +412,18 @@ impl Shared {
                     error: Some("the worker shut down before the run finished".into()),
                     duration_ms: 0,
                 };
-                self.report_final(run_id, attempt, finished_body(&f)).await;
+                self.report_final(run_id, attempt, epoch, finished_body(&f)).await;
             }
-            Some(Err(why)) => tracing::info!(run_id, ?why, "run stopped; not reporting"),
+            Some(Err(why)) => {
+                tracing::info!(run_id, ?why, "run stopped; not reporting");
+                if why == Stop::Fenced {
+                    // The cluster may give this run up when this agent registers again.
+                    let mut killed = self.killed.lock().expect("killed list poisoned");
+                    if killed.len() < 10_000 {
+                        killed.push(RunAttempt { run_id, attempt });
+                    }
+                }
+            }
             None => {}
         }
         self.running.lock().expect("running map poisoned").remove(&run_id);
@@ -379,6 +434,7 @@ impl Shared {
     async fn execute_supervised(
         &self,
         job: &exec::JobContext,
+        epoch: u64,
         spec: &ShimSpec,
         timeout_seconds: u64,
         stop: watch::Receiver<Option<Stop>>,
@@ -388,7 +444,7 @@ impl Shared {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(run_id, error = %e, "cannot start the run's supervisor");
-                if !self.report_started(run_id, attempt).await {
+                if !self.report_started(run_id, attempt, epoch).await {
                     return None;
                 }
                 return Some(Ok(Finished::failed(format!("cannot start the run's supervisor: {e}"), Instant::now())));
@@ -407,7 +463,7 @@ impl Shared {
             shim.abort().await;
             return None;
         }
-        if !self.report_started(run_id, attempt).await {
+        if !self.report_started(run_id, attempt, epoch).await {
             shim.abort().await;
             self.records.remove_run(run_id, attempt);
             return None;
@@ -429,16 +485,16 @@ impl Shared {
 
     /// Reports a run started, retrying while the lease holds (a run must not start on a
     /// lapsed lease). Returns whether the cluster accepted it.
-    async fn report_started(&self, run_id: u64, attempt: u32) -> bool {
-        let body = self.report_body(attempt, json!({"status": "running"}));
+    async fn report_started(&self, run_id: u64, attempt: u32, epoch: u64) -> bool {
+        let body = self.report_body(attempt, epoch, json!({"status": "running"}));
         self.send_report(run_id, &body, || !self.lease_expired()).await == Delivery::Accepted
     }
 
     /// Reports how a run ended. The report is kept in the state dir until the cluster
     /// accepts or refuses it, however long that takes and across restarts of this agent:
     /// an outcome given up on would later be expired as `timed_out` and run again.
-    async fn report_final(&self, run_id: u64, attempt: u32, body: Value) {
-        let body = self.report_body(attempt, body);
+    async fn report_final(&self, run_id: u64, attempt: u32, epoch: u64, body: Value) {
+        let body = self.report_body(attempt, epoch, body);
         let pending = PendingReport { run_id, attempt, body: body.clone() };
         if let Err(e) = self.records.put_report(&pending) {
             tracing::warn!(run_id, error = %e, "cannot keep the report on disk; sending it from memory only");
@@ -447,9 +503,10 @@ impl Shared {
         self.records.remove_report(run_id, attempt);
     }
 
-    fn report_body(&self, attempt: u32, mut body: Value) -> Value {
+    fn report_body(&self, attempt: u32, epoch: u64, mut body: Value) -> Value {
         body["worker_id"] = json!(self.config.id);
         body["attempt"] = json!(attempt);
+        body["epoch"] = json!(epoch);
         body
     }
 

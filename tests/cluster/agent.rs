@@ -32,7 +32,7 @@ async fn fake_cluster(script: Arc<Script>) -> String {
             tokio::time::sleep(s.register_delay).await;
             *s.registered_at.lock().unwrap() = Some(Instant::now());
             // Heartbeats far apart: only a deadline timer can end the lease in time.
-            Json(json!({"success": true, "data": {"lease_ms": s.lease_ms, "heartbeat_ms": 60_000}}))
+            Json(json!({"success": true, "data": {"lease_ms": s.lease_ms, "heartbeat_ms": 60_000, "epoch": 1}}))
         }
     });
     let s = script.clone();
@@ -42,7 +42,7 @@ async fn fake_cluster(script: Arc<Script>) -> String {
             // A long poll that finds nothing new answers after a while; keep the loop calm.
             tokio::time::sleep(Duration::from_millis(100)).await;
             let task = json!({"name": "t", "executor": "shell", "command": s.command, "timeout_seconds": 60});
-            let a = json!({"run_id": 1, "attempt": 1, "status": "assigned", "task_id": 1,
+            let a = json!({"run_id": 1, "attempt": 1, "epoch": 1, "status": "assigned", "task_id": 1,
                            "scheduled_at": "2026-01-01T00:00:00Z", "task": raftcron_spec(task)});
             Json(json!({"success": true, "data": [a]}))
         }

@@ -2,6 +2,7 @@
 //! process, started on port 0 with temp dirs by [`fixture::TestCluster`].
 
 mod fixture;
+mod support;
 
 mod agent;
 mod bad_input;
@@ -11,6 +12,7 @@ mod idempotency;
 mod linearizability;
 mod membership;
 mod openapi;
+mod placement;
 mod replication;
 mod snapshot;
 mod workers;

@@ -4,48 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use raftcron::worker::{self, AgentConfig, RunningAgent};
+use raftcron::worker::{self, AgentConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::fixture::{agent_config, Opts, TestCluster, KEY, WORKER_KEY};
-
-async fn agent(c: &TestCluster, node: u64, id: &str, max_tasks: u32, tags: &[&str]) -> RunningAgent {
-    let mut config = agent_config(c.url(node, ""), id, KEY);
-    config.max_tasks = max_tasks;
-    config.tags = tags.iter().map(|t| t.to_string()).collect();
-    config.drain = Duration::from_secs(5);
-    worker::start(config).await.expect("agent starts")
-}
-
-async fn create(c: &TestCluster, node: u64, body: Value) -> u64 {
-    let a = c.post(node, "/api/tasks", body).await;
-    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
-    a.data()["id"].as_u64().unwrap()
-}
-
-async fn trigger(c: &TestCluster, node: u64, task: u64) -> u64 {
-    let a = c.call(node, Method::POST, &format!("/api/tasks/{task}/trigger"), None, &[]).await;
-    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
-    a.data()["id"].as_u64().unwrap()
-}
-
-/// Waits until run `id` satisfies `done`, returning it.
-async fn wait_run(c: &TestCluster, node: u64, id: u64, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let a = c.get(node, &format!("/api/runs/{id}")).await;
-        if a.status == StatusCode::OK && done(a.data()) {
-            return a.data().clone();
-        }
-        assert!(Instant::now() < deadline, "run {id} not there within {within:?}: {}", a.body);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn is_final(r: &Value) -> bool {
-    matches!(r["status"].as_str(), Some("succeeded" | "failed" | "timed_out" | "cancelled" | "lost"))
-}
+use crate::support::{agent, create, is_final, trigger, wait_run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_manual_trigger_through_a_follower_runs_on_a_worker() {
@@ -252,7 +216,7 @@ async fn a_silent_worker_loses_its_run_and_its_late_report_is_fenced() {
     assert_eq!((done["status"].as_str(), done["worker_id"].as_str()), (Some("succeeded"), Some("second")), "{done}");
 
     let before = c.converged_digests(Duration::from_secs(5)).await;
-    let late = json!({"worker_id": "first", "attempt": 1, "status": "succeeded", "exit_code": 0, "output": "late"});
+    let late = json!({"worker_id": "first", "attempt": 1, "epoch": 1, "status": "succeeded", "exit_code": 0, "output": "late"});
     let a = c.post(f, &format!("/api/runs/{run}/report"), late).await;
     assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
     let after = c.converged_digests(Duration::from_secs(5)).await;
@@ -260,8 +224,7 @@ async fn a_silent_worker_loses_its_run_and_its_late_report_is_fenced() {
         |m: &std::collections::BTreeMap<u64, (u64, String)>| m.values().map(|v| v.1.clone()).collect::<Vec<_>>();
     assert_eq!(digests(&before), digests(&after), "a fenced report changes no state");
     // The second worker's accepted report, sent again: 200, nothing changes.
-    let again =
-        json!({"worker_id": "second", "attempt": 2, "status": "succeeded", "exit_code": 0, "output": "ignored"});
+    let again = json!({"worker_id": "second", "attempt": 2, "epoch": 1, "status": "succeeded", "exit_code": 0, "output": "ignored"});
     let a = c.post(leader, &format!("/api/runs/{retry_id}/report"), again).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(a.data()["output"], done["output"], "the first report's record stands");
@@ -363,35 +326,35 @@ async fn bad_worker_input_gets_a_clear_4xx_and_changes_nothing() {
         (
             Method::POST,
             "/api/runs/424242/report".into(),
-            Some(json!({"worker_id": "w1", "attempt": 1, "status": "succeeded"})),
+            Some(json!({"worker_id": "w1", "attempt": 1, "epoch": 1, "status": "succeeded"})),
             StatusCode::NOT_FOUND,
             "424242",
         ),
         (
             Method::POST,
             format!("/api/runs/{run}/report"),
-            Some(json!({"worker_id": "w2", "attempt": 1, "status": "failed"})),
+            Some(json!({"worker_id": "w2", "attempt": 1, "epoch": 1, "status": "failed"})),
             StatusCode::CONFLICT,
             "not held",
         ),
         (
             Method::POST,
             format!("/api/runs/{run}/report"),
-            Some(json!({"worker_id": "w1", "attempt": 1, "status": "failed"})),
+            Some(json!({"worker_id": "w1", "attempt": 1, "epoch": 1, "status": "failed"})),
             StatusCode::CONFLICT,
             "not held",
         ),
         (
             Method::POST,
             format!("/api/runs/{run}/report"),
-            Some(json!({"worker_id": "w1", "attempt": 1, "status": "cancelled"})),
+            Some(json!({"worker_id": "w1", "attempt": 1, "epoch": 1, "status": "cancelled"})),
             StatusCode::BAD_REQUEST,
             "status",
         ),
         (
             Method::POST,
             format!("/api/runs/{run}/report"),
-            Some(json!({"worker_id": "w1", "status": "failed"})),
+            Some(json!({"worker_id": "w1", "epoch": 1, "status": "failed"})),
             StatusCode::BAD_REQUEST,
             "attempt",
         ),

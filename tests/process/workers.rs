@@ -74,7 +74,7 @@ async fn a_stopped_worker_is_replaced_and_fences_itself_when_it_wakes() {
 
     signal(&first, "-CONT");
     // Whatever it sends for the old attempt is refused and changes nothing.
-    let late = json!({"worker_id": "first", "attempt": 1, "status": "succeeded", "exit_code": 0});
+    let late = json!({"worker_id": "first", "attempt": 1, "epoch": 1, "status": "succeeded", "exit_code": 0});
     let r = c.http.post(url(0, &format!("/api/runs/{run}/report"))).bearer_auth(KEY).json(&late).send().await.unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::CONFLICT);
     tokio::time::sleep(Duration::from_secs(1)).await;

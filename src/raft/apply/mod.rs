@@ -35,7 +35,7 @@ const IDEMPOTENCY_SWEEP: usize = 16;
 
 /// Applies one request, writing its effects into `tx`.
 pub fn apply_request(tx: &mut Tx<'_>, req: &Request) -> io::Result<Response> {
-    let now = match tx.store.clock()? {
+    let now = match tx.meta("clock")? {
         Some(last) if last > req.issued_at => last,
         _ => req.issued_at,
     };
@@ -46,7 +46,7 @@ pub fn apply_request(tx: &mut Tx<'_>, req: &Request) -> io::Result<Response> {
     sweep_idempotency(tx, now_ms)?;
 
     if let Some(idem) = &req.idempotency {
-        if let Some(record) = tx.store.idempotency(&idem.scope, &idem.key)? {
+        if let Some(record) = tx.idempotency(&idem.scope, &idem.key)? {
             if record.expires_at_ms > now_ms {
                 return Ok(if record.fingerprint == idem.fingerprint {
                     record.response
@@ -77,11 +77,10 @@ pub fn apply_request(tx: &mut Tx<'_>, req: &Request) -> io::Result<Response> {
 }
 
 fn sweep_idempotency(tx: &mut Tx<'_>, now_ms: i64) -> io::Result<()> {
-    for e in tx.store.expired_idempotency(now_ms, IDEMPOTENCY_SWEEP)? {
+    for e in tx.base().expired_idempotency(now_ms, IDEMPOTENCY_SWEEP)? {
         // The key may have been reused after it expired; then the record is newer than this
         // index entry and stays.
-        let stale =
-            tx.store.idempotency_by_record_key(&e.record_key)?.is_some_and(|r| r.expires_at_ms == e.expires_at_ms);
+        let stale = tx.idempotency_by_record_key(&e.record_key)?.is_some_and(|r| r.expires_at_ms == e.expires_at_ms);
         tx.delete_idempotency(&e.expiry_key, stale.then_some(e.record_key.as_slice()));
     }
     Ok(())
@@ -90,7 +89,7 @@ fn sweep_idempotency(tx: &mut Tx<'_>, now_ms: i64) -> io::Result<()> {
 fn apply_command(tx: &mut Tx<'_>, command: &Command, now: DateTime<Utc>) -> io::Result<Response> {
     match command {
         Command::InitCluster { cluster_id } => {
-            if tx.store.cluster_id()?.is_none() {
+            if tx.meta::<String>("cluster_id")?.is_none() {
                 tx.put_meta("cluster_id", cluster_id)?;
             }
             Ok(Response::ok(Outcome::Done))
@@ -102,19 +101,21 @@ fn apply_command(tx: &mut Tx<'_>, command: &Command, now: DateTime<Utc>) -> io::
         Command::Fire { fires, keep_runs } => tasks::fire(tx, fires, *keep_runs, now),
         Command::TriggerRun { task_id, keep_runs } => runs::trigger(tx, *task_id, *keep_runs, now),
         Command::CancelRun { run_id } => runs::cancel(tx, *run_id, now),
-        Command::RegisterWorker { id, name, max_tasks, tags, max_lost_requeues } => {
-            workers::register(tx, id, name, *max_tasks, tags, *max_lost_requeues, now)
+        Command::RegisterWorker { id, name, max_tasks, tags, max_lost_requeues, killed, requeue_delay_ms } => {
+            workers::register(tx, id, name, *max_tasks, tags, *max_lost_requeues, killed, *requeue_delay_ms, now)
         }
         Command::UpdateWorker { id, update } => workers::update(tx, id, update),
         Command::SetWorkerLiveness { id, liveness, max_lost_requeues, reason } => {
             workers::set_liveness(tx, id, *liveness, *max_lost_requeues, reason, now)
         }
-        Command::AssignRuns { assignments, waiting } => workers::assign_runs(tx, assignments, waiting, now),
+        Command::AssignRuns { assignments, released, expired } => {
+            workers::assign_runs(tx, assignments, released, expired, now)
+        }
         Command::ExpireRun { run_id, attempt, reason, retry_jitter_ms } => {
             runs::expire(tx, *run_id, *attempt, reason, *retry_jitter_ms, now)
         }
-        Command::ReportRun { run_id, attempt, worker_id, report, retry_jitter_ms } => {
-            runs::report(tx, *run_id, *attempt, worker_id, report, *retry_jitter_ms, now)
+        Command::ReportRun { run_id, attempt, worker_id, epoch, report, retry_jitter_ms } => {
+            runs::report(tx, *run_id, *attempt, worker_id, *epoch, report, *retry_jitter_ms, now)
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Applying run commands: manual triggers, cancels, worker reports (fenced by attempt),
-//! the leader's expiry of overdue runs, and retries.
+//! Applying run commands: manual triggers, cancels, worker reports (fenced by attempt and
+//! registration epoch), the leader's expiry of overdue runs, and retries.
 
 use std::io;
 
@@ -12,13 +12,13 @@ use crate::storage::Tx;
 
 /// A manual run of a task (its history pruned to `keep_runs`).
 pub(super) fn trigger(tx: &mut Tx<'_>, task_id: u64, keep_runs: u32, now: DateTime<Utc>) -> io::Result<Response> {
-    let Some(mut task) = tx.store.task(task_id)? else {
+    let Some(mut task) = tx.task(task_id)? else {
         return Ok(Response::rejected(Rejection::TaskNotFound(task_id)));
     };
     if task.spec.status == TaskStatus::Disabled {
         return Ok(Response::rejected(Rejection::TaskDisabled(task_id)));
     }
-    let run = new_run(tx, &mut task, RunTrigger::Manual, now, now)?;
+    let run = new_run(tx, &task, RunTrigger::Manual, now, now)?;
     task.last_run = Some(run.id);
     prune_runs(tx, &mut task, keep_runs, 1)?;
     tx.put_task(&task)?;
@@ -26,7 +26,7 @@ pub(super) fn trigger(tx: &mut Tx<'_>, task_id: u64, keep_runs: u32, now: DateTi
 }
 
 pub(super) fn cancel(tx: &mut Tx<'_>, run_id: u64, now: DateTime<Utc>) -> io::Result<Response> {
-    let Some(mut run) = tx.store.run(run_id)? else {
+    let Some(mut run) = tx.run(run_id)? else {
         return Ok(Response::rejected(Rejection::RunNotFound(run_id)));
     };
     if run.status.is_final() {
@@ -34,7 +34,6 @@ pub(super) fn cancel(tx: &mut Tx<'_>, run_id: u64, now: DateTime<Utc>) -> io::Re
     }
     run.status = RunStatus::Cancelled;
     run.finished_at = Some(now);
-    run.pending_reason = None;
     tx.put_run(&run)?;
     Ok(Response::ok(Outcome::Run(Box::new(run))))
 }
@@ -44,16 +43,20 @@ const MAX_RETRY_BACKOFF_MS: u64 = 3600 * 1000;
 /// Largest jitter a report may add to a retry's backoff.
 const MAX_RETRY_JITTER_MS: u64 = 60 * 1000;
 
+/// A worker's report, accepted only from the worker holding the run's current attempt
+/// under the registration epoch it was placed with (guarantee 6).
+#[allow(clippy::too_many_arguments, reason = "the fields of one command")]
 pub(super) fn report(
     tx: &mut Tx<'_>,
     run_id: u64,
     attempt: u32,
     worker_id: &str,
+    epoch: u64,
     report: &RunReport,
     jitter_ms: u64,
     now: DateTime<Utc>,
 ) -> io::Result<Response> {
-    let Some(mut run) = tx.store.run(run_id)? else {
+    let Some(mut run) = tx.run(run_id)? else {
         return Ok(Response::rejected(Rejection::RunNotFound(run_id)));
     };
     let stale = |run: &Run| {
@@ -61,11 +64,12 @@ pub(super) fn report(
             run_id,
             attempt,
             worker_id: worker_id.to_string(),
+            epoch,
             current: run.attempt,
             status: run.status,
         })
     };
-    if run.worker_id.as_deref() != Some(worker_id) || run.attempt != attempt {
+    if run.worker_id.as_deref() != Some(worker_id) || run.attempt != attempt || run.worker_epoch != epoch {
         return Ok(stale(&run));
     }
     match report {
@@ -76,7 +80,7 @@ pub(super) fn report(
                 tx.put_run(&run)?;
                 Ok(Response::ok(Outcome::Run(Box::new(run))))
             }
-            // The same report again: nothing more changes.
+            // The same report again (its answer was lost): nothing more changes.
             RunStatus::Running => Ok(Response::ok(Outcome::Run(Box::new(run)))),
             _ => Ok(stale(&run)),
         },
@@ -118,7 +122,7 @@ pub(super) fn expire(
     jitter_ms: u64,
     now: DateTime<Utc>,
 ) -> io::Result<Response> {
-    let Some(mut run) = tx.store.run(run_id)? else {
+    let Some(mut run) = tx.run(run_id)? else {
         return Ok(Response::rejected(Rejection::RunNotFound(run_id)));
     };
     if run.attempt != attempt || !run.is_assigned() {
@@ -126,6 +130,7 @@ pub(super) fn expire(
             run_id,
             attempt,
             worker_id: run.worker_id.clone().unwrap_or_default(),
+            epoch: run.worker_epoch,
             current: run.attempt,
             status: run.status,
         }));
@@ -141,7 +146,7 @@ pub(super) fn expire(
 /// After a failed or timed-out attempt: the next attempt, pending after its backoff, while
 /// attempts remain (`attempt <= retry_count`).
 fn retry_after_failure(tx: &mut Tx<'_>, run: &Run, jitter_ms: u64, now: DateTime<Utc>) -> io::Result<()> {
-    let Some(task) = tx.store.task(run.task_id)? else { return Ok(()) };
+    let Some(task) = tx.task(run.task_id)? else { return Ok(()) };
     if run.attempt > task.spec.retry_count {
         return Ok(());
     }
@@ -166,35 +171,29 @@ pub(super) fn queue_next_attempt(
     now: DateTime<Utc>,
 ) -> io::Result<u64> {
     let id = alloc_run_id(tx)?;
-    let mut next = run.next_attempt(id, now, not_before);
+    let mut next = run.next_attempt(id, &task, now, not_before);
     next.lost_requeues += u32::from(lost);
     tx.put_run(&next)?;
-    task.runs_stored += 1;
     task.last_run = Some(id);
     tx.put_task(&task)?;
     Ok(id)
 }
 
 fn alloc_run_id(tx: &mut Tx<'_>) -> io::Result<u64> {
-    let id: u64 = tx.store.meta("next_run_id")?.unwrap_or(1);
-    // Several runs may be created by one command: the counter is read from the batch's
-    // base state, so keep it in step locally.
-    let id = id.max(tx.next_run_id);
-    tx.next_run_id = id + 1;
+    let id: u64 = tx.meta("next_run_id")?.unwrap_or(1);
     tx.put_meta("next_run_id", &(id + 1))?;
     Ok(id)
 }
 
 pub(super) fn new_run(
     tx: &mut Tx<'_>,
-    task: &mut Task,
+    task: &Task,
     trigger: RunTrigger,
     scheduled_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> io::Result<Run> {
     let id = alloc_run_id(tx)?;
-    let run = Run::pending(id, task.id, task.spec.priority, trigger, scheduled_at, now);
+    let run = Run::pending(id, task, trigger, scheduled_at, now);
     tx.put_run(&run)?;
-    task.runs_stored += 1;
     Ok(run)
 }

@@ -6,7 +6,7 @@ use std::io;
 use chrono::{DateTime, Utc};
 
 use super::runs::new_run;
-use crate::model::{ConcurrencyPolicy, RunStatus, RunTrigger, Task, TaskField, TaskSpec, TaskStatus};
+use crate::model::{required_tags, ConcurrencyPolicy, RunStatus, RunTrigger, Task, TaskField, TaskSpec, TaskStatus};
 use crate::raft::command::{Fired, Outcome, Rejection, Response, TaskFire};
 use crate::storage::Tx;
 
@@ -14,26 +14,12 @@ pub(super) fn create(tx: &mut Tx<'_>, spec: &TaskSpec, now: DateTime<Utc>) -> io
     if let Err(e) = spec.validate() {
         return Ok(Response::rejected(Rejection::Invalid(e)));
     }
-    if tx.store.task_id_by_name(&spec.name)?.is_some() {
+    if tx.task_id_by_name(&spec.name)?.is_some() {
         return Ok(Response::rejected(Rejection::NameTaken(spec.name.clone())));
     }
-    let id: u64 = tx.store.meta("next_task_id")?.unwrap_or(1);
+    let id: u64 = tx.meta("next_task_id")?.unwrap_or(1);
     tx.put_meta("next_task_id", &(id + 1))?;
-    let task = Task {
-        id,
-        spec: spec.clone(),
-        version: 1,
-        created_at: now,
-        updated_at: now,
-        next_run_at: None,
-        last_run: None,
-        fire_count: 0,
-        skipped_ticks: 0,
-        cursor: Some(now),
-        resumed_at: None,
-        runs_stored: 0,
-        prune_floor: 0,
-    };
+    let task = Task::new(id, spec.clone(), now);
     tx.put_task(&task)?;
     tx.put_task_name(&task.spec.name, id);
     Ok(Response::ok(Outcome::Task(Box::new(task))))
@@ -52,6 +38,7 @@ pub(super) fn update(
     };
     let old_name = task.spec.name.clone();
     let old_status = task.spec.status;
+    let old_tags = required_tags(&task.spec.tags);
     for f in fields.iter().cloned() {
         TaskField::apply_to(f, &mut task.spec);
     }
@@ -60,11 +47,22 @@ pub(super) fn update(
     }
     mark_resumed(&mut task, old_status, now);
     if task.spec.name != old_name {
-        if tx.store.task_id_by_name(&task.spec.name)?.is_some() {
+        if tx.task_id_by_name(&task.spec.name)?.is_some() {
             return Ok(Response::rejected(Rejection::NameTaken(task.spec.name.clone())));
         }
         tx.delete_task_name(&old_name);
         tx.put_task_name(&task.spec.name, task.id);
+    }
+    let new_tags = required_tags(&task.spec.tags);
+    if new_tags != old_tags {
+        // Pending runs require the task's tags as they are now.
+        for base in tx.base().unfinished_runs_of_task(id)? {
+            let Some(mut run) = tx.run(base.id)? else { continue };
+            if run.status == RunStatus::Pending {
+                run.tags = new_tags.clone();
+                tx.put_run(&run)?;
+            }
+        }
     }
     task.version += 1;
     task.updated_at = now;
@@ -77,14 +75,14 @@ pub(super) fn delete(tx: &mut Tx<'_>, id: u64, expected_version: Option<u64>) ->
         Ok(task) => task,
         Err(rejection) => return Ok(Response::rejected(rejection)),
     };
-    tx.delete_task(id);
-    tx.delete_task_name(&task.spec.name);
     // Its runs go with it, finished or not: a worker reporting on one is told the run
     // no longer exists. Bounded by the run history plus the unfinished runs.
-    let (runs, _) = tx.store.runs_of_task(id, 0, usize::MAX)?;
+    let (runs, _) = tx.base().runs_of_task(id, 0, usize::MAX)?;
     for run in &runs {
-        tx.delete_run(run);
+        tx.delete_run(run.id)?;
     }
+    tx.delete_task(id);
+    tx.delete_task_name(&task.spec.name);
     Ok(Response::ok(Outcome::TaskDeleted { id }))
 }
 
@@ -96,7 +94,7 @@ pub(super) fn set_status(
     may_enable: bool,
     now: DateTime<Utc>,
 ) -> io::Result<Response> {
-    let Some(mut task) = tx.store.task(id)? else {
+    let Some(mut task) = tx.task(id)? else {
         return Ok(Response::rejected(Rejection::TaskNotFound(id)));
     };
     let old_status = task.spec.status;
@@ -138,7 +136,7 @@ fn apply_fire(
     now: DateTime<Utc>,
 ) -> io::Result<Result<Fired, Rejection>> {
     let TaskFire { task_id, spec_version, expected_cursor, fired, skipped, new_cursor, next_run_at } = fire;
-    let Some(mut task) = tx.store.task(*task_id)? else {
+    let Some(mut task) = tx.task(*task_id)? else {
         return Ok(Err(Rejection::TaskNotFound(*task_id)));
     };
     // Whoever proposed this (a deposed leader, a retry, a leader whose clock runs behind)
@@ -156,8 +154,14 @@ fn apply_fire(
             "ticks must increase and lie after the cursor and at or before the new cursor",
         ))));
     }
-    // Concurrency policy, against runs already stored and runs this command made.
-    let mut unfinished = tx.store.unfinished_runs_of_task(task.id)?;
+    // Concurrency policy, against runs already stored (as this entry left them) and runs
+    // this command made.
+    let mut unfinished = Vec::new();
+    for base in tx.base().unfinished_runs_of_task(task.id)? {
+        if let Some(run) = tx.run(base.id)?.filter(|r| !r.status.is_final()) {
+            unfinished.push(run);
+        }
+    }
     let mut runs = Vec::with_capacity(fired.len());
     let mut forbidden = 0u64;
     for tick in fired {
@@ -170,14 +174,13 @@ fn apply_fire(
                 for mut old in unfinished.drain(..) {
                     old.status = RunStatus::Cancelled;
                     old.finished_at = Some(now);
-                    old.pending_reason = None;
                     old.error = Some(format!("replaced by the tick at {tick}"));
                     tx.put_run(&old)?;
                 }
             }
             _ => {}
         }
-        let run = new_run(tx, &mut task, RunTrigger::Schedule, *tick, now)?;
+        let run = new_run(tx, &task, RunTrigger::Schedule, *tick, now)?;
         runs.push(run.id);
         unfinished.push(run);
     }
@@ -197,27 +200,29 @@ fn apply_fire(
 /// than it kept last time (so a scan of n runs happens once per n/10 new runs: constant
 /// work per run, however many unfinished runs pile up). Unfinished runs are never pruned;
 /// `fire_count` lives on the task and is not touched. `created` runs were made by this
-/// batch and are not visible to its reads yet.
+/// batch and are not among the committed runs the scan sees.
 pub(super) fn prune_runs(tx: &mut Tx<'_>, task: &mut Task, keep: u32, created: usize) -> io::Result<()> {
     let floor = u64::from(keep).max(task.prune_floor);
-    if task.runs_stored <= floor + (floor / 10).max(1) {
+    if tx.runs_stored(task.id)? <= floor + (floor / 10).max(1) {
         return Ok(());
     }
     // Newest first; the batch's own runs are the newest of all.
     let skip = (keep as usize).saturating_sub(created);
-    let (older, _) = tx.store.runs_of_task(task.id, skip, usize::MAX)?;
-    for run in older.iter().filter(|r| r.status.is_final()) {
-        tx.delete_run(run);
-        task.runs_stored -= 1;
+    let (older, _) = tx.base().runs_of_task(task.id, skip, usize::MAX)?;
+    for base in &older {
+        // As this entry left it: a run it changed is judged by its new state.
+        if tx.run(base.id)?.is_some_and(|r| r.status.is_final()) {
+            tx.delete_run(base.id)?;
+        }
     }
-    task.prune_floor = task.runs_stored;
+    task.prune_floor = tx.runs_stored(task.id)?;
     Ok(())
 }
 
 /// The task a client update or delete addresses, if it exists and (with `If-Match`) its
 /// version still matches.
 fn task_to_change(tx: &Tx<'_>, id: u64, expected_version: Option<u64>) -> io::Result<Result<Task, Rejection>> {
-    let Some(task) = tx.store.task(id)? else { return Ok(Err(Rejection::TaskNotFound(id))) };
+    let Some(task) = tx.task(id)? else { return Ok(Err(Rejection::TaskNotFound(id))) };
     match expected_version {
         Some(expected) if expected != task.version => {
             Ok(Err(Rejection::VersionMismatch { expected, actual: task.version }))

@@ -149,7 +149,7 @@ fn firing_prunes_history_to_the_newest_and_every_unfinished_run() {
     let ids: Vec<u64> = left.iter().map(|r| r.id).collect();
     assert_eq!((ids, total), (vec![7, 6, 4], 3), "newest two kept, plus pending run 4");
     let task = store.task(1).unwrap().unwrap();
-    assert_eq!((task.fire_count, task.runs_stored), (7, 3), "pruning never lowers fire_count");
+    assert_eq!((task.fire_count, store.runs_stored(1).unwrap()), (7, 3), "pruning never lowers fire_count");
     assert_eq!(store.queued_runs().unwrap(), 3);
     // Deleting the task deletes its runs and empties the queue.
     apply(&store, Command::DeleteTask { id: 1, expected_version: None }, t(8));
@@ -239,6 +239,8 @@ fn lost_runs_are_requeued_a_bounded_number_of_times_and_stale_reports_are_fenced
         max_tasks: 2,
         tags: Vec::new(),
         max_lost_requeues: 1,
+        killed: Vec::new(),
+        requeue_delay_ms: 0,
     };
     let offline = || Command::SetWorkerLiveness {
         id: "w".into(),
@@ -248,15 +250,16 @@ fn lost_runs_are_requeued_a_bounded_number_of_times_and_stale_reports_are_fenced
     };
     assert!(apply(&store, register(), t(1)).result.is_ok());
     apply(&store, Command::TriggerRun { task_id: 1, keep_runs: 100 }, t(1));
-    let assign = |run: u64| Command::AssignRuns { assignments: vec![(run, "w".into())], waiting: Vec::new() };
-    assert_eq!(apply(&store, assign(1), t(2)).result, Ok(Outcome::Assigned { placed: 1 }));
+    let assign =
+        |run: u64| Command::AssignRuns { assignments: vec![(run, "w".into())], released: vec![], expired: vec![] };
+    assert_eq!(apply(&store, assign(1), t(2)).result, Ok(Outcome::Assigned { placed: 1, expired: 0 }));
     assert_eq!(store.assignments_of("w").unwrap(), vec![1]);
     let r = apply(&store, offline(), t(3)).result;
     assert_eq!(r, Ok(Outcome::Lost { lost: vec![1], requeued: vec![2] }));
     let retry = store.run(2).unwrap().unwrap();
     assert_eq!((retry.attempt, retry.lost_requeues, retry.status), (2, 1, RunStatus::Pending));
     // Offline: placement onto it is refused in apply.
-    assert_eq!(apply(&store, assign(2), t(4)).result, Ok(Outcome::Assigned { placed: 0 }));
+    assert_eq!(apply(&store, assign(2), t(4)).result, Ok(Outcome::Assigned { placed: 0, expired: 0 }));
     // Back (re-registered), assigned, lost again: the chain's one re-queue is spent.
     apply(&store, register(), t(5));
     apply(&store, assign(2), t(5));
@@ -268,6 +271,7 @@ fn lost_runs_are_requeued_a_bounded_number_of_times_and_stale_reports_are_fenced
         run_id: 1,
         attempt: 1,
         worker_id: "w".into(),
+        epoch: 1,
         report: RunReport::Finished {
             status: RunStatus::Succeeded,
             exit_code: Some(0),
@@ -281,4 +285,137 @@ fn lost_runs_are_requeued_a_bounded_number_of_times_and_stale_reports_are_fenced
     assert!(matches!(apply(&store, late, t(7)).result, Err(Rejection::StaleAttempt { .. })));
     assert_eq!(store.digest().unwrap(), digest);
     assert!(store.assignments_of("w").unwrap().is_empty());
+}
+
+/// Regression test for `runs_stored` drifting: one entry that loses several runs of the same
+/// task re-queued each from the committed task, so the counter rose by one instead of by
+/// the number of re-queued runs (and pruning could later underflow it).
+#[test]
+fn losing_several_runs_of_one_task_in_one_entry_counts_every_requeued_run() {
+    let (_d, store) = store_with_task("allow");
+    let register = Command::RegisterWorker {
+        id: "w".into(),
+        name: String::new(),
+        max_tasks: 3,
+        tags: Vec::new(),
+        max_lost_requeues: 3,
+        killed: Vec::new(),
+        requeue_delay_ms: 0,
+    };
+    assert!(apply(&store, register, t(1)).result.is_ok());
+    for _ in 0..3 {
+        apply(&store, Command::TriggerRun { task_id: 1, keep_runs: 100 }, t(1));
+    }
+    let assignments = (1..=3).map(|run| (run, "w".to_string())).collect();
+    assert_eq!(
+        apply(&store, Command::AssignRuns { assignments, released: vec![], expired: vec![] }, t(2)).result,
+        Ok(Outcome::Assigned { placed: 3, expired: 0 })
+    );
+    let offline = Command::SetWorkerLiveness {
+        id: "w".into(),
+        liveness: Liveness::Offline,
+        max_lost_requeues: 3,
+        reason: "silent".into(),
+    };
+    assert_eq!(apply(&store, offline, t(3)).result, Ok(Outcome::Lost { lost: vec![1, 2, 3], requeued: vec![4, 5, 6] }));
+    let (_, stored) = store.runs_of_task(1, 0, usize::MAX).unwrap();
+    assert_eq!(stored, 6);
+    assert_eq!(store.runs_stored(1).unwrap(), stored, "the counter matches the runs stored");
+}
+
+fn register_w(killed: Vec<crate::model::RunAttempt>) -> Command {
+    Command::RegisterWorker {
+        id: "w".into(),
+        name: String::new(),
+        max_tasks: 4,
+        tags: Vec::new(),
+        max_lost_requeues: 3,
+        killed,
+        requeue_delay_ms: 30_000,
+    }
+}
+
+fn started(run_id: u64, epoch: u64) -> Command {
+    Command::ReportRun {
+        run_id,
+        attempt: 1,
+        worker_id: "w".into(),
+        epoch,
+        report: RunReport::Started,
+        retry_jitter_ms: 0,
+    }
+}
+
+/// Each registration is a new epoch. `Started` is idempotent within the epoch the run was
+/// placed with (a lost answer retried) and refused from any other; a new registration
+/// re-queues the old epoch's runs at once when they never started or the new agent saw
+/// them killed, and only after the delay otherwise.
+#[test]
+fn registrations_fence_each_other_and_delay_what_may_still_run() {
+    let (_d, store) = store_with_task("allow");
+    let epoch = |r: Response| match r.result {
+        Ok(Outcome::Worker(w)) => w.epoch,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(epoch(apply(&store, register_w(vec![]), t(1))), 1);
+    for _ in 0..3 {
+        apply(&store, Command::TriggerRun { task_id: 1, keep_runs: 100 }, t(1));
+    }
+    let assignments = (1..=3).map(|run| (run, "w".to_string())).collect();
+    apply(&store, Command::AssignRuns { assignments, released: vec![], expired: vec![] }, t(2));
+    assert_eq!(store.run(1).unwrap().unwrap().worker_epoch, 1);
+    assert!(apply(&store, started(1, 1), t(3)).result.is_ok());
+    assert!(apply(&store, started(1, 1), t(3)).result.is_ok(), "the same Started again: accepted");
+    assert!(matches!(apply(&store, started(1, 2), t(3)).result, Err(Rejection::StaleAttempt { .. })));
+    assert!(apply(&store, started(2, 1), t(3)).result.is_ok());
+    // Runs 1 and 2 run, 3 never started. The new agent saw run 2 killed.
+    let killed = vec![crate::model::RunAttempt { run_id: 2, attempt: 1 }];
+    assert_eq!(epoch(apply(&store, register_w(killed), t(4))), 2);
+    let retry_of = |old: u64| {
+        let mut found = None;
+        store
+            .scan_runs(|r| {
+                if r.retry_of == Some(old) {
+                    found = Some(r);
+                }
+                true
+            })
+            .unwrap();
+        found.expect("re-queued")
+    };
+    assert_eq!(retry_of(1).not_before, Some(t(4) + chrono::Duration::seconds(30)), "may still run: delayed");
+    assert_eq!(retry_of(2).not_before, None, "seen killed: at once");
+    assert_eq!(retry_of(3).not_before, None, "never started: at once");
+    assert!(matches!(apply(&store, started(1, 1), t(5)).result, Err(Rejection::StaleAttempt { .. })));
+    // The delayed retry is released only once its time has come, then placed.
+    let delayed = retry_of(1).id;
+    let place = |released: Vec<u64>| Command::AssignRuns {
+        assignments: vec![(delayed, "w".into())],
+        released,
+        expired: vec![],
+    };
+    assert_eq!(apply(&store, place(vec![delayed]), t(6)).result, Ok(Outcome::Assigned { placed: 0, expired: 0 }));
+    let due = t(4) + chrono::Duration::seconds(30);
+    assert_eq!(apply(&store, place(vec![delayed]), due).result, Ok(Outcome::Assigned { placed: 1, expired: 0 }));
+    let placed = store.run(delayed).unwrap().unwrap();
+    assert_eq!((placed.status, placed.worker_epoch, placed.not_before), (RunStatus::Assigned, 2, None));
+}
+
+/// A pending run with a deadline fails once the leader says it passed (and not before);
+/// every index it was in lets go of it.
+#[test]
+fn a_pending_run_fails_at_its_deadline() {
+    let (_d, store) = store_with_task("allow");
+    let update =
+        Command::UpdateTask { id: 1, fields: vec![TaskField::PendingTimeoutS(Some(10))], expected_version: None };
+    assert!(apply(&store, update, t(0)).result.is_ok());
+    apply(&store, Command::TriggerRun { task_id: 1, keep_runs: 100 }, t(1));
+    assert_eq!(store.run(1).unwrap().unwrap().pending_deadline, Some(t(11)));
+    let expire = || Command::AssignRuns { assignments: vec![], released: vec![], expired: vec![1] };
+    assert_eq!(apply(&store, expire(), t(10)).result, Ok(Outcome::Assigned { placed: 0, expired: 0 }));
+    assert_eq!(apply(&store, expire(), t(11)).result, Ok(Outcome::Assigned { placed: 0, expired: 1 }));
+    let failed = store.run(1).unwrap().unwrap();
+    assert_eq!(failed.status, RunStatus::Failed);
+    assert_eq!(store.queued_runs().unwrap(), 0);
+    assert_eq!(store.due_runs(crate::storage::CF_RUN_DEADLINES, i64::MAX, 10).unwrap().0, Vec::<u64>::new());
 }

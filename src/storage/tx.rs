@@ -1,0 +1,264 @@
+//! [`Tx`]: the writes of one applied entry, buffered into one RocksDB batch and committed
+//! atomically together with the applied log id.
+//!
+//! Point reads through a `Tx` see the entry's own earlier writes (read-your-writes), so a
+//! command that changes the same task or run twice works from the latest version. Every
+//! index that follows a run (its task's run list, the placement queue, the delayed and
+//! deadline indexes, its worker's assignments, its task's run count) is maintained here
+//! and nowhere else: [`Tx::put_run`] replaces the old version's index entries with the new
+//! one's, so no command can leave an index disagreeing with the runs. Iteration still
+//! goes to the committed state ([`Tx::base`]): callers that iterate must not rely on
+//! seeing this entry's writes.
+
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)] // part of the deterministic apply path
+
+use std::collections::BTreeMap;
+use std::io;
+
+use rocksdb::WriteBatch;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::keys::{assignment_key, deadline_key, delayed_key, queue_key};
+use super::{
+    decode, encode, idempotency_key, u64_key, IdempotencyRecord, Store, CF_ASSIGNMENTS, CF_IDEMPOTENCY,
+    CF_IDEMPOTENCY_EXPIRY, CF_RUNS, CF_RUNS_BY_TASK, CF_RUN_COUNTS, CF_RUN_DEADLINES, CF_RUN_DELAYED, CF_RUN_QUEUE,
+    CF_SM_META, CF_TASKS, CF_TASK_NAMES, CF_WORKERS,
+};
+use crate::model::{Run, RunStatus, Task, Worker};
+
+pub struct Tx<'a> {
+    store: &'a Store,
+    batch: WriteBatch,
+    /// This entry's writes by (column family, key): `None` for a delete.
+    written: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
+    /// Tasks this batch writes or deletes, announced through `TaskChanges` on commit.
+    touched_tasks: Vec<u64>,
+    /// Whether it wrote a run or a worker (see [`Store::runs_changed`]).
+    touched_runs: bool,
+}
+
+impl<'a> Tx<'a> {
+    pub fn new(store: &'a Store) -> Self {
+        Tx {
+            store,
+            batch: WriteBatch::default(),
+            written: BTreeMap::new(),
+            touched_tasks: Vec::new(),
+            touched_runs: false,
+        }
+    }
+
+    /// The committed state, without this entry's writes: for iteration only.
+    pub fn base(&self) -> &Store {
+        self.store
+    }
+
+    fn put_bytes(&mut self, cf: &'static str, key: &[u8], value: Vec<u8>) {
+        self.batch.put_cf(self.store.cf(cf), key, &value);
+        self.written.insert((cf, key.to_vec()), Some(value));
+    }
+
+    fn delete(&mut self, cf: &'static str, key: &[u8]) {
+        self.batch.delete_cf(self.store.cf(cf), key);
+        self.written.insert((cf, key.to_vec()), None);
+    }
+
+    fn put<T: Serialize>(&mut self, cf: &'static str, key: &[u8], value: &T) -> io::Result<()> {
+        let bytes = encode(value)?;
+        self.put_bytes(cf, key, bytes);
+        Ok(())
+    }
+
+    fn get<T: DeserializeOwned>(&self, cf: &'static str, key: &[u8]) -> io::Result<Option<T>> {
+        match self.written.get(&(cf, key.to_vec())) {
+            Some(Some(bytes)) => decode(bytes).map(Some),
+            Some(None) => Ok(None),
+            None => self.store.get(cf, key),
+        }
+    }
+
+    // --- reads that see this entry's writes
+
+    pub fn meta<T: DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
+        self.get(CF_SM_META, key.as_bytes())
+    }
+
+    pub fn task(&self, id: u64) -> io::Result<Option<Task>> {
+        self.get(CF_TASKS, &u64_key(id))
+    }
+
+    pub fn task_id_by_name(&self, name: &str) -> io::Result<Option<u64>> {
+        match self.written.get(&(CF_TASK_NAMES, name.as_bytes().to_vec())) {
+            Some(Some(bytes)) => super::key_u64(bytes).map(Some),
+            Some(None) => Ok(None),
+            None => self.store.task_id_by_name(name),
+        }
+    }
+
+    pub fn run(&self, id: u64) -> io::Result<Option<Run>> {
+        self.get(CF_RUNS, &u64_key(id))
+    }
+
+    pub fn worker(&self, id: &str) -> io::Result<Option<Worker>> {
+        self.get(CF_WORKERS, id.as_bytes())
+    }
+
+    pub fn idempotency(&self, scope: &str, key: &str) -> io::Result<Option<IdempotencyRecord>> {
+        self.get(CF_IDEMPOTENCY, &idempotency_key(scope, key))
+    }
+
+    pub fn idempotency_by_record_key(&self, record_key: &[u8]) -> io::Result<Option<IdempotencyRecord>> {
+        match self.written.get(&(CF_IDEMPOTENCY, record_key.to_vec())) {
+            Some(Some(bytes)) => decode(bytes).map(Some),
+            Some(None) => Ok(None),
+            None => self.store.idempotency_by_record_key(record_key),
+        }
+    }
+
+    /// How many runs of the task are stored (kept by [`Tx::put_run`] and
+    /// [`Tx::delete_run`] alone).
+    pub fn runs_stored(&self, task_id: u64) -> io::Result<u64> {
+        Ok(self.get(CF_RUN_COUNTS, &u64_key(task_id))?.unwrap_or(0))
+    }
+
+    // --- writes
+
+    pub fn put_meta<T: Serialize>(&mut self, key: &str, value: &T) -> io::Result<()> {
+        self.put(CF_SM_META, key.as_bytes(), value)
+    }
+
+    pub fn put_task(&mut self, task: &Task) -> io::Result<()> {
+        self.touched_tasks.push(task.id);
+        self.put(CF_TASKS, &u64_key(task.id), task)
+    }
+
+    /// Deletes a task and its run counter (its runs must be deleted by the caller).
+    pub fn delete_task(&mut self, id: u64) {
+        self.touched_tasks.push(id);
+        self.delete(CF_TASKS, &u64_key(id));
+        self.delete(CF_RUN_COUNTS, &u64_key(id));
+    }
+
+    pub fn put_task_name(&mut self, name: &str, id: u64) {
+        self.put_bytes(CF_TASK_NAMES, name.as_bytes(), u64_key(id).to_vec());
+    }
+
+    pub fn delete_task_name(&mut self, name: &str) {
+        self.delete(CF_TASK_NAMES, name.as_bytes());
+    }
+
+    /// Stores a run and keeps every index that follows it in step: its old version's
+    /// entries go, the new version's come. A new run counts towards its task's
+    /// `runs_stored`.
+    pub fn put_run(&mut self, run: &Run) -> io::Result<()> {
+        self.touched_runs = true;
+        match self.run(run.id)? {
+            Some(old) => self.delete_run_indexes(&old),
+            None => {
+                self.adjust_runs_stored(run.task_id, 1)?;
+                self.put_bytes(CF_RUNS_BY_TASK, &run_by_task_key(run), Vec::new());
+            }
+        }
+        self.put_run_indexes(run);
+        self.put(CF_RUNS, &u64_key(run.id), run)
+    }
+
+    /// Deletes a run and its index entries.
+    pub fn delete_run(&mut self, id: u64) -> io::Result<()> {
+        let Some(old) = self.run(id)? else { return Ok(()) };
+        self.touched_runs = true;
+        self.delete_run_indexes(&old);
+        self.delete(CF_RUNS_BY_TASK, &run_by_task_key(&old));
+        self.adjust_runs_stored(old.task_id, -1)?;
+        self.delete(CF_RUNS, &u64_key(id));
+        Ok(())
+    }
+
+    fn adjust_runs_stored(&mut self, task_id: u64, delta: i64) -> io::Result<()> {
+        let now = self.runs_stored(task_id)?;
+        let next = now.checked_add_signed(delta).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("run count of task {task_id} would go below zero"))
+        })?;
+        self.put(CF_RUN_COUNTS, &u64_key(task_id), &next)
+    }
+
+    /// A run is in exactly one of: the placement queue (pending, placeable now), the
+    /// delayed index (pending, in a retry's backoff), its worker's assignments (holding a
+    /// slot); and in the deadline index while pending with a `pending_deadline`.
+    fn put_run_indexes(&mut self, run: &Run) {
+        if run.status == RunStatus::Pending {
+            match run.not_before {
+                Some(t) => self.put_bytes(CF_RUN_DELAYED, &delayed_key(t, run.id), Vec::new()),
+                None => self.put_bytes(CF_RUN_QUEUE, &queue_key(run), Vec::new()),
+            }
+            if let Some(t) = run.pending_deadline {
+                self.put_bytes(CF_RUN_DEADLINES, &deadline_key(t, run.id), Vec::new());
+            }
+        }
+        if let (Some(worker), true) = (&run.worker_id, run.is_assigned()) {
+            self.put_bytes(CF_ASSIGNMENTS, &assignment_key(worker, run.id), Vec::new());
+        }
+    }
+
+    fn delete_run_indexes(&mut self, run: &Run) {
+        if run.status == RunStatus::Pending {
+            match run.not_before {
+                Some(t) => self.delete(CF_RUN_DELAYED, &delayed_key(t, run.id)),
+                None => self.delete(CF_RUN_QUEUE, &queue_key(run)),
+            }
+            if let Some(t) = run.pending_deadline {
+                self.delete(CF_RUN_DEADLINES, &deadline_key(t, run.id));
+            }
+        }
+        if let (Some(worker), true) = (&run.worker_id, run.is_assigned()) {
+            self.delete(CF_ASSIGNMENTS, &assignment_key(worker, run.id));
+        }
+    }
+
+    pub fn put_worker(&mut self, worker: &Worker) -> io::Result<()> {
+        self.touched_runs = true;
+        self.put(CF_WORKERS, worker.id.as_bytes(), worker)
+    }
+
+    pub fn put_idempotency(&mut self, scope: &str, key: &str, record: &IdempotencyRecord) -> io::Result<()> {
+        let k = idempotency_key(scope, key);
+        let mut expiry = record.expires_at_ms.to_be_bytes().to_vec();
+        expiry.extend_from_slice(&k);
+        self.put_bytes(CF_IDEMPOTENCY_EXPIRY, &expiry, Vec::new());
+        self.put(CF_IDEMPOTENCY, &k, record)
+    }
+
+    /// Removes an expiry index entry and, when given, the record it pointed at.
+    pub fn delete_idempotency(&mut self, expiry_key: &[u8], record_key: Option<&[u8]>) {
+        self.delete(CF_IDEMPOTENCY_EXPIRY, expiry_key);
+        if let Some(k) = record_key {
+            self.delete(CF_IDEMPOTENCY, k);
+        }
+    }
+
+    /// Drops everything buffered so far: the entry applies as a no-op.
+    pub fn discard(&mut self) {
+        self.batch.clear();
+        self.written.clear();
+        self.touched_tasks.clear();
+        self.touched_runs = false;
+    }
+
+    /// Writes the batch. Not synced: the log entry it came from is, and on restart openraft
+    /// re-applies everything after the persisted applied index.
+    pub fn commit(self) -> io::Result<()> {
+        self.store.write_batch(self.batch, &self.touched_tasks, self.touched_runs)
+    }
+
+    /// Adds the applied log id (and membership) writes made outside the apply functions.
+    pub fn batch_mut(&mut self) -> &mut WriteBatch {
+        &mut self.batch
+    }
+}
+
+fn run_by_task_key(run: &Run) -> Vec<u8> {
+    let mut k = u64_key(run.task_id).to_vec();
+    k.extend_from_slice(&u64_key(run.id));
+    k
+}
