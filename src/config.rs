@@ -290,6 +290,9 @@ impl Config {
             }
         }
         let min = crate::model::lease::MIN_WORKER_TIMEOUT_S;
+        if self.scheduler.worker_timeout_s > 86_400 {
+            return bad("scheduler.worker_timeout_s", "must be at most 86400 (a day)".into());
+        }
         if self.scheduler.worker_timeout_s < min {
             return bad(
                 "scheduler.worker_timeout_s",

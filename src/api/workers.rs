@@ -55,6 +55,8 @@ pub struct WorkerView {
     pub enabled: bool,
     pub system_info: Option<SystemInfo>,
     pub registered_at: DateTime<Utc>,
+    /// Bumped by every registration; only the agent holding the latest may act.
+    pub epoch: u64,
 }
 
 fn view(core: &NodeCore, w: Worker, seen: Option<&Seen>) -> Result<WorkerView, ApiError> {
@@ -75,6 +77,7 @@ fn view(core: &NodeCore, w: Worker, seen: Option<&Seen>) -> Result<WorkerView, A
         tags: w.tags,
         enabled: w.enabled,
         registered_at: w.registered_at,
+        epoch: w.epoch,
     })
 }
 
@@ -120,7 +123,7 @@ async fn list_workers(
 #[utoipa::path(
     get, path = "/api/workers/{worker_id}", tag = "workers",
     params(("worker_id" = String, Path)),
-    responses((status = 200, body = Envelope<WorkerView>), (status = 400), (status = 401), (status = 404), (status = 503)),
+    responses((status = 200, body = Envelope<WorkerView>), (status = 400), (status = 401), (status = 403), (status = 404), (status = 503)),
     security(("bearer" = []))
 )]
 async fn get_worker(
@@ -129,7 +132,11 @@ async fn get_worker(
     Path(worker_id): Path<String>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<Reply<WorkerView>, ApiError> {
-    caller.require(Role::Viewer)?;
+    // A worker may read itself (an agent replaced by another waits for it to go).
+    match caller.role {
+        Role::Worker => act_for(&caller, &worker_id)?,
+        _ => caller.require(Role::Viewer)?,
+    }
     validate_worker_id(&worker_id)?;
     Consistency::parse(q.get("consistency").map(String::as_str))?.prepare(&core).await?;
     let w =

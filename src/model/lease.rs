@@ -16,6 +16,14 @@
 //!
 //! With `lease = worker_timeout / 2` that needs `worker_timeout` > 2.02 s; configuration
 //! refuses less than [`MIN_WORKER_TIMEOUT_S`] (a margin of at least 0.98 s).
+//!
+//! Liveness itself uses only monotonic clocks (the agent's and the leader's). Two fences
+//! compare wall clocks of different nodes and so also assume the nodes' clocks agree to
+//! within `lease − KILL_BOUND` (NTP does far better): the delay before a replaced
+//! registration's possibly running runs are re-queued (`worker_timeout` in command time,
+//! released by whichever leader's clock), and the overdue check (`started_at` on one
+//! leader's clock against another's). A larger offset can only start such a re-queued
+//! attempt up to that offset early.
 
 use std::time::Duration;
 

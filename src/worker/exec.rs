@@ -21,8 +21,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::{Gid, Pid, Uid, User};
+use nix::unistd::{Gid, Uid, User};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -40,6 +39,8 @@ pub enum Stop {
     Fenced,
     /// The worker is shutting down and its drain period ended.
     Shutdown,
+    /// The agent is being killed as a crash would kill it (tests): nothing is reported.
+    Crashed,
 }
 
 impl Stop {
@@ -48,6 +49,7 @@ impl Stop {
             Stop::Withdrawn => "withdrawn",
             Stop::Fenced => "fenced",
             Stop::Shutdown => "shutdown",
+            Stop::Crashed => "crashed",
         }
     }
 }
@@ -204,8 +206,11 @@ pub struct Supervised {
 impl Supervised {
     /// Starts the shim and waits until it is ready to start the job.
     pub async fn spawn(shim_exe: &Path, spec: &ShimSpec) -> std::io::Result<Supervised> {
+        // Its own process group: a terminal's Ctrl-C or SIGHUP to the agent's group must
+        // reach the agent only; the shim outlives it just long enough to kill the job.
         let mut child = tokio::process::Command::new(shim_exe)
             .arg("run-shim")
+            .process_group(0)
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -249,13 +254,15 @@ impl Supervised {
         let _ = tokio::time::timeout(SHIM_ANSWER, self.child.wait()).await;
     }
 
-    /// Starts the job. `Ok(None)` when the shim could not start it (its result follows in
-    /// [`Supervised::watch`]).
-    pub async fn go(&mut self) -> std::io::Result<Option<Started>> {
+    /// Starts the job under the lease deadline `lease_ns` (the current one: renewals since
+    /// the shim was spawned count). `Ok(Err(result))` when the shim ended instead of
+    /// starting it (it could not start it, or the lease ran out while it was held).
+    pub async fn go(&mut self, lease_ns: u64) -> std::io::Result<Result<Started, ShimResult>> {
+        self.send(&format!("lease {lease_ns}")).await;
         self.send("go").await;
         match tokio::time::timeout(SHIM_ANSWER, peek_started(&mut self.stdout)).await {
             Ok(Ok(started)) => {
-                self.started = started.clone();
+                self.started = started.as_ref().ok().cloned();
                 Ok(started)
             }
             Ok(Err(e)) => Err(e),
@@ -275,6 +282,10 @@ impl Supervised {
         let mut tail = Tail::default();
         let mut asked: Option<Stop> = None;
         let mut pending_output = Vec::new();
+        // Renewals that came while the job was being started.
+        let ns = monotonic_deadline_ns(*lease.borrow_and_update());
+        let renewal = format!("lease {ns}");
+        self.send(&renewal).await;
         // The shim enforces the timeout; this only bounds a shim that stopped answering.
         let give_up = tokio::time::sleep(timeout + SHIM_ANSWER * 3);
         tokio::pin!(give_up);
@@ -285,7 +296,10 @@ impl Supervised {
                     Ok((FRAME_RESULT, payload)) => break serde_json::from_slice::<ShimResult>(&payload).ok(),
                     Ok(_) => {}
                     Err(e) => {
-                        pending_output.push(format!("the run's supervisor went away: {e}"));
+                        // The shim died without killing the job (it was SIGKILLed, or the
+                        // job killed it): the job may still run. Kill it from here.
+                        self.kill_hard();
+                        pending_output.push(format!("the run's supervisor died ({e}); its processes were killed"));
                         break None;
                     }
                 },
@@ -330,9 +344,16 @@ impl Supervised {
                 Ok(ended(RunStatus::TimedOut, None, Some(format!("killed after the {}s timeout", timeout.as_secs()))))
             }
             Some(ShimResult::SpawnFailed { error }) => Ok(ended(RunStatus::Failed, None, Some(error))),
-            Some(ShimResult::Stopped { why }) => {
-                Err(asked.unwrap_or(if why == "lease_expired" { Stop::Fenced } else { Stop::Shutdown }))
-            }
+            Some(ShimResult::Stopped { why }) => match asked {
+                Some(asked) => Err(asked),
+                None if why == "lease_expired" => Err(Stop::Fenced),
+                // Someone signalled the shim (it killed the job on the way out).
+                None => Ok(ended(
+                    RunStatus::Failed,
+                    None,
+                    Some(format!("the run's supervisor got {why}; the run was killed")),
+                )),
+            },
             None => match asked {
                 Some(why) => Err(why),
                 None => Ok(ended(RunStatus::Failed, None, Some(pending_output.join("; ")))),
@@ -340,11 +361,29 @@ impl Supervised {
         }
     }
 
-    /// Last resort for a shim that stopped answering: kill it and the job's process group.
+    /// For a shim that died or stopped answering: kill it, the job's cgroup and the job's
+    /// process group (what a restarted agent would do with the run's record).
     fn kill_hard(&mut self) {
         let _ = self.child.start_kill();
-        if let Some(st) = &self.started {
-            let _ = killpg(Pid::from_raw(st.pid as i32), Signal::SIGKILL);
+        super::records::kill_recorded(&super::records::RunRecord {
+            run_id: 0,
+            attempt: 0,
+            shim_pid: self.shim_pid,
+            shim_start_time: super::shim::process_start_time(self.shim_pid).unwrap_or(0),
+            cgroup: self.held.cgroup.clone(),
+            job: self.started.as_ref().map(|s| (s.pid, s.start_time)),
+        });
+    }
+
+    /// The outcome of a run whose shim ended before starting the job.
+    pub fn result_without_start(self, result: ShimResult) -> Result<Finished, Stop> {
+        match result {
+            ShimResult::SpawnFailed { error } => Ok(Finished::failed(error, Instant::now())),
+            ShimResult::Stopped { why } if why == "lease_expired" => Err(Stop::Fenced),
+            other => Ok(Finished::failed(
+                format!("the run's supervisor ended before starting it: {other:?}"),
+                Instant::now(),
+            )),
         }
     }
 }
@@ -357,15 +396,13 @@ async fn stop_reason(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
     }
 }
 
-/// Reads frames until `S` (started) or `R` (ended without starting: `None`); output that
-/// arrives first is impossible (the job is not running yet).
-async fn peek_started(from: &mut tokio::process::ChildStdout) -> std::io::Result<Option<Started>> {
+/// Reads frames until `S` (started) or `R` (ended without starting); output that arrives
+/// first is impossible (the job is not running yet).
+async fn peek_started(from: &mut tokio::process::ChildStdout) -> std::io::Result<Result<Started, ShimResult>> {
     loop {
         match read_frame(from).await? {
-            (FRAME_STARTED, payload) => {
-                return serde_json::from_slice(&payload).map(Some).map_err(std::io::Error::other)
-            }
-            (FRAME_RESULT, _) => return Ok(None),
+            (FRAME_STARTED, payload) => return serde_json::from_slice(&payload).map(Ok).map_err(std::io::Error::other),
+            (FRAME_RESULT, payload) => return serde_json::from_slice(&payload).map(Err).map_err(std::io::Error::other),
             _ => {}
         }
     }

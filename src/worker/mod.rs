@@ -110,6 +110,9 @@ struct Shared {
     /// Runs of an earlier registration this agent saw die; the next registration tells
     /// the cluster, which then re-queues them at once.
     killed: Mutex<Vec<RunAttempt>>,
+    /// Runs whose `Started` this agent stopped sending (its lease ran out first); if the
+    /// cluster took one after all, the next poll shows it running, and it is started then.
+    abandoned: Mutex<std::collections::BTreeSet<(u64, u32)>>,
     stopping: watch::Sender<bool>,
 }
 
@@ -145,6 +148,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         lease: watch::channel(Instant::now()).0,
         epoch: std::sync::atomic::AtomicU64::new(0),
         killed: Mutex::new(killed.iter().map(|&(run_id, attempt)| RunAttempt { run_id, attempt }).collect()),
+        abandoned: Mutex::new(std::collections::BTreeSet::new()),
         stopping: watch::channel(false).0,
     });
     let s = shared.clone();
@@ -180,7 +184,7 @@ impl RunningAgent {
 
     /// Stops at once, as a crash would (runs are killed, nothing is reported).
     pub fn kill(self) {
-        self.shared.stop_all(Stop::Fenced);
+        self.shared.stop_all(Stop::Crashed);
         for t in self.tasks {
             t.abort();
         }
@@ -313,17 +317,31 @@ impl Shared {
                 }
                 Ok((StatusCode::CONFLICT, v)) => {
                     // Another agent registered under this worker id: it holds the id now,
-                    // and nothing this one runs may go on. Take the id back only after a
-                    // worker timeout, so two agents configured alike do not thrash.
+                    // and nothing this one runs may go on. Take the id back only once that
+                    // registration is gone, so two agents configured alike do not thrash.
                     tracing::error!(worker = %self.config.id, message = %v["message"],
-                        "another agent registered as this worker; stopping this one's runs");
+                        "another agent registered as this worker; stopping this one's runs until it is gone");
                     self.stop_all(Stop::Fenced);
                     self.wait_runs_stopped().await;
-                    tokio::time::sleep(every * 6).await;
+                    self.wait_for_the_id_to_free(every).await;
                     self.register().await;
                 }
                 Ok((status, _)) => tracing::debug!(%status, "heartbeat not accepted"),
                 Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
+            }
+        }
+    }
+
+    /// Waits until the registration that replaced this agent's is gone: its worker went
+    /// offline (that agent stopped heartbeating) or the worker was deleted.
+    async fn wait_for_the_id_to_free(&self, every: Duration) {
+        let path = format!("/api/workers/{}?consistency=local", self.config.id);
+        loop {
+            tokio::time::sleep(every).await;
+            match self.call(reqwest::Method::GET, &path, None, every.max(Duration::from_secs(1))).await {
+                Ok((StatusCode::OK, v)) if v["data"]["status"] == "offline" => return,
+                Ok((StatusCode::NOT_FOUND, _)) => return,
+                Ok(_) | Err(_) => {}
             }
         }
     }
@@ -361,13 +379,19 @@ impl Shared {
                     continue;
                 }
             };
-            self.reconcile(held);
+            // A poll answers at once while a run here is still `assigned` (its start is
+            // being reported): do not spin on it.
+            let waiting = held.iter().any(|a| a.status == RunStatus::Assigned);
+            let started = self.reconcile(held);
+            if waiting && !started {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
 
     /// Starts what was assigned and is not running here; kills what runs here but is no
-    /// longer assigned.
-    fn reconcile(self: &Arc<Self>, held: Vec<Assignment>) {
+    /// longer assigned. Returns whether it started anything.
+    fn reconcile(self: &Arc<Self>, held: Vec<Assignment>) -> bool {
         let mut running = self.running.lock().expect("running map poisoned");
         for (run_id, h) in running.iter() {
             if !held.iter().any(|a| a.run_id == *run_id && a.attempt == h.attempt) {
@@ -375,16 +399,47 @@ impl Shared {
             }
         }
         if self.lease_expired() || *self.stopping.borrow() {
-            return;
+            return false;
         }
+        let mut started_any = false;
         for a in held {
-            if a.status != RunStatus::Assigned || running.contains_key(&a.run_id) {
+            if running.contains_key(&a.run_id) {
                 continue;
             }
+            let start = match a.status {
+                RunStatus::Assigned => true,
+                // Running under this registration, but not here: a start whose answer was
+                // lost (start it; `Started` again is accepted), or an attempt this agent
+                // no longer runs (tell the cluster it ended, so it is not held forever).
+                RunStatus::Running if a.epoch == self.epoch() => {
+                    self.abandoned.lock().expect("abandoned set poisoned").remove(&(a.run_id, a.attempt))
+                }
+                _ => continue,
+            };
             let (tx, rx) = watch::channel(None);
-            running.insert(a.run_id, Held { attempt: a.attempt, stop: tx, done: false });
-            tokio::spawn(self.clone().execute(a, rx));
+            running.insert(a.run_id, Held { attempt: a.attempt, stop: tx, done: !start });
+            if start {
+                tokio::spawn(self.clone().execute(a, rx));
+            } else {
+                tokio::spawn(self.clone().report_lost_track(a));
+            }
+            started_any = true;
         }
+        started_any
+    }
+
+    /// Reports an attempt the cluster shows running here but this agent does not run.
+    async fn report_lost_track(self: Arc<Self>, a: Assignment) {
+        tracing::warn!(
+            run_id = a.run_id,
+            attempt = a.attempt,
+            "the cluster shows a run here that this agent does not run"
+        );
+        let body = json!({"status": "failed", "error": "the worker no longer runs this attempt (it was stopped or never started)"});
+        let pending = self.keep_report(a.run_id, a.attempt, a.epoch, body);
+        self.send_report(a.run_id, &pending.body, || true).await;
+        self.records.remove_report(a.run_id, a.attempt);
+        self.running.lock().expect("running map poisoned").remove(&a.run_id);
     }
 
     async fn execute(self: Arc<Self>, a: Assignment, stop: watch::Receiver<Option<Stop>>) {
@@ -394,39 +449,60 @@ impl Shared {
         let outcome = match exec::shim_spec(&a.task, &job, &self.launch, lease_ns) {
             Some(spec) => self.execute_supervised(&job, epoch, &spec, a.task.timeout_seconds, stop).await,
             None => match self.report_started(run_id, attempt, epoch).await {
-                true => Some(exec::run_http(&a.task, stop).await),
-                false => None,
+                Delivery::Accepted => Some(exec::run_http(&a.task, stop).await),
+                other => {
+                    self.gave_up_starting(run_id, attempt, other);
+                    None
+                }
             },
         };
+        let failed = |error: &str| Finished {
+            status: RunStatus::Failed,
+            exit_code: None,
+            http_status: None,
+            output: String::new(),
+            error: Some(error.to_string()),
+            duration_ms: 0,
+        };
+        let report = match outcome {
+            None => None,
+            Some(Ok(f)) => Some(f),
+            Some(Err(Stop::Shutdown)) => Some(failed("the worker shut down before the run finished")),
+            Some(Err(Stop::Fenced)) => {
+                // It may be re-queued when this agent registers again; and if the cluster
+                // kept it, it must learn the attempt ended.
+                let mut killed = self.killed.lock().expect("killed list poisoned");
+                if killed.len() < 10_000 {
+                    killed.push(RunAttempt { run_id, attempt });
+                }
+                Some(failed("the worker could not renew its lease and killed the run"))
+            }
+            Some(Err(Stop::Withdrawn)) => {
+                tracing::info!(run_id, "run withdrawn (cancelled or re-queued); not reporting");
+                None
+            }
+            Some(Err(Stop::Crashed)) => None,
+        };
+        // The outcome is on disk before the run's record goes: a crash in between leaves
+        // one or the other, never neither.
+        let kept = report.map(|f| self.keep_report(run_id, attempt, epoch, finished_body(&f)));
+        self.records.remove_run(run_id, attempt);
         if let Some(held) = self.running.lock().expect("running map poisoned").get_mut(&run_id) {
             held.done = true;
         }
-        match outcome {
-            Some(Ok(f)) => self.report_final(run_id, attempt, epoch, finished_body(&f)).await,
-            Some(Err(Stop::Shutdown)) => {
-                let f = Finished {
-                    status: RunStatus::Failed,
-                    exit_code: None,
-                    http_status: None,
-                    output: String::new(),
-                    error: Some("the worker shut down before the run finished".into()),
-                    duration_ms: 0,
-                };
-                self.report_final(run_id, attempt, epoch, finished_body(&f)).await;
-            }
-            Some(Err(why)) => {
-                tracing::info!(run_id, ?why, "run stopped; not reporting");
-                if why == Stop::Fenced {
-                    // The cluster may give this run up when this agent registers again.
-                    let mut killed = self.killed.lock().expect("killed list poisoned");
-                    if killed.len() < 10_000 {
-                        killed.push(RunAttempt { run_id, attempt });
-                    }
-                }
-            }
-            None => {}
+        if let Some(pending) = kept {
+            self.send_report(run_id, &pending.body, || true).await;
+            self.records.remove_report(run_id, attempt);
         }
         self.running.lock().expect("running map poisoned").remove(&run_id);
+    }
+
+    /// A run whose `Started` was not accepted in time: if the cluster took it after all
+    /// (the answer was lost), the next poll shows it running here and it is started then.
+    fn gave_up_starting(&self, run_id: u64, attempt: u32, how: Delivery) {
+        if how == Delivery::GaveUp {
+            self.abandoned.lock().expect("abandoned set poisoned").insert((run_id, attempt));
+        }
     }
 
     /// A process run: its shim is started held, recorded on disk, the run reported
@@ -444,10 +520,15 @@ impl Shared {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(run_id, error = %e, "cannot start the run's supervisor");
-                if !self.report_started(run_id, attempt, epoch).await {
-                    return None;
-                }
-                return Some(Ok(Finished::failed(format!("cannot start the run's supervisor: {e}"), Instant::now())));
+                return match self.report_started(run_id, attempt, epoch).await {
+                    Delivery::Accepted => {
+                        Some(Ok(Finished::failed(format!("cannot start the run's supervisor: {e}"), Instant::now())))
+                    }
+                    other => {
+                        self.gave_up_starting(run_id, attempt, other);
+                        None
+                    }
+                };
             }
         };
         let mut record = RunRecord {
@@ -461,46 +542,51 @@ impl Shared {
         if let Err(e) = self.records.put_run(&record) {
             tracing::error!(run_id, error = %e, "cannot record the run in the state dir; not starting it");
             shim.abort().await;
-            return None;
-        }
-        if !self.report_started(run_id, attempt, epoch).await {
-            shim.abort().await;
             self.records.remove_run(run_id, attempt);
             return None;
         }
-        match shim.go().await {
-            Ok(Some(started)) => {
+        match self.report_started(run_id, attempt, epoch).await {
+            Delivery::Accepted => {}
+            other => {
+                self.gave_up_starting(run_id, attempt, other);
+                shim.abort().await;
+                self.records.remove_run(run_id, attempt);
+                return None;
+            }
+        }
+        let lease = self.lease.subscribe();
+        let deadline = exec::monotonic_deadline_ns(*lease.borrow());
+        match shim.go(deadline).await {
+            Ok(Ok(started)) => {
                 record.job = Some((started.pid, started.start_time));
                 if let Err(e) = self.records.put_run(&record) {
                     tracing::warn!(run_id, error = %e, "cannot record the job's process group");
                 }
             }
-            Ok(None) => {}
+            // The shim ended without starting the job (it could not, or the lease ran out
+            // while it waited); its result follows.
+            Ok(Err(result)) => return Some(shim.result_without_start(result)),
             Err(e) => tracing::warn!(run_id, error = %e, "the run's supervisor did not confirm the start"),
         }
-        let result = shim.watch(stop, self.lease.subscribe(), Duration::from_secs(timeout_seconds.max(1))).await;
-        self.records.remove_run(run_id, attempt);
-        Some(result)
+        Some(shim.watch(stop, lease, Duration::from_secs(timeout_seconds.max(1))).await)
     }
 
-    /// Reports a run started, retrying while the lease holds (a run must not start on a
-    /// lapsed lease). Returns whether the cluster accepted it.
-    async fn report_started(&self, run_id: u64, attempt: u32, epoch: u64) -> bool {
+    /// Reports a run started, while the lease holds (a run must not start on a lapsed
+    /// lease, and a `Started` sent after it could start one nobody runs).
+    async fn report_started(&self, run_id: u64, attempt: u32, epoch: u64) -> Delivery {
         let body = self.report_body(attempt, epoch, json!({"status": "running"}));
-        self.send_report(run_id, &body, || !self.lease_expired()).await == Delivery::Accepted
+        self.send_report(run_id, &body, || !self.lease_expired()).await
     }
 
-    /// Reports how a run ended. The report is kept in the state dir until the cluster
-    /// accepts or refuses it, however long that takes and across restarts of this agent:
-    /// an outcome given up on would later be expired as `timed_out` and run again.
-    async fn report_final(&self, run_id: u64, attempt: u32, epoch: u64, body: Value) {
-        let body = self.report_body(attempt, epoch, body);
-        let pending = PendingReport { run_id, attempt, body: body.clone() };
+    /// Writes a final report to the state dir, where it stays until the cluster accepts or
+    /// refuses it, however long that takes and across restarts of this agent: an outcome
+    /// given up on would later be expired as `timed_out` and run again.
+    fn keep_report(&self, run_id: u64, attempt: u32, epoch: u64, body: Value) -> PendingReport {
+        let pending = PendingReport { run_id, attempt, body: self.report_body(attempt, epoch, body) };
         if let Err(e) = self.records.put_report(&pending) {
             tracing::warn!(run_id, error = %e, "cannot keep the report on disk; sending it from memory only");
         }
-        self.send_report(run_id, &body, || true).await;
-        self.records.remove_report(run_id, attempt);
+        pending
     }
 
     fn report_body(&self, attempt: u32, epoch: u64, mut body: Value) -> Value {
@@ -510,28 +596,40 @@ impl Shared {
         body
     }
 
-    /// Sends a report until the cluster answers it (accepted, or refused as stale) or
-    /// `keep_trying` says stop.
+    /// Sends a report until the cluster answers it or `keep_trying` (asked before every
+    /// attempt) says stop. Only 404 (no such run) and 409 (not this attempt's holder, or
+    /// contradicting the record) settle a report as refused; a malformed one (400, 413,
+    /// 422) is dropped; anything else — an expired or rotated credential, a full queue, no
+    /// leader — is retried.
     async fn send_report(&self, run_id: u64, body: &Value, keep_trying: impl Fn() -> bool) -> Delivery {
         let path = format!("/api/runs/{run_id}/report");
         let mut backoff = Duration::from_millis(100);
         let mut failures = 0u32;
         loop {
+            if !keep_trying() {
+                return Delivery::GaveUp;
+            }
             match self.call(reqwest::Method::POST, &path, Some(body.clone()), Duration::from_secs(15)).await {
                 Ok((StatusCode::OK, _)) => return Delivery::Accepted,
-                Ok((status, v)) if status.is_client_error() => {
+                Ok((status @ (StatusCode::NOT_FOUND | StatusCode::CONFLICT), v)) => {
                     tracing::info!(run_id, %status, message = %v["message"], "report refused");
                     return Delivery::Refused;
                 }
-                Ok((status, _)) => tracing::debug!(run_id, %status, "report not accepted yet"),
+                Ok((
+                    status @ (StatusCode::BAD_REQUEST
+                    | StatusCode::PAYLOAD_TOO_LARGE
+                    | StatusCode::UNPROCESSABLE_ENTITY),
+                    v,
+                )) => {
+                    tracing::error!(run_id, %status, message = %v["message"], "report malformed; dropping it");
+                    return Delivery::Refused;
+                }
+                Ok((status, v)) => tracing::debug!(run_id, %status, message = %v["message"], "report not accepted yet"),
                 Err(e) => tracing::debug!(run_id, error = %e, "report failed"),
             }
             failures += 1;
             if failures.is_multiple_of(30) {
                 tracing::warn!(run_id, failures, "report still not accepted; retrying");
-            }
-            if !keep_trying() {
-                return Delivery::GaveUp;
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -134,7 +134,7 @@ impl Records {
 }
 
 /// Kills what one record names, checking start times so a reused pid is never hit.
-fn kill_recorded(record: &RunRecord) {
+pub(crate) fn kill_recorded(record: &RunRecord) {
     if let Some(cg) = &record.cgroup {
         kill_cgroup(cg);
     }

@@ -258,8 +258,34 @@ fn read_control(stdin: impl BufRead, tx: mpsc::Sender<Control>) {
     let _ = tx.send(Control::AgentGone);
 }
 
+/// Turns SIGTERM, SIGINT, SIGHUP and SIGQUIT into a stop, so `kill` or a closing
+/// terminal ends the run's processes with the shim instead of orphaning them. The signals
+/// are blocked in every thread (this runs first, before any other thread starts) and
+/// taken by one thread with `sigwait`; the job starts with a clear mask, as Rust's
+/// process spawning resets it.
+fn stop_on_signals(tx: mpsc::Sender<Control>) {
+    use nix::sys::signal::SigSet;
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT] {
+        set.add(sig);
+    }
+    if let Err(e) = set.thread_block() {
+        eprintln!("run-shim: cannot take over termination signals: {e}");
+        return;
+    }
+    std::thread::spawn(move || {
+        while let Ok(sig) = set.wait() {
+            if tx.send(Control::Stop(format!("signal {sig}"))).is_err() {
+                return;
+            }
+        }
+    });
+}
+
 /// The shim's main: returns its exit code. Everything it has to say goes in frames.
 pub fn run() -> i32 {
+    let (tx, rx) = mpsc::channel();
+    stop_on_signals(tx.clone());
     let out: Out = Arc::new(Mutex::new(std::io::stdout()));
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         eprintln!("run-shim: cannot become a child subreaper: {e}");
@@ -277,7 +303,6 @@ pub fn run() -> i32 {
         }
     };
     let cgroup = spec.cgroup.as_deref().and_then(RunCgroup::create);
-    let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || read_control(stdin, tx));
     frame_json(&out, FRAME_HELD, &Held { cgroup: cgroup.as_ref().map(|c| c.dir.clone()) });
 

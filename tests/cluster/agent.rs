@@ -1,67 +1,126 @@
 //! The worker agent's own safety rules, against a scripted stand-in for the cluster (an
 //! axum server on port 0 answering the agent's protocol), so each rule is exercised at
-//! exactly the timing that matters.
+//! exactly the timing that matters: real agents, real shims, real jobs.
 
-use std::path::PathBuf;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Json;
-use raftcron::worker;
+use raftcron::worker::{self, RunningAgent};
 use serde_json::{json, Value};
 
 use crate::fixture::agent_config;
 
-/// What the fake cluster does and saw.
-struct Script {
-    /// How long registration takes to answer, and the lease it grants.
+/// What the fake cluster does and saw. It holds one run (id 1, attempt 1, epoch 1).
+struct Fake {
+    /// How long registration takes to answer, and the lease every acknowledgement grants.
     register_delay: Duration,
     lease_ms: u64,
-    /// When the agent received the registration answer (set by the server just before it
-    /// answers).
+    heartbeat_ms: u64,
+    /// Whether heartbeats are acknowledged (otherwise 503).
+    heartbeats_ok: AtomicBool,
+    /// When registration was answered.
     registered_at: Mutex<Option<Instant>>,
     command: String,
+    /// The run's status as the cluster sees it: assigned, running, or gone once finished.
+    status: Mutex<Option<&'static str>>,
+    /// Every report received, in order.
+    reports: Mutex<Vec<Value>>,
+    /// Status codes to answer the next reports with (each applied first, as a lost answer
+    /// would be); 200 once empty.
+    report_answers: Mutex<VecDeque<u16>>,
 }
 
-async fn fake_cluster(script: Arc<Script>) -> String {
-    let s = script.clone();
-    let register = post(move || {
-        let s = s.clone();
-        async move {
-            tokio::time::sleep(s.register_delay).await;
-            *s.registered_at.lock().unwrap() = Some(Instant::now());
-            // Heartbeats far apart: only a deadline timer can end the lease in time.
-            Json(json!({"success": true, "data": {"lease_ms": s.lease_ms, "heartbeat_ms": 60_000, "epoch": 1}}))
+type Shared = Arc<Fake>;
+
+impl Fake {
+    fn new(command: String) -> Fake {
+        Fake {
+            register_delay: Duration::ZERO,
+            lease_ms: 60_000,
+            heartbeat_ms: 60_000,
+            heartbeats_ok: AtomicBool::new(true),
+            registered_at: Mutex::new(None),
+            command,
+            status: Mutex::new(Some("assigned")),
+            reports: Mutex::new(Vec::new()),
+            report_answers: Mutex::new(VecDeque::new()),
         }
-    });
-    let s = script.clone();
-    let assignments = get(move || {
-        let s = s.clone();
-        async move {
-            // A long poll that finds nothing new answers after a while; keep the loop calm.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let task = json!({"name": "t", "executor": "shell", "command": s.command, "timeout_seconds": 60});
-            let a = json!({"run_id": 1, "attempt": 1, "epoch": 1, "status": "assigned", "task_id": 1,
-                           "scheduled_at": "2026-01-01T00:00:00Z", "task": raftcron_spec(task)});
-            Json(json!({"success": true, "data": [a]}))
-        }
-    });
+    }
+
+    fn ack(&self) -> Json<Value> {
+        Json(
+            json!({"success": true, "data": {"lease_ms": self.lease_ms, "heartbeat_ms": self.heartbeat_ms, "epoch": 1}}),
+        )
+    }
+
+    fn reports_with(&self, status: &str) -> Vec<Value> {
+        self.reports.lock().unwrap().iter().filter(|r| r["status"] == status).cloned().collect()
+    }
+}
+
+async fn register(State(f): State<Shared>) -> Json<Value> {
+    tokio::time::sleep(f.register_delay).await;
+    *f.registered_at.lock().unwrap() = Some(Instant::now());
+    f.ack()
+}
+
+async fn heartbeat(State(f): State<Shared>) -> (StatusCode, Json<Value>) {
+    match f.heartbeats_ok.load(Ordering::SeqCst) {
+        true => (StatusCode::OK, f.ack()),
+        false => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"success": false, "message": "no leader"}))),
+    }
+}
+
+async fn assignments(State(f): State<Shared>) -> Json<Value> {
+    // A long poll that finds nothing new answers after a while; keep the loop calm.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let Some(status) = *f.status.lock().unwrap() else { return Json(json!({"success": true, "data": []})) };
+    let task = json!({"name": "t", "executor": "shell", "command": f.command, "timeout_seconds": 60});
+    let fields = raftcron::model::TaskField::parse_object(task).unwrap();
+    let spec = raftcron::model::TaskSpec::from_fields(fields, "UTC").unwrap();
+    let a = json!({"run_id": 1, "attempt": 1, "epoch": 1, "status": status, "task_id": 1,
+                   "scheduled_at": "2026-01-01T00:00:00Z", "task": spec});
+    Json(json!({"success": true, "data": [a]}))
+}
+
+async fn report(State(f): State<Shared>, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
+    f.reports.lock().unwrap().push(body.clone());
+    {
+        let mut status = f.status.lock().unwrap();
+        *status = match body["status"].as_str() {
+            Some("running") if status.is_some() => Some("running"),
+            Some("running") => None,
+            _ => None,
+        };
+    }
+    let code = f.report_answers.lock().unwrap().pop_front().unwrap_or(200);
+    (StatusCode::from_u16(code).unwrap(), Json(json!({"success": code == 200, "data": {}, "message": "scripted"})))
+}
+
+async fn serve(fake: Shared) -> String {
     let app = axum::Router::new()
-        .route("/api/workers/w/register", register)
-        .route("/api/workers/w/heartbeat", post(|| async { Json(json!({"success": false})) }))
-        .route("/api/workers/w/assignments", assignments)
-        .route("/api/runs/1/report", post(|| async { Json(json!({"success": true, "data": {}})) }));
+        .route("/api/workers/w/register", post(register))
+        .route("/api/workers/w/heartbeat", post(heartbeat))
+        .route("/api/workers/w/assignments", get(assignments))
+        .route("/api/runs/1/report", post(report))
+        .with_state(fake);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     format!("http://{addr}")
 }
 
-/// A full task spec as the cluster sends it to a worker.
-fn raftcron_spec(body: Value) -> Value {
-    let fields = raftcron::model::TaskField::parse_object(body).unwrap();
-    serde_json::to_value(raftcron::model::TaskSpec::from_fields(fields, "UTC").unwrap()).unwrap()
+async fn start_agent(fake: &Shared, state: &Path) -> RunningAgent {
+    let mut config = agent_config(serve(fake.clone()).await, "w", "key");
+    config.state_dir = Some(state.to_path_buf());
+    worker::start(config).await.unwrap()
 }
 
 fn alive(pid: u32) -> bool {
@@ -74,7 +133,7 @@ fn alive(pid: u32) -> bool {
 fn pid_in(file: &PathBuf, within: Duration) -> u32 {
     let deadline = Instant::now() + within;
     loop {
-        if let Some(pid) = std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok()) {
+        if let Some(pid) = std::fs::read_to_string(file).ok().and_then(|s| s.lines().last()?.trim().parse().ok()) {
             return pid;
         }
         assert!(Instant::now() < deadline, "the job never started");
@@ -82,25 +141,30 @@ fn pid_in(file: &PathBuf, within: Duration) -> u32 {
     }
 }
 
+async fn wait_for(what: &str, within: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Regression test: the agent counted its lease from when an acknowledgement *arrived*, and
 /// checked it only between heartbeats. The lease must run from when the acknowledged
 /// request was *sent* (the cluster's clock started no later than that), and a timer must
 /// end it. Here registration takes 2 s to answer and grants 2.5 s: the lease ends 0.5 s
-/// after the answer arrives, and no heartbeat is due for a minute.
+/// after the answer arrives, and no heartbeat is due for a minute. The killed run is then
+/// reported failed, so a cluster that kept the worker online does not hold it forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_lease_runs_from_the_send_time_and_a_timer_ends_it() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("pid");
-    let script = Arc::new(Script {
-        register_delay: Duration::from_secs(2),
-        lease_ms: 2500,
-        registered_at: Mutex::new(None),
-        command: format!("echo $$ > {}; exec sleep 30", pidfile.display()),
-    });
-    let server = fake_cluster(script.clone()).await;
-    let agent = worker::start(agent_config(server, "w", "key")).await.unwrap();
+    let mut fake = Fake::new(format!("echo $$ > {}; exec sleep 30", pidfile.display()));
+    (fake.register_delay, fake.lease_ms) = (Duration::from_secs(2), 2500);
+    let fake = Arc::new(fake);
+    let agent = start_agent(&fake, &dir.path().join("state")).await;
     let pid = pid_in(&pidfile, Duration::from_secs(10));
-    let answered = script.registered_at.lock().unwrap().expect("registered");
+    let answered = fake.registered_at.lock().unwrap().expect("registered");
     let deadline = answered + Duration::from_millis(1500);
     while alive(pid) && Instant::now() < deadline + Duration::from_secs(3) {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -111,5 +175,68 @@ async fn the_lease_runs_from_the_send_time_and_a_timer_ends_it() {
         Instant::now() < deadline,
         "the job died {died_after:?} after the answer arrived: its lease was counted from the arrival, not the send"
     );
+    wait_for("a failed report", Duration::from_secs(5), || !fake.reports_with("failed").is_empty()).await;
+    let failed = fake.reports_with("failed").remove(0);
+    assert!(failed["error"].as_str().unwrap().contains("lease"), "{failed}");
+    agent.kill();
+}
+
+/// Regression test: a `Started` the cluster applied but whose answer was lost, followed by
+/// the lease running out, left the run `running` on the cluster with nothing running it.
+/// When the lease is back and the cluster shows the run running here, the agent starts it
+/// (its `Started` again is accepted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_start_whose_answer_was_lost_still_runs_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let mut fake = Fake::new(format!("echo $$ >> {}", ran.display()));
+    (fake.lease_ms, fake.heartbeat_ms) = (1500, 300);
+    let fake = Arc::new(fake);
+    // The cluster applies the first Started but its answers fail, and heartbeats too, until
+    // the agent's lease has run out.
+    fake.report_answers.lock().unwrap().extend([503; 100]);
+    fake.heartbeats_ok.store(false, Ordering::SeqCst);
+    let agent = start_agent(&fake, &dir.path().join("state")).await;
+    wait_for("the first Started", Duration::from_secs(5), || !fake.reports_with("running").is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!ran.exists(), "the job must not start while the lease is lapsed");
+    fake.report_answers.lock().unwrap().clear();
+    fake.heartbeats_ok.store(true, Ordering::SeqCst);
+    wait_for("the job's success report", Duration::from_secs(10), || !fake.reports_with("succeeded").is_empty()).await;
+    assert_eq!(std::fs::read_to_string(&ran).unwrap().lines().count(), 1, "the job ran once");
+    agent.kill();
+}
+
+/// Regression test: any 4xx answer to a final report counted as "fenced" and the report
+/// was dropped, so an expired or rotated credential (401, 403) threw a run's outcome away.
+/// Only 404 and 409 settle a report; the others are retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_final_report_outlasts_a_rejected_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Fake::new("true".into()));
+    let agent = start_agent(&fake, &dir.path().join("state")).await;
+    wait_for("Started", Duration::from_secs(5), || !fake.reports_with("running").is_empty()).await;
+    fake.report_answers.lock().unwrap().extend([401, 403]);
+    wait_for("three tries of the success report", Duration::from_secs(10), || {
+        fake.reports_with("succeeded").len() >= 3
+    })
+    .await;
+    agent.kill();
+}
+
+/// Regression test: a shim that died (here the job SIGKILLs it) left its job running, and
+/// the agent reported the run failed so its retry could run beside the orphan. The agent
+/// kills the job's process group and cgroup itself before it reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_that_kills_its_supervisor_dies_before_the_run_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let fake = Arc::new(Fake::new(format!("echo $$ > {}; kill -9 $PPID; sleep 30", pidfile.display())));
+    let agent = start_agent(&fake, &dir.path().join("state")).await;
+    let pid = pid_in(&pidfile, Duration::from_secs(10));
+    wait_for("a failed report", Duration::from_secs(5), || !fake.reports_with("failed").is_empty()).await;
+    assert!(!alive(pid), "the job outlived its supervisor and was reported finished");
+    let failed = fake.reports_with("failed").remove(0);
+    assert!(failed["error"].as_str().unwrap().contains("supervisor died"), "{failed}");
     agent.kill();
 }

@@ -9,7 +9,7 @@ use raftcron::worker;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::fixture::{agent_config, TestCluster, KEY};
+use crate::fixture::{agent_config, Opts, TestCluster, KEY};
 use crate::support::{agent, create, is_final, trigger, wait_run};
 
 /// Regression test for placement starvation: the leader read only the first 1,000 queued
@@ -75,7 +75,8 @@ async fn pending_runs_time_out_and_follow_their_tasks_tags() {
 /// once and no two attempts run at the same time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_agents_under_one_worker_id_never_both_run_a_run() {
-    let c = TestCluster::start(1).await;
+    // Short, so the replaced agent learns it was replaced (and would take the id back) soon.
+    let c = TestCluster::start_with(1, Opts { worker_timeout_s: 4, ..Default::default() }).await;
     let n = c.wait_leader(Duration::from_secs(10)).await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("timeline");
@@ -101,7 +102,10 @@ async fn two_agents_under_one_worker_id_never_both_run_a_run() {
         let left = deadline.saturating_duration_since(Instant::now());
         wait_run(&c, n, *run, left, is_final).await;
     }
+    // The replaced agent waits for the other registration to go instead of taking the id
+    // back: the epoch stays where the second registration put it.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.get(n, "/api/workers/twin").await.data()["epoch"], 2, "the two agents took turns with the id");
     a.kill();
     b.kill();
     // Ground truth from the jobs: every run id started at most once, and each start has

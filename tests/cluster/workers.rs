@@ -79,6 +79,9 @@ async fn shell_python_and_http_tasks_succeed_fail_and_time_out() {
     let escaped_at_timeout = dir.path().join("escaped-at-timeout.pid");
     let cases = [
         (json!({"executor": "shell", "command": "exit 3"}), "failed", Some(3)),
+        // The supervisor blocks termination signals for itself; the job starts with none
+        // blocked, so it can be stopped like any process.
+        (json!({"executor": "shell", "command": "grep -E 'SigBlk|SigIgn' /proc/self/status"}), "succeeded", Some(0)),
         (json!({"executor": "shell", "command": "pwd", "working_directory": dir.path()}), "succeeded", Some(0)),
         (
             json!({"executor": "shell", "command": "echo $GREETING", "environment": {"GREETING": "bonjour"}}),
@@ -133,6 +136,13 @@ async fn shell_python_and_http_tasks_succeed_fail_and_time_out() {
             "http" => assert!(done["http_status"].is_u64(), "{done}"),
             "python" => assert!(output.contains("args"), "{output:?}"),
             _ => {}
+        }
+        if body["command"].as_str().is_some_and(|c| c.contains("SigBlk")) {
+            assert!(output.contains("SigBlk:\t0000000000000000"), "signals blocked in the job: {output:?}");
+            // No standard signal ignored (glibc's own real-time signals 32 and 33 may be).
+            let ignored = output.lines().find_map(|l| l.strip_prefix("SigIgn:\t")).unwrap();
+            let ignored = u64::from_str_radix(ignored.trim(), 16).unwrap();
+            assert_eq!(ignored & 0x7fff_ffff, 0, "standard signals ignored in the job: {output:?}");
         }
         if body["environment"].is_object() {
             assert!(output.contains("bonjour"), "{output:?}");

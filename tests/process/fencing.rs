@@ -221,14 +221,21 @@ async fn a_killed_agents_job_dies_with_it_and_the_retry_runs_alone() {
     let _ = w2.wait();
 }
 
-/// An agent SIGKILLed together with its shims (its whole process group) leaves its job
-/// orphaned; restarted from the same state dir, it finds the record and kills the job
-/// before it registers again. Its new incarnation then runs the re-queued attempt.
+/// An agent SIGKILLed together with its shims (as an OOM kill or `kill -9` of every
+/// `raftcron` process would) leaves its job orphaned; restarted from the same state dir,
+/// it finds the record and kills the job before it registers again. Its new incarnation
+/// then runs the re-queued attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_agent_kills_what_its_crashed_predecessor_left_running() {
     let TimelineOnW1 { c, _dir, log, mut w1, task, run, pid } = timeline_on_w1().await;
-    let group = nix::unistd::Pid::from_raw(-(w1.id() as i32));
-    nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL).unwrap();
+    // The agent and its shims (its children; each leads its own process group), not the job.
+    let shims = children_of(w1.id());
+    assert!(!shims.is_empty(), "the agent has a shim");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(w1.id() as i32), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    for shim in shims {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+    w1.kill().unwrap();
     w1.wait().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(pid_alive(pid), "the orphaned job should still run: nothing supervises it now");
@@ -241,4 +248,37 @@ async fn a_restarted_agent_kills_what_its_crashed_predecessor_left_running() {
     assert_attempts_apart(&log);
     let _ = again.kill();
     let _ = again.wait();
+}
+
+/// Regression test: the shims lived in the agent's process group, so a terminal's Ctrl-C
+/// (SIGINT to the whole group) killed them without killing their jobs; the agent then
+/// reported the runs failed and the retries ran beside the orphans. Now only the agent gets
+/// it: it drains, then its shims kill the jobs, and nothing is left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ctrl_c_on_the_agent_leaves_no_job_behind() {
+    let TimelineOnW1 { c, _dir, log: _, mut w1, task: _, run, pid } = timeline_on_w1().await;
+    let group = nix::unistd::Pid::from_raw(-(w1.id() as i32));
+    nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGINT).unwrap();
+    // The default drain is 30 s; the job runs on meanwhile (that is what draining means).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(pid_alive(pid), "the job should keep running while the agent drains");
+    let _ = w1.kill();
+    let _ = w1.wait();
+    assert!(wait_gone(pid, Duration::from_secs(2)).await, "the job outlived its agent");
+    let r = c.get(0, &format!("/api/runs/{run}")).await;
+    assert_eq!(r["data"]["status"], "running", "nothing reported the run finished while its job ran: {r}");
+}
+
+/// The pids whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
 }
