@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -61,6 +61,9 @@ pub struct NodeCore {
     pub quarantined: AtomicBool,
     /// The leader's memory of worker heartbeats (not replicated).
     pub heartbeats: crate::scheduler::workers::Heartbeats,
+    /// The last command time this node stamped; held while a proposal is stamped and
+    /// handed to Raft, so log order is stamp order (see [`NodeCore::propose_local`]).
+    stamp: tokio::sync::Mutex<DateTime<Utc>>,
 }
 
 /// A started node; dropping it does not stop it, [`RunningNode::shutdown`] does.
@@ -154,6 +157,7 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
         // until its bootstrap has looked at the peers (see `bootstrap`).
         quarantined: AtomicBool::new(pristine && config_has_peers),
         heartbeats: Default::default(),
+        stamp: tokio::sync::Mutex::new(DateTime::<Utc>::MIN_UTC),
     });
 
     let mut tasks = Vec::new();
@@ -286,26 +290,45 @@ impl NodeCore {
     }
 
     /// Proposes on this node, which must be the leader.
-    pub async fn propose_local(&self, req: Request) -> Result<Response, RpcFailure> {
-        use openraft::errors::{ClientWriteError, RaftError};
+    ///
+    /// Command time is stamped here, the one entry point for local and forwarded writes
+    /// and the leader's own commands: `issued_at = max(this clock, the last stamp, the
+    /// last applied command time)`, taken under a lock that is held until the entry is
+    /// handed to Raft, so log order is stamp order. A follower's clock therefore never
+    /// enters command time, however fast it runs; a leader's clock does, and a leader
+    /// whose clock runs ahead fires that much early (see README, "Schedules").
+    pub async fn propose_local(&self, mut req: Request) -> Result<Response, RpcFailure> {
+        use openraft::errors::ClientWriteError;
+        use openraft::impls::ProgressResponder;
         let started = Instant::now();
-        let res = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(req)).await;
-        let (label, out) = match res {
+        let rx = {
+            let mut last = self.stamp.lock().await;
+            let applied = self.store.clock().ok().flatten().unwrap_or(DateTime::<Utc>::MIN_UTC);
+            let stamp = Utc::now().max(*last).max(applied);
+            *last = stamp;
+            req.issued_at = stamp;
+            let (responder, rx) = ProgressResponder::complete_only();
+            if let Err(e) = self.raft.client_write_ff(req, Some(responder)).await {
+                // Raft stopped before it took the entry: nothing was proposed.
+                self.metrics.proposals.with_label_values(&["fatal"]).inc();
+                return Err(RpcFailure::Unavailable(format!("raft stopped: {e}")));
+            }
+            rx
+        };
+        let (label, out) = match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
             Err(_) => ("timeout", Err(RpcFailure::Indeterminate("the proposal did not commit in time".into()))),
-            Ok(Ok(resp)) => ("ok", Ok(resp.data)),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Ok(Ok(Ok(resp))) => ("ok", Ok(resp.data)),
+            Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => {
                 ("not_leader", Err(RpcFailure::NotLeader(f.leader_id)))
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+            Ok(Ok(Err(ClientWriteError::LogEntryDiscarded(_)))) => {
                 ("discarded", Err(RpcFailure::Indeterminate("leadership changed while the write was in flight".into())))
             }
-            Ok(Err(RaftError::APIError(e))) => ("error", Err(RpcFailure::Unavailable(e.to_string()))),
+            Ok(Ok(Err(e))) => ("error", Err(RpcFailure::Unavailable(e.to_string()))),
             // Raft stopped (shutdown, a crash) with the write handed to it: it may have
             // been appended and replicated, and a later leader may commit it. Never say 503
             // ("not applied") for that.
-            Ok(Err(RaftError::Fatal(e))) => {
-                ("fatal", Err(RpcFailure::Indeterminate(format!("raft stopped with the write in flight: {e}"))))
-            }
+            Ok(Err(_)) => ("fatal", Err(RpcFailure::Indeterminate("raft stopped with the write in flight".into()))),
         };
         self.metrics.proposals.with_label_values(&[label]).inc();
         if label == "ok" {
@@ -314,9 +337,9 @@ impl NodeCore {
         out
     }
 
-    /// Builds a request stamped with this node's clock. Every client write carries an
-    /// idempotency key: the client's, or one this node makes, so that its own retries
-    /// across a leader change can never apply twice.
+    /// Builds a request (its command time is stamped by the leader that proposes it).
+    /// Every client write carries an idempotency key: the client's, or one this node
+    /// makes, so that its own retries across a leader change can never apply twice.
     pub fn request(&self, command: Command, idempotency: Option<IdempotencyKey>) -> Request {
         let idempotency = idempotency.or_else(|| {
             Some(IdempotencyKey {

@@ -55,11 +55,17 @@ fn validate_schedule_fields(fields: &[TaskField]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A task as the API shows it, with its next fire time evaluated here.
+fn view(task: crate::model::Task) -> TaskView {
+    let next = crate::scheduler::firing::next_fire_at(&task);
+    TaskView::new(task, next)
+}
+
 fn task_reply(resp: Response, created: bool) -> Result<Reply<TaskView>, ApiError> {
     match resp.result? {
         Outcome::Task(task) => {
             let version = task.version;
-            let view = TaskView::from(*task);
+            let view = view(*task);
             let reply = if created { Reply::created(view) } else { Reply::ok(view) };
             Ok(reply.etag(version))
         }
@@ -134,7 +140,7 @@ async fn list_tasks(
     if status.is_none() && search.is_none() {
         // Unfiltered: count and skip by key, decode only the page.
         let (tasks, total) = core.store.task_page(skip, size)?;
-        let items = tasks.into_iter().map(TaskView::from).collect();
+        let items = tasks.into_iter().map(view).collect();
         return Ok(Reply::ok(TaskPage { items, total, page, size }));
     }
     let mut total = 0u64;
@@ -144,7 +150,7 @@ async fn list_tasks(
             && search.as_ref().is_none_or(|needle| task.spec.name.to_lowercase().contains(needle));
         if matches {
             if total >= skip && (items.len() as u64) < size {
-                items.push(TaskView::from(task));
+                items.push(view(task));
             }
             total += 1;
         }
@@ -171,7 +177,7 @@ async fn get_task(
     Consistency::parse(q.get("consistency").map(String::as_str))?.prepare(&core).await?;
     let task = core.store.task(id)?.ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))?;
     let version = task.version;
-    Ok(Reply::ok(TaskView::from(task)).etag(version))
+    Ok(Reply::ok(view(task)).etag(version))
 }
 
 /// Update some fields of a task.

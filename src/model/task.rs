@@ -119,7 +119,6 @@ pub struct Task {
     pub version: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    pub next_run_at: Option<DateTime<Utc>>,
     pub last_run: Option<u64>,
     /// Ticks fired, ever; pruning run history never lowers it.
     pub fire_count: u64,
@@ -146,7 +145,6 @@ impl Task {
             version: 1,
             created_at: now,
             updated_at: now,
-            next_run_at: None,
             last_run: None,
             fire_count: 0,
             skipped_ticks: 0,
@@ -166,6 +164,8 @@ pub struct TaskView {
     pub version: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the schedule fires next (null without a schedule, or while paused or
+    /// disabled); a time in the past means a tick is due and about to fire.
     pub next_run_at: Option<DateTime<Utc>>,
     pub last_run: Option<u64>,
     pub fire_count: u64,
@@ -174,15 +174,17 @@ pub struct TaskView {
     pub cursor: Option<DateTime<Utc>>,
 }
 
-impl From<Task> for TaskView {
-    fn from(t: Task) -> Self {
+impl TaskView {
+    /// The view of `t`, whose next fire time (evaluated from its schedule and cursor by the
+    /// node that serves the read) is `next_run_at`.
+    pub fn new(t: Task, next_run_at: Option<DateTime<Utc>>) -> Self {
         TaskView {
             id: t.id,
             spec: t.spec,
             version: t.version,
             created_at: t.created_at,
             updated_at: t.updated_at,
-            next_run_at: t.next_run_at,
+            next_run_at,
             last_run: t.last_run,
             fire_count: t.fire_count,
             skipped_ticks: t.skipped_ticks,

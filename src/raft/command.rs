@@ -19,8 +19,9 @@ use crate::model::{
 /// One log entry's application data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
-    /// When the proposing node built the request. `apply` uses
-    /// `max(issued_at, last applied time)`, so command time never runs backwards.
+    /// Command time, stamped by the leader as it proposes the entry (`propose_local`):
+    /// never a follower's clock. `apply` uses `max(issued_at, last applied time)`, so
+    /// command time never runs backwards.
     pub issued_at: DateTime<Utc>,
     /// Deduplicates retries of the same client write (PRODUCT.md §4.8).
     pub idempotency: Option<IdempotencyKey>,
@@ -178,7 +179,6 @@ pub struct TaskFire {
     /// Ticks accounted for without a run (misfire policy, or while paused).
     pub skipped: u64,
     pub new_cursor: DateTime<Utc>,
-    pub next_run_at: Option<DateTime<Utc>>,
 }
 
 /// What one [`TaskFire`] did.

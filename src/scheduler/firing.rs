@@ -43,7 +43,6 @@ pub struct FirePlan {
     pub fired: Vec<DateTime<Utc>>,
     pub skipped: u64,
     pub new_cursor: DateTime<Utc>,
-    pub next_run_at: Option<DateTime<Utc>>,
 }
 
 /// Plans the ticks of `task` due at `now`: those after the cursor and at or before `now`.
@@ -65,7 +64,7 @@ pub fn plan(task: &Task, now: DateTime<Utc>, misfire_threshold: chrono::Duration
             at = t;
             paused += 1;
             if paused == MAX_PAUSED_TICKS {
-                return Some(FirePlan { fired: Vec::new(), skipped: paused, new_cursor: at, next_run_at: next(at) });
+                return Some(FirePlan { fired: Vec::new(), skipped: paused, new_cursor: at });
             }
         }
     }
@@ -99,7 +98,7 @@ pub fn plan(task: &Task, now: DateTime<Utc>, misfire_threshold: chrono::Duration
         },
     };
     fired.extend(on_time);
-    Some(FirePlan { fired, skipped: skipped + paused, new_cursor: at, next_run_at: next(at) })
+    Some(FirePlan { fired, skipped: skipped + paused, new_cursor: at })
 }
 
 /// The task's first tick after its cursor: when it is next due.
@@ -107,6 +106,20 @@ fn next_tick(task: &Task) -> Option<DateTime<Utc>> {
     let schedule = Schedule::parse(task.spec.schedule.as_deref()?).ok()?;
     let tz = parse_timezone(&task.spec.timezone).ok()?;
     schedule.next_after(tz, task.created_at, task.cursor.unwrap_or(task.created_at))
+}
+
+/// When the task will next fire, as its view shows it: the first tick after its cursor
+/// and after its last resumption (ticks while it was paused are skipped), or `None` when
+/// it has no schedule or is paused or disabled. Evaluated by the node that serves the read
+/// from replicated state, with the same code the firing loop uses.
+pub fn next_fire_at(task: &Task) -> Option<DateTime<Utc>> {
+    if task.spec.status != TaskStatus::Active {
+        return None;
+    }
+    let schedule = Schedule::parse(task.spec.schedule.as_deref()?).ok()?;
+    let tz = parse_timezone(&task.spec.timezone).ok()?;
+    let from = task.cursor.unwrap_or(task.created_at).max(task.resumed_at.unwrap_or(task.created_at));
+    schedule.next_after(tz, task.created_at, from)
 }
 
 /// When each active, scheduled task is next due, ordered by that time.
@@ -214,7 +227,6 @@ async fn wake(core: &Arc<NodeCore>, index: &mut Option<DueIndex>) -> io::Result<
                 fired: p.fired,
                 skipped: p.skipped,
                 new_cursor: p.new_cursor,
-                next_run_at: p.next_run_at,
             }),
             // The index was behind the task (e.g. its schedule changed): correct it.
             None => index.set(id, due_at(&task)),
@@ -298,7 +310,24 @@ mod tests {
         let p = plan(&t, at("2027-01-01T00:00:25Z"), chrono::Duration::seconds(60)).unwrap();
         assert_eq!(p.fired, vec![at("2027-01-01T00:00:10Z"), at("2027-01-01T00:00:20Z")]);
         assert_eq!((p.skipped, p.new_cursor), (0, at("2027-01-01T00:00:20Z")));
-        assert_eq!(p.next_run_at, Some(at("2027-01-01T00:00:30Z")));
+        let mut fired = t.clone();
+        fired.cursor = Some(p.new_cursor);
+        assert_eq!(next_fire_at(&fired), Some(at("2027-01-01T00:00:30Z")));
+    }
+
+    /// The next fire time a view shows: the first tick after the cursor, after the last
+    /// resumption (paused ticks are skipped), none while paused; shown from creation on.
+    #[test]
+    fn next_fire_time_follows_cursor_resumption_and_status() {
+        let mut t = task("0 * * * *", "fire_once", "2027-01-01T00:10:00Z");
+        assert_eq!(next_fire_at(&t), Some(at("2027-01-01T01:00:00Z")), "known at creation");
+        t.resumed_at = Some(at("2027-01-01T03:30:00Z"));
+        assert_eq!(next_fire_at(&t), Some(at("2027-01-01T04:00:00Z")), "ticks while paused are skipped");
+        t.spec.status = TaskStatus::Paused;
+        assert_eq!(next_fire_at(&t), None);
+        t.spec.status = TaskStatus::Active;
+        t.spec.schedule = None;
+        assert_eq!(next_fire_at(&t), None);
     }
 
     #[test]

@@ -227,3 +227,37 @@ async fn paused_ticks_are_counted_as_skipped_on_resume() {
     assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.body);
     c.shutdown().await;
 }
+
+/// Regression test: editing a schedule kept the old cursor, so a task that gained a
+/// per-second schedule six seconds after its creation fired the six seconds it never had
+/// (and a month-old task given `0 * * * *` would fire 720 runs). A schedule change takes
+/// effect from the change. Also: a task shows when it fires next from its creation on
+/// (`next_run_at` was null until the first fire).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_schedule_edit_never_replays_the_past_and_next_run_at_is_known_at_once() {
+    let c = TestCluster::start(1).await;
+    let n = c.wait_leader(Duration::from_secs(10)).await;
+    let body =
+        json!({"name": "later", "executor": "shell", "command": "true", "schedule": "0 0 1 1 *", "timezone": "UTC"});
+    let created = c.post(n, "/api/tasks", body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.data()["id"].as_u64().unwrap();
+    let next: DateTime<Utc> = created.data()["next_run_at"].as_str().expect("next_run_at at creation").parse().unwrap();
+    assert!(next > Utc::now() && next.format("%m-%d %H:%M:%S").to_string() == "01-01 00:00:00", "{next}");
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let update = json!({"schedule": "* * * * * *"});
+    let updated = c.call(n, Method::PUT, &format!("/api/tasks/{id}"), Some(update), &[]).await;
+    assert_eq!(updated.status, StatusCode::OK, "{}", updated.body);
+    let edited_at: DateTime<Utc> = updated.data()["updated_at"].as_str().unwrap().parse().unwrap();
+    let next: DateTime<Utc> = updated.data()["next_run_at"].as_str().unwrap().parse().unwrap();
+    assert!(next > edited_at && next <= edited_at + chrono::Duration::seconds(1), "{next} after {edited_at}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let runs = c.all_runs(n, id).await;
+    let ticks: Vec<DateTime<Utc>> = runs.iter().map(|r| r["scheduled_at"].as_str().unwrap().parse().unwrap()).collect();
+    assert!(ticks.iter().all(|t| *t > edited_at), "ticks before the edit fired: {ticks:?} (edit at {edited_at})");
+    assert!((1..=4).contains(&ticks.len()), "{} runs in 2.5 s after the edit: {ticks:?}", ticks.len());
+    let task = c.get(n, &format!("/api/tasks/{id}")).await;
+    assert_eq!(task.data()["skipped_ticks"], 0, "{}", task.body);
+    c.shutdown().await;
+}

@@ -39,6 +39,7 @@ pub(super) fn update(
     let old_name = task.spec.name.clone();
     let old_status = task.spec.status;
     let old_tags = required_tags(&task.spec.tags);
+    let old_when = (task.spec.schedule.clone(), task.spec.timezone.clone());
     for f in fields.iter().cloned() {
         TaskField::apply_to(f, &mut task.spec);
     }
@@ -46,6 +47,12 @@ pub(super) fn update(
         return Ok(Response::rejected(Rejection::Invalid(e)));
     }
     mark_resumed(&mut task, old_status, now);
+    // A new schedule or time zone takes effect from the change: no tick before it fires
+    // or counts as skipped (moving the cursor also refuses any `Fire` computed from the
+    // old schedule, which the version change does too).
+    if (task.spec.schedule.clone(), task.spec.timezone.clone()) != old_when {
+        task.cursor = Some(now);
+    }
     if task.spec.name != old_name {
         if tx.task_id_by_name(&task.spec.name)?.is_some() {
             return Ok(Response::rejected(Rejection::NameTaken(task.spec.name.clone())));
@@ -135,7 +142,7 @@ fn apply_fire(
     keep_runs: u32,
     now: DateTime<Utc>,
 ) -> io::Result<Result<Fired, Rejection>> {
-    let TaskFire { task_id, spec_version, expected_cursor, fired, skipped, new_cursor, next_run_at } = fire;
+    let TaskFire { task_id, spec_version, expected_cursor, fired, skipped, new_cursor } = fire;
     let Some(mut task) = tx.task(*task_id)? else {
         return Ok(Err(Rejection::TaskNotFound(*task_id)));
     };
@@ -187,7 +194,6 @@ fn apply_fire(
     task.fire_count += runs.len() as u64;
     task.skipped_ticks += skipped + forbidden;
     task.cursor = Some(*new_cursor);
-    task.next_run_at = *next_run_at;
     if let Some(last) = runs.last() {
         task.last_run = Some(*last);
     }

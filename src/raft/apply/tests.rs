@@ -28,7 +28,6 @@ fn fire(expected: DateTime<Utc>, fired: &[DateTime<Utc>], new_cursor: DateTime<U
         fired: fired.to_vec(),
         skipped: 0,
         new_cursor,
-        next_run_at: None,
     }
 }
 
