@@ -76,7 +76,10 @@ curl -sf -X POST "$api/api/tasks/$task/trigger" "${auth[@]}" -o "$tmp/run.json"
 run=$(field "$tmp/run.json" 'd["data"]["id"]')
 curl -sf "$api/api/tasks/$task/runs" "${auth[@]}" >/dev/null
 curl -sf "$api/api/health" >/dev/null
-curl -sf "$api/metrics" | grep -q raftcron_raft_term
+# To a file first: `grep -q` stops reading at the first match, and curl writing into the
+# closed pipe fails the pipeline (exit 23) once the metrics outgrow the pipe buffer.
+curl -sf "$api/metrics" -o "$tmp/metrics.txt"
+grep -q raftcron_raft_term "$tmp/metrics.txt"
 curl -sf "$api/api/system/status" "${auth[@]}" >/dev/null
 run_succeeded() {
   curl -sf "$api/api/runs/$run" "${auth[@]}" -o "$tmp/r.json" && [ "$(field "$tmp/r.json" 'd["data"]["status"]')" = succeeded ]

@@ -17,11 +17,17 @@
 //!   otherwise both must (so `0 0 15 * */1` is the 15th only, and `0 0 */15 * 1` is a
 //!   Monday that is the 1st, 16th or 31st).
 //! - **No year limit**; an expression that can never match (`0 0 30 2 *`) is refused.
+//! - `?` in a day field counts as `*` (Quartz's "no specific value"); elsewhere it is
+//!   refused. `a/n` (from `a` to the field's end) and a weekday range ending on Sunday as
+//!   0 (`FRI-SUN`) are accepted, as Quartz and cronie do respectively.
 //! - **DST.** A job is *fixed-time* when neither its minute nor its hour field starts with
 //!   `*`, otherwise *wildcard*. Spring forward: a fixed-time job whose wall time falls in
 //!   the gap fires once, at the first instant after it; a wildcard job has no run for the
 //!   missing times. Fall back: a fixed-time job fires at the first occurrence of a
 //!   repeated wall time only; a wildcard job fires at every real instant that matches.
+//!   One deliberate difference: cronie runs a fixed-time job once per skipped minute that
+//!   matches (`0,30 2 * * *` twice at the end of the gap); here a tick is one instant, so
+//!   they are one run.
 //!
 //! Evaluation walks instants in segments of constant UTC offset: within a segment the wall
 //! clock and real time move together, so the next match is one search on the wall clock
@@ -84,6 +90,9 @@ impl Schedule {
             if d.as_secs() == 0 {
                 return Err("@every needs a duration of at least 1s".into());
             }
+            if d > MAX_EVERY {
+                return Err("@every allows at most 366d".into());
+            }
             return Ok(Schedule::Every(d));
         }
         let expanded = match expr {
@@ -103,18 +112,19 @@ impl Schedule {
         };
         let [min, hour, dom, month, dow] = [rest[0], rest[1], rest[2], rest[3], rest[4]];
         let spec = CronSpec {
-            seconds: parse_field(sec, "second", 0, 59, &[])?,
-            minutes: parse_field(min, "minute", 0, 59, &[])?,
-            hours: parse_field(hour, "hour", 0, 23, &[])? as u32,
+            seconds: parse_field(no_question_mark(sec, "second")?, "second", 0, 59, &[])?,
+            minutes: parse_field(no_question_mark(min, "minute")?, "minute", 0, 59, &[])?,
+            hours: parse_field(no_question_mark(hour, "hour")?, "hour", 0, 23, &[])? as u32,
             days_of_month: parse_field(dom, "day-of-month", 1, 31, &[])? as u32,
-            months: parse_field(month, "month", 1, 12, &MONTH_NAMES)? as u16,
+            months: parse_field(no_question_mark(month, "month")?, "month", 1, 12, &MONTH_NAMES)? as u16,
             days_of_week: {
                 let bits = parse_field(dow, "day-of-week", 0, 7, &DAY_NAMES)?;
                 // 7 is Sunday too.
                 ((bits | (bits >> 7)) & 0x7f) as u8
             },
-            dom_star: dom.starts_with('*'),
-            dow_star: dow.starts_with('*'),
+            // `?` (Quartz's "no specific value") counts as `*` in the day fields.
+            dom_star: dom.starts_with(['*', '?']),
+            dow_star: dow.starts_with(['*', '?']),
             fixed_time: !min.starts_with('*') && !hour.starts_with('*'),
         };
         let epoch = NaiveDate::from_ymd_opt(2000, 1, 1).and_then(|d| d.and_hms_opt(0, 0, 0)).expect("valid date");
@@ -234,10 +244,22 @@ impl CronSpec {
             match first_transition(&offset_at, from, candidate) {
                 None => {
                     // In this segment. A fixed-time job's repeated wall time fires at its
-                    // first occurrence only: skip it in the second.
-                    let second_pass = self.fixed_time
-                        && matches!(tz.from_local_datetime(&local), LocalResult::Ambiguous(first, _) if first.with_timezone(&Utc) < candidate);
-                    if !second_pass && candidate > after {
+                    // first occurrence only: in the second, skip the rest of the repeated
+                    // hour at once (it may hold thousands of matches).
+                    if self.fixed_time {
+                        if let LocalResult::Ambiguous(first, _) = tz.from_local_datetime(&local) {
+                            let first = first.with_timezone(&Utc);
+                            if first < candidate {
+                                let fell_back = first_transition(&offset_at, first, candidate)?;
+                                // The repetition ends where the wall clock reaches the time
+                                // it showed when it was set back.
+                                wall = fell_back.naive_utc() + offset_at(first) - Duration::seconds(1);
+                                from = candidate;
+                                continue;
+                            }
+                        }
+                    }
+                    if candidate > after {
                         return Some(candidate);
                     }
                     wall = local;
@@ -354,6 +376,8 @@ fn parse_field(text: &str, name: &str, lo: u32, hi: u32, names: &[&str]) -> Resu
                 }
             },
         };
+        // A weekday range may end on Sunday as 0 (`FRI-SUN`): 7.
+        let last = if hi == 7 && last == 0 && first > 0 { 7 } else { last };
         if first > last {
             return Err(bad(format!("range {first}-{last} runs backwards")));
         }
@@ -363,6 +387,17 @@ fn parse_field(text: &str, name: &str, lo: u32, hi: u32, names: &[&str]) -> Resu
     }
     Ok(mask)
 }
+
+/// `?` means "no specific value" in the day fields only.
+fn no_question_mark<'a>(text: &'a str, name: &str) -> Result<&'a str, String> {
+    match text.contains('?') {
+        true => Err(format!("{name} field {text:?}: `?` is allowed only in the day-of-month and day-of-week fields")),
+        false => Ok(text),
+    }
+}
+
+/// The longest `@every` interval.
+const MAX_EVERY: std::time::Duration = std::time::Duration::from_secs(366 * 86_400);
 
 /// `90s`, `5m`, `1h30m`, `2d`.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

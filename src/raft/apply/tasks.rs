@@ -51,7 +51,8 @@ pub(super) fn update(
     // or counts as skipped (moving the cursor also refuses any `Fire` computed from the
     // old schedule, which the version change does too).
     if (task.spec.schedule.clone(), task.spec.timezone.clone()) != old_when {
-        task.cursor = Some(now);
+        // Never backwards: a fired tick may lie after this command's time.
+        task.cursor = task.cursor.max(Some(now));
     }
     if task.spec.name != old_name {
         if tx.task_id_by_name(&task.spec.name)?.is_some() {
