@@ -111,7 +111,6 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
     let store = Store::new(db.clone());
     let log_store = LogStore::new(db.clone());
     let pristine = log_store.is_pristine()?;
-    let config_has_peers = !config.peers()?.is_empty();
     let state_machine = StateMachine::new(store.clone(), config.node.data_dir.join("snapshot"))?;
     let identity = Identity {
         id: config.node.id,
@@ -153,9 +152,13 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
         peers,
         started_at: Instant::now(),
         incoming_snapshot: tokio::sync::Mutex::new(None),
-        // A pristine node that may be bootstrapped stays out of replication and elections
-        // until its bootstrap has looked at the peers (see `bootstrap`).
-        quarantined: AtomicBool::new(pristine && config_has_peers),
+        // A pristine node stays out of replication and elections until it knows it may
+        // take part: its bootstrap initialized the cluster or found that the cluster never
+        // replicated to it (static peers), or the leader admitted it (`POST
+        // /api/cluster/nodes`). Any member whose data dir was wiped — listed in the static
+        // peers or added at runtime — may have voted or acknowledged entries it no longer
+        // has, so it must be removed and added again (the leader's `admit`).
+        quarantined: AtomicBool::new(pristine),
         heartbeats: Default::default(),
         stamp: tokio::sync::Mutex::new(DateTime::<Utc>::MIN_UTC),
     });
@@ -301,21 +304,29 @@ impl NodeCore {
         use openraft::errors::ClientWriteError;
         use openraft::impls::ProgressResponder;
         let started = Instant::now();
-        let rx = {
+        let hand_over = async {
             let mut last = self.stamp.lock().await;
             let applied = self.store.clock().ok().flatten().unwrap_or(DateTime::<Utc>::MIN_UTC);
             let stamp = Utc::now().max(*last).max(applied);
             *last = stamp;
             req.issued_at = stamp;
             let (responder, rx) = ProgressResponder::complete_only();
-            if let Err(e) = self.raft.client_write_ff(req, Some(responder)).await {
-                // Raft stopped before it took the entry: nothing was proposed.
+            self.raft.client_write_ff(req, Some(responder)).await.map(|()| rx)
+        };
+        // Sending to Raft is cancel-safe: a timeout here means the entry was not handed over.
+        let rx = match tokio::time::timeout(PROPOSE_TIMEOUT, hand_over).await {
+            Ok(Ok(rx)) => rx,
+            Ok(Err(e)) => {
                 self.metrics.proposals.with_label_values(&["fatal"]).inc();
                 return Err(RpcFailure::Unavailable(format!("raft stopped: {e}")));
             }
-            rx
+            Err(_) => {
+                self.metrics.proposals.with_label_values(&["timeout"]).inc();
+                return Err(RpcFailure::Unavailable("raft did not take the write in time".into()));
+            }
         };
-        let (label, out) = match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
+        let remaining = PROPOSE_TIMEOUT.saturating_sub(started.elapsed());
+        let (label, out) = match tokio::time::timeout(remaining, rx).await {
             Err(_) => ("timeout", Err(RpcFailure::Indeterminate("the proposal did not commit in time".into()))),
             Ok(Ok(Ok(resp))) => ("ok", Ok(resp.data)),
             Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => {
@@ -347,6 +358,7 @@ impl NodeCore {
                 key: uuid::Uuid::new_v4().to_string(),
                 fingerprint: String::new(),
                 ttl_ms: crate::raft::apply::INTERNAL_IDEMPOTENCY_TTL_MS,
+                client: false,
             })
         });
         Request { issued_at: Utc::now(), idempotency, command }

@@ -294,6 +294,7 @@ pub fn idempotency_key(
         key: key.to_string(),
         fingerprint: hex::encode(h.finalize()),
         ttl_ms: crate::raft::apply::IDEMPOTENCY_TTL_MS,
+        client: true,
     }))
 }
 

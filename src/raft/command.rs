@@ -41,6 +41,11 @@ pub struct IdempotencyKey {
     /// How long the answer is kept, in command time: a day for a client's key, minutes
     /// for a node's own (its retries end within the write deadline).
     pub ttl_ms: i64,
+    /// A client's key (`Idempotency-Key`): its answer is kept whatever it was, so a retry
+    /// gets the same answer. A node's own key keeps only an applied write's answer: a
+    /// refused command leaves no trace at all, and a retry simply tries again (the first
+    /// attempt changed nothing, so at most one of them applies).
+    pub client: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

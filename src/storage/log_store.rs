@@ -14,14 +14,19 @@ use rocksdb::{ColumnFamily, Direction, IteratorMode, WriteBatch, DB};
 use super::{db_err, decode, decode_versioned, encode, encode_versioned, key_u64, u64_key, CF_RAFT_LOG, CF_RAFT_META};
 use crate::raft::{Entry, LogId, TypeConfig, Vote};
 
+/// How the store makes what it wrote durable: RocksDB's `flush_wal(true)` (write and
+/// fsync the write-ahead log). A seam so a test can watch the order of sync and report.
+type WalSync = Arc<dyn Fn(&DB) -> io::Result<()> + Send + Sync>;
+
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    sync: WalSync,
 }
 
 impl LogStore {
     pub fn new(db: Arc<DB>) -> Self {
-        LogStore { db }
+        LogStore { db, sync: Arc::new(|db: &DB| db.flush_wal(true).map_err(db_err)) }
     }
 
     fn cf_log(&self) -> &ColumnFamily {
@@ -53,8 +58,8 @@ impl LogStore {
     }
 
     async fn sync_wal(&self) -> io::Result<()> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush_wal(true).map_err(db_err)).await.map_err(io::Error::other)?
+        let (db, sync) = (self.db.clone(), self.sync.clone());
+        tokio::task::spawn_blocking(move || sync(&db)).await.map_err(io::Error::other)?
     }
 }
 
@@ -104,7 +109,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             None => None,
         };
         let last_purged_log_id: Option<LogId> = self.get_meta("purged")?;
-        let last_log_id = last.or(last_purged_log_id);
+        // Entries at or below the purge point that a purge did not get to delete are
+        // garbage (the purge point may lie beyond the last entry, after a snapshot was
+        // installed): the log ends at the later of the two.
+        let last_log_id = last.max(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 
@@ -138,9 +146,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The entries must be readable when this returns; durability is reported through
         // the callback once the WAL is on disk.
         self.db.write(batch).map_err(db_err)?;
-        let db = self.db.clone();
+        let (db, sync) = (self.db.clone(), self.sync.clone());
         tokio::task::spawn_blocking(move || {
-            callback.io_completed(db.flush_wal(true).map_err(db_err));
+            callback.io_completed(sync(&db));
         });
         Ok(())
     }
@@ -154,10 +162,73 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        // Record the purge point first: openraft ignores entries at or before it, so a crash
-        // between the two writes leaves only garbage that the next purge removes.
-        self.put_meta("purged", &log_id)?;
-        self.db.delete_range_cf(self.cf_log(), u64_key(0), u64_key(log_id.index() + 1)).map_err(db_err)?;
-        Ok(())
+        // One batch: the purge point and the deletion are durable together or not at all.
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf_meta(), "purged", encode(&log_id)?);
+        batch.delete_range_cf(self.cf_log(), u64_key(0), u64_key(log_id.index() + 1));
+        self.db.write(batch).map_err(db_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use openraft::impls::leader_id_adv::LeaderId;
+    use openraft::type_config::TypeConfigExt;
+
+    use super::*;
+    use crate::storage::open_db;
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        openraft::LogId::new(LeaderId { term, node_id: 1 }, index)
+    }
+
+    /// `append` may return before the entries are durable, but it must report them
+    /// durable (the callback openraft waits on before acknowledging) only after the
+    /// write-ahead log sync returned: removing or reordering the fsync fails this.
+    #[tokio::test]
+    async fn an_append_is_reported_durable_only_after_the_wal_sync_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let mut store = LogStore::new(open_db(dir.path()).unwrap());
+        store.sync = Arc::new(move |db: &DB| {
+            std::thread::sleep(Duration::from_millis(100));
+            let synced = db.flush_wal(true).map_err(db_err);
+            seen.lock().unwrap().push("synced");
+            synced
+        });
+        let (tx, rx) = TypeConfig::oneshot();
+        store.append([Entry::new_blank(log_id(1, 1))], IOFlushed::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+        events.lock().unwrap().push("reported");
+        assert_eq!(*events.lock().unwrap(), ["synced", "reported"]);
+        let mut reader = store.get_log_reader().await;
+        assert_eq!(reader.try_get_log_entries(1..2).await.unwrap().len(), 1);
+    }
+
+    /// Regression test: a purge wrote its purge point and its deletion as two unsynced
+    /// writes, and the log state took the last entry over the purge point, so a crash
+    /// between them (after a snapshot install had purged past the last entry) left
+    /// `last < purged` and openraft refused to start ("inverted log order"). The crafted
+    /// state now reads as a log ending at the purge point, and a purge is one batch.
+    #[tokio::test]
+    async fn a_purge_point_beyond_the_last_entry_reads_as_the_end_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::new(open_db(dir.path()).unwrap());
+        let (tx, rx) = TypeConfig::oneshot();
+        store.append((1..=5).map(|i| Entry::new_blank(log_id(1, i))), IOFlushed::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+        // The crash: the purge point to 9 recorded, entries 1..=5 not deleted.
+        store.put_meta("purged", &log_id(2, 9)).unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 9)));
+        assert_eq!(state.last_log_id, Some(log_id(2, 9)), "the log ends at the purge point, not before it");
+        // A purge is whole: the point and the deletion together.
+        store.purge(log_id(2, 9)).await.unwrap();
+        assert!(store.db.iterator_cf(store.cf_log(), IteratorMode::Start).next().is_none());
+        assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id(2, 9)));
     }
 }

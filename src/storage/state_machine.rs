@@ -4,6 +4,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
@@ -35,28 +36,55 @@ struct SnapshotFile {
 pub struct StateMachine {
     store: Store,
     snapshot_dir: PathBuf,
+    /// The log id the `current` snapshot file covers. openraft may build a snapshot and
+    /// install a received one at the same time: whichever finishes writing, the file keeps
+    /// the newer, and the lock makes the compare-and-rename one step.
+    saved: Arc<Mutex<Option<LogId>>>,
 }
 
 impl StateMachine {
     pub fn new(store: Store, snapshot_dir: PathBuf) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
-        Ok(StateMachine { store, snapshot_dir })
+        // Temp files of a write that a crash interrupted.
+        for entry in std::fs::read_dir(&snapshot_dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("current.tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let current = snapshot_dir.join("current");
+        let saved = match std::fs::read(&current) {
+            Ok(bytes) => decode_versioned::<SnapshotFile>("snapshot file", &bytes)?.meta.last_log_id,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        Ok(StateMachine { store, snapshot_dir, saved: Arc::new(Mutex::new(saved)) })
     }
 
     fn snapshot_path(&self) -> PathBuf {
         self.snapshot_dir.join("current")
     }
 
-    /// Writes the snapshot file atomically (temp file, fsync, rename, fsync the dir).
+    /// Writes the snapshot file atomically (a temp file of its own, fsync, rename, fsync
+    /// the dir), unless the file already holds a newer snapshot.
     fn save_snapshot_file(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
         use std::io::Write;
         let bytes = encode_versioned(&SnapshotFile { meta: meta.clone(), data: data.to_vec() })?;
-        let tmp = self.snapshot_dir.join("current.tmp");
+        // A name of its own: a concurrent build and install must not share a temp file.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.snapshot_dir.join(format!("current.tmp.{n}"));
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
+        let mut saved = self.saved.lock().expect("snapshot file lock poisoned");
+        if *saved > meta.last_log_id {
+            // A newer snapshot was saved meanwhile; this one would move it backwards.
+            return std::fs::remove_file(&tmp);
+        }
         std::fs::rename(&tmp, self.snapshot_path())?;
-        std::fs::File::open(&self.snapshot_dir)?.sync_all()
+        std::fs::File::open(&self.snapshot_dir)?.sync_all()?;
+        *saved = meta.last_log_id;
+        Ok(())
     }
 }
 
@@ -190,5 +218,58 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::impls::leader_id_adv::LeaderId;
+
+    use super::*;
+    use crate::storage::open_db;
+
+    fn log_id(index: u64) -> LogId {
+        openraft::LogId::new(LeaderId { term: 1, node_id: 1 }, index)
+    }
+
+    /// A state machine with `tasks` tasks of 1 KiB each, applied up to `applied`.
+    fn state(dir: &std::path::Path, tasks: u64, applied: u64) -> StateMachine {
+        let store = Store::new(open_db(&dir.join("db")).unwrap());
+        let mut tx = Tx::new(&store);
+        for i in 0..tasks {
+            tx.put_meta(&format!("filler-{i}"), &"x".repeat(1024)).unwrap();
+        }
+        tx.put_meta("applied", &log_id(applied)).unwrap();
+        tx.commit().unwrap();
+        StateMachine::new(store, dir.join("snapshot")).unwrap()
+    }
+
+    /// Regression test: a snapshot build and a snapshot install shared one temp file, and
+    /// openraft may run them at once: the rename failed, the file held a mix of both, or the
+    /// older snapshot replaced the newer. Each now writes its own temp file and the newer
+    /// snapshot always stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_concurrent_build_and_install_keep_the_newer_snapshot() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // A leader's state at 30 (600 KiB), this node's at 20 (400 KiB).
+        let newer = state(a.path(), 600, 30).build_snapshot().await.unwrap();
+        let mut sm = state(b.path(), 400, 20);
+        let older = sm.build_snapshot().await.unwrap();
+        for round in 0..20 {
+            // Back to 20 (installing the older snapshot leaves the newer file in place once
+            // one was saved), then a build of 20 races an install of 30.
+            sm.install_snapshot(&older.meta, older.snapshot.clone()).await.unwrap();
+            let mut builder = sm.clone();
+            let (built, installed) =
+                tokio::join!(builder.build_snapshot(), sm.install_snapshot(&newer.meta, newer.snapshot.clone()));
+            built.unwrap_or_else(|e| panic!("round {round}: build failed: {e}"));
+            installed.unwrap_or_else(|e| panic!("round {round}: install failed: {e}"));
+            let current = sm.get_current_snapshot().await.unwrap().expect("a snapshot file");
+            assert_eq!(current.meta.last_log_id, Some(log_id(30)), "round {round}: the older snapshot won");
+            assert_eq!(current.snapshot, newer.snapshot, "round {round}: the file holds the newer snapshot whole");
+        }
+        let leftovers: Vec<_> =
+            std::fs::read_dir(b.path().join("snapshot")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("current")], "no temp file left behind");
     }
 }

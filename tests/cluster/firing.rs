@@ -116,6 +116,7 @@ async fn misfire_policies_after_a_full_cluster_outage() {
         assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
         ids.push((policy, a.data()["id"].as_u64().unwrap()));
     }
+    // The outage: long enough that several ticks are misfires (threshold 2 s).
     tokio::time::sleep(Duration::from_secs(2)).await;
     for id in [1, 2, 3] {
         c.kill(id).await;
@@ -124,8 +125,22 @@ async fn misfire_policies_after_a_full_cluster_outage() {
     for id in [1, 2, 3] {
         c.restart(id).await;
     }
+    let restarted: DateTime<Utc> = Utc::now();
     c.wait_leader(Duration::from_secs(15)).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Wait for the backlog to be worked off — every task's cursor past the restart — not
+    // for a fixed time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for (policy, id) in &ids {
+        loop {
+            let task = c.get(1, &format!("/api/tasks/{id}")).await;
+            let cursor = task.data()["cursor"].as_str().map(|s| s.parse::<DateTime<Utc>>().unwrap());
+            if cursor.is_some_and(|cur| cur > restarted + chrono::Duration::seconds(1)) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{policy}: firing did not resume: {}", task.body);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 
     for (policy, id) in ids {
         let task = c.get(1, &format!("/api/tasks/{id}")).await;

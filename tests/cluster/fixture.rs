@@ -171,7 +171,10 @@ impl TestCluster {
         let node = self.nodes.get_mut(&id).unwrap();
         assert!(node.running.is_none(), "node {id} is running");
         let listeners = Listeners { http: bind_retrying(node.http).await, rpc: bind_retrying(node.rpc).await };
-        let config = config_for(id, &node.dir, &self.peers, &self.opts);
+        // A node added at runtime (`start_extra`) has no static peers.
+        let static_member = self.peers.iter().any(|p| p.starts_with(&format!("{id}=")));
+        let peers = if static_member { self.peers.clone() } else { Vec::new() };
+        let config = config_for(id, &node.dir, &peers, &self.opts);
         node.running = Some(node::start(config, listeners, &[KEY.to_string()]).await.expect("node restarts"));
     }
 

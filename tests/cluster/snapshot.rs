@@ -51,3 +51,46 @@ async fn wait_purged_beyond(c: &TestCluster, leader: u64, index: u64) -> u64 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Regression test: a node that crashed in the middle of a purge past its last entry (the
+/// purge point written, the deletion not; this is what a snapshot install leaves behind)
+/// had `last entry < purge point`, and openraft refused to start it. The crafted state
+/// starts, with its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_crashed_mid_purge_restarts_with_its_data() {
+    use raftcron::storage::{open_db, CF_RAFT_LOG, CF_RAFT_META};
+    let mut c = TestCluster::start(1).await;
+    let n = c.wait_leader(Duration::from_secs(10)).await;
+    for i in 0..5 {
+        c.create_task(n, &format!("p{i}")).await;
+    }
+    let core = c.core(n).clone();
+    core.raft.trigger().snapshot().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let applied = loop {
+        let m = core.raft.metrics().borrow_watched().clone();
+        if m.snapshot.is_some() && m.snapshot == m.last_applied {
+            break m.last_applied.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no snapshot of the applied state");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    drop(core);
+    c.kill(n).await;
+    {
+        // The log ends three entries before the purge point, as after a snapshot install
+        // whose purge was cut short.
+        let db = open_db(&c.nodes[&n].dir.path().join("db")).unwrap();
+        let log = db.cf_handle(CF_RAFT_LOG).unwrap();
+        let last = applied.index;
+        db.delete_range_cf(log, (last - 2).to_be_bytes(), (last + 1).to_be_bytes()).unwrap();
+        let purged = bincode::serde::encode_to_vec(applied, bincode::config::standard()).unwrap();
+        db.put_cf(db.cf_handle(CF_RAFT_META).unwrap(), "purged", purged).unwrap();
+        db.flush_wal(true).unwrap();
+    }
+    c.restart(n).await;
+    c.wait_leader(Duration::from_secs(10)).await;
+    assert_eq!(c.get(n, "/api/tasks").await.data()["total"], 5);
+    c.create_task(n, "after").await;
+    c.shutdown().await;
+}

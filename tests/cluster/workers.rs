@@ -287,15 +287,20 @@ async fn placement_respects_tags_capacity_and_priority() {
         wait_run(&c, n, x, Duration::from_secs(5), |r| r["pending_reason"].as_str().is_some_and(|m| m.contains("tag")))
             .await;
     assert_eq!(stuck["status"], "pending", "no worker carries tpu: {stuck}");
-    // Enabling a plain worker does not help a task that needs a tag it lacks.
+    // Enabling a plain worker does not help a task that needs a tag it lacks: once a
+    // placement pass has placed an untagged run on it, the tpu run is still pending.
     let plain = agent(&c, n, "plain", 4, &[]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let untagged = create(&c, n, json!({"name": "untagged", "executor": "shell", "command": "true"})).await;
+    let probe = trigger(&c, n, untagged).await;
+    wait_run(&c, n, probe, Duration::from_secs(10), is_final).await;
     assert_eq!(c.get(n, &format!("/api/runs/{x}")).await.data()["status"], "pending");
-    // A disabled worker gets nothing new.
+    // A disabled worker gets nothing new: a gpu run stays pending while a later untagged
+    // one is placed and finished.
     let a = c.call(n, Method::PUT, "/api/workers/gpu", Some(json!({"enabled": false})), &[]).await;
     assert_eq!((a.status, a.data()["enabled"].as_bool()), (StatusCode::OK, Some(false)), "{}", a.body);
     let again = trigger(&c, n, low).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let probe = trigger(&c, n, untagged).await;
+    wait_run(&c, n, probe, Duration::from_secs(10), is_final).await;
     assert_eq!(c.get(n, &format!("/api/runs/{again}")).await.data()["status"], "pending");
     gpu.shutdown().await;
     plain.shutdown().await;
@@ -390,15 +395,19 @@ async fn bad_worker_input_gets_a_clear_4xx_and_changes_nothing() {
     // A worker key acts only for its own worker.
     let r = c.http.post(&url).bearer_auth(WORKER_KEY).json(&json!({})).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = c.http.get(c.url(n, "/api/tasks")).bearer_auth(WORKER_KEY).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a worker key reads no tasks");
+    // Nothing above changed the state, not even the command clock: refused commands
+    // (those that reached apply, e.g. `max_tasks: 0` or an unknown worker) leave no trace.
+    let digests =
+        |m: &std::collections::BTreeMap<u64, (u64, String)>| m.values().map(|v| v.1.clone()).collect::<Vec<_>>();
+    let refused = c.converged_digests(Duration::from_secs(5)).await;
+    assert_eq!(digests(&before), digests(&refused), "a refused request changed the state");
     let own = c.url(n, "/api/workers/w-keyed/register");
     let r = c.http.post(&own).bearer_auth(WORKER_KEY).json(&json!({"max_tasks": 1})).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK, "a worker key registers its own worker");
-    let r = c.http.get(c.url(n, "/api/tasks")).bearer_auth(WORKER_KEY).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a worker key reads no tasks");
-
-    let after = c.converged_digests(Duration::from_secs(5)).await;
-    // Only the w-keyed registration changed state.
-    assert_ne!(before, after);
+    let registered = c.converged_digests(Duration::from_secs(5)).await;
+    assert_ne!(digests(&refused), digests(&registered), "the registration changed the state");
     let a = c.get(n, "/api/workers/w1").await;
     assert_eq!(a.data()["max_tasks"], 1, "{}", a.body);
     let r = c.get(n, &format!("/api/runs/{run}")).await;

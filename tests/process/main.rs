@@ -8,4 +8,5 @@ mod durability;
 mod fencing;
 mod isolation;
 mod lifecycle;
+mod reads;
 mod workers;

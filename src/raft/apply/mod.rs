@@ -58,9 +58,10 @@ pub fn apply_request(tx: &mut Tx<'_>, req: &Request) -> io::Result<Response> {
     }
 
     let response = apply_command(tx, &req.command, now)?;
-    // A refused command without a key to remember its answer by changes nothing at all
-    // (not even the command clock), so a fenced report leaves the state as it was.
-    if response.result.is_err() && req.idempotency.is_none() {
+    // A refused command changes nothing at all (not even the command clock) unless a
+    // client's key must remember its answer: bad input and fenced reports leave the state
+    // — and its digest — as they were.
+    if response.result.is_err() && !req.idempotency.as_ref().is_some_and(|k| k.client) {
         tx.discard();
         return Ok(response);
     }

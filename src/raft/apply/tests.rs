@@ -192,7 +192,8 @@ fn reactivation_marks_the_instant_for_the_leader_to_count_skipped_ticks() {
 fn idempotency_keys_expire_in_command_time() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::new(open_db(dir.path()).unwrap());
-    let key = |ttl_ms| IdempotencyKey { scope: "c".into(), key: "k".into(), fingerprint: "f".into(), ttl_ms };
+    let key =
+        |ttl_ms| IdempotencyKey { scope: "c".into(), key: "k".into(), fingerprint: "f".into(), ttl_ms, client: true };
     let create = |name: &str| {
         let fields =
             TaskField::parse_object(serde_json::json!({"name": name, "executor": "shell", "command": "true"})).unwrap();
