@@ -27,6 +27,7 @@ pub struct Metrics {
     pub runs_pending: IntGauge,
     pub runs_assigned: IntCounter,
     pub runs_lost: IntCounter,
+    pub quarantine_refusals: IntCounter,
 }
 
 const LATENCY_BUCKETS: [f64; 14] =
@@ -103,6 +104,10 @@ impl Metrics {
             ),
             runs_assigned: counter("runs_assigned_total", "Runs this node placed on a worker as leader."),
             runs_lost: counter("runs_lost_total", "Runs lost with a worker that stopped heartbeating."),
+            quarantine_refusals: counter(
+                "quarantine_refusals_total",
+                "Raft messages this node refused while quarantined (it lost its data dir; remove and add it again).",
+            ),
             http_requests,
             http_latency,
             raft_term: gauge("raft_term", "Current Raft term."),

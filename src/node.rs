@@ -177,6 +177,10 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
         let core = core.clone();
         tasks.push(tokio::spawn(async move { core.stamp_cluster_id().await }));
     }
+    {
+        let core = core.clone();
+        tasks.push(tokio::spawn(async move { core.record_replication().await }));
+    }
     tasks.push(tokio::spawn(crate::scheduler::firing::run(core.clone())));
     tasks.push(tokio::spawn(crate::scheduler::workers::run(core.clone())));
     let (http_shutdown, mut rx) = watch::channel(false);
@@ -740,26 +744,63 @@ impl NodeCore {
         }
     }
 
-    /// Asks the leader named in `st` whether it has ever matched a log index on this node;
+    /// Asks the leader named in `st` whether the cluster has ever replicated to this node;
     /// `None` when that cannot be learned right now.
     async fn leader_replicated_to_me(&self, st: &NodeStatus) -> Option<bool> {
         let leader = st.leader_id?;
         let peers = self.config.peers().ok()?;
         let addr = peers.iter().find(|p| p.id == leader).map(|p| p.rpc_addr.clone())?;
         let client = self.peers.get(&addr).await.ok()?;
-        match client.replication_of(context(Duration::from_secs(1)), self.identity.header(), self.id).await {
-            Ok(Ok(matched)) => Some(matched.is_some()),
+        match client.replicated_to(context(Duration::from_secs(1)), self.identity.header(), self.id).await {
+            Ok(Ok(replicated)) => Some(replicated),
             _ => None,
         }
     }
 
-    /// The leader's matched log index for `node`, if it is the leader and has one.
-    pub fn matched_index_of(&self, node: NodeId) -> Result<Option<u64>, RpcFailure> {
+    /// On the leader: whether the cluster has replicated to `node` — recorded in the state
+    /// machine (`MarkReplicated`, so any later leader knows it too), or seen by this leader
+    /// and not recorded yet.
+    pub fn replicated_to(&self, node: NodeId) -> Result<bool, RpcFailure> {
         let m = self.raft.metrics().borrow_watched().clone();
         if m.current_leader != Some(self.id) {
             return Err(RpcFailure::NotLeader(m.current_leader));
         }
-        Ok(m.replication.as_ref().and_then(|r| r.get(&node).cloned().flatten()).map(|l| l.index))
+        let recorded = self.store.replicated_members().map_err(|e| RpcFailure::Unavailable(e.to_string()))?;
+        let matched = m.replication.as_ref().and_then(|r| r.get(&node).cloned().flatten()).is_some();
+        Ok(recorded.contains(&node) || matched)
+    }
+
+    /// While leading: records every member the leader has replicated to (and itself) that
+    /// the state machine does not list yet. Runs on every node, acts only while leading.
+    async fn record_replication(self: Arc<Self>) {
+        let mut rx = self.raft.metrics();
+        loop {
+            let m = rx.borrow_watched().clone();
+            if m.current_leader == Some(self.id) {
+                let mut reached: Vec<NodeId> = m
+                    .replication
+                    .as_ref()
+                    .map(|r| r.iter().filter(|(_, l)| l.is_some()).map(|(id, _)| *id).collect())
+                    .unwrap_or_default();
+                reached.push(self.id);
+                let recorded = self.store.replicated_members().unwrap_or_default();
+                reached.retain(|id| !recorded.contains(id));
+                reached.sort_unstable();
+                reached.dedup();
+                if !reached.is_empty() {
+                    let req = self.internal_request(Command::MarkReplicated { nodes: reached });
+                    if let Err(e) = self.propose_local(req).await {
+                        tracing::debug!(error = %e, "replicated members not recorded yet");
+                    }
+                }
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            // Metrics change with every entry; look at most twice a second.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// The first leader of a cluster fixes its id; nodes then refuse RPCs from any other

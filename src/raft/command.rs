@@ -153,6 +153,13 @@ pub enum Command {
         reason: String,
         retry_jitter_ms: u64,
     },
+    /// Records that the cluster has replicated to these members (the leader saw each
+    /// match a log index, or is itself one of them). Persistent, unlike the leader's
+    /// in-memory progress: a member that restarts with an empty data dir is recognized as
+    /// one that lost its data by any later leader, and stays quarantined.
+    MarkReplicated {
+        nodes: Vec<u64>,
+    },
 }
 
 /// What a worker says about the run it holds.
@@ -204,7 +211,7 @@ pub struct Response {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
-    /// Membership entries, blank entries, `InitCluster`.
+    /// Membership entries, blank entries, `InitCluster`, `MarkReplicated`.
     Done,
     Task(Box<Task>),
     TaskDeleted {
@@ -287,6 +294,7 @@ impl fmt::Display for Request {
                 write!(f, "assign({} runs, {} released, {} expired)", assignments.len(), released.len(), expired.len())
             }
             Command::ExpireRun { run_id, attempt, .. } => write!(f, "expire(run {run_id} attempt {attempt})"),
+            Command::MarkReplicated { nodes } => write!(f, "mark-replicated({nodes:?})"),
             Command::ReportRun { run_id, attempt, report, .. } => match report {
                 RunReport::Started => write!(f, "report(run {run_id} attempt {attempt}: started)"),
                 RunReport::Finished { status, .. } => write!(f, "report(run {run_id} attempt {attempt}: {status:?})"),

@@ -144,9 +144,10 @@ pub trait ClusterService {
     async fn read_index(hdr: Header) -> Result<u64, RpcFailure>;
     async fn change_membership(hdr: Header, op: MembershipOp) -> Result<(), RpcFailure>;
     async fn node_status(hdr: Header, with_digest: bool) -> Result<NodeStatus, RpcFailure>;
-    /// On the leader: the highest log index it has matched on `node`, if any. A pristine
-    /// node asks this to learn whether it lost data the cluster still counts on.
-    async fn replication_of(hdr: Header, node: NodeId) -> Result<Option<u64>, RpcFailure>;
+    /// On the leader: whether the cluster has ever replicated to `node` (recorded in the
+    /// state machine, or matched by this leader). A pristine node asks this to learn
+    /// whether it lost data the cluster still counts on.
+    async fn replicated_to(hdr: Header, node: NodeId) -> Result<bool, RpcFailure>;
     /// The leader, adding this node on an operator's request, lifts its quarantine.
     async fn admit(hdr: Header) -> Result<(), RpcFailure>;
     /// A worker's heartbeat, forwarded to the leader (which alone tracks liveness).

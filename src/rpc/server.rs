@@ -30,6 +30,7 @@ impl RpcServer {
     fn check_raft(&self, hdr: &Header) -> Result<(), RpcFailure> {
         self.core.identity.check(hdr)?;
         if self.core.quarantined.load(std::sync::atomic::Ordering::SeqCst) {
+            self.core.metrics.quarantine_refusals.inc();
             return Err(RpcFailure::Refused(format!(
                 "node {} lost its data; remove it from the cluster and add it again",
                 self.core.id
@@ -141,9 +142,9 @@ impl ClusterService for RpcServer {
         Ok(())
     }
 
-    async fn replication_of(self, _: Context, hdr: Header, node: NodeId) -> Result<Option<u64>, RpcFailure> {
+    async fn replicated_to(self, _: Context, hdr: Header, node: NodeId) -> Result<bool, RpcFailure> {
         self.core.identity.check(&hdr)?;
-        self.core.matched_index_of(node)
+        self.core.replicated_to(node)
     }
 
     async fn worker_heartbeat(

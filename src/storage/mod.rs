@@ -7,7 +7,7 @@
 //! |----------------------|------------------------------|---------------------------------|
 //! | `raft_log`           | log index, u64 big-endian    | format byte + bincode entry     |
 //! | `raft_meta`          | `vote`, `committed`, `purged` | bincode                        |
-//! | `sm_meta`            | `applied`, `membership`, `clock`, `next_task_id`, `cluster_id` | bincode |
+//! | `sm_meta`            | `applied`, `membership`, `clock`, `next_task_id`, `cluster_id`, `replicated` | bincode |
 //! | `tasks`              | task id, u64 big-endian      | bincode [`Task`]                |
 //! | `task_names`         | task name, UTF-8             | task id, u64 big-endian         |
 //! | `idempotency`        | scope, 0x00, key             | bincode [`IdempotencyRecord`]   |
@@ -451,6 +451,11 @@ impl Store {
 
     pub fn cluster_id(&self) -> io::Result<Option<String>> {
         self.meta("cluster_id")
+    }
+
+    /// The members the cluster is recorded to have replicated to (`MarkReplicated`).
+    pub fn replicated_members(&self) -> io::Result<std::collections::BTreeSet<u64>> {
+        Ok(self.meta("replicated")?.unwrap_or_default())
     }
 
     pub fn task(&self, id: u64) -> io::Result<Option<Task>> {

@@ -250,15 +250,14 @@ mod tests {
     /// snapshot always stays.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_concurrent_build_and_install_keep_the_newer_snapshot() {
-        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        // A leader's state at 30 (600 KiB), this node's at 20 (400 KiB).
-        let newer = state(a.path(), 600, 30).build_snapshot().await.unwrap();
-        let mut sm = state(b.path(), 400, 20);
-        let older = sm.build_snapshot().await.unwrap();
-        for round in 0..20 {
-            // Back to 20 (installing the older snapshot leaves the newer file in place once
-            // one was saved), then a build of 20 races an install of 30.
-            sm.install_snapshot(&older.meta, older.snapshot.clone()).await.unwrap();
+        let a = tempfile::tempdir().unwrap();
+        // A leader's state at 30 (3 MiB); each round, a fresh node's state at 20 (2 MiB)
+        // builds its snapshot while the leader's is installed: a real race every round
+        // (a node that already saved the newer snapshot would refuse the build at once).
+        let newer = state(a.path(), 3 * 1024, 30).build_snapshot().await.unwrap();
+        for round in 0..8 {
+            let b = tempfile::tempdir().unwrap();
+            let mut sm = state(b.path(), 2 * 1024, 20);
             let mut builder = sm.clone();
             let (built, installed) =
                 tokio::join!(builder.build_snapshot(), sm.install_snapshot(&newer.meta, newer.snapshot.clone()));
@@ -267,9 +266,9 @@ mod tests {
             let current = sm.get_current_snapshot().await.unwrap().expect("a snapshot file");
             assert_eq!(current.meta.last_log_id, Some(log_id(30)), "round {round}: the older snapshot won");
             assert_eq!(current.snapshot, newer.snapshot, "round {round}: the file holds the newer snapshot whole");
+            let leftovers: Vec<_> =
+                std::fs::read_dir(b.path().join("snapshot")).unwrap().flatten().map(|e| e.file_name()).collect();
+            assert_eq!(leftovers, vec![std::ffi::OsString::from("current")], "round {round}: a temp file left behind");
         }
-        let leftovers: Vec<_> =
-            std::fs::read_dir(b.path().join("snapshot")).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert_eq!(leftovers, vec![std::ffi::OsString::from("current")], "no temp file left behind");
     }
 }

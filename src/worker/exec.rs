@@ -199,6 +199,9 @@ pub struct Supervised {
     stdin: Option<tokio::process::ChildStdin>,
     stdout: tokio::process::ChildStdout,
     pub shim_pid: u32,
+    /// The shim's start time (clock ticks since boot), read at spawn: it names the shim
+    /// and its session even after the shim is gone.
+    pub shim_start_time: u64,
     pub held: Held,
     started: Option<Started>,
 }
@@ -206,11 +209,12 @@ pub struct Supervised {
 impl Supervised {
     /// Starts the shim and waits until it is ready to start the job.
     pub async fn spawn(shim_exe: &Path, spec: &ShimSpec) -> std::io::Result<Supervised> {
-        // Its own process group: a terminal's Ctrl-C or SIGHUP to the agent's group must
-        // reach the agent only; the shim outlives it just long enough to kill the job.
+        // The shim makes itself a session (and process group) of its own at once: a
+        // terminal's Ctrl-C or SIGHUP to the agent's group must reach the agent only; the
+        // shim outlives it just long enough to kill the job. (Not `process_group(0)`
+        // here: a group leader cannot start a session.)
         let mut child = tokio::process::Command::new(shim_exe)
             .arg("run-shim")
-            .process_group(0)
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -218,13 +222,21 @@ impl Supervised {
             .spawn()
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start {} run-shim: {e}", shim_exe.display())))?;
         let shim_pid = child.id().unwrap_or(0);
+        let shim_start_time = super::shim::process_start_time(shim_pid).unwrap_or(0);
         let mut stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = serde_json::to_vec(spec).map_err(std::io::Error::other)?;
         line.push(b'\n');
         stdin.write_all(&line).await?;
-        let mut s =
-            Supervised { child, stdin: Some(stdin), stdout, shim_pid, held: Held { cgroup: None }, started: None };
+        let mut s = Supervised {
+            child,
+            stdin: Some(stdin),
+            stdout,
+            shim_pid,
+            shim_start_time,
+            held: Held { cgroup: None },
+            started: None,
+        };
         match tokio::time::timeout(SHIM_ANSWER, read_frame(&mut s.stdout)).await {
             Ok(Ok((FRAME_HELD, payload))) => {
                 s.held = serde_json::from_slice(&payload).map_err(std::io::Error::other)?;
@@ -298,7 +310,7 @@ impl Supervised {
                     Err(e) => {
                         // The shim died without killing the job (it was SIGKILLed, or the
                         // job killed it): the job may still run. Kill it from here.
-                        self.kill_hard();
+                        self.kill_hard().await;
                         pending_output.push(format!("the run's supervisor died ({e}); its processes were killed"));
                         break None;
                     }
@@ -315,7 +327,7 @@ impl Supervised {
                 }
                 _ = &mut give_up => {
                     pending_output.push("the run's supervisor stopped answering; killed".into());
-                    self.kill_hard();
+                    self.kill_hard().await;
                     break None;
                 }
             }
@@ -361,18 +373,21 @@ impl Supervised {
         }
     }
 
-    /// For a shim that died or stopped answering: kill it, the job's cgroup and the job's
-    /// process group (what a restarted agent would do with the run's record).
-    fn kill_hard(&mut self) {
+    /// For a shim that died or stopped answering: kill it, the job's cgroup, the job's
+    /// process group and the shim's session (what a restarted agent would do with the
+    /// run's record). The scan and the kernel's kill take a moment: off the runtime's
+    /// threads, which Raft's timers share under `serve --worker`.
+    async fn kill_hard(&mut self) {
         let _ = self.child.start_kill();
-        super::records::kill_recorded(&super::records::RunRecord {
+        let record = super::records::RunRecord {
             run_id: 0,
             attempt: 0,
             shim_pid: self.shim_pid,
-            shim_start_time: super::shim::process_start_time(self.shim_pid).unwrap_or(0),
+            shim_start_time: self.shim_start_time,
             cgroup: self.held.cgroup.clone(),
             job: self.started.as_ref().map(|s| (s.pid, s.start_time)),
-        });
+        };
+        let _ = tokio::task::spawn_blocking(move || super::records::kill_recorded(&record)).await;
     }
 
     /// The outcome of a run whose shim ended before starting the job.

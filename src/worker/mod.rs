@@ -32,7 +32,7 @@ use crate::api::workers::Assignment;
 use crate::model::{RunAttempt, RunStatus};
 use exec::{Finished, Stop};
 use records::{PendingReport, Records, RunRecord};
-use shim::{process_start_time, ShimSpec};
+use shim::ShimSpec;
 
 /// How the agent is set up.
 #[derive(Debug, Clone)]
@@ -285,6 +285,8 @@ impl Shared {
                     };
                     self.epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
                     self.killed.lock().expect("killed list poisoned").retain(|k| !killed.contains(k));
+                    // The new epoch fences every earlier attempt: none can be started now.
+                    self.abandoned.lock().expect("abandoned set poisoned").clear();
                     self.renewed(sent_at, &ack);
                     return Duration::from_millis(ack["data"]["heartbeat_ms"].as_u64().unwrap_or(1000));
                 }
@@ -335,7 +337,9 @@ impl Shared {
     /// Waits until the registration that replaced this agent's is gone: its worker went
     /// offline (that agent stopped heartbeating) or the worker was deleted.
     async fn wait_for_the_id_to_free(&self, every: Duration) {
-        let path = format!("/api/workers/{}?consistency=local", self.config.id);
+        // Linearizable: a follower that applied this agent's offline marking but not the
+        // other agent's registration would say "offline" while the other one holds the id.
+        let path = format!("/api/workers/{}", self.config.id);
         loop {
             tokio::time::sleep(every).await;
             match self.call(reqwest::Method::GET, &path, None, every.max(Duration::from_secs(1))).await {
@@ -403,7 +407,9 @@ impl Shared {
         }
         let mut started_any = false;
         for a in held {
-            if running.contains_key(&a.run_id) {
+            // A run already here is skipped, unless what is here is an earlier attempt
+            // that ended and only waits to deliver its report: the new attempt starts.
+            if running.get(&a.run_id).is_some_and(|h| h.attempt == a.attempt || !h.done) {
                 continue;
             }
             let start = match a.status {
@@ -412,7 +418,14 @@ impl Shared {
                 // lost (start it; `Started` again is accepted), or an attempt this agent
                 // no longer runs (tell the cluster it ended, so it is not held forever).
                 RunStatus::Running if a.epoch == self.epoch() => {
-                    self.abandoned.lock().expect("abandoned set poisoned").remove(&(a.run_id, a.attempt))
+                    let abandoned =
+                        self.abandoned.lock().expect("abandoned set poisoned").remove(&(a.run_id, a.attempt));
+                    if abandoned {
+                        // It runs after all: no longer one to tell a new registration about.
+                        let attempt = RunAttempt { run_id: a.run_id, attempt: a.attempt };
+                        self.killed.lock().expect("killed list poisoned").retain(|k| *k != attempt);
+                    }
+                    abandoned
                 }
                 _ => continue,
             };
@@ -439,7 +452,16 @@ impl Shared {
         let pending = self.keep_report(a.run_id, a.attempt, a.epoch, body);
         self.send_report(a.run_id, &pending.body, || true).await;
         self.records.remove_report(a.run_id, a.attempt);
-        self.running.lock().expect("running map poisoned").remove(&a.run_id);
+        self.forget(a.run_id, a.attempt);
+    }
+
+    /// Drops a run from `running` if the entry is still this attempt's (a later attempt
+    /// of the same run may have taken its place).
+    fn forget(&self, run_id: u64, attempt: u32) {
+        let mut running = self.running.lock().expect("running map poisoned");
+        if running.get(&run_id).is_some_and(|h| h.attempt == attempt) {
+            running.remove(&run_id);
+        }
     }
 
     async fn execute(self: Arc<Self>, a: Assignment, stop: watch::Receiver<Option<Stop>>) {
@@ -488,20 +510,28 @@ impl Shared {
         let kept = report.map(|f| self.keep_report(run_id, attempt, epoch, finished_body(&f)));
         self.records.remove_run(run_id, attempt);
         if let Some(held) = self.running.lock().expect("running map poisoned").get_mut(&run_id) {
-            held.done = true;
+            if held.attempt == attempt {
+                held.done = true;
+            }
         }
         if let Some(pending) = kept {
             self.send_report(run_id, &pending.body, || true).await;
             self.records.remove_report(run_id, attempt);
         }
-        self.running.lock().expect("running map poisoned").remove(&run_id);
+        self.forget(run_id, attempt);
     }
 
     /// A run whose `Started` was not accepted in time: if the cluster took it after all
     /// (the answer was lost), the next poll shows it running here and it is started then.
+    /// Until then it is also one this agent knows it never ran, which its next
+    /// registration tells the cluster (so it is re-queued at once, not after a delay).
     fn gave_up_starting(&self, run_id: u64, attempt: u32, how: Delivery) {
         if how == Delivery::GaveUp {
             self.abandoned.lock().expect("abandoned set poisoned").insert((run_id, attempt));
+            let mut killed = self.killed.lock().expect("killed list poisoned");
+            if killed.len() < 10_000 {
+                killed.push(RunAttempt { run_id, attempt });
+            }
         }
     }
 
@@ -535,7 +565,7 @@ impl Shared {
             run_id,
             attempt,
             shim_pid: shim.shim_pid,
-            shim_start_time: process_start_time(shim.shim_pid).unwrap_or(0),
+            shim_start_time: shim.shim_start_time,
             cgroup: shim.held.cgroup.clone(),
             job: None,
         };
@@ -597,10 +627,11 @@ impl Shared {
     }
 
     /// Sends a report until the cluster answers it or `keep_trying` (asked before every
-    /// attempt) says stop. Only 404 (no such run) and 409 (not this attempt's holder, or
+    /// attempt) says stop. 404 (no such run) and 409 (not this attempt's holder, or
     /// contradicting the record) settle a report as refused; a malformed one (400, 413,
-    /// 422) is dropped; anything else — an expired or rotated credential, a full queue, no
-    /// leader — is retried.
+    /// 422) and one naming another worker that this agent may not send (403) are dropped;
+    /// anything else — an expired or rotated credential, a full queue, no leader — is
+    /// retried.
     async fn send_report(&self, run_id: u64, body: &Value, keep_trying: impl Fn() -> bool) -> Delivery {
         let path = format!("/api/runs/{run_id}/report");
         let mut backoff = Duration::from_millis(100);
@@ -624,6 +655,14 @@ impl Shared {
                     tracing::error!(run_id, %status, message = %v["message"], "report malformed; dropping it");
                     return Delivery::Refused;
                 }
+                // A report kept by an agent that ran under another worker id: this agent's
+                // credential may not act for that worker, and retrying cannot change it.
+                // (A 403 for its own worker id may be a credential being rotated: retried.)
+                Ok((StatusCode::FORBIDDEN, v)) if body["worker_id"] != json!(self.config.id) => {
+                    tracing::error!(run_id, worker = %body["worker_id"], message = %v["message"],
+                        "this agent may not report for that worker; dropping the report");
+                    return Delivery::Refused;
+                }
                 Ok((status, v)) => tracing::debug!(run_id, %status, message = %v["message"], "report not accepted yet"),
                 Err(e) => tracing::debug!(run_id, error = %e, "report failed"),
             }
@@ -637,19 +676,32 @@ impl Shared {
     }
 
     /// Sends the final reports a previous incarnation could not deliver, before this one
-    /// registers (registering gives up the runs they are for).
+    /// registers (registering gives up the runs they are for), for at most
+    /// [`PENDING_REPORTS_PATIENCE`]: an agent must come up even if its old reports cannot
+    /// be delivered. One not delivered by then stays on disk for the next start (if its
+    /// run was meanwhile given up, the cluster refuses it then).
     async fn deliver_pending_reports(&self) {
+        let until = Instant::now() + PENDING_REPORTS_PATIENCE;
         for pending in self.records.pending_reports() {
             tracing::info!(
                 run_id = pending.run_id,
                 attempt = pending.attempt,
                 "sending a report left by a previous agent"
             );
-            self.send_report(pending.run_id, &pending.body, || true).await;
-            self.records.remove_report(pending.run_id, pending.attempt);
+            match self.send_report(pending.run_id, &pending.body, || Instant::now() < until).await {
+                Delivery::Accepted | Delivery::Refused => self.records.remove_report(pending.run_id, pending.attempt),
+                Delivery::GaveUp => tracing::warn!(
+                    run_id = pending.run_id,
+                    "could not deliver a report left by a previous agent; registering without it"
+                ),
+            }
         }
     }
 }
+
+/// How long a starting agent tries to deliver the reports a previous incarnation left
+/// before it registers anyway.
+const PENDING_REPORTS_PATIENCE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Delivery {

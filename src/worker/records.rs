@@ -20,7 +20,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::shim::{kill_cgroup, process_start_time};
+use super::shim::{kill_cgroup, process_start_time, session_members};
 
 /// One supervised run, as the agent recorded it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,6 +141,14 @@ pub(crate) fn kill_recorded(record: &RunRecord) {
     if process_start_time(record.shim_pid) == Some(record.shim_start_time) {
         let _ = kill(Pid::from_raw(record.shim_pid as i32), Signal::SIGKILL);
     }
+    // The shim's session (its pid is the session id): the job and whatever it started,
+    // unless they left the session — found even when the shim died before it told the
+    // job's pid. Only processes started since the shim, so a reused pid is never hit.
+    if record.shim_start_time > 0 {
+        for pid in session_members(record.shim_pid, record.shim_start_time) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
     if let Some((pgid, start)) = record.job {
         // The group is ours while its leader is our job, or while the leader is gone (the
         // kernel does not reuse a pid that still names a process group). A leader with
@@ -172,6 +180,42 @@ fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression test (review of the agent): a shim that died before it reported the
+    /// job's pid left the job running when there was no cgroup to kill: the record named
+    /// the shim only. The shim leads a session, and everything in it is killed.
+    #[test]
+    fn a_record_without_the_job_kills_the_shims_whole_session() {
+        // `setsid sh` stands in for a shim: a session leader whose child is the job.
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("job");
+        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let mut shim = std::process::Command::new("setsid").args(["sh", "-c", &script]).spawn().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let job: u32 = loop {
+            if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()) {
+                break pid;
+            }
+            assert!(std::time::Instant::now() < deadline, "the job never started");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let record = RunRecord {
+            run_id: 1,
+            attempt: 1,
+            shim_pid: shim.id(),
+            shim_start_time: process_start_time(shim.id()).unwrap(),
+            cgroup: None,
+            job: None,
+        };
+        kill_recorded(&record);
+        shim.wait().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        // The job is not our child: once killed it is gone (or a zombie of init's).
+        while std::fs::read_to_string(format!("/proc/{job}/stat")).is_ok_and(|s| !s.contains(") Z")) {
+            assert!(std::time::Instant::now() < deadline, "the job outlived its shim's record");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 
     #[test]
     fn records_survive_a_reopen_and_a_survivor_is_killed() {

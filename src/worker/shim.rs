@@ -111,6 +111,26 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Every process in session `sid` that started no earlier than `since` (clock ticks
+/// since boot, as [`process_start_time`]): what a shim's session holds.
+pub fn session_members(sid: u32, since: u64) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // After the command: state, ppid, pgrp, session, ... starttime (the 20th).
+        let session = fields.get(3).and_then(|f| f.parse::<u32>().ok());
+        let start = fields.get(19).and_then(|f| f.parse::<u64>().ok());
+        if session == Some(sid) && start.is_some_and(|t| t >= since) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// Every (pid, parent pid) in `/proc`.
 fn process_parents() -> BTreeMap<u32, u32> {
     let mut out = BTreeMap::new();
@@ -286,6 +306,13 @@ fn stop_on_signals(tx: mpsc::Sender<Control>) {
 pub fn run() -> i32 {
     let (tx, rx) = mpsc::channel();
     stop_on_signals(tx.clone());
+    // A session of its own (and so a process group): a terminal's Ctrl-C or SIGHUP to the
+    // agent's group does not reach it, and every process of the run that does not call
+    // setsid itself stays in this session, where the agent finds it by session id even if
+    // the shim dies before it could say which pid the job has.
+    if let Err(e) = nix::unistd::setsid() {
+        eprintln!("run-shim: cannot start a session of its own: {e}");
+    }
     let out: Out = Arc::new(Mutex::new(std::io::stdout()));
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         eprintln!("run-shim: cannot become a child subreaper: {e}");

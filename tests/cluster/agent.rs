@@ -35,6 +35,10 @@ struct Fake {
     /// Status codes to answer the next reports with (each applied first, as a lost answer
     /// would be); 200 once empty.
     report_answers: Mutex<VecDeque<u16>>,
+    /// Registrations answered.
+    registrations: std::sync::atomic::AtomicU32,
+    /// Heartbeats answered 409 (another agent registered as this worker) while set.
+    heartbeat_conflict: AtomicBool,
 }
 
 type Shared = Arc<Fake>;
@@ -51,6 +55,8 @@ impl Fake {
             status: Mutex::new(Some("assigned")),
             reports: Mutex::new(Vec::new()),
             report_answers: Mutex::new(VecDeque::new()),
+            registrations: std::sync::atomic::AtomicU32::new(0),
+            heartbeat_conflict: AtomicBool::new(false),
         }
     }
 
@@ -68,10 +74,14 @@ impl Fake {
 async fn register(State(f): State<Shared>) -> Json<Value> {
     tokio::time::sleep(f.register_delay).await;
     *f.registered_at.lock().unwrap() = Some(Instant::now());
+    f.registrations.fetch_add(1, Ordering::SeqCst);
     f.ack()
 }
 
 async fn heartbeat(State(f): State<Shared>) -> (StatusCode, Json<Value>) {
+    if f.heartbeat_conflict.load(Ordering::SeqCst) {
+        return (StatusCode::CONFLICT, Json(json!({"success": false, "message": "registered by another agent"})));
+    }
     match f.heartbeats_ok.load(Ordering::SeqCst) {
         true => (StatusCode::OK, f.ack()),
         false => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"success": false, "message": "no leader"}))),
@@ -104,8 +114,17 @@ async fn report(State(f): State<Shared>, Json(body): Json<Value>) -> (StatusCode
     (StatusCode::from_u16(code).unwrap(), Json(json!({"success": code == 200, "data": {}, "message": "scripted"})))
 }
 
+/// The worker as the cluster shows it: a follower that applied this agent's offline
+/// marking but not the other agent's registration says `offline` to a local read; a
+/// linearizable read sees the other agent online.
+async fn worker_view(axum::extract::RawQuery(q): axum::extract::RawQuery) -> Json<Value> {
+    let status = if q.is_some_and(|q| q.contains("consistency=local")) { "offline" } else { "online" };
+    Json(json!({"success": true, "data": {"id": "w", "status": status}}))
+}
+
 async fn serve(fake: Shared) -> String {
     let app = axum::Router::new()
+        .route("/api/workers/w", get(worker_view))
         .route("/api/workers/w/register", post(register))
         .route("/api/workers/w/heartbeat", post(heartbeat))
         .route("/api/workers/w/assignments", get(assignments))
@@ -238,5 +257,44 @@ async fn a_job_that_kills_its_supervisor_dies_before_the_run_is_reported() {
     assert!(!alive(pid), "the job outlived its supervisor and was reported finished");
     let failed = fake.reports_with("failed").remove(0);
     assert!(failed["error"].as_str().unwrap().contains("supervisor died"), "{failed}");
+    agent.kill();
+}
+
+/// Regression test (review of the agent): a report kept by an agent that ran under another
+/// worker id is refused 403 forever (this agent's credential may not act for that worker),
+/// and the agent retried it before registering, so it never registered and never ran
+/// anything. Such a report is dropped; the agent registers and runs its run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kept_report_for_another_worker_does_not_keep_the_agent_from_registering() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("reports")).unwrap();
+    let foreign = json!({"run_id": 1, "attempt": 7, "body": {"worker_id": "other", "attempt": 7, "epoch": 3,
+                         "status": "failed", "error": "left by an agent that ran as another worker"}});
+    std::fs::write(state.join("reports/1-7.json"), foreign.to_string()).unwrap();
+    let fake = Arc::new(Fake::new("true".into()));
+    fake.report_answers.lock().unwrap().extend([403; 1000]);
+    let agent = start_agent(&fake, &state).await;
+    wait_for("registration", Duration::from_secs(10), || fake.registrations.load(Ordering::SeqCst) > 0).await;
+    assert!(!state.join("reports/1-7.json").exists(), "the undeliverable report was dropped");
+    agent.kill();
+}
+
+/// Regression test (review of the agent): an agent replaced by another registration under
+/// its worker id waited for the id to free with a local read, so a follower that had
+/// applied its own offline marking but not the other agent's registration made it take
+/// the id back while the other agent held it. It reads linearizably, and waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replaced_agent_does_not_take_the_id_back_on_a_stale_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fake = Fake::new("true".into());
+    fake.heartbeat_ms = 100;
+    *fake.status.get_mut().unwrap() = None;
+    let fake = Arc::new(fake);
+    let agent = start_agent(&fake, &dir.path().join("state")).await;
+    wait_for("registration", Duration::from_secs(10), || fake.registrations.load(Ordering::SeqCst) == 1).await;
+    fake.heartbeat_conflict.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(fake.registrations.load(Ordering::SeqCst), 1, "took the id back while another agent held it");
     agent.kill();
 }

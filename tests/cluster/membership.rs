@@ -97,6 +97,47 @@ async fn a_wiped_node_is_quarantined_until_removed_and_added_again() {
     c.shutdown().await;
 }
 
+/// Regression test (review of issue 11): whether a pristine static member lost its data
+/// was decided from the leader's in-memory replication progress, which a new leader does
+/// not have (the quarantined node refuses its appends), so the next leader change lifted
+/// the quarantine of a wiped node. The cluster records whom it replicated to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_node_stays_quarantined_across_a_leader_change() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    c.create_task(leader, "before").await;
+    let _ = c.converged_digests(Duration::from_secs(5)).await;
+    let wiped = c.follower(leader);
+    // The cluster has recorded that it replicated to every member.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.core(leader).store.replicated_members().unwrap().len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "members not recorded as replicated to");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.wipe(wiped).await;
+    c.restart(wiped).await;
+    assert_quarantined_while_the_cluster_moves_on(&c, leader, wiped, "first").await;
+    // Leadership moves to the third node, which never replicated to the wiped one.
+    let third = [1, 2, 3].into_iter().find(|id| *id != leader && *id != wiped).unwrap();
+    let a = c.post(leader, "/api/cluster/transfer-leader", json!({"to": third})).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.core(third).leader() != Some(third) {
+        assert!(std::time::Instant::now() < deadline, "leadership did not move to node {third}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The wiped node asks the new leader (every 500 ms) while it keeps refusing appends.
+    assert_quarantined_while_the_cluster_moves_on(&c, third, wiped, "after-the-change").await;
+    let seen = c.core(wiped).metrics.quarantine_refusals.get();
+    while c.core(wiped).metrics.quarantine_refusals.get() < seen + 40 {
+        let quarantined = c.core(wiped).quarantined.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(quarantined, "a leader change lifted the quarantine");
+        assert!(std::time::Instant::now() < deadline + Duration::from_secs(10), "the new leader stopped sending");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.shutdown().await;
+}
+
 /// Regression (found by the chaos suite): nodes bootstrapped with whichever peers they
 /// happened to reach, so two nodes that saw different quorums initialized different voter
 /// sets ({1,3} and {2,3}) and a third could not join either.
@@ -121,6 +162,7 @@ async fn bootstrap_with_a_late_peer_uses_the_whole_configured_membership() {
 /// the leader has sent `wiped` its appends and heartbeats meanwhile), and asserts `wiped`
 /// stayed quarantined without taking any of it.
 async fn assert_quarantined_while_the_cluster_moves_on(c: &TestCluster, leader: u64, wiped: u64, name: &str) {
+    let refusals = || c.core(wiped).metrics.quarantine_refusals.get();
     c.create_task(leader, name).await;
     let target = c.core(leader).status(false).applied_index.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -130,8 +172,12 @@ async fn assert_quarantined_while_the_cluster_moves_on(c: &TestCluster, leader: 
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    // A few heartbeat rounds past the commit.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A few more of the leader's messages reach the wiped node after the commit (refused).
+    let seen = refusals();
+    while refusals() < seen + 3 {
+        assert!(std::time::Instant::now() < deadline, "the leader stopped sending to node {wiped}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(c.core(wiped).quarantined.load(std::sync::atomic::Ordering::SeqCst), "wiped node not quarantined");
     assert_eq!(c.core(wiped).status(false).applied_index, None, "wiped node took replication");
 }

@@ -294,11 +294,12 @@ async fn placement_respects_tags_capacity_and_priority() {
     let probe = trigger(&c, n, untagged).await;
     wait_run(&c, n, probe, Duration::from_secs(10), is_final).await;
     assert_eq!(c.get(n, &format!("/api/runs/{x}")).await.data()["status"], "pending");
-    // A disabled worker gets nothing new: a gpu run stays pending while a later untagged
-    // one is placed and finished.
+    // A disabled worker gets nothing new: a critical gpu run stays pending while a later
+    // untagged one is placed and finished. The gpu run comes first in every placement pass
+    // (critical before normal) and gpu has a free slot, so only `enabled` keeps it off.
     let a = c.call(n, Method::PUT, "/api/workers/gpu", Some(json!({"enabled": false})), &[]).await;
     assert_eq!((a.status, a.data()["enabled"].as_bool()), (StatusCode::OK, Some(false)), "{}", a.body);
-    let again = trigger(&c, n, low).await;
+    let again = trigger(&c, n, crit).await;
     let probe = trigger(&c, n, untagged).await;
     wait_run(&c, n, probe, Duration::from_secs(10), is_final).await;
     assert_eq!(c.get(n, &format!("/api/runs/{again}")).await.data()["status"], "pending");

@@ -52,6 +52,9 @@ async fn a_partitioned_old_leader_never_serves_a_stale_linearizable_read() {
     }
     let stale = c.get(old, &format!("/api/tasks/{id}?consistency=local")).await;
     assert_eq!(stale["data"]["version"], 1, "the cut-off node has not seen the update (the setup is real): {stale}");
+    // And it still believes it leads: the read below goes through a deposed leader, not
+    // a node that already knows it was replaced.
+    assert_eq!(c.leader_seen_by(old).await, Some(old as u64 + 1), "the cut-off node no longer thinks it leads");
     for _ in 0..2 {
         let r = c
             .http

@@ -95,6 +95,15 @@ fn apply_command(tx: &mut Tx<'_>, command: &Command, now: DateTime<Utc>) -> io::
             }
             Ok(Response::ok(Outcome::Done))
         }
+        Command::MarkReplicated { nodes } => {
+            let mut known: std::collections::BTreeSet<u64> = tx.meta("replicated")?.unwrap_or_default();
+            let before = known.len();
+            known.extend(nodes.iter().copied());
+            if known.len() != before {
+                tx.put_meta("replicated", &known)?;
+            }
+            Ok(Response::ok(Outcome::Done))
+        }
         Command::CreateTask { spec } => tasks::create(tx, spec, now),
         Command::UpdateTask { id, fields, expected_version } => tasks::update(tx, *id, fields, *expected_version, now),
         Command::DeleteTask { id, expected_version } => tasks::delete(tx, *id, *expected_version),

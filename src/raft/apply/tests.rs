@@ -365,7 +365,15 @@ fn registrations_fence_each_other_and_delay_what_may_still_run() {
     apply(&store, Command::AssignRuns { assignments, released: vec![], expired: vec![] }, t(2));
     assert_eq!(store.run(1).unwrap().unwrap().worker_epoch, 1);
     assert!(apply(&store, started(1, 1), t(3)).result.is_ok());
+    assert_eq!(store.run(1).unwrap().unwrap().started_at, Some(t(3)));
     assert!(apply(&store, started(1, 1), t(3)).result.is_ok(), "the same Started again: accepted");
+    // A Started whose answer was lost is sent again when the agent really starts the job:
+    // the run is timed from then (the leader expires it from `started_at`, the agent's
+    // shim times it from its start), never from the first report.
+    assert!(apply(&store, started(1, 1), t(4)).result.is_ok());
+    assert_eq!(store.run(1).unwrap().unwrap().started_at, Some(t(4)), "timed from the later start");
+    assert!(apply(&store, started(1, 1), t(3)).result.is_ok());
+    assert_eq!(store.run(1).unwrap().unwrap().started_at, Some(t(4)), "never moved back");
     assert!(matches!(apply(&store, started(1, 2), t(3)).result, Err(Rejection::StaleAttempt { .. })));
     assert!(apply(&store, started(2, 1), t(3)).result.is_ok());
     // Runs 1 and 2 run, 3 never started. The new agent saw run 2 killed.
