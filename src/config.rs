@@ -70,6 +70,26 @@ pub struct ClusterConfig {
     /// Read the secret from this file instead (trailing whitespace trimmed).
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
+    /// openraft's `quorum_loss_probe_interval`: a leader that has lost its quorum stops
+    /// sending heartbeats for this long, then sends for this long, and so on, so that a
+    /// follower it still reaches lets its lease lapse and can vote for a candidate of a
+    /// connected majority (openraft#2080). Without it, an old leader that still reaches
+    /// one "bridge" node keeps that node's vote forever and a connected majority cannot
+    /// elect anyone: the chaos suite's `bridge-hold` saw no write for 30 s. Absent: 3 x
+    /// `election_timeout_ms` (the smallest openraft accepts); 0: off.
+    #[serde(default)]
+    pub quorum_loss_probe_ms: Option<u64>,
+}
+
+impl ClusterConfig {
+    /// The effective quorum-loss probe interval (`None`: off).
+    pub fn quorum_loss_probe(&self) -> Option<u64> {
+        match self.quorum_loss_probe_ms {
+            None => Some(3 * self.election_timeout_ms),
+            Some(0) => None,
+            Some(ms) => Some(ms),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -174,6 +194,7 @@ impl Default for ClusterConfig {
             snapshot_every_entries: default_snapshot_every(),
             secret: String::new(),
             secret_file: None,
+            quorum_loss_probe_ms: None,
         }
     }
 }
@@ -283,6 +304,19 @@ impl Config {
         }
         if self.cluster.snapshot_every_entries == 0 {
             return bad("cluster.snapshot_every_entries", "must be positive".into());
+        }
+        match self.cluster.quorum_loss_probe_ms {
+            Some(ms) if ms > 0 && ms < 3 * self.cluster.election_timeout_ms => {
+                return bad(
+                    "cluster.quorum_loss_probe_ms",
+                    format!(
+                        "must be 0 (off) or at least 3 x cluster.election_timeout_ms ({}): a lease and a longest \
+                         election timeout must fit in each quiet phase",
+                        3 * self.cluster.election_timeout_ms
+                    ),
+                );
+            }
+            _ => {}
         }
         for (i, key) in self.auth.api_keys.iter().enumerate() {
             if key.sha256.len() != 64 || hex::decode(&key.sha256).is_err() {
@@ -427,6 +461,14 @@ mod tests {
         assert!(err.contains("scheduler.worker_timeout_s") && err.contains("at least 4"), "{err}");
         let f = write("[node]\nid = 1\n[scheduler]\nworker_timeout_s = 4\n");
         assert!(Config::load(Some(f.path()), &env(&[]), &[]).is_ok());
+        // A quorum-loss probe shorter than openraft accepts is refused by name; 0 is off.
+        let f = write("[node]\nid = 1\n[cluster]\nquorum_loss_probe_ms = 2999\n");
+        let err = Config::load(Some(f.path()), &env(&[]), &[]).unwrap_err().to_string();
+        assert!(err.contains("cluster.quorum_loss_probe_ms") && err.contains("3000"), "{err}");
+        let f = write("[node]\nid = 1\n[cluster]\nquorum_loss_probe_ms = 0\n");
+        assert_eq!(Config::load(Some(f.path()), &env(&[]), &[]).unwrap().cluster.quorum_loss_probe(), None);
+        let f = write("[node]\nid = 1\n");
+        assert_eq!(Config::load(Some(f.path()), &env(&[]), &[]).unwrap().cluster.quorum_loss_probe(), Some(3000));
     }
 
     #[test]

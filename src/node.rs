@@ -129,6 +129,7 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.cluster.snapshot_every_entries),
         max_in_snapshot_log_to_keep: config.cluster.snapshot_every_entries.min(1000),
         install_snapshot_timeout: 10_000,
+        quorum_loss_probe_interval: config.cluster.quorum_loss_probe(),
         ..Default::default()
     };
     let raft_config = Arc::new(raft_config.validate().map_err(|e| NodeError::Raft(e.to_string()))?);
@@ -296,6 +297,20 @@ impl NodeCore {
         .await;
     }
 
+    /// Resolves once this node knows a leader other than `leader` (not merely none): the
+    /// moment to stop waiting on a call to `leader`, which may be paused or cut off.
+    async fn leader_replaced(&self, leader: NodeId) {
+        let mut rx = self.raft.metrics();
+        loop {
+            if rx.borrow_watched().current_leader.is_some_and(|l| l != leader) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Proposes on this node, which must be the leader.
     ///
     /// Command time is stamped here, the one entry point for local and forwarded writes
@@ -422,8 +437,18 @@ impl NodeCore {
         };
         let client = self.peers.get(&info.rpc_addr).await.map_err(|e| (false, e.to_string()))?;
         self.metrics.forwarded_writes.inc();
-        match client.forward_write(context(PROPOSE_TIMEOUT + Duration::from_secs(1)), self.identity.header(), req).await
-        {
+        // A leader that stops answering (paused, cut off) is replaced within an election
+        // timeout or two; waiting for this call's own timeout would hold the client for
+        // seconds longer. Given up, the write may still sit in the old leader's log, so
+        // it counts as maybe proposed, and the retry carries the same idempotency key.
+        let call = client.forward_write(context(PROPOSE_TIMEOUT + Duration::from_secs(1)), self.identity.header(), req);
+        let answer = tokio::select! {
+            answer = call => answer,
+            () = self.leader_replaced(leader) => {
+                return Err((true, format!("leader {leader} was replaced while the write was forwarded to it")));
+            }
+        };
+        match answer {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(RpcFailure::NotLeader(_))) => Err((false, format!("node {leader} is no longer the leader"))),
             Ok(Err(RpcFailure::Indeterminate(m))) => Err((true, m)),
@@ -483,7 +508,13 @@ impl NodeCore {
     async fn remote_read_index(&self, leader: NodeId) -> Result<u64, RpcFailure> {
         let info = self.node_info(leader).ok_or_else(|| RpcFailure::Unavailable(format!("leader {leader} unknown")))?;
         let client = self.peers.get(&info.rpc_addr).await.map_err(|e| RpcFailure::Unavailable(e.to_string()))?;
-        match client.read_index(context(RPC_TIMEOUT), self.identity.header()).await {
+        let answer = tokio::select! {
+            answer = client.read_index(context(RPC_TIMEOUT), self.identity.header()) => answer,
+            () = self.leader_replaced(leader) => {
+                return Err(RpcFailure::Unavailable(format!("leader {leader} was replaced during the read")));
+            }
+        };
+        match answer {
             Ok(r) => r,
             Err(e) => {
                 self.peers.forget(&info.rpc_addr).await;

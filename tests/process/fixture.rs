@@ -108,47 +108,29 @@ impl Cluster {
     /// Cuts node `i` off from every other node's RPC port, and them from its own, until the
     /// returned guard is dropped. Clients still reach every node's HTTP port.
     pub fn isolate(&self, i: usize) -> Isolation {
-        let me = &self.nodes[i];
-        let uid = me.uid.expect("isolate needs run_as_own_users").to_string();
-        let others: Vec<String> = self.nodes.iter().filter(|n| n.id != me.id).map(|n| n.rpc_port.to_string()).collect();
-        let chain = format!("RC{}N{}", std::process::id(), me.id);
+        let pairs: Vec<(usize, usize)> = (0..self.nodes.len()).filter(|j| *j != i).map(|j| (i, j)).collect();
+        self.cut(&pairs)
+    }
+
+    /// Cuts each pair of nodes `(a, b)` apart in both directions (a's connections to b's
+    /// RPC port and b's to a's) until the returned guard is dropped. Node-to-node traffic,
+    /// forwarded writes included, all goes over RPC; clients still reach every HTTP port.
+    pub fn cut(&self, pairs: &[(usize, usize)]) -> Isolation {
+        let chain = format!("RC{}C{}", std::process::id(), CUTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let iptables = |args: &[&str]| {
             let out = Command::new("iptables").args(args).output().expect("iptables runs");
             assert!(out.status.success(), "iptables {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         };
         iptables(&["-N", &chain]);
-        // Its outgoing connections to the others, and everyone else's to it.
-        iptables(&[
-            "-A",
-            &chain,
-            "-p",
-            "tcp",
-            "-m",
-            "owner",
-            "--uid-owner",
-            &uid,
-            "-m",
-            "multiport",
-            "--dports",
-            &others.join(","),
-            "-j",
-            "DROP",
-        ]);
-        iptables(&[
-            "-A",
-            &chain,
-            "-p",
-            "tcp",
-            "--dport",
-            &me.rpc_port.to_string(),
-            "-m",
-            "owner",
-            "!",
-            "--uid-owner",
-            &uid,
-            "-j",
-            "DROP",
-        ]);
+        for &(a, b) in pairs {
+            for (from, to) in [(a, b), (b, a)] {
+                let uid = self.nodes[from].uid.expect("cutting needs run_as_own_users").to_string();
+                let port = self.nodes[to].rpc_port.to_string();
+                let rule =
+                    ["-A", &chain, "-p", "tcp", "-m", "owner", "--uid-owner", &uid, "--dport", &port, "-j", "DROP"];
+                iptables(&rule);
+            }
+        }
         iptables(&["-I", "OUTPUT", "-j", &chain]);
         Isolation { chain }
     }
@@ -272,7 +254,10 @@ impl Cluster {
     }
 }
 
-/// iptables rules that cut one node off; removed on drop (also when a test panics).
+/// Numbers the iptables chains of one test process.
+static CUTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// iptables rules that cut nodes apart; removed on drop (also when a test panics).
 pub struct Isolation {
     chain: String,
 }

@@ -8,5 +8,6 @@ mod durability;
 mod fencing;
 mod isolation;
 mod lifecycle;
+mod liveness;
 mod reads;
 mod workers;
