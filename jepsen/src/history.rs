@@ -28,7 +28,7 @@ pub enum Kind {
 pub struct Event {
     pub process: u64,
     pub kind: Kind,
-    /// `read`, `cas`, `add`, `final-read`.
+    /// `read`, `cas`, `add`, `set-read`.
     pub f: String,
     /// For invokes: the arguments; for completions: the result.
     pub value: Value,
@@ -39,13 +39,37 @@ pub struct Event {
     pub error: Option<String>,
 }
 
-/// A nemesis action, for the report.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One fault: what was done, what shows it took effect, and how the cluster fared.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NemesisEvent {
     pub name: String,
     pub start_ns: u64,
+    /// When the heal began (the fault was in place from `start_ns` to here).
+    #[serde(default)]
+    pub heal_ns: u64,
+    /// When the heal was done.
     pub end_ns: u64,
     pub detail: String,
+    /// Observations that the fault took effect (packets dropped, a process stopped, a
+    /// clock seen skewed, unsynced bytes dropped).
+    #[serde(default)]
+    pub evidence: Vec<String>,
+    /// Parts of the fault that did not take effect; any makes the run fail (coverage).
+    #[serde(default)]
+    pub missed: Vec<String>,
+    /// Whether, by design, a majority of voters stayed up and connected to each other.
+    #[serde(default)]
+    pub quorum: bool,
+    /// After the heal: milliseconds until a write succeeded (`None`: not within the
+    /// recovery deadline).
+    #[serde(default)]
+    pub recovery_ms: Option<u64>,
+    /// Whether writes must succeed while the fault is in place (`bridge-hold`).
+    #[serde(default)]
+    pub liveness: bool,
+    /// For liveness faults: milliseconds into the fault until a write succeeded.
+    #[serde(default)]
+    pub liveness_ms: Option<u64>,
 }
 
 #[derive(Clone)]

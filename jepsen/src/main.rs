@@ -9,8 +9,10 @@
 
 mod checker;
 mod history;
+mod lossyfs;
 mod nemesis;
 mod net;
+mod phases;
 mod proxy;
 mod report;
 mod workload;
@@ -25,10 +27,11 @@ use clap::{Args, Parser, Subcommand};
 use rand::SeedableRng;
 use serde_json::json;
 
+use crate::checker::{Anomaly, Minimums};
 use crate::history::{Event, NemesisEvent, Recorder};
-use crate::nemesis::{Family, Nemesis};
-use crate::net::Node;
-use crate::workload::{Client, Workload};
+use crate::nemesis::{Family, Nemesis, Timing};
+use crate::net::{Node, NodeConfig};
+use crate::workload::{Client, Route, Workload};
 
 #[derive(Parser)]
 #[command(name = "jepsen", about = "Chaos tests for raftcron")]
@@ -54,27 +57,41 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         jitter_ms: u64,
     },
-    /// (internal) The part of `run` that executes inside the control namespace.
+    /// A FUSE file system over `--backing` at `--mountpoint` that keeps unsynced writes
+    /// in memory: SIGTERM (or SIGKILL) is a power cut that loses them. Runs in the
+    /// foreground; needs root and /dev/fuse.
+    Lossyfs {
+        #[arg(long)]
+        backing: PathBuf,
+        #[arg(long)]
+        mountpoint: PathBuf,
+    },
+    /// (internal) The part of `run` that executes inside the control namespace; reads
+    /// its arguments from `<run_dir>/args.json`.
     #[command(hide = true)]
     Inner {
-        #[command(flatten)]
-        args: RunArgs,
         #[arg(long)]
         run_dir: PathBuf,
     },
 }
 
-#[derive(Args, Clone)]
+#[derive(Args, Clone, serde::Serialize, serde::Deserialize)]
 struct RunArgs {
     /// register, set, or both comma-separated.
     #[arg(long, default_value = "register,set")]
     workload: String,
-    /// kill, pause, partition, clock, flaky, delay, membership, all — comma-separated.
+    /// Comma-separated nemesis families (see the README): kill, kill-majority, kill-all,
+    /// power, power-majority, power-all, pause, partition, clock, flaky, delay, leader,
+    /// membership, membership-partition, bridge-hold, all.
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Seconds of workload under faults (healing and final reads come after).
     #[arg(long, default_value_t = 60)]
     time_limit: u64,
+    /// Apply each nemesis family exactly once (in a seeded order), then stop; the time
+    /// limit is ignored. CI's run: every family is covered, however long each takes.
+    #[arg(long)]
+    once: bool,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long, default_value_t = 3)]
@@ -85,9 +102,34 @@ struct RunArgs {
     /// Seconds of calm after each heal.
     #[arg(long, default_value_t = 4)]
     calm_s: u64,
-    /// Concurrent client processes.
-    #[arg(long, default_value_t = 6)]
+    /// Concurrent client processes, split between the workloads; each workload's first
+    /// clients stick to one node each, the rest go through a round-robin balancer.
+    #[arg(long, default_value_t = 8)]
     clients: u64,
+    /// After each heal, a write must succeed within this many seconds.
+    #[arg(long, default_value_t = 30)]
+    recovery_s: u64,
+    /// How long `bridge-hold` holds its partition (writes must succeed during it).
+    #[arg(long, default_value_t = 30)]
+    bridge_hold_s: u64,
+    /// The nodes' `snapshot_every_entries` (small values put snapshots under pressure).
+    #[arg(long, default_value_t = 500)]
+    snapshot_every: u64,
+    /// The nodes' `quorum_loss_probe_ms` (openraft's opt-in `quorum_loss_probe_interval`);
+    /// 0 turns it off, unset keeps raftcron's default.
+    #[arg(long)]
+    quorum_loss_probe_ms: Option<u64>,
+    /// Run every node on lossyfs even without power faults (power faults imply it).
+    #[arg(long)]
+    lossyfs: bool,
+    /// Fail the run unless each workload has this many ok operations (default: 2 per
+    /// second of time limit, at least 50).
+    #[arg(long)]
+    min_ok: Option<u64>,
+    /// Fail the run unless each workload has this many acknowledged writes (default: one
+    /// per 2 s of time limit, at least 20).
+    #[arg(long)]
+    min_writes: Option<u64>,
     /// The raftcron binary.
     #[arg(long, env = "RAFTCRON_BIN")]
     bin: Option<PathBuf>,
@@ -101,7 +143,8 @@ fn main() -> ExitCode {
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let res = match cli.cmd {
         Cmd::Run(args) => rt.block_on(run_outer(args)),
-        Cmd::Inner { args, run_dir } => rt.block_on(run_inner(args, run_dir)),
+        Cmd::Inner { run_dir } => rt.block_on(run_inner(run_dir)),
+        Cmd::Lossyfs { backing, mountpoint } => lossyfs::run(&backing, &mountpoint).map(|()| true),
         Cmd::Check { dir } => check_dir(&dir),
         Cmd::DelayProxy { maps, delay_ms, jitter_ms } => rt.block_on(async move {
             let maps: Vec<(String, String)> = maps
@@ -157,7 +200,14 @@ async fn run_outer(mut args: RunArgs) -> anyhow::Result<bool> {
     preflight(&bin)?;
     args.bin = Some(bin);
     Workload::parse(&args.workload)?;
-    Family::parse(&args.nemesis)?;
+    for f in Family::parse(&args.nemesis)? {
+        if args.nodes < f.min_nodes() {
+            bail!("nemesis {} needs at least {} nodes (--nodes)", f.name(), f.min_nodes());
+        }
+    }
+    if args.clients < 2 {
+        bail!("--clients must be at least 2");
+    }
     std::fs::create_dir_all(&args.store)?;
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let run_dir = std::fs::canonicalize(&args.store)?.join(format!(
@@ -177,19 +227,10 @@ async fn run_outer(mut args: RunArgs) -> anyhow::Result<bool> {
     // One namespace more than the cluster size: the spare node the membership nemesis adds.
     let _guard = Teardown(args.nodes + 1);
     net::setup(args.nodes + 1).context("setting up network namespaces")?;
+    std::fs::write(run_dir.join("args.json"), serde_json::to_string_pretty(&args)?)?;
     let exe = std::env::current_exe()?;
     let mut cmd = tokio::process::Command::new("ip");
-    cmd.args(["netns", "exec", net::CTL_NS]).arg(exe).arg("inner");
-    cmd.args(["--workload", &args.workload, "--nemesis", &args.nemesis]);
-    cmd.args(["--time-limit", &args.time_limit.to_string(), "--seed", &args.seed.to_string()]);
-    cmd.args(["--nodes", &args.nodes.to_string(), "--fault-s", &args.fault_s.to_string()]);
-    cmd.args(["--calm-s", &args.calm_s.to_string(), "--clients", &args.clients.to_string()]);
-    cmd.arg("--bin")
-        .arg(args.bin.as_ref().expect("set above"))
-        .arg("--store")
-        .arg(&args.store)
-        .arg("--run-dir")
-        .arg(&run_dir);
+    cmd.args(["netns", "exec", net::CTL_NS]).arg(exe).arg("inner").arg("--run-dir").arg(&run_dir);
     let status = cmd.status().await.context("running the inner harness")?;
     drop(_guard);
     let _ = report::write_index(&std::fs::canonicalize(&args.store)?);
@@ -262,30 +303,39 @@ async fn convergence(nodes: &[Node], within: Duration) -> Result<String, String>
 }
 
 /// Inside the control namespace: nodes, clients, nemesis, final phase, check, report.
-async fn run_inner(args: RunArgs, run_dir: PathBuf) -> anyhow::Result<bool> {
+async fn run_inner(run_dir: PathBuf) -> anyhow::Result<bool> {
+    let args: RunArgs = serde_json::from_str(&std::fs::read_to_string(run_dir.join("args.json"))?)?;
     let bin = args.bin.clone().unwrap_or_else(default_bin);
     let workloads = Workload::parse(&args.workload)?;
     let families = Family::parse(&args.nemesis)?;
+    let lossy = args.lossyfs || families.iter().any(|f| f.needs_lossyfs());
+    let cfg = NodeConfig { snapshot_every: args.snapshot_every, quorum_loss_probe_ms: args.quorum_loss_probe_ms };
     let mut nodes = Vec::new();
     for id in 1..=args.nodes {
-        let mut n = Node::prepare(id, args.nodes, &run_dir)?;
-        n.start(&bin)?;
-        nodes.push(n);
+        nodes.push(Node::prepare(id, args.nodes, &run_dir, &cfg, lossy)?);
     }
-    let mut spare = Node::prepare(args.nodes + 1, args.nodes, &run_dir)?;
-    spare.start(&bin)?;
-    let outcome = drive(&args, &bin, &workloads, &families, &mut nodes, &mut spare, &run_dir).await;
+    let mut spare = Node::prepare(args.nodes + 1, args.nodes, &run_dir, &cfg, lossy)?;
+    let mut started = Ok(());
     for n in nodes.iter_mut().chain(std::iter::once(&mut spare)) {
-        n.kill();
+        started = started.and_then(|()| n.start(&bin));
+    }
+    let outcome = match started {
+        Ok(()) => drive(&args, &bin, &workloads, &families, lossy, &mut nodes, &mut spare, &run_dir).await,
+        Err(e) => Err(e),
+    };
+    for n in nodes.iter_mut().chain(std::iter::once(&mut spare)) {
+        n.shut_down();
     }
     outcome
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     args: &RunArgs,
     bin: &Path,
     workloads: &[Workload],
     families: &[Family],
+    lossy: bool,
     nodes: &mut Vec<Node>,
     spare: &mut Node,
     run_dir: &Path,
@@ -299,64 +349,115 @@ async fn drive(
     }
     let start = Instant::now();
     let rec = Recorder::new(start);
-    let stop = start + Duration::from_secs(args.time_limit);
+    let stop = workload::Stop::default();
     let mut handles = Vec::new();
-    for slot in 0..args.clients {
+    // Client slot k serves workload k % w as that workload's client k / w. Process ids
+    // are the slot plus multiples of the slot count (a retired process's successor).
+    let slots = args.clients;
+    for slot in 0..slots {
         let w = workloads[slot as usize % workloads.len()];
+        let route = Route::for_client(slot / workloads.len() as u64, nodes.len());
         handles.push(tokio::spawn(workload::run_client(
             slot,
-            args.clients,
+            slots,
+            route,
             w,
             client.clone(),
             registers.clone(),
             rec.clone(),
-            stop,
+            stop.clone(),
+        )));
+    }
+    if workloads.contains(&Workload::Set) {
+        handles.push(tokio::spawn(workload::run_set_reader(
+            workload::READER_PROCESS,
+            client.clone(),
+            rec.clone(),
+            stop.clone(),
         )));
     }
     let rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let mut nem = Nemesis::new(nodes, spare, bin, rng, rec.clone());
-    let nem_result = nem.run(families, stop, Duration::from_secs(args.fault_s), Duration::from_secs(args.calm_s)).await;
+    let timing = Timing {
+        fault: Duration::from_secs(args.fault_s),
+        calm: Duration::from_secs(args.calm_s),
+        bridge_hold: Duration::from_secs(args.bridge_hold_s),
+        recovery: Duration::from_secs(args.recovery_s),
+    };
+    let mut nem = Nemesis::new(nodes, spare, bin, rng, rec.clone(), timing, lossy);
+    let nem_result = if args.once {
+        nem.run_once(families).await
+    } else {
+        nem.run(families, start + Duration::from_secs(args.time_limit)).await
+    };
     nem.heal().await?;
+    stop.set();
     let nemesis_events: Vec<NemesisEvent> = std::mem::take(&mut nem.events);
     nem_result?;
     for h in handles {
         h.await?;
     }
+    let run_end_ns = rec.now_ns();
+    let seconds = run_end_ns / 1_000_000_000;
     // Final phase: everything healed; one leader; read through every node.
     wait_healthy(nodes, Duration::from_secs(60)).await?;
-    workload::final_reads(&client, &registers, &rec).await;
+    workload::final_reads(&client, &registers, workloads.contains(&Workload::Set), &rec).await;
     let converged = convergence(nodes, Duration::from_secs(30)).await;
 
     let events: Vec<Event> = rec.events();
     history::write_jsonl(&run_dir.join("history.jsonl"), &events)?;
     history::write_jsonl(&run_dir.join("nemesis.jsonl"), &nemesis_events)?;
-    std::fs::write(run_dir.join("latency.svg"), report::latency_svg(&events, &nemesis_events))?;
-    let mut verdict = checker::check(&events);
-    match &converged {
-        Ok(_) => {}
-        Err(e) => {
-            verdict.anomalies.push(format!("convergence: {e}"));
-            verdict.valid = false;
-        }
+    let defaults = Minimums::for_seconds(seconds);
+    let minimums = Minimums {
+        ok_ops: args.min_ok.unwrap_or(defaults.ok_ops),
+        acked_writes: args.min_writes.unwrap_or(defaults.acked_writes),
+    };
+    let mut verdict = checker::check(&events, minimums);
+    let (fault_anomalies, availability) = phases::judge(&events, &nemesis_events, run_end_ns);
+    for a in fault_anomalies {
+        verdict.push(a);
+    }
+    if let Err(e) = &converged {
+        verdict.push(Anomaly::new("convergence", e.clone(), Vec::new()));
     }
     let ops = events.iter().filter(|e| e.kind == history::Kind::Invoke).count();
     let results = json!({
         "workload": args.workload, "nemesis": args.nemesis, "seed": args.seed, "nodes": args.nodes,
-        "time_limit_s": args.time_limit, "ops": ops, "valid": verdict.valid,
+        "time_limit_s": args.time_limit, "seconds": seconds, "once": args.once, "ops": ops, "valid": verdict.valid,
+        "lossyfs": lossy, "snapshot_every": args.snapshot_every, "quorum_loss_probe_ms": args.quorum_loss_probe_ms,
+        "minimums": {"ok_ops": minimums.ok_ops, "acked_writes": minimums.acked_writes},
         "convergence": converged.as_ref().map_or_else(|e| e.clone(), |s| s.clone()),
-        "nemesis_applied": nemesis_events.iter().map(|n| format!("{} @{:.1}s: {}", n.name, n.start_ns as f64 / 1e9, n.detail)).collect::<Vec<_>>(),
+        "faults": nemesis_events,
+        "availability": availability,
         "verdict": verdict,
     });
     std::fs::write(run_dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+    report::write_run(run_dir, &events, &nemesis_events, &results)?;
     for n in &nemesis_events {
         println!(
-            "nemesis {:>6.1}s–{:>6.1}s {:<9} {}",
+            "nemesis {:>6.1}s–{:>6.1}s {:<20} {}{}",
             n.start_ns as f64 / 1e9,
             n.end_ns as f64 / 1e9,
             n.name,
-            n.detail
+            n.detail,
+            n.recovery_ms.map_or(" | NOT RECOVERED".into(), |ms| format!(" | recovered in {ms} ms"))
         );
     }
+    for p in &availability.phases {
+        println!(
+            "phase {:<20} quorum {:<5} ok/s faulty {:>7.1} healed {:>7.1}{}",
+            p.name,
+            p.quorum,
+            p.ok_per_s_faulty,
+            p.ok_per_s_healed,
+            p.liveness_ms.map_or(String::new(), |ms| format!(" | first write during the fault after {ms} ms"))
+        );
+    }
+    println!(
+        "availability: ok/s {:.1} under faults that keep a quorum, {:.1} under quorum-less faults, {:.1} healed",
+        availability.ok_per_s_faulty_with_quorum,
+        availability.ok_per_s_faulty_without_quorum,
+        availability.ok_per_s_healed
+    );
     for (f, (ok, fail, info)) in &verdict.counts {
         println!("ops {f:<10} ok {ok:>6}  fail {fail:>6}  info {info:>6}");
     }
@@ -369,7 +470,23 @@ async fn drive(
 
 fn check_dir(dir: &Path) -> anyhow::Result<bool> {
     let events: Vec<Event> = history::read_jsonl(&dir.join("history.jsonl"))?;
-    let verdict = checker::check(&events);
+    let faults: Vec<NemesisEvent> = history::read_jsonl(&dir.join("nemesis.jsonl")).unwrap_or_default();
+    let results: serde_json::Value = std::fs::read_to_string(dir.join("results.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let seconds = results["seconds"].as_u64().or(results["time_limit_s"].as_u64()).unwrap_or(0);
+    let minimums = Minimums {
+        ok_ops: results["minimums"]["ok_ops"].as_u64().unwrap_or(Minimums::for_seconds(seconds).ok_ops),
+        acked_writes: results["minimums"]["acked_writes"]
+            .as_u64()
+            .unwrap_or(Minimums::for_seconds(seconds).acked_writes),
+    };
+    let mut verdict = checker::check(&events, minimums);
+    let end = events.iter().map(|e| e.time_ns).max().unwrap_or(0);
+    for a in phases::judge(&events, &faults, end).0 {
+        verdict.push(a);
+    }
     for a in &verdict.anomalies {
         println!("ANOMALY: {a}");
     }

@@ -41,6 +41,15 @@ pub fn in_ns(id: u64, args: &[&str]) -> anyhow::Result<()> {
     sh(&full)
 }
 
+/// Runs a command inside a node's namespace and returns its standard output.
+pub fn in_ns_output(id: u64, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip").args(["netns", "exec", &node_ns(id)]).args(args).output()?;
+    if !out.status.success() {
+        bail!("{args:?} in {} failed: {}", node_ns(id), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Creates the namespaces, bridge and veths for `n` nodes. Idempotent: leftovers of an
 /// interrupted run are removed first.
 pub fn setup(n: u64) -> anyhow::Result<()> {
@@ -84,15 +93,28 @@ fn kill_ns_processes(ns: &str) {
     }
 }
 
-/// One raftcron node process.
+/// One raftcron node process, and the lossyfs under its data dir when power faults
+/// are on.
 pub struct Node {
     pub id: u64,
     pub dir: PathBuf,
     pub child: Option<Child>,
     pub paused: bool,
+    /// Whether the data dir is a lossyfs mount over `disk/`.
+    pub lossy: bool,
+    /// The running lossyfs, if mounted.
+    fs: Option<Child>,
 }
 
 pub const API_KEY: &str = "jepsen-admin-key";
+
+/// What the node configs share, from the command line.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub snapshot_every: u64,
+    /// openraft's `quorum_loss_probe_interval`, when set.
+    pub quorum_loss_probe_ms: Option<u64>,
+}
 
 impl Node {
     pub fn http(&self) -> String {
@@ -103,30 +125,56 @@ impl Node {
         self.dir.join("faketime")
     }
 
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The lossyfs backing directory: the node's disk as it would be after a power cut.
+    fn disk(&self) -> PathBuf {
+        self.dir.join("disk")
+    }
+
     /// Writes the node's config (data dir kept across restarts) and clock file. Nodes
     /// `1..=n` are the bootstrap voters; a spare (id > n) lists no peers and waits to be
     /// added through the API.
-    pub fn prepare(id: u64, n: u64, store: &Path) -> anyhow::Result<Node> {
+    pub fn prepare(id: u64, n: u64, store: &Path, cfg: &NodeConfig, lossy: bool) -> anyhow::Result<Node> {
         let dir = store.join(format!("n{id}"));
-        fs::create_dir_all(&dir)?;
+        fs::create_dir_all(dir.join("data"))?;
+        if lossy {
+            fs::create_dir_all(dir.join("disk"))?;
+        }
         let peers: Vec<String> =
             if id <= n { (1..=n).map(|k| format!("\"{k}={}:9080\"", node_ip(k))).collect() } else { Vec::new() };
+        let probe = cfg.quorum_loss_probe_ms.map_or(String::new(), |ms| format!("quorum_loss_probe_ms = {ms}\n"));
         fs::write(
             dir.join("config.toml"),
             format!(
                 "[node]\nid = {id}\ndata_dir = {:?}\nhttp_addr = \"{ip}:8080\"\nrpc_addr = \"{ip}:9080\"\n\n\
                  [cluster]\npeers = [{}]\nheartbeat_ms = 100\nelection_timeout_ms = 1000\n\
-                 snapshot_every_entries = 500\nsecret = \"jepsen\"\n",
+                 snapshot_every_entries = {}\nsecret = \"jepsen\"\n{probe}",
                 dir.join("data"),
                 peers.join(", "),
+                cfg.snapshot_every,
                 ip = node_ip(id)
             ),
         )?;
         fs::write(dir.join("faketime"), "+0s\n")?;
-        Ok(Node { id, dir, child: None, paused: false })
+        Ok(Node { id, dir, child: None, paused: false, lossy, fs: None })
+    }
+
+    /// Whether the process is alive (a paused one counts).
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn start(&mut self, bin: &Path) -> anyhow::Result<()> {
+        if self.lossy && self.fs.is_none() {
+            self.mount()?;
+        }
         let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("node.log"))?;
         let child = Command::new("ip")
             .args(["netns", "exec", &node_ns(self.id)])
@@ -148,6 +196,53 @@ impl Node {
         Ok(())
     }
 
+    /// Starts lossyfs over `disk/` at `data/` and waits until the mount is in place. It
+    /// runs in the harness's mount namespace; a node started afterwards gets a copy.
+    fn mount(&mut self) -> anyhow::Result<()> {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("lossyfs.log"))?;
+        let child = Command::new(std::env::current_exe()?)
+            .arg("lossyfs")
+            .arg("--backing")
+            .arg(self.disk())
+            .arg("--mountpoint")
+            .arg(self.data())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting lossyfs")?;
+        self.fs = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !is_mount_point(&self.data()) {
+            if std::time::Instant::now() > deadline {
+                bail!("lossyfs for n{} did not mount within 10 s (see {}/lossyfs.log)", self.id, self.dir.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Cuts the power: SIGKILL the node, stop lossyfs so every unsynced byte is lost, and
+    /// bring the disk back as it is now. Returns what lossyfs said it dropped.
+    pub fn power_off(&mut self) -> anyhow::Result<String> {
+        self.kill();
+        let dropped = self.unmount()?;
+        self.mount()?;
+        Ok(dropped)
+    }
+
+    /// Stops lossyfs (SIGTERM: report and exit without writing) and detaches the mount.
+    fn unmount(&mut self) -> anyhow::Result<String> {
+        let Some(mut fs_child) = self.fs.take() else { return Ok(String::new()) };
+        let _ = Command::new("kill").args(["-TERM", &fs_child.id().to_string()]).status();
+        let _ = fs_child.wait();
+        match nix::mount::umount2(&self.data(), nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+            Err(e) => bail!("unmounting lossyfs of n{}: {e}", self.id),
+        }
+        let log = fs::read_to_string(self.dir.join("lossyfs.log")).unwrap_or_default();
+        Ok(log.lines().rev().find(|l| l.contains("power off")).unwrap_or("lossyfs said nothing").to_string())
+    }
+
     pub fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
             let _ = Command::new("kill").args([sig, &c.id().to_string()]).status();
@@ -166,6 +261,12 @@ impl Node {
         self.paused = false;
     }
 
+    /// Kills the node and unmounts its disk, at the end of a run.
+    pub fn shut_down(&mut self) {
+        self.kill();
+        let _ = self.unmount();
+    }
+
     pub fn pause(&mut self) {
         self.signal("-STOP");
         self.paused = true;
@@ -180,14 +281,30 @@ impl Node {
     /// brings it back with nothing.
     pub fn wipe(&mut self) -> anyhow::Result<()> {
         self.kill();
-        let data = self.dir.join("data");
-        if data.exists() {
-            fs::remove_dir_all(&data).context("wiping the data dir")?;
+        let data = if self.lossy {
+            self.unmount()?;
+            self.disk()
+        } else {
+            self.data()
+        };
+        for entry in fs::read_dir(&data)? {
+            let path = entry?.path();
+            if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) }
+                .with_context(|| format!("wiping {}", path.display()))?;
         }
         Ok(())
     }
 
     pub fn set_clock_offset(&self, offset: &str) -> anyhow::Result<()> {
         fs::write(self.faketime_file(), format!("{offset}\n")).context("writing faketime file")
+    }
+}
+
+/// Whether something is mounted at `path` (it sits on another device than its parent).
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(path), path.parent().map(fs::metadata)) {
+        (Ok(a), Some(Ok(b))) => a.dev() != b.dev(),
+        _ => false,
     }
 }

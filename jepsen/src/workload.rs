@@ -3,13 +3,13 @@
 //! - **register**: `REGISTERS` tasks act as registers; their `command` is the value and
 //!   their `version` orders the writes. Operations: `read`, and `cas` (PUT with `If-Match`
 //!   of the version this process last read).
-//! - **set**: unique task creates (`add`) through any node; after healing, a `final-read`
-//!   of every task name from every node.
+//! - **set**: unique task creates (`add`); a reader lists the whole set (`set-read`)
+//!   through each node in turn during the run, and after healing through every node.
 //!
-//! Half the processes stick to one node; the other half pick a random node for every
-//! operation (the load-balancer path).
+//! The first clients of each workload stick to one node each, so every node serves every
+//! workload; the others go through a round-robin "load balancer" (see [`Route`]).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng;
 use reqwest::StatusCode;
@@ -49,11 +49,17 @@ pub enum Outcome {
 pub struct Client {
     http: reqwest::Client,
     pub nodes: Vec<String>,
+    /// The load balancer's next node.
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl Client {
     pub fn new(nodes: Vec<String>) -> Client {
-        Client { http: reqwest::Client::builder().timeout(OP_TIMEOUT).build().expect("http client"), nodes }
+        Client {
+            http: reqwest::Client::builder().timeout(OP_TIMEOUT).build().expect("http client"),
+            nodes,
+            next: Default::default(),
+        }
     }
 
     pub async fn request(
@@ -93,7 +99,7 @@ impl Client {
 /// Creates the registers before faults start.
 pub async fn setup_registers(client: &Client) -> anyhow::Result<()> {
     for k in 0..REGISTERS {
-        let body = json!({"name": format!("reg-{k}"), "executor": "shell", "command": "echo init"});
+        let body = json!({"name": format!("reg-{k}"), "executor": "shell", "command": crate::checker::INITIAL_VALUE});
         let mut tries = 0;
         loop {
             tries += 1;
@@ -137,28 +143,69 @@ pub async fn register_ids(client: &Client) -> anyhow::Result<Vec<u64>> {
     Ok(ids)
 }
 
-/// One logical client: runs operations until `stop`, retiring its process id after an
-/// indeterminate outcome.
+/// When the clients stop: set once the nemesis is done (after its time limit, or after
+/// each family ran once).
+#[derive(Clone, Default)]
+pub struct Stop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Stop {
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn running(&self) -> bool {
+        !self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Which node a client process sends each operation to.
+#[derive(Clone, Copy, Debug)]
+pub enum Route {
+    /// Always the same node.
+    Sticky(usize),
+    /// The next node in turn, shared by all balanced clients: a round-robin load balancer.
+    Balanced,
+}
+
+impl Route {
+    /// Client `i` of a workload: the first `nodes` clients stick to one node each, so every
+    /// node serves every workload; the rest go through the load balancer.
+    pub fn for_client(i: u64, nodes: usize) -> Route {
+        if (i as usize) < nodes {
+            Route::Sticky(i as usize)
+        } else {
+            Route::Balanced
+        }
+    }
+
+    fn pick(self, client: &Client) -> String {
+        let i = match self {
+            Route::Sticky(i) => i,
+            Route::Balanced => client.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        };
+        client.nodes[i % client.nodes.len()].clone()
+    }
+}
+
+/// One logical client: runs operations until `stop` is set, retiring its process id after an
+/// indeterminate write (`process += stride`).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_client(
-    slot: u64,
-    slots: u64,
+    first_process: u64,
+    stride: u64,
+    route: Route,
     workload: Workload,
     client: std::sync::Arc<Client>,
     registers: Vec<u64>,
     rec: Recorder,
-    stop: Instant,
+    stop: Stop,
 ) {
-    let mut process = slot;
-    let sticky = slot.is_multiple_of(2);
+    let mut process = first_process;
     let mut n = 0u64;
     let mut last_version = vec![None::<u64>; registers.len()];
-    while Instant::now() < stop {
+    while stop.running() {
         n += 1;
-        let node = if sticky {
-            client.nodes[(slot as usize / 2) % client.nodes.len()].clone()
-        } else {
-            client.nodes[rand::rng().random_range(0..client.nodes.len())].clone()
-        };
+        let node = route.pick(&client);
         let retire = match workload {
             Workload::Set => {
                 let name = format!("set-{process}-{n}");
@@ -187,8 +234,7 @@ pub async fn run_client(
                         if let Outcome::Ok(v) = &out {
                             last_version[k] = v["version"].as_u64();
                         }
-                        let result = |v: &Value| json!({"key": k, "version": v["version"], "value": v["command"]});
-                        complete(&rec, process, "cas", json!({"key": k}), &node, map_ok(out, result))
+                        complete(&rec, process, "cas", json!({"key": k}), &node, map_ok(out, |v| register_value(k, v)))
                     }
                     _ => {
                         rec.record(process, Kind::Invoke, "read", json!({"key": k}), &node, None);
@@ -196,20 +242,70 @@ pub async fn run_client(
                         if let Outcome::Ok(v) = &out {
                             last_version[k] = v["version"].as_u64();
                         }
-                        let result = |v: &Value| json!({"key": k, "version": v["version"], "value": v["command"]});
                         // A read changes nothing, so an unknown outcome needs no retirement.
-                        complete(&rec, process, "read", json!({"key": k}), &node, map_ok(out, result));
+                        complete(
+                            &rec,
+                            process,
+                            "read",
+                            json!({"key": k}),
+                            &node,
+                            map_ok(out, |v| register_value(k, v)),
+                        );
                         false
                     }
                 }
             }
         };
         if retire {
-            process += slots;
+            process += stride;
         }
         // Pace the loop: a refused connection fails in microseconds, and a tight loop
         // against a dead node would only inflate the history.
         tokio::time::sleep(Duration::from_millis(if rec.last_ok(process) { 5 } else { 50 })).await;
+    }
+}
+
+fn register_value(k: usize, task: &Value) -> Value {
+    json!({"key": k, "version": task["version"], "value": task["command"]})
+}
+
+/// Every set element (`set-*` task name) as `node` sees it, page by page in id order.
+/// The first page that does not succeed decides the outcome of the whole read.
+async fn read_set(client: &Client, node: &str) -> Outcome {
+    let mut names = Vec::new();
+    for page in 1.. {
+        let path = format!("/api/tasks?size=100&page={page}");
+        match client.request(reqwest::Method::GET, node, &path, None, None).await {
+            Outcome::Ok(v) => {
+                let items = v["items"].as_array().cloned().unwrap_or_default();
+                if items.is_empty() {
+                    break;
+                }
+                names.extend(
+                    items
+                        .iter()
+                        .filter_map(|t| t["name"].as_str())
+                        .filter(|n| n.starts_with("set-"))
+                        .map(str::to_string),
+                );
+            }
+            other => return other,
+        }
+    }
+    Outcome::Ok(json!(names))
+}
+
+/// The set workload's reader: reads the whole set through each node in turn, with a
+/// pause between reads, until `stop` is set.
+pub async fn run_set_reader(process: u64, client: std::sync::Arc<Client>, rec: Recorder, stop: Stop) {
+    let mut turn = 0usize;
+    while stop.running() {
+        let node = client.nodes[turn % client.nodes.len()].clone();
+        turn += 1;
+        rec.record(process, Kind::Invoke, "set-read", json!({"final": false}), &node, None);
+        let out = read_set(&client, &node).await;
+        complete(&rec, process, "set-read", json!({"final": false}), &node, out);
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -238,37 +334,24 @@ fn complete(rec: &Recorder, process: u64, f: &str, args: Value, node: &str, out:
     }
 }
 
-/// After healing: every task name as each node sees it (linearizable reads), and each
-/// register read through each node.
-pub async fn final_reads(client: &Client, registers: &[u64], rec: &Recorder) {
-    for node in &client.nodes {
-        let mut names = Vec::new();
-        let mut complete_read = true;
-        for page in 1.. {
-            let path = format!("/api/tasks?size=100&page={page}");
-            match client.request(reqwest::Method::GET, node, &path, None, None).await {
-                Outcome::Ok(v) => {
-                    let items = v["items"].as_array().cloned().unwrap_or_default();
-                    if items.is_empty() {
-                        break;
-                    }
-                    names.extend(items.iter().filter_map(|t| t["name"].as_str().map(str::to_string)));
-                }
-                other => {
-                    rec.record(u64::MAX, Kind::Fail, "final-read", Value::Null, node, Some(describe(&other)));
-                    complete_read = false;
-                    break;
-                }
-            }
-        }
-        if complete_read {
-            rec.record(u64::MAX, Kind::Ok, "final-read", json!(names), node, None);
+/// After healing: the whole set and each register, read through each node.
+pub async fn final_reads(client: &Client, registers: &[u64], sets: bool, rec: &Recorder) {
+    for (i, node) in client.nodes.iter().enumerate() {
+        let process = FINAL_PROCESS + i as u64;
+        if sets {
+            rec.record(process, Kind::Invoke, "set-read", json!({"final": true}), node, None);
+            let out = read_set(client, node).await;
+            complete(rec, process, "set-read", json!({"final": true}), node, out);
         }
         for (k, id) in registers.iter().enumerate() {
-            rec.record(u64::MAX - 1, Kind::Invoke, "read", json!({"key": k}), node, None);
+            rec.record(process, Kind::Invoke, "read", json!({"key": k}), node, None);
             let out = client.request(reqwest::Method::GET, node, &format!("/api/tasks/{id}"), None, None).await;
-            let result = |v: &Value| json!({"key": k, "version": v["version"], "value": v["command"]});
-            complete(rec, u64::MAX - 1, "read", json!({"key": k}), node, map_ok(out, result));
+            complete(rec, process, "read", json!({"key": k}), node, map_ok(out, |v| register_value(k, v)));
         }
     }
 }
+
+/// Process ids of the final reads (one per node), far above any client's.
+pub const FINAL_PROCESS: u64 = 1 << 50;
+/// The set reader's process id (reads never retire it).
+pub const READER_PROCESS: u64 = 1 << 49;
