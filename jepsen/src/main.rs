@@ -398,8 +398,10 @@ async fn drive(
     }
     let run_end_ns = rec.now_ns();
     let seconds = run_end_ns / 1_000_000_000;
-    // Final phase: everything healed; one leader; read through every node.
-    wait_healthy(nodes, Duration::from_secs(60)).await?;
+    // Final phase: everything healed; one leader; read through every node. A cluster that
+    // never comes back is an anomaly of the run (lost data, a stuck election), not an
+    // error of the harness: the history so far is still checked.
+    let healthy = wait_healthy(nodes, Duration::from_secs(60)).await;
     workload::final_reads(&client, &registers, workloads.contains(&Workload::Set), &rec).await;
     let converged = convergence(nodes, Duration::from_secs(30)).await;
 
@@ -415,6 +417,9 @@ async fn drive(
     let (fault_anomalies, availability) = phases::judge(&events, &nemesis_events, run_end_ns);
     for a in fault_anomalies {
         verdict.push(a);
+    }
+    if let Err(e) = &healthy {
+        verdict.push(Anomaly::new("final", format!("after healing: {e:#}"), Vec::new()));
     }
     if let Err(e) = &converged {
         verdict.push(Anomaly::new("convergence", e.clone(), Vec::new()));
