@@ -389,10 +389,11 @@ async fn drive(
     } else {
         nem.run(families, start + Duration::from_secs(args.time_limit)).await
     };
-    nem.heal().await?;
+    let heal_result = nem.heal().await;
     stop.set();
     let nemesis_events: Vec<NemesisEvent> = std::mem::take(&mut nem.events);
-    nem_result?;
+    // A fault the nemesis could not apply or undo (a membership change that never
+    // committed, say) is a finding about the cluster: recorded, and the history checked.
     for h in handles {
         h.await?;
     }
@@ -417,6 +418,12 @@ async fn drive(
     let (fault_anomalies, availability) = phases::judge(&events, &nemesis_events, run_end_ns);
     for a in fault_anomalies {
         verdict.push(a);
+    }
+    if let Err(e) = &nem_result {
+        verdict.push(Anomaly::new("nemesis", format!("a fault could not be carried out: {e:#}"), Vec::new()));
+    }
+    if let Err(e) = &heal_result {
+        verdict.push(Anomaly::new("nemesis", format!("the last heal failed: {e:#}"), Vec::new()));
     }
     if let Err(e) = &healthy {
         verdict.push(Anomaly::new("final", format!("after healing: {e:#}"), Vec::new()));

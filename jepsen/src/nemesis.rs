@@ -22,7 +22,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -417,7 +417,7 @@ impl<'a> Nemesis<'a> {
                     if let Some(skew) = observed_skew(&self.node(id).http()).await {
                         if skew.abs() >= 20 {
                             skew_seen = true;
-                            self.effect.evidence.push(format!("n{id}'s HTTP Date was {skew:+} s off"));
+                            self.effect.evidence.push(format!("n{id}'s clock was seen {skew:+} s off"));
                         }
                     }
                 }
@@ -468,6 +468,8 @@ impl<'a> Nemesis<'a> {
             let dropped = node.power_off()?;
             if !dropped.contains("power off") {
                 self.effect.missed.push(format!("power: n{id}'s lossyfs did not report its power-off: {dropped}"));
+            } else if dropped.contains("dropped 0 unsynced bytes") {
+                self.effect.missed.push(format!("power: n{id} had nothing unsynced: the cut was a plain kill"));
             }
             self.effect.evidence.push(format!("n{id}: {dropped}"));
             self.damage.killed.push(id);
@@ -543,9 +545,15 @@ impl<'a> Nemesis<'a> {
                 (both_ways(a, b), format!("split {a:?} | {b:?}"))
             }
             "bridge" => {
-                // One node sees both sides; the sides do not see each other.
+                // One node sees both sides; the sides do not see each other. The bridge
+                // is never the leader: followers do not talk to each other, so a cut
+                // between the leader's followers alone would drop nothing.
+                let leader = find_leader(self.nodes).await;
                 let mut shuffled = ids.clone();
                 shuffled.shuffle(&mut self.rng);
+                if shuffled[0] == leader.unwrap_or(0) {
+                    shuffled.swap(0, 1);
+                }
                 let bridge = shuffled[0];
                 let rest = &shuffled[1..];
                 let (a, b) = rest.split_at(rest.len() / 2);
@@ -814,14 +822,13 @@ fn list(ids: &[u64]) -> String {
     ids.iter().map(|i| format!("n{i}")).collect::<Vec<_>>().join(", ")
 }
 
-/// How far a node's wall clock is off, in seconds, from its HTTP `Date` header.
+/// How far a node's wall clock is off, in seconds, from the `timestamp` of its response
+/// envelope (the node's own clock, read as it answers; hyper's `Date` header is cached
+/// and lags a clock set back until the cached value expires).
 async fn observed_skew(http_addr: &str) -> Option<i64> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().ok()?;
     let resp = client.get(format!("http://{http_addr}/api/health")).send().await.ok()?;
-    let date = httpdate::parse_http_date(resp.headers().get("date")?.to_str().ok()?).ok()?;
-    let now = SystemTime::now();
-    Some(match date.duration_since(now) {
-        Ok(ahead) => ahead.as_secs() as i64,
-        Err(behind) => -(behind.duration().as_secs() as i64),
-    })
+    let body: serde_json::Value = resp.json().await.ok()?;
+    let at = chrono::DateTime::parse_from_rfc3339(body["timestamp"].as_str()?).ok()?;
+    Some((at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds())
 }

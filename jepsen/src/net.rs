@@ -231,16 +231,26 @@ impl Node {
     }
 
     /// Stops lossyfs (SIGTERM: report and exit without writing) and detaches the mount.
+    /// Returns what this lossyfs said as it went (its log is shared by every mount of the
+    /// node, so only what it wrote after the SIGTERM counts).
     fn unmount(&mut self) -> anyhow::Result<String> {
-        let Some(mut fs_child) = self.fs.take() else { return Ok(String::new()) };
-        let _ = Command::new("kill").args(["-TERM", &fs_child.id().to_string()]).status();
-        let _ = fs_child.wait();
+        let Some(mut fs_child) = self.fs.take() else { return Ok("lossyfs was not mounted".into()) };
+        let log_path = self.dir.join("lossyfs.log");
+        let before = fs::metadata(&log_path).map_or(0, |m| m.len()) as usize;
+        let said = if matches!(fs_child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill").args(["-TERM", &fs_child.id().to_string()]).status();
+            let _ = fs_child.wait();
+            let log = fs::read(&log_path).unwrap_or_default();
+            let new = String::from_utf8_lossy(log.get(before..).unwrap_or_default()).into_owned();
+            new.lines().find(|l| l.contains("power off")).unwrap_or("lossyfs said nothing").to_string()
+        } else {
+            "lossyfs had already died".to_string()
+        };
         match nix::mount::umount2(&self.data(), nix::mount::MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
             Err(e) => bail!("unmounting lossyfs of n{}: {e}", self.id),
         }
-        let log = fs::read_to_string(self.dir.join("lossyfs.log")).unwrap_or_default();
-        Ok(log.lines().rev().find(|l| l.contains("power off")).unwrap_or("lossyfs said nothing").to_string())
+        Ok(said)
     }
 
     pub fn signal(&self, sig: &str) {

@@ -70,6 +70,7 @@ impl Client {
         body: Option<Value>,
         if_match: Option<u64>,
     ) -> Outcome {
+        let method_is_read = method == reqwest::Method::GET;
         let mut rb = self.http.request(method, format!("http://{node}{path}")).bearer_auth(API_KEY);
         if let Some(v) = if_match {
             rb = rb.header("If-Match", format!("\"{v}\""));
@@ -82,7 +83,18 @@ impl Client {
             Err(e) => Outcome::Info(format!("transport: {e}")),
             Ok(resp) => {
                 let status = resp.status();
-                let body: Value = resp.json().await.unwrap_or(Value::Null);
+                let body: Value = match resp.json().await {
+                    Ok(v) => v,
+                    // A success whose body did not arrive whole: a read learned nothing,
+                    // a write may have applied.
+                    Err(e) if status.is_success() && method_is_read => {
+                        return Outcome::Fail(format!("{status} with an unreadable body: {e}"))
+                    }
+                    Err(e) if status.is_success() => {
+                        return Outcome::Info(format!("{status} with an unreadable body: {e}"))
+                    }
+                    Err(_) => Value::Null,
+                };
                 match status {
                     s if s.is_success() => Outcome::Ok(body["data"].clone()),
                     StatusCode::GATEWAY_TIMEOUT => Outcome::Info("504".into()),
@@ -277,7 +289,9 @@ async fn read_set(client: &Client, node: &str) -> Outcome {
         let path = format!("/api/tasks?size=100&page={page}");
         match client.request(reqwest::Method::GET, node, &path, None, None).await {
             Outcome::Ok(v) => {
-                let items = v["items"].as_array().cloned().unwrap_or_default();
+                let Some(items) = v["items"].as_array().cloned() else {
+                    return Outcome::Fail(format!("page {page} without items: {v}"));
+                };
                 if items.is_empty() {
                     break;
                 }

@@ -27,8 +27,8 @@ pub use register::INITIAL_VALUE;
 /// One thing the run got wrong, with the operations that show it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Anomaly {
-    /// `register`, `set`, `minimum`, `coverage`, `recovery`, `liveness`, `final`,
-    /// `convergence`.
+    /// `register`, `set`, `minimum`, `coverage`, `recovery`, `liveness`, `nemesis`,
+    /// `final`, `convergence`.
     pub checker: String,
     pub message: String,
     /// The operations involved (invoke and completion folded into one object each).

@@ -11,12 +11,15 @@
 //!    that failed definitely (412, 503, a refused connection) produced nothing; if its
 //!    value is read, that is a phantom. An indeterminate write may or may not appear, and
 //!    can appear at one version only (its `from` fixes it).
-//! 2. **Real time.** For any two operations where one ended before the other began, the
+//! 2. **Refusals.** A register is never deleted, so a 404 is lost data. A 412 says the
+//!    version was not `from` at some instant of the CAS: impossible when an operation on
+//!    `from` had ended before it began and no write from `from` had begun before it ended.
+//! 3. **Real time.** For any two operations where one ended before the other began, the
 //!    later one's version is at least the earlier one's, and strictly greater when the
 //!    later one is a write. An indeterminate write's end is unknown, so it never counts
 //!    as ended.
 //!
-//! Together these are exactly the conditions for a linearization to exist: order writes
+//! Rules 1 and 3 are exactly the conditions for a linearization to exist: order writes
 //! by version, each version's reads after its write; rule 1 makes every read return the
 //! latest write and every CAS see the version it expected, rule 2 makes the order respect
 //! real time. Sorting makes it O(n log n).
@@ -128,6 +131,41 @@ fn check_key(key: u64, ops: &[&Op], out: &mut Vec<Anomaly>) {
             None => {
                 observed_info.insert(version, w);
             }
+        }
+    }
+
+    // A register is never deleted: a 404 for it (through any node, linearizable) is lost
+    // data.
+    for o in ops.iter().copied().filter(|o| o.kind == Kind::Fail && o.error.as_deref() == Some("404")) {
+        out.push(anomaly(format!("the register was not found by a {} (lost)", o.f), &[o]));
+    }
+    // A 412 is an observation too: at some instant during the CAS the version was not
+    // `from`. That is impossible if an operation on version `from` had ended before the
+    // CAS began (the version was at least `from`) and no write from `from` (one that
+    // could make it `from + 1`) had begun before the CAS ended (it was at most `from`).
+    let mut seen_at: BTreeMap<u64, &Op> = BTreeMap::new();
+    for (version, w) in &acked {
+        seen_at.insert(*version, w);
+    }
+    for r in ops.iter().copied().filter(|o| o.f == "read" && o.kind == Kind::Ok) {
+        let version = r.result["version"].as_u64().unwrap_or(0);
+        let earliest = seen_at.entry(version).or_insert(r);
+        if r.end < earliest.end {
+            *earliest = r;
+        }
+    }
+    for c in writes.iter().copied().filter(|w| w.kind == Kind::Fail && w.error.as_deref() == Some("412")) {
+        let Some(at) = seen_at.get(&from(c)).filter(|o| o.end < c.start) else { continue };
+        let moved = writes.iter().any(|w| w.kind != Kind::Fail && from(w) == from(c) && w.start < c.end);
+        if !moved {
+            out.push(anomaly(
+                format!(
+                    "a CAS from version {} was refused (412) though the version was {} throughout it",
+                    from(c),
+                    from(c)
+                ),
+                &[at, c],
+            ));
         }
     }
 

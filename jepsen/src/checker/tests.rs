@@ -151,6 +151,25 @@ fn flags_a_value_no_write_produced_and_a_read_before_its_write() {
 }
 
 #[test]
+fn flags_a_refused_cas_on_a_version_nobody_could_have_moved() {
+    // Version 1 was read, then a CAS from 1 was refused, and no write from 1 existed.
+    let mut h = read(1, 0, 1, INITIAL_VALUE, 0, 5);
+    h.extend(cas_failed(2, 0, 1, "a", 10, 20, "412"));
+    flagged(&h, "was refused (412) though the version was 1 throughout it");
+    // With a concurrent write from 1 (it may have won), the refusal is fine.
+    let mut h = read(1, 0, 1, INITIAL_VALUE, 0, 5);
+    h.extend(cas(3, 0, 1, "b", None, 8, 30));
+    h.extend(cas_failed(2, 0, 1, "a", 10, 20, "412"));
+    clean(&h);
+}
+
+#[test]
+fn flags_a_register_that_went_missing() {
+    let h = vec![ev(1, Kind::Invoke, "read", json!({"key": 0}), 0), failed(1, "read", json!({"key": 0}), 5, "404")];
+    flagged(&h, "the register was not found by a read (lost)");
+}
+
+#[test]
 fn flags_a_write_at_the_wrong_version() {
     let mut h = cas(1, 0, 2, "a", None, 0, 10);
     h.extend(read(2, 0, 2, "a", 20, 25));

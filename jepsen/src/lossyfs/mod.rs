@@ -202,6 +202,20 @@ impl State {
         self.next_fh
     }
 
+    /// After an unlink or a rename over it: a file left with no name and no open handle
+    /// is gone, and so are its unsynced bytes (they would never reach a disk).
+    /// (An open one keeps them until its last handle is released.)
+    fn forget_if_unlinked(&mut self, m: &fs::Metadata) {
+        let Some(&ino) = self.by_backing.get(&(m.dev(), m.ino())) else { return };
+        let open = self.files.values().any(|h| h.ino == ino);
+        if let Some(node) = self.inodes.get_mut(&ino) {
+            if m.nlink() <= 1 && !open {
+                node.dirty = Dirty::default();
+                node.writer = None;
+            }
+        }
+    }
+
     /// Moves the recorded paths of `from` and everything below it to `to`.
     fn renamed(&mut self, from: &Path, to: &Path) {
         for node in self.inodes.values_mut() {
@@ -392,9 +406,19 @@ impl Filesystem for LossyFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.child(parent, name).map(|p| fs::remove_file(p).map_err(errno)) {
-            Ok(Ok(())) => reply.ok(),
-            Ok(Err(e)) | Err(e) => reply.error(e),
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let gone = fs::symlink_metadata(&path).ok();
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                if let Some(m) = gone {
+                    self.lock().forget_if_unlinked(&m);
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -433,9 +457,14 @@ impl Filesystem for LossyFs {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
+        let replaced = fs::symlink_metadata(&to).ok();
         match fs::rename(&from, &to) {
             Ok(()) => {
-                self.lock().renamed(&from, &to);
+                let mut s = self.lock();
+                if let Some(m) = replaced {
+                    s.forget_if_unlinked(&m);
+                }
+                s.renamed(&from, &to);
                 reply.ok()
             }
             Err(e) => reply.error(errno(e)),
@@ -552,9 +581,14 @@ impl Filesystem for LossyFs {
     ) {
         let mut s = self.lock();
         s.files.remove(&fh.0);
-        // Keep the writer only while it has something to write.
+        // Keep the writer only while it has something to write; the bytes of a file that
+        // lost its last name go with its last handle.
         let open = s.files.values().any(|h| h.ino == ino.0);
         if let Some(node) = s.inodes.get_mut(&ino.0) {
+            let unlinked = node.writer.as_ref().and_then(|w| w.metadata().ok()).is_some_and(|m| m.nlink() == 0);
+            if !open && unlinked {
+                node.dirty = Dirty::default();
+            }
             if node.dirty.is_empty() && !open {
                 node.writer = None;
             }
