@@ -347,6 +347,11 @@ pub struct ReportBody {
     pub error: Option<String>,
     #[serde(default)]
     pub duration_ms: u64,
+    /// With `running`: the agent starts the job only now, after an earlier `running`
+    /// report whose answer it lost (it starts a job only on an accepted one); the run is
+    /// timed from this report. Without it, `running` again changes nothing.
+    #[serde(default)]
+    pub restart: bool,
 }
 
 /// Report on a run: accepted only from the worker holding its current attempt (409
@@ -371,6 +376,7 @@ async fn report(
     let body: ReportBody = typed_json_body(body)?;
     act_for(&caller, &body.worker_id)?;
     let report = match body.status {
+        RunStatus::Running if body.restart => RunReport::Restarted,
         RunStatus::Running => RunReport::Started,
         RunStatus::Succeeded | RunStatus::Failed | RunStatus::TimedOut => RunReport::Finished {
             status: body.status,

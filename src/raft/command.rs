@@ -176,6 +176,10 @@ pub enum RunReport {
         error: Option<String>,
         duration_ms: u64,
     },
+    /// The agent starts the job only now, after an earlier `Started` was applied but its
+    /// answer lost (the agent starts a job only on an accepted `Started`): the run is timed
+    /// from now. A `Started` retried is the same report and changes nothing.
+    Restarted,
 }
 
 /// One task's share of a [`Command::Fire`].
@@ -297,6 +301,7 @@ impl fmt::Display for Request {
             Command::MarkReplicated { nodes } => write!(f, "mark-replicated({nodes:?})"),
             Command::ReportRun { run_id, attempt, report, .. } => match report {
                 RunReport::Started => write!(f, "report(run {run_id} attempt {attempt}: started)"),
+                RunReport::Restarted => write!(f, "report(run {run_id} attempt {attempt}: started late)"),
                 RunReport::Finished { status, .. } => write!(f, "report(run {run_id} attempt {attempt}: {status:?})"),
             },
         }

@@ -386,6 +386,7 @@ impl Supervised {
             shim_start_time: self.shim_start_time,
             cgroup: self.held.cgroup.clone(),
             job: self.started.as_ref().map(|s| (s.pid, s.start_time)),
+            boot_id: None,
         };
         let _ = tokio::task::spawn_blocking(move || super::records::kill_recorded(&record)).await;
     }

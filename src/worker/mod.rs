@@ -466,11 +466,14 @@ impl Shared {
 
     async fn execute(self: Arc<Self>, a: Assignment, stop: watch::Receiver<Option<Stop>>) {
         let (run_id, attempt, epoch) = (a.run_id, a.attempt, a.epoch);
+        // Started here although the cluster shows it running: its `Started` was applied
+        // but the answer lost, and the job starts only now.
+        let restart = a.status == RunStatus::Running;
         let job = exec::JobContext { run_id, task_id: a.task_id, attempt, scheduled_at: a.scheduled_at };
         let lease_ns = exec::monotonic_deadline_ns(*self.lease.borrow());
         let outcome = match exec::shim_spec(&a.task, &job, &self.launch, lease_ns) {
-            Some(spec) => self.execute_supervised(&job, epoch, &spec, a.task.timeout_seconds, stop).await,
-            None => match self.report_started(run_id, attempt, epoch).await {
+            Some(spec) => self.execute_supervised(&job, epoch, restart, &spec, a.task.timeout_seconds, stop).await,
+            None => match self.report_started(run_id, attempt, epoch, restart).await {
                 Delivery::Accepted => Some(exec::run_http(&a.task, stop).await),
                 other => {
                     self.gave_up_starting(run_id, attempt, other);
@@ -541,6 +544,7 @@ impl Shared {
         &self,
         job: &exec::JobContext,
         epoch: u64,
+        restart: bool,
         spec: &ShimSpec,
         timeout_seconds: u64,
         stop: watch::Receiver<Option<Stop>>,
@@ -550,7 +554,7 @@ impl Shared {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(run_id, error = %e, "cannot start the run's supervisor");
-                return match self.report_started(run_id, attempt, epoch).await {
+                return match self.report_started(run_id, attempt, epoch, restart).await {
                     Delivery::Accepted => {
                         Some(Ok(Finished::failed(format!("cannot start the run's supervisor: {e}"), Instant::now())))
                     }
@@ -568,6 +572,7 @@ impl Shared {
             shim_start_time: shim.shim_start_time,
             cgroup: shim.held.cgroup.clone(),
             job: None,
+            boot_id: records::boot_id(),
         };
         if let Err(e) = self.records.put_run(&record) {
             tracing::error!(run_id, error = %e, "cannot record the run in the state dir; not starting it");
@@ -575,7 +580,7 @@ impl Shared {
             self.records.remove_run(run_id, attempt);
             return None;
         }
-        match self.report_started(run_id, attempt, epoch).await {
+        match self.report_started(run_id, attempt, epoch, restart).await {
             Delivery::Accepted => {}
             other => {
                 self.gave_up_starting(run_id, attempt, other);
@@ -603,8 +608,8 @@ impl Shared {
 
     /// Reports a run started, while the lease holds (a run must not start on a lapsed
     /// lease, and a `Started` sent after it could start one nobody runs).
-    async fn report_started(&self, run_id: u64, attempt: u32, epoch: u64) -> Delivery {
-        let body = self.report_body(attempt, epoch, json!({"status": "running"}));
+    async fn report_started(&self, run_id: u64, attempt: u32, epoch: u64, restart: bool) -> Delivery {
+        let body = self.report_body(attempt, epoch, json!({"status": "running", "restart": restart}));
         self.send_report(run_id, &body, || !self.lease_expired()).await
     }
 

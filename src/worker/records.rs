@@ -32,6 +32,15 @@ pub struct RunRecord {
     pub cgroup: Option<PathBuf>,
     /// The job's pid (its process group id) and start time, once it started.
     pub job: Option<(u32, u64)>,
+    /// The kernel's boot id when the record was written: after a reboot nothing it names
+    /// can be alive, and its pids and start times mean other processes.
+    #[serde(default)]
+    pub boot_id: Option<String>,
+}
+
+/// This boot of the kernel (`/proc/sys/kernel/random/boot_id`).
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_string())
 }
 
 /// A final report waiting to be accepted.
@@ -135,16 +144,25 @@ impl Records {
 
 /// Kills what one record names, checking start times so a reused pid is never hit.
 pub(crate) fn kill_recorded(record: &RunRecord) {
+    if record.boot_id.as_ref().is_some_and(|b| boot_id().as_ref() != Some(b)) {
+        // Written before a reboot: everything it names died with that boot.
+        return;
+    }
     if let Some(cg) = &record.cgroup {
         kill_cgroup(cg);
     }
-    if process_start_time(record.shim_pid) == Some(record.shim_start_time) {
+    let shim_now = process_start_time(record.shim_pid);
+    let shim_alive = shim_now == Some(record.shim_start_time);
+    if shim_alive {
         let _ = kill(Pid::from_raw(record.shim_pid as i32), Signal::SIGKILL);
     }
     // The shim's session (its pid is the session id): the job and whatever it started,
     // unless they left the session — found even when the shim died before it told the
-    // job's pid. Only processes started since the shim, so a reused pid is never hit.
-    if record.shim_start_time > 0 {
+    // job's pid. The session is the shim's while the shim lives, or while no process has
+    // its pid (the kernel does not hand out a pid that still names a session); a live
+    // process with that pid and another start time means the session id is someone
+    // else's now.
+    if record.shim_start_time > 0 && (shim_alive || shim_now.is_none()) {
         for pid in session_members(record.shim_pid, record.shim_start_time) {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
@@ -181,6 +199,28 @@ fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// Regression test (review of the agent): a record from before a reboot named pids
+    /// and start times of that boot, which now belong to other processes; it kills nothing.
+    #[test]
+    fn a_record_from_another_boot_kills_nothing() {
+        use std::os::unix::process::CommandExt;
+        let mut bystander = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        let pid = bystander.id();
+        let record = RunRecord {
+            run_id: 1,
+            attempt: 1,
+            shim_pid: pid,
+            shim_start_time: process_start_time(pid).unwrap(),
+            cgroup: None,
+            job: Some((pid, process_start_time(pid).unwrap())),
+            boot_id: Some("a-boot-long-ago".into()),
+        };
+        kill_recorded(&record);
+        assert!(bystander.try_wait().unwrap().is_none(), "a process of this boot was killed by an old record");
+        bystander.kill().unwrap();
+        bystander.wait().unwrap();
+    }
+
     /// Regression test (review of the agent): a shim that died before it reported the
     /// job's pid left the job running when there was no cgroup to kill: the record named
     /// the shim only. The shim leads a session, and everything in it is killed.
@@ -206,6 +246,7 @@ mod tests {
             shim_start_time: process_start_time(shim.id()).unwrap(),
             cgroup: None,
             job: None,
+            boot_id: boot_id(),
         };
         kill_recorded(&record);
         shim.wait().unwrap();
@@ -231,6 +272,7 @@ mod tests {
             shim_start_time: 1,
             cgroup: None,
             job: Some((pid, process_start_time(pid).unwrap())),
+            boot_id: boot_id(),
         };
         records.put_run(&record).unwrap();
         records

@@ -73,24 +73,25 @@ pub(super) fn report(
         return Ok(stale(&run));
     }
     match report {
-        RunReport::Started => match run.status {
+        RunReport::Started | RunReport::Restarted => match run.status {
             RunStatus::Assigned => {
                 run.status = RunStatus::Running;
                 run.started_at = Some(now);
                 tx.put_run(&run)?;
                 Ok(Response::ok(Outcome::Run(Box::new(run))))
             }
-            // The same report again: its answer was lost, and the agent sends it again
-            // before it starts the job (it starts only on an accepted `Started`). The run
-            // is timed from the latest one, as the agent's own timeout is; the leader's
-            // expiry of an overdue run counts from `started_at`.
-            RunStatus::Running => {
+            // A job started late (the first `Started` was applied, its answer lost): timed
+            // from now, as the agent's own timeout is; the leader's expiry of an overdue
+            // run counts from `started_at`.
+            RunStatus::Running if *report == RunReport::Restarted => {
                 if run.started_at.is_none_or(|t| t < now) {
                     run.started_at = Some(now);
                     tx.put_run(&run)?;
                 }
                 Ok(Response::ok(Outcome::Run(Box::new(run))))
             }
+            // The same report again (its answer was lost): nothing more changes.
+            RunStatus::Running => Ok(Response::ok(Outcome::Run(Box::new(run)))),
             _ => Ok(stale(&run)),
         },
         RunReport::Finished { status, exit_code, http_status, output, error, duration_ms } => {

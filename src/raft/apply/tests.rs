@@ -366,13 +366,22 @@ fn registrations_fence_each_other_and_delay_what_may_still_run() {
     assert_eq!(store.run(1).unwrap().unwrap().worker_epoch, 1);
     assert!(apply(&store, started(1, 1), t(3)).result.is_ok());
     assert_eq!(store.run(1).unwrap().unwrap().started_at, Some(t(3)));
-    assert!(apply(&store, started(1, 1), t(3)).result.is_ok(), "the same Started again: accepted");
-    // A Started whose answer was lost is sent again when the agent really starts the job:
-    // the run is timed from then (the leader expires it from `started_at`, the agent's
-    // shim times it from its start), never from the first report.
-    assert!(apply(&store, started(1, 1), t(4)).result.is_ok());
-    assert_eq!(store.run(1).unwrap().unwrap().started_at, Some(t(4)), "timed from the later start");
-    assert!(apply(&store, started(1, 1), t(3)).result.is_ok());
+    assert!(apply(&store, started(1, 1), t(4)).result.is_ok(), "the same Started again: accepted");
+    assert_eq!(store.run(1).unwrap().unwrap().started_at, Some(t(3)), "...and it changes nothing");
+    // A job started late (the first Started's answer was lost, the agent started it only
+    // when it saw the run running here) is timed from then: the leader expires a run from
+    // `started_at`, the agent's shim times it from its start.
+    let restarted = |at| {
+        let Command::ReportRun { run_id, attempt, worker_id, epoch, retry_jitter_ms, .. } = started(1, 1) else {
+            unreachable!()
+        };
+        let cmd =
+            Command::ReportRun { run_id, attempt, worker_id, epoch, report: RunReport::Restarted, retry_jitter_ms };
+        apply(&store, cmd, at)
+    };
+    assert!(restarted(t(4)).result.is_ok());
+    assert_eq!(store.run(1).unwrap().unwrap().started_at, Some(t(4)), "timed from the late start");
+    assert!(restarted(t(3)).result.is_ok());
     assert_eq!(store.run(1).unwrap().unwrap().started_at, Some(t(4)), "never moved back");
     assert!(matches!(apply(&store, started(1, 2), t(3)).result, Err(Rejection::StaleAttempt { .. })));
     assert!(apply(&store, started(2, 1), t(3)).result.is_ok());
