@@ -130,6 +130,13 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
         max_in_snapshot_log_to_keep: config.cluster.snapshot_every_entries.min(1000),
         install_snapshot_timeout: 10_000,
         quorum_loss_probe_interval: config.cluster.quorum_loss_probe(),
+        // A restarted leader always stands for election again. Resuming its old term without
+        // one (openraft's default) is safe only when applies and the commit marker are
+        // synced; ours are not (the log is, and replay rebuilds the rest), so a leader back
+        // from a power cut could take its old term's read index, below entries it had
+        // committed, and serve a stale read. A new term's no-op puts the read index past
+        // everything committed before the restart.
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     let raft_config = Arc::new(raft_config.validate().map_err(|e| NodeError::Raft(e.to_string()))?);
@@ -790,12 +797,15 @@ impl NodeCore {
 
     /// On the leader: whether the cluster has replicated to `node` — recorded in the state
     /// machine (`MarkReplicated`, so any later leader knows it too), or seen by this leader
-    /// and not recorded yet.
-    pub fn replicated_to(&self, node: NodeId) -> Result<bool, RpcFailure> {
-        let m = self.raft.metrics().borrow_watched().clone();
-        if m.current_leader != Some(self.id) {
-            return Err(RpcFailure::NotLeader(m.current_leader));
+    /// and not recorded yet. The record is read linearizably: a new leader that has not
+    /// applied its predecessor's `MarkReplicated` yet must not answer "never".
+    pub async fn replicated_to(&self, node: NodeId) -> Result<bool, RpcFailure> {
+        let leader = self.raft.metrics().borrow_watched().current_leader;
+        if leader != Some(self.id) {
+            return Err(RpcFailure::NotLeader(leader));
         }
+        self.linearize().await?;
+        let m = self.raft.metrics().borrow_watched().clone();
         let recorded = self.store.replicated_members().map_err(|e| RpcFailure::Unavailable(e.to_string()))?;
         let matched = m.replication.as_ref().and_then(|r| r.get(&node).cloned().flatten()).is_some();
         Ok(recorded.contains(&node) || matched)

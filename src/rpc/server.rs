@@ -144,7 +144,7 @@ impl ClusterService for RpcServer {
 
     async fn replicated_to(self, _: Context, hdr: Header, node: NodeId) -> Result<bool, RpcFailure> {
         self.core.identity.check(&hdr)?;
-        self.core.replicated_to(node)
+        self.core.replicated_to(node).await
     }
 
     async fn worker_heartbeat(

@@ -126,7 +126,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // Not synced: it only lets a restarted node apply sooner; losing it is harmless.
+        // Not synced: it only lets a restarted node apply sooner. Losing it is harmless only
+        // because a restarted leader never resumes its term without an election
+        // (`enable_leader_restore: false` in node.rs).
         self.put_meta("committed", &committed)
     }
 

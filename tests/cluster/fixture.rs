@@ -158,6 +158,22 @@ impl TestCluster {
         }
     }
 
+    /// Opens a killed node's RocksDB to tamper with it, as a crash would have left it. The
+    /// killed node's last detached tasks (a connection, a blocking read) may hold the db's
+    /// lock for a moment after `kill`, so this retries for up to 5 s.
+    pub async fn open_killed_db(&self, id: u64) -> std::sync::Arc<rocksdb::DB> {
+        assert!(self.nodes[&id].running.is_none(), "node {id} is running");
+        let path = self.nodes[&id].dir.path().join("db");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match raftcron::storage::open_db(&path) {
+                Ok(db) => return db,
+                Err(e) if Instant::now() >= deadline => panic!("node {id}'s db stays locked: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     /// Kills a node and empties its data dir, as a replaced disk would.
     pub async fn wipe(&mut self, id: u64) {
         self.kill(id).await;

@@ -58,7 +58,7 @@ async fn wait_purged_beyond(c: &TestCluster, leader: u64, index: u64) -> u64 {
 /// starts, with its data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_that_crashed_mid_purge_restarts_with_its_data() {
-    use raftcron::storage::{open_db, CF_RAFT_LOG, CF_RAFT_META};
+    use raftcron::storage::{CF_RAFT_LOG, CF_RAFT_META};
     let mut c = TestCluster::start(1).await;
     let n = c.wait_leader(Duration::from_secs(10)).await;
     for i in 0..5 {
@@ -80,7 +80,7 @@ async fn a_node_that_crashed_mid_purge_restarts_with_its_data() {
     {
         // The log ends three entries before the purge point, as after a snapshot install
         // whose purge was cut short.
-        let db = open_db(&c.nodes[&n].dir.path().join("db")).unwrap();
+        let db = c.open_killed_db(n).await;
         let log = db.cf_handle(CF_RAFT_LOG).unwrap();
         let last = applied.index;
         db.delete_range_cf(log, (last - 2).to_be_bytes(), (last + 1).to_be_bytes()).unwrap();

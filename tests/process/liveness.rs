@@ -73,9 +73,11 @@ async fn a_connected_majority_elects_a_leader_while_the_old_one_still_reaches_a_
 
 /// A write sent to a follower just as the leader freezes (SIGSTOP: it accepts
 /// connections, never answers) is answered once the follower knows the new leader, not
-/// when its forward to the frozen one times out (6 s), and is applied once. Before the
-/// follower gave up on a replaced leader, the answer took over 6 s, and clients with a
-/// 5 s timeout (the chaos suite's) saw nothing succeed while any leader was paused.
+/// when its forward to the frozen one times out (6 s). Before the follower gave up on a
+/// replaced leader, the answer took over 6 s, and clients with a 5 s timeout (the chaos
+/// suite's) saw nothing succeed while any leader was paused. This test proves liveness;
+/// that the re-sent forward cannot apply twice rests on the idempotency key it carries
+/// (apply answers a repeat from the stored record; see the idempotency tests).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_forwarded_to_a_frozen_leader_moves_to_the_new_one() {
     let c = Cluster::start_with(3, 500).start_all();
@@ -97,7 +99,6 @@ async fn a_write_forwarded_to_a_frozen_leader_moves_to_the_new_one() {
     let took = sent.elapsed();
     let status = r.status();
     signal(frozen, "-CONT");
-    // Names are unique: a second apply of the create would have answered 409.
     assert_eq!(status, 201, "{}", r.text().await.unwrap_or_default());
     // The forward's own timeout is 6 s; an election with a 500 ms timeout takes about 1.
     assert!(took < Duration::from_secs(5), "answered after {took:?}: waited for the frozen leader; logs: {}", c.logs());
