@@ -61,6 +61,10 @@ pub struct NodeCore {
     pub quarantined: AtomicBool,
     /// The leader's memory of worker heartbeats (not replicated).
     pub heartbeats: crate::scheduler::workers::Heartbeats,
+    /// The leader this node last accepted an append (a heartbeat) from, and when. With
+    /// pre-vote a follower whose leader is gone keeps that leader's vote until someone
+    /// wins an election, so openraft's `current_leader` alone would name a dead leader.
+    pub leader_contact: std::sync::Mutex<Option<(NodeId, Instant)>>,
     /// The last command time this node stamped; held while a proposal is stamped and
     /// handed to Raft, so log order is stamp order (see [`NodeCore::propose_local`]).
     stamp: tokio::sync::Mutex<DateTime<Utc>>,
@@ -137,6 +141,14 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
         // committed, and serve a stale read. A new term's no-op puts the read index past
         // everything committed before the restart.
         enable_leader_restore: Some(false),
+        // Pre-vote: a node asks whether it could win before it bumps its term. Without it, an
+        // old leader cut off from all but one "bridge" follower steps down (quorum-loss
+        // probe) and then campaigns again and again at ever higher terms; each vote the
+        // bridge grants it restarts the bridge's election timer, and the bridge, whose log
+        // is the longest of the connected majority (the old leader kept appending to it),
+        // refuses everyone else: no leader for as long as the partition lasts (found by the
+        // chaos suite's bridge-hold, seed 153230625: terms 6 to 18 all the old leader's).
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     let raft_config = Arc::new(raft_config.validate().map_err(|e| NodeError::Raft(e.to_string()))?);
@@ -168,6 +180,7 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
         // has, so it must be removed and added again (the leader's `admit`).
         quarantined: AtomicBool::new(pristine),
         heartbeats: Default::default(),
+        leader_contact: Default::default(),
         stamp: tokio::sync::Mutex::new(DateTime::<Utc>::MIN_UTC),
     });
 
@@ -262,8 +275,28 @@ impl RunningNode {
 }
 
 impl NodeCore {
+    /// The leader as this node knows it: itself while it leads, or the leader it heard
+    /// from within the last election timeout and a half (openraft's follower lease); `None`
+    /// otherwise.
     pub fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow_watched().current_leader
+        self.leader_of(self.raft.metrics().borrow_watched().current_leader)
+    }
+
+    fn leader_of(&self, current: Option<NodeId>) -> Option<NodeId> {
+        let leader = current?;
+        if leader == self.id {
+            return Some(leader);
+        }
+        let lease = Duration::from_millis(self.config.cluster.election_timeout_ms * 3 / 2);
+        match *self.leader_contact.lock().expect("leader contact poisoned") {
+            Some((id, at)) if id == leader && at.elapsed() <= lease => Some(leader),
+            _ => None,
+        }
+    }
+
+    /// Called for every append this node accepted (any answer but a higher vote).
+    pub fn heard_from_leader(&self, leader: NodeId) {
+        *self.leader_contact.lock().expect("leader contact poisoned") = Some((leader, Instant::now()));
     }
 
     pub fn is_leader(&self) -> bool {
@@ -696,7 +729,7 @@ impl NodeCore {
         NodeStatus {
             node_id: self.id,
             role: role.into(),
-            leader_id: m.current_leader,
+            leader_id: self.leader_of(m.current_leader),
             term: m.current_term,
             last_log_index: m.last_log_index,
             commit_index: m.local_committed.as_ref().map(|l| l.index),

@@ -105,7 +105,7 @@ async fn cluster_view(
         .collect();
     Ok(Reply::ok(ClusterView {
         cluster_id: core.store.cluster_id()?,
-        leader_id: m.current_leader,
+        leader_id: core.leader(),
         term: m.current_term,
         members,
     }))

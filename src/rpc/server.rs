@@ -52,7 +52,12 @@ impl ClusterService for RpcServer {
         req: AppendEntriesRequest<TypeConfig>,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcFailure> {
         self.check_raft(&hdr)?;
-        self.core.raft.append_entries(req).await.map_err(unavailable)
+        let leader = req.vote.leader_id().node_id;
+        let resp = self.core.raft.append_entries(req).await.map_err(unavailable)?;
+        if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
+            self.core.heard_from_leader(leader);
+        }
+        Ok(resp)
     }
 
     async fn vote(

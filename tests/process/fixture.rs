@@ -186,6 +186,13 @@ impl Cluster {
         v["data"]["raft"]["leader_id"].as_u64()
     }
 
+    /// The Raft term node `i` is in, from its health report.
+    pub async fn term_seen_by(&self, i: usize) -> Option<u64> {
+        let r = self.http.get(format!("http://{}/api/health", self.nodes[i].http)).send().await.ok()?;
+        let v: Value = r.json().await.ok()?;
+        v["data"]["raft"]["term"].as_u64()
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {

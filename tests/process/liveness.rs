@@ -2,7 +2,10 @@
 //! suite's `bridge-hold`): the old leader still reaches one "bridge" follower, and the
 //! bridge with two more nodes forms a connected majority. Without the quorum-loss probe
 //! the old leader's heartbeats keep renewing the bridge's lease, the bridge never votes,
-//! and nobody is elected for as long as the partition lasts.
+//! and nobody is elected for as long as the partition lasts. Without pre-vote the old
+//! leader, once it stepped down, campaigns again and again; every vote the bridge grants
+//! it restarts the bridge's election timer, and the bridge (the longest log of the
+//! majority) refuses the others: again no leader.
 
 use std::time::{Duration, Instant};
 
@@ -12,21 +15,35 @@ use crate::fixture::{signal, Cluster, KEY};
 
 /// Writes through a node of the connected majority must succeed while the partition is
 /// in place, and while clients keep writing through the old leader (whose appends reach
-/// the bridge). Failed before `quorum_loss_probe_ms` defaulted to on: no write for the
-/// whole 45 s (the same with `quorum_loss_probe_ms = 0` today).
+/// the bridge). Failed before `quorum_loss_probe_ms` defaulted to on (no write for the
+/// whole 45 s), and in this topology, with the old leader at the highest id, before
+/// pre-vote was on (no write in 45 s either).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_connected_majority_elects_a_leader_while_the_old_one_still_reaches_a_bridge() {
-    let c = Cluster::start_with(5, 500).run_as_own_users().start_all();
+    let c = Cluster::start_with(5, 1000).run_as_own_users().start_all();
     c.wait_healthy(Duration::from_secs(30)).await;
-    let old = c.leader_seen_by(0).await.expect("a leader") as usize - 1;
-    let others: Vec<usize> = (0..5).filter(|i| *i != old).collect();
-    let (bridge, a, b, isolated) = (others[0], others[1], others[2], others[3]);
+    // The chaos suite's topology (seed 153230625): the old leader has the highest id, so
+    // its campaigns at a term outrank the bridge's own (openraft orders votes of one term
+    // by node id); the bridge has the lowest.
+    let old = 4;
+    let to_five = c
+        .http
+        .post(format!("http://{}/api/cluster/transfer-leader", c.nodes[0].http))
+        .bearer_auth(KEY)
+        .json(&json!({"to": 5}))
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .expect("transfer-leader answers");
+    assert_eq!(to_five.status(), 200, "{}", to_five.text().await.unwrap_or_default());
+    let (bridge, a, b, isolated) = (0, 1, 3, 2);
     // Keep old–bridge, bridge–a, bridge–b, a–b; cut every other pair.
     let kept = [(old, bridge), (bridge, a), (bridge, b), (a, b)];
     let pairs: Vec<(usize, usize)> = (0..5)
         .flat_map(|x| (x + 1..5).map(move |y| (x, y)))
         .filter(|(x, y)| !kept.contains(&(*x, *y)) && !kept.contains(&(*y, *x)))
         .collect();
+    let term_before = c.term_seen_by(a).await.expect("a term");
     let cut = c.cut(&pairs);
     // Clients keep writing through the old leader, as clients behind a load balancer do:
     // it appends each write and replicates it to the bridge (it cannot commit them).
@@ -66,7 +83,18 @@ async fn a_connected_majority_elects_a_leader_while_the_old_one_still_reaches_a_
     };
     let new = c.leader_seen_by(a).await.expect("the majority has a leader") as usize - 1;
     assert!([bridge, a, b].contains(&new), "the leader is in the connected majority, not node {}", new + 1);
-    eprintln!("first write through the majority {written:?} after the cut; node {} leads", new + 1);
+    let term_after = c.term_seen_by(a).await.expect("a term");
+    eprintln!(
+        "first write through the majority {written:?} after the cut; node {} leads; term {term_before} -> {term_after}",
+        new + 1
+    );
+    // The old leader cannot win, so it must not inflate terms (the mechanism of the stall
+    // above): with pre-vote one election suffices. Without it every campaign of the old
+    // leader took a term.
+    assert!(
+        term_after <= term_before + 3,
+        "terms went from {term_before} to {term_after}: a node that could not win kept campaigning"
+    );
     pressure.abort();
     drop(cut);
 }
