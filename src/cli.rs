@@ -104,7 +104,8 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// Base URL of any node or the load balancer.
+    /// Base URL of any node or the load balancer; or several, comma-separated, to fail
+    /// over between nodes without a load balancer.
     #[arg(long, env = "RAFTCRON_SERVER", default_value = "http://127.0.0.1:8080")]
     pub server: String,
     /// This worker's id (letters, digits, `.`, `_`, `-`); a `worker`-role key must be

@@ -10,8 +10,8 @@
 //! The job environment contract: a process starts from an empty environment, then gets
 //! the agent's `PATH`, `HOME`, `LANG` and `TZ` (where set; `HOME` is the `run_as` user's
 //! home when jobs run as another user), the task's own `environment`, and last — so a task
-//! cannot shadow them — `RAFTCRON_RUN_ID`, `RAFTCRON_TASK_ID`, `RAFTCRON_ATTEMPT` and
-//! `RAFTCRON_SCHEDULED_AT` (RFC 3339, UTC). Nothing else of the agent's environment — API
+//! cannot shadow them — `RAFTCRON_RUN_ID`, `RAFTCRON_TASK_ID`, `RAFTCRON_ATTEMPT`,
+//! `RAFTCRON_SCHEDULED_AT` (RFC 3339, UTC) and `RAFTCRON_WORKER_ID`. Nothing else of the agent's environment — API
 //! keys, the cluster secret — ever reaches a job. The agent's own descriptors are opened
 //! close-on-exec (Rust's and RocksDB's default), so a job inherits only its stdin
 //! (`/dev/null`) and its two output pipes.
@@ -85,6 +85,8 @@ pub struct JobContext {
     pub task_id: u64,
     pub attempt: u32,
     pub scheduled_at: DateTime<Utc>,
+    /// The worker running it.
+    pub worker_id: String,
 }
 
 /// The agent's variables a job inherits. Everything else is dropped.
@@ -149,6 +151,7 @@ pub fn job_environment(
     env.push(("RAFTCRON_TASK_ID".into(), job.task_id.to_string()));
     env.push(("RAFTCRON_ATTEMPT".into(), job.attempt.to_string()));
     env.push(("RAFTCRON_SCHEDULED_AT".into(), job.scheduled_at.to_rfc3339_opts(SecondsFormat::Secs, true)));
+    env.push(("RAFTCRON_WORKER_ID".into(), job.worker_id.clone()));
     env
 }
 
@@ -540,6 +543,7 @@ mod tests {
             task_id: 3,
             attempt: 2,
             scheduled_at: Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(),
+            worker_id: "w-1".into(),
         }
     }
 
@@ -568,6 +572,7 @@ mod tests {
                 ("RAFTCRON_TASK_ID", "3"),
                 ("RAFTCRON_ATTEMPT", "2"),
                 ("RAFTCRON_SCHEDULED_AT", "2026-01-02T03:04:05Z"),
+                ("RAFTCRON_WORKER_ID", "w-1"),
             ])
         );
     }

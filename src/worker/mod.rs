@@ -37,7 +37,10 @@ use shim::ShimSpec;
 /// How the agent is set up.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Base URL of any node or of the load balancer, e.g. `http://127.0.0.1:8080`.
+    /// Base URL of any node or of the load balancer, e.g. `http://127.0.0.1:8080`; or
+    /// several, comma-separated: the agent sends to one and moves to the next after a
+    /// transport error or a 5xx answer (a node that is down, cut off or without a leader).
+    /// Every agent request is safe to send anywhere: writes are fenced by epoch and attempt.
     pub server: String,
     pub id: String,
     pub name: Option<String>,
@@ -99,6 +102,9 @@ struct Held {
 
 struct Shared {
     config: AgentConfig,
+    /// `config.server`, split; requests go to `servers[current % len]`.
+    servers: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
     launch: exec::Launch,
     records: Records,
     http: reqwest::Client,
@@ -133,6 +139,15 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     };
     let launch = exec::Launch { shim, work_dir: config.work_dir.clone(), run_as };
     let records = Records::open(config.state_dir.as_deref())?;
+    let servers: Vec<String> = config
+        .server
+        .split(',')
+        .map(|s| s.trim().trim_end_matches('/').to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if servers.is_empty() {
+        anyhow::bail!("no server URL given");
+    }
     // A previous incarnation's jobs die before this one says anything to the cluster.
     let killed = records.kill_survivors();
     if !killed.is_empty() {
@@ -140,6 +155,8 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     }
     let shared = Arc::new(Shared {
         config,
+        servers,
+        current: Default::default(),
         launch,
         records,
         http,
@@ -155,7 +172,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     let main = tokio::spawn(async move {
         s.deliver_pending_reports().await;
         let heartbeat_every = s.register().await;
-        tracing::info!(worker = %s.config.id, server = %s.config.server, "worker registered");
+        tracing::info!(worker = %s.config.id, server = %s.server().1, "worker registered");
         tokio::join!(s.clone().heartbeat_loop(heartbeat_every), s.clone().poll_loop());
     });
     let watchdog = tokio::spawn(shared.clone().lease_watchdog());
@@ -192,8 +209,22 @@ impl RunningAgent {
 }
 
 impl Shared {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.config.server.trim_end_matches('/'))
+    /// The server the next request goes to, and its index.
+    fn server(&self) -> (usize, &str) {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        (i, &self.servers[i % self.servers.len()])
+    }
+
+    /// After a request to server `i` failed: the next one, unless another request moved on
+    /// already.
+    fn fail_over(&self, i: usize, why: &str) {
+        use std::sync::atomic::Ordering;
+        if self.servers.len() > 1
+            && self.current.compare_exchange(i, i + 1, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            let next = &self.servers[(i + 1) % self.servers.len()];
+            tracing::info!(worker = %self.config.id, from = %self.servers[i % self.servers.len()], to = %next, why, "switching server");
+        }
     }
 
     async fn call(
@@ -203,12 +234,25 @@ impl Shared {
         body: Option<Value>,
         timeout: Duration,
     ) -> Result<(StatusCode, Value), String> {
-        let mut req = self.http.request(method, self.url(path)).bearer_auth(&self.config.api_key).timeout(timeout);
+        let (server, base) = self.server();
+        let mut req =
+            self.http.request(method, format!("{base}{path}")).bearer_auth(&self.config.api_key).timeout(timeout);
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                // Unreachable, or no answer in time (a long poll's timeout is past the
+                // server's own wait, so it too means a server that stopped answering).
+                self.fail_over(server, "no answer");
+                return Err(e.to_string());
+            }
+        };
         let status = resp.status();
+        if status.is_server_error() {
+            self.fail_over(server, status.as_str());
+        }
         let value = resp.json::<Value>().await.unwrap_or(Value::Null);
         Ok((status, value))
     }
@@ -469,7 +513,13 @@ impl Shared {
         // Started here although the cluster shows it running: its `Started` was applied
         // but the answer lost, and the job starts only now.
         let restart = a.status == RunStatus::Running;
-        let job = exec::JobContext { run_id, task_id: a.task_id, attempt, scheduled_at: a.scheduled_at };
+        let job = exec::JobContext {
+            run_id,
+            task_id: a.task_id,
+            attempt,
+            scheduled_at: a.scheduled_at,
+            worker_id: self.config.id.clone(),
+        };
         let lease_ns = exec::monotonic_deadline_ns(*self.lease.borrow());
         let outcome = match exec::shim_spec(&a.task, &job, &self.launch, lease_ns) {
             Some(spec) => self.execute_supervised(&job, epoch, restart, &spec, a.task.timeout_seconds, stop).await,

@@ -507,3 +507,29 @@ async fn a_worker_shutting_down_drains_its_runs() {
     assert_eq!(worker.data()["current_tasks"], 0, "no slot left held: {}", worker.body);
     c.shutdown().await;
 }
+
+/// An agent given every node's URL keeps working when the node it talked to dies: it
+/// moves to the next one on the first failed call, so a worker needs no load balancer in
+/// front of the cluster. Before, the agent took one URL and `a,b,c` was no URL at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_given_every_node_moves_on_when_its_node_dies() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    // The agent starts with a follower, which is then killed; the leader stays up.
+    let first = c.follower(leader);
+    let rest: Vec<u64> = (1..=3).filter(|n| *n != first).collect();
+    let servers = std::iter::once(first).chain(rest.iter().copied()).map(|n| c.url(n, "")).collect::<Vec<_>>();
+    let mut config = agent_config(servers.join(","), "w-multi", KEY);
+    config.drain = Duration::from_secs(5);
+    let w = worker::start(config).await.expect("agent starts");
+    let task = create(&c, leader, json!({"name": "anywhere", "executor": "shell", "command": "echo ran"})).await;
+    let run = trigger(&c, leader, task).await;
+    let done = wait_run(&c, leader, run, Duration::from_secs(15), is_final).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    c.kill(first).await;
+    let run = trigger(&c, leader, task).await;
+    let done = wait_run(&c, leader, run, Duration::from_secs(20), is_final).await;
+    assert_eq!((done["status"].as_str(), done["worker_id"].as_str()), (Some("succeeded"), Some("w-multi")), "{done}");
+    w.shutdown().await;
+    c.shutdown().await;
+}

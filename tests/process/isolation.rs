@@ -101,6 +101,7 @@ fn assert_clean(run: &Value) {
         format!("RAFTCRON_TASK_ID={}", run["task_id"]),
         "RAFTCRON_ATTEMPT=1".to_string(),
         "RAFTCRON_SCHEDULED_AT=".to_string(),
+        "RAFTCRON_WORKER_ID=".to_string(),
         "JOB_VAR=visible".to_string(),
     ] {
         assert!(env.contains(&expected), "{expected} missing from the job's environment:\n{env}");
