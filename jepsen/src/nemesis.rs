@@ -679,15 +679,39 @@ impl<'a> Nemesis<'a> {
 
     /// A membership change through the API (any node that answers), retried for up to
     /// 30 s: it needs a quorum, which every fault it is combined with leaves available.
-    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<()> {
+    /// Done once node `member` is a voter (`voter`) or no member at all (`!voter`) in the
+    /// view of a node that knows a leader: an attempt whose answer was lost may have applied,
+    /// and its retry is then refused ("already a voter", "not a member").
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        member: u64,
+        voter: bool,
+    ) -> anyhow::Result<()> {
+        use crate::workload::Outcome;
         let client = crate::workload::Client::new(self.nodes.iter().map(Node::http).collect());
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut last = String::new();
         while Instant::now() < deadline {
             for node in &client.nodes {
                 match client.request(method.clone(), node, path, body.clone(), None).await {
-                    crate::workload::Outcome::Ok(_) => return Ok(()),
-                    crate::workload::Outcome::Fail(e) | crate::workload::Outcome::Info(e) => last = e,
+                    Outcome::Ok(_) => return Ok(()),
+                    Outcome::Fail(e) | Outcome::Info(e) => last = e,
+                }
+                if let Outcome::Ok(view) = client.request(reqwest::Method::GET, node, "/api/cluster", None, None).await
+                {
+                    let role = view["members"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|m| m["id"] == member)
+                        .map(|m| m["membership"].as_str().unwrap_or("").to_string());
+                    let done = if voter { role.as_deref() == Some("voter") } else { role.is_none() };
+                    if done && !view["leader_id"].is_null() {
+                        return Ok(());
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -703,11 +727,11 @@ impl<'a> Nemesis<'a> {
     /// the time), so the voter count never drops below where it started.
     async fn membership(&mut self) -> anyhow::Result<String> {
         let spare = self.spare.id;
-        self.admin(reqwest::Method::POST, "/api/cluster/nodes", Some(Self::add_body(self.spare))).await?;
+        self.admin(reqwest::Method::POST, "/api/cluster/nodes", Some(Self::add_body(self.spare)), spare, true).await?;
         self.voters.push(spare);
         self.effect.evidence.push(format!("n{spare} added as a voter"));
         let victim = *self.ids().choose(&mut self.rng).expect("nodes");
-        self.admin(reqwest::Method::DELETE, &format!("/api/cluster/nodes/{victim}"), None).await?;
+        self.admin(reqwest::Method::DELETE, &format!("/api/cluster/nodes/{victim}"), None, victim, false).await?;
         self.voters.retain(|v| *v != victim);
         self.effect.evidence.push(format!("n{victim} removed"));
         self.damage.removed = Some(victim);
@@ -772,9 +796,10 @@ impl<'a> Nemesis<'a> {
         }
         if let Some(victim) = d.removed {
             let body = Self::add_body(self.nodes.iter().find(|n| n.id == victim).expect("known node"));
-            self.admin(reqwest::Method::POST, "/api/cluster/nodes", Some(body)).await?;
+            self.admin(reqwest::Method::POST, "/api/cluster/nodes", Some(body), victim, true).await?;
             self.voters.push(victim);
-            self.admin(reqwest::Method::DELETE, &format!("/api/cluster/nodes/{}", self.spare.id), None).await?;
+            let spare = self.spare.id;
+            self.admin(reqwest::Method::DELETE, &format!("/api/cluster/nodes/{spare}"), None, spare, false).await?;
             self.voters.retain(|v| *v != self.spare.id);
             // Back to an empty spare, ready to be added next time.
             let bin = self.bin.to_path_buf();

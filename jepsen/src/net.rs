@@ -182,7 +182,8 @@ impl Node {
             .args(["serve", "--config"])
             .arg(self.dir.join("config.toml"))
             .env("RAFTCRON_API_KEY", API_KEY)
-            .env("RUST_LOG", "info,openraft=warn")
+            // JEPSEN_NODE_LOG overrides the nodes' log filter (e.g. `info` to see elections).
+            .env("RUST_LOG", std::env::var("JEPSEN_NODE_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
             .env("LD_PRELOAD", FAKETIME_LIB)
             .env("FAKETIME_TIMESTAMP_FILE", self.faketime_file())
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
