@@ -708,7 +708,9 @@ impl NodeCore {
                 self.raft.trigger().transfer_leader(to).await.map_err(|e| RpcFailure::Unavailable(e.to_string()))?;
                 let patience = Duration::from_millis(3 * self.config.cluster.election_timeout_ms);
                 self.await_leader_change(Some(self.id), patience).await;
-                if self.leader() == Some(to) {
+                // openraft's own view: the filtered `leader()` may not have recorded the
+                // new leader's first heartbeat yet.
+                if self.raft.metrics().borrow_watched().current_leader == Some(to) {
                     Ok(())
                 } else {
                     Err(RpcFailure::Unavailable(format!("node {to} did not take over in time")))
@@ -837,8 +839,18 @@ impl NodeCore {
         if leader != Some(self.id) {
             return Err(RpcFailure::NotLeader(leader));
         }
-        self.linearize().await?;
+        // This node's own read index (refused unless it still leads), then its replication
+        // view, which only a leader has: a node deposed meanwhile must not answer.
+        let index = self.read_index_local().await?;
+        self.raft
+            .wait(Some(RPC_TIMEOUT))
+            .applied_index_at_least(Some(index), "replicated-to read")
+            .await
+            .map_err(|e| RpcFailure::Unavailable(e.to_string()))?;
         let m = self.raft.metrics().borrow_watched().clone();
+        if m.current_leader != Some(self.id) {
+            return Err(RpcFailure::NotLeader(m.current_leader));
+        }
         let recorded = self.store.replicated_members().map_err(|e| RpcFailure::Unavailable(e.to_string()))?;
         let matched = m.replication.as_ref().and_then(|r| r.get(&node).cloned().flatten()).is_some();
         Ok(recorded.contains(&node) || matched)

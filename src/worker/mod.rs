@@ -102,9 +102,10 @@ struct Held {
 
 struct Shared {
     config: AgentConfig,
-    /// `config.server`, split; requests go to `servers[current % len]`.
+    /// `config.server`, split; requests go to `servers[current % len]`. Watched by the
+    /// long poll, which gives up a server the other requests left.
     servers: Vec<String>,
-    current: std::sync::atomic::AtomicUsize,
+    current: watch::Sender<usize>,
     launch: exec::Launch,
     records: Records,
     http: reqwest::Client,
@@ -156,7 +157,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
     let shared = Arc::new(Shared {
         config,
         servers,
-        current: Default::default(),
+        current: watch::channel(0).0,
         launch,
         records,
         http,
@@ -211,17 +212,24 @@ impl RunningAgent {
 impl Shared {
     /// The server the next request goes to, and its index.
     fn server(&self) -> (usize, &str) {
-        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let i = *self.current.borrow();
         (i, &self.servers[i % self.servers.len()])
     }
 
     /// After a request to server `i` failed: the next one, unless another request moved on
     /// already.
     fn fail_over(&self, i: usize, why: &str) {
-        use std::sync::atomic::Ordering;
-        if self.servers.len() > 1
-            && self.current.compare_exchange(i, i + 1, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
+        if self.servers.len() < 2 {
+            return;
+        }
+        let moved = self.current.send_if_modified(|c| {
+            let now = *c == i;
+            if now {
+                *c = i + 1;
+            }
+            now
+        });
+        if moved {
             let next = &self.servers[(i + 1) % self.servers.len()];
             tracing::info!(worker = %self.config.id, from = %self.servers[i % self.servers.len()], to = %next, why, "switching server");
         }
@@ -410,9 +418,15 @@ impl Shared {
                 return;
             }
             let path = format!("/api/workers/{}/assignments?wait_ms=20000&epoch={}", self.config.id, self.epoch());
+            // A poll waiting on a server that the heartbeats have left (paused, cut off)
+            // would hear of a cancel or a withdrawn run only at its timeout: it is given up
+            // and sent again to the new server.
+            let mut moved = self.current.subscribe();
+            moved.borrow_and_update();
             let polled = tokio::select! {
                 r = self.call(reqwest::Method::GET, &path, None, Duration::from_secs(25)) => r,
                 _ = stopping.changed() => return,
+                _ = moved.changed() => continue,
             };
             let held: Vec<Assignment> = match polled {
                 Ok((StatusCode::OK, v)) => serde_json::from_value(v["data"].clone()).unwrap_or_default(),
@@ -691,9 +705,18 @@ impl Shared {
         let path = format!("/api/runs/{run_id}/report");
         let mut backoff = Duration::from_millis(100);
         let mut failures = 0u32;
+        let mut body = body.clone();
         loop {
             if !keep_trying() {
                 return Delivery::GaveUp;
+            }
+            // A start sent again may follow one the cluster applied (its answer lost): the
+            // job starts only on an accepted answer, so the run is timed from this one.
+            // Timing it later than the job's real start only delays the cluster's expiry,
+            // which the shim's own timeout already bounds; timing it earlier could expire
+            // a run whose job still runs.
+            if failures > 0 && body["status"] == "running" {
+                body["restart"] = json!(true);
             }
             match self.call(reqwest::Method::POST, &path, Some(body.clone()), Duration::from_secs(15)).await {
                 Ok((StatusCode::OK, _)) => return Delivery::Accepted,

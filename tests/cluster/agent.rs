@@ -226,6 +226,23 @@ async fn a_start_whose_answer_was_lost_still_runs_the_job() {
     agent.kill();
 }
 
+/// Regression test (review): a `Started` sent again after a lost answer went out as a
+/// plain `Started`, which changes nothing on the cluster, so a run whose first `Started`
+/// had applied stayed timed from it while its job started only after the retry: the
+/// cluster could expire it, and run it again, while the job still ran. Every resend asks
+/// to be timed from then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_start_sent_again_after_a_lost_answer_is_timed_from_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Fake::new("true".into()));
+    fake.report_answers.lock().unwrap().extend([503, 503]);
+    let agent = start_agent(&fake, &dir.path().join("state")).await;
+    wait_for("the job's success report", Duration::from_secs(10), || !fake.reports_with("succeeded").is_empty()).await;
+    let starts: Vec<bool> = fake.reports_with("running").iter().map(|r| r["restart"] == true).collect();
+    assert_eq!(starts, vec![false, true, true], "the first Started, then resends that re-time the run");
+    agent.kill();
+}
+
 /// Regression test: any 4xx answer to a final report counted as "fenced" and the report
 /// was dropped, so an expired or rotated credential (401, 403) threw a run's outcome away.
 /// Only 404 and 409 settle a report; the others are retried.
