@@ -436,3 +436,36 @@ fn a_pending_run_fails_at_its_deadline() {
     assert_eq!(store.queued_runs().unwrap(), 0);
     assert_eq!(store.due_runs(crate::storage::CF_RUN_DEADLINES, i64::MAX, 10).unwrap().0, Vec::<u64>::new());
 }
+
+/// Issue 10's edit cases at apply: a time-zone-only edit and a manual task given a
+/// schedule both move the cursor to the edit (no backlog of ticks before it), and an edit
+/// never moves a cursor that is already later back.
+#[test]
+fn schedule_and_time_zone_edits_start_from_the_edit_and_never_move_the_cursor_back() {
+    let (_dir, store) = store_with_task("allow");
+    let cursor = |store: &Store| store.task(1).unwrap().unwrap().cursor;
+    assert_eq!(cursor(&store), Some(t(0)));
+    let zone = TaskField::Timezone("Australia/Lord_Howe".into());
+    assert!(apply(&store, Command::UpdateTask { id: 1, fields: vec![zone], expected_version: None }, t(7))
+        .result
+        .is_ok());
+    assert_eq!(cursor(&store), Some(t(7)), "a time-zone edit starts from the edit");
+    // Ticks fired up to 20 s; an edit stamped earlier than that leaves the cursor alone.
+    assert!(fire_at(&store, t(20), fire(t(7), &[t(8), t(9)], t(20), 2)).is_ok());
+    let every = TaskField::Schedule(Some("@every 5s".into()));
+    assert!(apply(&store, Command::UpdateTask { id: 1, fields: vec![every], expected_version: None }, t(15))
+        .result
+        .is_ok());
+    assert_eq!(cursor(&store), Some(t(20)), "never moved back");
+
+    // A manual task (no schedule) created at 0 and given one 12 minutes later: nothing
+    // from before the edit is owed.
+    let manual =
+        TaskField::parse_object(serde_json::json!({"name": "m", "executor": "shell", "command": "true"})).unwrap();
+    apply(&store, Command::CreateTask { spec: Box::new(TaskSpec::from_fields(manual, "UTC").unwrap()) }, t(0));
+    let later = Utc.with_ymd_and_hms(2027, 1, 1, 0, 12, 0).unwrap();
+    let every_second = TaskField::Schedule(Some("* * * * * *".into()));
+    let r = apply(&store, Command::UpdateTask { id: 2, fields: vec![every_second], expected_version: None }, later);
+    assert!(r.result.is_ok(), "{r:?}");
+    assert_eq!(store.task(2).unwrap().unwrap().cursor, Some(later), "720 past ticks are not owed");
+}
