@@ -244,6 +244,51 @@ mod tests {
         StateMachine::new(store, dir.join("snapshot")).unwrap()
     }
 
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta { last_log_id: Some(log_id(index)), last_membership: Default::default() }
+    }
+
+    /// The snapshot file never moves backwards: an older snapshot saved after a newer one
+    /// (a build that captured its state before an install finished) is dropped.
+    #[test]
+    fn an_older_snapshot_saved_later_does_not_replace_the_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = state(dir.path(), 0, 1);
+        sm.save_snapshot_file(&meta(30), b"thirty").unwrap();
+        sm.save_snapshot_file(&meta(20), b"twenty").unwrap();
+        let file: SnapshotFile =
+            decode_versioned("snapshot file", &std::fs::read(sm.snapshot_path()).unwrap()).unwrap();
+        assert_eq!((file.meta.last_log_id, file.data.as_slice()), (Some(log_id(30)), &b"thirty"[..]));
+    }
+
+    /// Saves from two threads at once, each through a temp file of its own: every save
+    /// succeeds (a shared temp name made one rename fail, or renamed the other's half
+    /// written file) and the file left is the newest whole snapshot.
+    #[test]
+    fn concurrent_saves_each_succeed_and_leave_the_newest_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = state(dir.path(), 0, 1);
+        let writers: Vec<_> = (0..2u64)
+            .map(|w| {
+                let sm = sm.clone();
+                std::thread::spawn(move || {
+                    for i in 0..40u64 {
+                        let index = i * 2 + w + 1;
+                        let data = vec![index as u8; 256 * 1024 + index as usize];
+                        sm.save_snapshot_file(&meta(index), &data).unwrap_or_else(|e| panic!("save {index}: {e}"));
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().expect("a save failed");
+        }
+        let file: SnapshotFile =
+            decode_versioned("snapshot file", &std::fs::read(sm.snapshot_path()).unwrap()).unwrap();
+        assert_eq!(file.meta.last_log_id, Some(log_id(80)));
+        assert_eq!(file.data, vec![80u8; 256 * 1024 + 80], "the newest snapshot, whole");
+    }
+
     /// Regression test: a snapshot build and a snapshot install shared one temp file, and
     /// openraft may run them at once: the rename failed, the file held a mix of both, or the
     /// older snapshot replaced the newer. Each now writes its own temp file and the newer
