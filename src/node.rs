@@ -113,9 +113,9 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
     let secret = config.cluster_secret()?;
     let db = open_db_retrying(&config.node.data_dir.join("db")).await?;
     let store = Store::new(db.clone());
-    let log_store = LogStore::new(db.clone());
-    let pristine = log_store.is_pristine()?;
     let state_machine = StateMachine::new(store.clone(), config.node.data_dir.join("snapshot"))?;
+    let log_store = LogStore::new(db.clone()).covered_by(state_machine.durable_snapshot());
+    let pristine = log_store.is_pristine()?;
     let identity = Identity {
         id: config.node.id,
         store: store.clone(),
