@@ -2,7 +2,7 @@
 # Runs the chaos suite (jepsen/): installs what it needs (iproute2, iptables, faketime),
 # builds raftcron and the harness, and passes the arguments to `jepsen run`.
 #
-#   scripts/chaos.sh                                    # CI's short runs (~5 min)
+#   scripts/chaos.sh                                    # CI's short runs (~6 min)
 #   scripts/chaos.sh --nemesis all --time-limit 1800    # the 30-minute run
 #
 # Needs root: nodes run in network namespaces, faults use iptables and signals.
@@ -25,8 +25,10 @@ if [ "$#" -eq 0 ]; then
   # with CHAOS_SEED=<the seed printed here>.
   seed="${CHAOS_SEED:-$((16#$(git rev-parse --short=7 HEAD 2>/dev/null || echo 1)))}"
   echo "chaos seed: $seed"
+  # The runs workload's two workers face the worker families.
   "$jepsen_bin" run --bin "$raftcron_bin" --once --seed "$seed" --fault-s 5 --calm-s 2 --snapshot-every 100 \
-    --nemesis kill,kill-majority,kill-all,power,power-majority,power-all,pause,partition,clock,flaky,delay,leader,membership,membership-partition,all
+    --workload register,set,runs \
+    --nemesis kill,kill-majority,kill-all,power,power-majority,power-all,pause,partition,clock,flaky,delay,leader,membership,membership-partition,worker-kill,worker-pause,worker-freeze,worker-partition,worker-leader,all
   # ... then openraft#2080's partial partition, which needs 5 nodes, held 20 s: writes
   # must succeed while it lasts.
   exec "$jepsen_bin" run --bin "$raftcron_bin" --once --seed "$seed" --nodes 5 --fault-s 5 --calm-s 2 \

@@ -15,6 +15,9 @@ mod net;
 mod phases;
 mod proxy;
 mod report;
+mod runs;
+mod truth;
+mod worker;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -66,6 +69,15 @@ enum Cmd {
         #[arg(long)]
         mountpoint: PathBuf,
     },
+    /// (internal) The job of the runs workload's tasks: logs its run, attempt, worker and
+    /// CLOCK_MONOTONIC times to `--out` while it runs `--ms` milliseconds.
+    #[command(hide = true)]
+    Job {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        ms: u64,
+    },
     /// (internal) The part of `run` that executes inside the control namespace; reads
     /// its arguments from `<run_dir>/args.json`.
     #[command(hide = true)]
@@ -77,9 +89,12 @@ enum Cmd {
 
 #[derive(Args, Clone, serde::Serialize, serde::Deserialize)]
 struct RunArgs {
-    /// register, set, or both comma-separated.
+    /// register, set, runs, comma-separated.
     #[arg(long, default_value = "register,set")]
     workload: String,
+    /// Worker agents (each in its own namespace) for the runs workload.
+    #[arg(long, default_value_t = 2)]
+    workers: u64,
     /// Comma-separated nemesis families (see the README): kill, kill-majority, kill-all,
     /// power, power-majority, power-all, pause, partition, clock, flaky, delay, leader,
     /// membership, membership-partition, bridge-hold, all.
@@ -145,6 +160,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => rt.block_on(run_outer(args)),
         Cmd::Inner { run_dir } => rt.block_on(run_inner(run_dir)),
         Cmd::Lossyfs { backing, mountpoint } => lossyfs::run(&backing, &mountpoint).map(|()| true),
+        Cmd::Job { out, ms } => truth::job(&out, ms).map(|()| true),
         Cmd::Check { dir } => check_dir(&dir),
         Cmd::DelayProxy { maps, delay_ms, jitter_ms } => rt.block_on(async move {
             let maps: Vec<(String, String)> = maps
@@ -199,11 +215,17 @@ async fn run_outer(mut args: RunArgs) -> anyhow::Result<bool> {
     let bin = std::fs::canonicalize(args.bin.clone().unwrap_or_else(default_bin)).unwrap_or_else(|_| default_bin());
     preflight(&bin)?;
     args.bin = Some(bin);
-    Workload::parse(&args.workload)?;
+    let workloads = Workload::parse(&args.workload)?;
     for f in Family::parse(&args.nemesis)? {
         if args.nodes < f.min_nodes() {
             bail!("nemesis {} needs at least {} nodes (--nodes)", f.name(), f.min_nodes());
         }
+        if f.needs_workers() && !workloads.contains(&Workload::Runs) {
+            bail!("nemesis {} needs workers: add the runs workload (--workload ...,runs)", f.name());
+        }
+    }
+    if workloads.contains(&Workload::Runs) && args.workers < 2 {
+        bail!("the runs workload needs at least 2 workers (--workers)");
     }
     if args.clients < 2 {
         bail!("--clients must be at least 2");
@@ -218,15 +240,20 @@ async fn run_outer(mut args: RunArgs) -> anyhow::Result<bool> {
     ));
     std::fs::create_dir_all(&run_dir)?;
 
-    struct Teardown(u64);
+    struct Teardown(Vec<u64>);
     impl Drop for Teardown {
         fn drop(&mut self) {
-            net::teardown(self.0);
+            net::teardown(&self.0);
         }
     }
-    // One namespace more than the cluster size: the spare node the membership nemesis adds.
-    let _guard = Teardown(args.nodes + 1);
-    net::setup(args.nodes + 1).context("setting up network namespaces")?;
+    // One namespace more than the cluster size (the spare node the membership nemesis
+    // adds), and one per worker.
+    let mut ns_ids: Vec<u64> = (1..=args.nodes + 1).collect();
+    if workloads.contains(&Workload::Runs) {
+        ns_ids.extend((1..=args.workers).map(|k| worker::WORKER_NS_BASE + k));
+    }
+    let _guard = Teardown(ns_ids.clone());
+    net::setup(&ns_ids).context("setting up network namespaces")?;
     std::fs::write(run_dir.join("args.json"), serde_json::to_string_pretty(&args)?)?;
     let exe = std::env::current_exe()?;
     let mut cmd = tokio::process::Command::new("ip");
@@ -315,14 +342,29 @@ async fn run_inner(run_dir: PathBuf) -> anyhow::Result<bool> {
         nodes.push(Node::prepare(id, args.nodes, &run_dir, &cfg, lossy)?);
     }
     let mut spare = Node::prepare(args.nodes + 1, args.nodes, &run_dir, &cfg, lossy)?;
+    let mut workers = Vec::new();
+    if workloads.contains(&Workload::Runs) {
+        for k in 1..=args.workers {
+            workers.push(worker::Worker::prepare(k, &run_dir)?);
+        }
+    }
     let mut started = Ok(());
     for n in nodes.iter_mut().chain(std::iter::once(&mut spare)) {
         started = started.and_then(|()| n.start(&bin));
     }
+    let node_ids: Vec<u64> = (1..=args.nodes).collect();
+    for w in &mut workers {
+        started = started.and_then(|()| w.start(&bin, &node_ids));
+    }
     let outcome = match started {
-        Ok(()) => drive(&args, &bin, &workloads, &families, lossy, &mut nodes, &mut spare, &run_dir).await,
+        Ok(()) => {
+            drive(&args, &bin, &workloads, &families, lossy, &mut nodes, &mut spare, &mut workers, &run_dir).await
+        }
         Err(e) => Err(e),
     };
+    for w in &mut workers {
+        w.kill();
+    }
     for n in nodes.iter_mut().chain(std::iter::once(&mut spare)) {
         n.shut_down();
     }
@@ -338,6 +380,7 @@ async fn drive(
     lossy: bool,
     nodes: &mut Vec<Node>,
     spare: &mut Node,
+    workers: &mut Vec<worker::Worker>,
     run_dir: &Path,
 ) -> anyhow::Result<bool> {
     wait_healthy(nodes, Duration::from_secs(60)).await?;
@@ -347,7 +390,14 @@ async fn drive(
         workload::setup_registers(&client).await?;
         registers = workload::register_ids(&client).await?;
     }
+    let truth_path = run_dir.join("truth.log");
+    let mut runs_tasks = Vec::new();
+    if workloads.contains(&Workload::Runs) {
+        runs_tasks = runs::setup(&client, &std::env::current_exe()?, &truth_path).await?;
+    }
     let start = Instant::now();
+    // The history's clock and the jobs' truth lines share CLOCK_MONOTONIC (Instant's).
+    let start_mono_ns = truth::monotonic_ns();
     let rec = Recorder::new(start);
     let stop = workload::Stop::default();
     let mut handles = Vec::new();
@@ -357,6 +407,11 @@ async fn drive(
     for slot in 0..slots {
         let w = workloads[slot as usize % workloads.len()];
         let route = Route::for_client(slot / workloads.len() as u64, nodes.len());
+        if w == Workload::Runs {
+            let (client, tasks, rec, stop) = (client.clone(), runs_tasks.clone(), rec.clone(), stop.clone());
+            handles.push(tokio::spawn(runs::run_client(slot, slots, route, client, tasks, rec, stop)));
+            continue;
+        }
         handles.push(tokio::spawn(workload::run_client(
             slot,
             slots,
@@ -383,7 +438,7 @@ async fn drive(
         bridge_hold: Duration::from_secs(args.bridge_hold_s),
         recovery: Duration::from_secs(args.recovery_s),
     };
-    let mut nem = Nemesis::new(nodes, spare, bin, rng, rec.clone(), timing, lossy);
+    let mut nem = Nemesis::new(nodes, spare, workers, bin, rng, rec.clone(), timing, lossy);
     let nem_result = if args.once {
         nem.run_once(families).await
     } else {
@@ -404,6 +459,9 @@ async fn drive(
     // error of the harness: the history so far is still checked.
     let healthy = wait_healthy(nodes, Duration::from_secs(60)).await;
     workload::final_reads(&client, &registers, workloads.contains(&Workload::Set), &rec).await;
+    if workloads.contains(&Workload::Runs) {
+        runs::final_reads(&client, &runs_tasks, &rec).await;
+    }
     let converged = convergence(nodes, Duration::from_secs(30)).await;
 
     let events: Vec<Event> = rec.events();
@@ -414,7 +472,8 @@ async fn drive(
         ok_ops: args.min_ok.unwrap_or(defaults.ok_ops),
         acked_writes: args.min_writes.unwrap_or(defaults.acked_writes),
     };
-    let mut verdict = checker::check(&events, minimums);
+    let truth = checker::runs::Truth { lines: truth::read(&truth_path)?, start_mono_ns };
+    let mut verdict = checker::check(&events, minimums, &truth);
     let (fault_anomalies, availability) = phases::judge(&events, &nemesis_events, run_end_ns);
     for a in fault_anomalies {
         verdict.push(a);
@@ -436,6 +495,8 @@ async fn drive(
         "workload": args.workload, "nemesis": args.nemesis, "seed": args.seed, "nodes": args.nodes,
         "time_limit_s": args.time_limit, "seconds": seconds, "once": args.once, "ops": ops, "valid": verdict.valid,
         "lossyfs": lossy, "snapshot_every": args.snapshot_every, "quorum_loss_probe_ms": args.quorum_loss_probe_ms,
+        "workers": if workloads.contains(&Workload::Runs) { args.workers } else { 0 },
+        "start_mono_ns": start_mono_ns, "truth_lines": truth.lines.len(),
         "minimums": {"ok_ops": minimums.ok_ops, "acked_writes": minimums.acked_writes},
         "convergence": converged.as_ref().map_or_else(|e| e.clone(), |s| s.clone()),
         "faults": nemesis_events,
@@ -494,7 +555,11 @@ fn check_dir(dir: &Path) -> anyhow::Result<bool> {
             .as_u64()
             .unwrap_or(Minimums::for_seconds(seconds).acked_writes),
     };
-    let mut verdict = checker::check(&events, minimums);
+    let truth = checker::runs::Truth {
+        lines: truth::read(&dir.join("truth.log"))?,
+        start_mono_ns: results["start_mono_ns"].as_u64().unwrap_or(0),
+    };
+    let mut verdict = checker::check(&events, minimums, &truth);
     let end = events.iter().map(|e| e.time_ns).max().unwrap_or(0);
     for a in phases::judge(&events, &faults, end).0 {
         verdict.push(a);

@@ -12,7 +12,12 @@
 //! it); `membership-partition` (the same while a partition is in place); `bridge-hold`
 //! (5+ nodes: the old leader reaches only a bridge node, which also sees a connected
 //! majority — openraft#2080's topology — held long, and writes must succeed during it);
-//! `all` (a partition, a crash, a bad link and a clock fault at once).
+//! `worker-kill` (SIGKILL an agent, restart at heal); `worker-pause` (SIGSTOP an agent, its
+//! jobs left running); `worker-freeze` (SIGSTOP everything in a worker's namespace:
+//! agent, shims, jobs); `worker-partition` (cut a worker off from every node);
+//! `worker-leader` (the leader isolated from its peers with one worker that reaches only
+//! it, the other workers cut off from it); `all` (a partition, a crash, a bad link and a
+//! clock fault at once, plus a worker fault when workers run).
 //!
 //! Every fault records evidence that it took effect (packets its rules dropped, a
 //! process seen stopped, a clock seen skewed through the node's HTTP `Date`, the bytes a
@@ -30,6 +35,7 @@ use rand::Rng;
 
 use crate::history::{NemesisEvent, Recorder};
 use crate::net::{in_ns, in_ns_output, node_ip, Node};
+use crate::worker::Worker;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
@@ -48,10 +54,15 @@ pub enum Family {
     Membership,
     MembershipPartition,
     BridgeHold,
+    WorkerKill,
+    WorkerPause,
+    WorkerFreeze,
+    WorkerPartition,
+    WorkerLeader,
     All,
 }
 
-const FAMILIES: [(&str, Family); 16] = [
+const FAMILIES: [(&str, Family); 21] = [
     ("kill", Family::Kill),
     ("kill-majority", Family::KillMajority),
     ("kill-all", Family::KillAll),
@@ -67,6 +78,11 @@ const FAMILIES: [(&str, Family); 16] = [
     ("membership", Family::Membership),
     ("membership-partition", Family::MembershipPartition),
     ("bridge-hold", Family::BridgeHold),
+    ("worker-kill", Family::WorkerKill),
+    ("worker-pause", Family::WorkerPause),
+    ("worker-freeze", Family::WorkerFreeze),
+    ("worker-partition", Family::WorkerPartition),
+    ("worker-leader", Family::WorkerLeader),
     ("all", Family::All),
 ];
 
@@ -91,6 +107,18 @@ impl Family {
     /// Power faults need every node's data dir on lossyfs.
     pub fn needs_lossyfs(self) -> bool {
         matches!(self, Family::Power | Family::PowerMajority | Family::PowerAll)
+    }
+
+    /// Worker faults need workers (the `runs` workload starts them).
+    pub fn needs_workers(self) -> bool {
+        matches!(
+            self,
+            Family::WorkerKill
+                | Family::WorkerPause
+                | Family::WorkerFreeze
+                | Family::WorkerPartition
+                | Family::WorkerLeader
+        )
     }
 
     /// The smallest cluster the family makes sense on.
@@ -142,6 +170,9 @@ struct Damage {
     removed: Option<u64>,
     /// Nodes whose inbound traffic goes through a delay proxy, and the proxies.
     delayed: Vec<(u64, std::process::Child)>,
+    /// Workers (by index) killed, or paused or frozen.
+    workers_killed: Vec<usize>,
+    workers_paused: Vec<usize>,
 }
 
 /// What the current fault did, for its record.
@@ -164,10 +195,14 @@ struct Effect {
 /// read how many packets each part dropped.
 const TAG_PARTITION: &str = "rcj-partition";
 const TAG_FLAKY: &str = "rcj-flaky";
+const TAG_WORKER: &str = "rcj-worker";
+/// How long a worker fault is held at least.
+const WORKER_FAULT_HOLD: Duration = Duration::from_secs(10);
 
 pub struct Nemesis<'a> {
     pub nodes: &'a mut Vec<Node>,
     pub spare: &'a mut Node,
+    pub workers: &'a mut Vec<Worker>,
     pub bin: &'a Path,
     pub rng: StdRng,
     pub rec: Recorder,
@@ -182,9 +217,11 @@ pub struct Nemesis<'a> {
 }
 
 impl<'a> Nemesis<'a> {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         nodes: &'a mut Vec<Node>,
         spare: &'a mut Node,
+        workers: &'a mut Vec<Worker>,
         bin: &'a Path,
         rng: StdRng,
         rec: Recorder,
@@ -195,6 +232,7 @@ impl<'a> Nemesis<'a> {
         Nemesis {
             nodes,
             spare,
+            workers,
             bin,
             rng,
             rec,
@@ -340,7 +378,22 @@ impl<'a> Nemesis<'a> {
                 hold = self.timing.bridge_hold;
                 liveness = true;
             }
+            Family::WorkerKill => parts.push(self.worker_kill()),
+            Family::WorkerPause => parts.push(self.worker_pause().await),
+            Family::WorkerFreeze => parts.push(self.worker_freeze()),
+            Family::WorkerPartition => {
+                let w = self.rng.random_range(0..self.workers.len());
+                parts.push(self.worker_cut(w)?);
+            }
+            Family::WorkerLeader => parts.push(self.worker_leader().await?),
             Family::All => {
+                if !self.workers.is_empty() {
+                    match self.rng.random_range(0..3) {
+                        0 => parts.push(self.worker_kill()),
+                        1 => parts.push(self.worker_pause().await),
+                        _ => parts.push(self.worker_freeze()),
+                    }
+                }
                 parts.push(self.partition().await?);
                 let (id, why) = self.target().await;
                 match self.rng.random_range(0..if self.lossy { 3 } else { 2 }) {
@@ -356,6 +409,11 @@ impl<'a> Nemesis<'a> {
                 }
                 parts.push(self.clock()?);
             }
+        }
+        if family.needs_workers() {
+            // Past the nodes' worker_timeout_s (6 s): the cluster gives the worker's runs
+            // up and runs them elsewhere while the fault lasts, the case fencing is for.
+            hold = hold.max(WORKER_FAULT_HOLD);
         }
         let quorum = self.quorum_by_design();
         let liveness_ms = self.hold(hold, liveness, start_ns).await;
@@ -790,6 +848,14 @@ impl<'a> Nemesis<'a> {
         for id in d.paused {
             self.node(id).resume();
         }
+        for w in d.workers_paused {
+            self.workers[w].resume();
+        }
+        let node_ids = self.ids();
+        for w in d.workers_killed {
+            let bin = self.bin.to_path_buf();
+            self.workers[w].start(&bin, &node_ids)?;
+        }
         for id in d.killed {
             let bin = self.bin.to_path_buf();
             self.node(id).start(&bin)?;
@@ -808,6 +874,100 @@ impl<'a> Nemesis<'a> {
         }
         self.voters.sort_unstable();
         Ok(())
+    }
+
+    /// A random worker that runs (not already killed, paused or frozen).
+    fn some_worker(&mut self) -> Option<usize> {
+        let d = &self.damage;
+        let up: Vec<usize> = (0..self.workers.len())
+            .filter(|w| !d.workers_killed.contains(w) && !d.workers_paused.contains(w))
+            .collect();
+        up.choose(&mut self.rng).copied()
+    }
+
+    fn worker_kill(&mut self) -> String {
+        let Some(w) = self.some_worker() else {
+            self.effect.missed.push("worker-kill: no running worker".into());
+            return "worker-kill: no running worker".into();
+        };
+        let worker = &mut self.workers[w];
+        let (name, pid) = (worker.name(), worker.pid().unwrap_or(0));
+        if !worker.running() {
+            self.effect.missed.push(format!("worker-kill: {name} was not running"));
+        }
+        worker.kill();
+        self.effect.evidence.push(format!("{name} (pid {pid}) killed"));
+        self.damage.workers_killed.push(w);
+        format!("SIGKILL worker {name}")
+    }
+
+    /// SIGSTOP one agent; its jobs go on under their shims.
+    async fn worker_pause(&mut self) -> String {
+        let Some(w) = self.some_worker() else {
+            self.effect.missed.push("worker-pause: no running worker".into());
+            return "worker-pause: no running worker".into();
+        };
+        let worker = &mut self.workers[w];
+        let (name, pid) = (worker.name(), worker.pid().unwrap_or(0));
+        worker.pause();
+        self.damage.workers_paused.push(w);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T')) {
+            self.effect.evidence.push(format!("{name}'s agent (pid {pid}) seen stopped"));
+        } else {
+            self.effect.missed.push(format!("worker-pause: {name}'s agent (pid {pid}) never seen stopped"));
+        }
+        format!("SIGSTOP the agent of {name}, its jobs left running")
+    }
+
+    /// SIGSTOP everything in the busiest worker's namespace: agent, shims, jobs.
+    fn worker_freeze(&mut self) -> String {
+        let Some(first) = self.some_worker() else {
+            self.effect.missed.push("worker-freeze: no running worker".into());
+            return "worker-freeze: no running worker".into();
+        };
+        let busiest = (0..self.workers.len())
+            .filter(|w| !self.damage.workers_killed.contains(w) && !self.damage.workers_paused.contains(w))
+            .max_by_key(|w| crate::net::ns_pids(self.workers[*w].ns_id()).len())
+            .unwrap_or(first);
+        let worker = &mut self.workers[busiest];
+        let name = worker.name();
+        let stopped = worker.freeze();
+        self.damage.workers_paused.push(busiest);
+        if stopped > 1 {
+            self.effect.evidence.push(format!("{name}: {stopped} processes stopped (agent, shims, jobs)"));
+        } else {
+            self.effect.missed.push(format!("worker-freeze: {name} ran no job to freeze ({stopped} process stopped)"));
+        }
+        format!("freeze {name} with its jobs")
+    }
+
+    /// Cuts worker `w` off from every node, both ways.
+    fn worker_cut(&mut self, w: usize) -> anyhow::Result<String> {
+        let ns = self.workers[w].ns_id();
+        let ids = self.ids();
+        self.cut(&both_ways(&[ns], &ids), TAG_WORKER)?;
+        Ok(format!("cut {} off from every node", self.workers[w].name()))
+    }
+
+    /// The leader isolated from its peers, with one worker that reaches only it; the
+    /// other workers reach only the majority. The old leader must stop renewing that
+    /// worker's lease, and the majority may re-run its runs only once the shim killed them.
+    async fn worker_leader(&mut self) -> anyhow::Result<String> {
+        let Some(l) = self.leader().await else {
+            self.effect.missed.push("worker-leader: no leader to aim at within 5 s".into());
+            return Ok("worker-leader: no leader".into());
+        };
+        let isolated = self.isolate(l, "leader")?;
+        let w = self.rng.random_range(0..self.workers.len());
+        let rest: Vec<u64> = self.ids().into_iter().filter(|i| *i != l).collect();
+        let with_leader = self.workers[w].ns_id();
+        let others: Vec<u64> = self.workers.iter().map(Worker::ns_id).filter(|ns| *ns != with_leader).collect();
+        let mut pairs = both_ways(&[with_leader], &rest);
+        pairs.extend(both_ways(&others, &[l]));
+        self.cut(&pairs, TAG_WORKER)?;
+        Ok(format!("{isolated}; {} reaches only n{l}, the other workers only the rest", self.workers[w].name()))
     }
 
     /// One write (a task create) through the next node in turn; whether it succeeded.

@@ -1,8 +1,8 @@
 //! The test network and the nodes on it.
 //!
 //! Layout: a control namespace `rcj-ctl` holds a bridge (10.77.0.254/24) and runs the
-//! harness's clients; each node K runs in namespace `rcj-nK` at 10.77.0.K, joined to the
-//! bridge by a veth pair. The subnet exists only inside these namespaces. Faults are
+//! harness's clients; each node K runs in namespace `rcj-nK` at 10.77.0.K (worker K in
+//! `rcj-n10K`, see `crate::worker`), joined to the bridge by a veth pair. The subnet exists only inside these namespaces. Faults are
 //! applied inside the node namespaces: iptables for partitions and lossy links, signals
 //! for kills and pauses, a libfaketime timestamp file per node for clock skew.
 
@@ -50,16 +50,16 @@ pub fn in_ns_output(id: u64, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Creates the namespaces, bridge and veths for `n` nodes. Idempotent: leftovers of an
-/// interrupted run are removed first.
-pub fn setup(n: u64) -> anyhow::Result<()> {
-    teardown(n + 4);
+/// Creates the namespaces, bridge and veths for the namespace ids `ids` (nodes, the
+/// spare, workers). Idempotent: leftovers of an interrupted run are removed first.
+pub fn setup(ids: &[u64]) -> anyhow::Result<()> {
+    teardown(ids);
     sh(&["ip", "netns", "add", CTL_NS])?;
     sh(&["ip", "netns", "exec", CTL_NS, "ip", "link", "set", "lo", "up"])?;
     sh(&["ip", "netns", "exec", CTL_NS, "ip", "link", "add", BRIDGE, "type", "bridge"])?;
     sh(&["ip", "netns", "exec", CTL_NS, "ip", "addr", "add", &format!("{SUBNET_PREFIX}.254/24"), "dev", BRIDGE])?;
     sh(&["ip", "netns", "exec", CTL_NS, "ip", "link", "set", BRIDGE, "up"])?;
-    for id in 1..=n {
+    for &id in ids {
         let ns = node_ns(id);
         let (inner, outer) = (format!("rcjv{id}"), format!("rcjb{id}"));
         sh(&["ip", "netns", "add", &ns])?;
@@ -75,15 +75,24 @@ pub fn setup(n: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Kills whatever still runs in the namespaces and deletes them. Never fails: it runs on
-/// every exit path.
-pub fn teardown(n: u64) {
-    for id in 1..=n {
+/// Kills whatever still runs in the namespaces `ids` and the control one, and deletes
+/// them. Never fails: it runs on every exit path.
+pub fn teardown(ids: &[u64]) {
+    for &id in ids {
         kill_ns_processes(&node_ns(id));
         let _ = Command::new("ip").args(["netns", "del", &node_ns(id)]).stderr(Stdio::null()).status();
     }
     kill_ns_processes(CTL_NS);
     let _ = Command::new("ip").args(["netns", "del", CTL_NS]).stderr(Stdio::null()).status();
+}
+
+/// The processes in namespace `id`.
+pub fn ns_pids(id: u64) -> Vec<u32> {
+    Command::new("ip")
+        .args(["netns", "pids", &node_ns(id)])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 fn kill_ns_processes(ns: &str) {
@@ -151,7 +160,8 @@ impl Node {
             format!(
                 "[node]\nid = {id}\ndata_dir = {:?}\nhttp_addr = \"{ip}:8080\"\nrpc_addr = \"{ip}:9080\"\n\n\
                  [cluster]\npeers = [{}]\nheartbeat_ms = 100\nelection_timeout_ms = 1000\n\
-                 snapshot_every_entries = {}\nsecret = \"jepsen\"\n{probe}",
+                 snapshot_every_entries = {}\nsecret = \"jepsen\"\n{probe}\n\
+                 [scheduler]\nworker_timeout_s = 6\nrun_history_per_task = 100000\n",
                 dir.join("data"),
                 peers.join(", "),
                 cfg.snapshot_every,

@@ -25,6 +25,8 @@ const OP_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Workload {
     Register,
     Set,
+    /// Manual triggers and cancels run by workers: see `crate::runs`.
+    Runs,
 }
 
 impl Workload {
@@ -33,7 +35,8 @@ impl Workload {
             .map(|w| match w.trim() {
                 "register" => Ok(Workload::Register),
                 "set" => Ok(Workload::Set),
-                other => anyhow::bail!("unknown workload {other:?}; expected register, set"),
+                "runs" => Ok(Workload::Runs),
+                other => anyhow::bail!("unknown workload {other:?}; expected register, set, runs"),
             })
             .collect()
     }
@@ -70,14 +73,28 @@ impl Client {
         body: Option<Value>,
         if_match: Option<u64>,
     ) -> Outcome {
-        let method_is_read = method == reqwest::Method::GET;
-        let mut rb = self.http.request(method, format!("http://{node}{path}")).bearer_auth(API_KEY);
+        let mut rb = self.http.request(method.clone(), format!("http://{node}{path}")).bearer_auth(API_KEY);
         if let Some(v) = if_match {
             rb = rb.header("If-Match", format!("\"{v}\""));
         }
         if let Some(b) = body {
             rb = rb.json(&b);
         }
+        Self::outcome(method, rb).await
+    }
+
+    /// A bodiless write with an `Idempotency-Key`.
+    pub async fn request_keyed(&self, method: reqwest::Method, node: &str, path: &str, key: &str) -> Outcome {
+        let rb = self
+            .http
+            .request(method.clone(), format!("http://{node}{path}"))
+            .bearer_auth(API_KEY)
+            .header("Idempotency-Key", key);
+        Self::outcome(method, rb).await
+    }
+
+    async fn outcome(method: reqwest::Method, rb: reqwest::RequestBuilder) -> Outcome {
+        let method_is_read = method == reqwest::Method::GET;
         match rb.send().await {
             Err(e) if e.is_connect() => Outcome::Fail(format!("connect: {e}")),
             Err(e) => Outcome::Info(format!("transport: {e}")),
@@ -190,7 +207,7 @@ impl Route {
         }
     }
 
-    fn pick(self, client: &Client) -> String {
+    pub fn pick(self, client: &Client) -> String {
         let i = match self {
             Route::Sticky(i) => i,
             Route::Balanced => client.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -219,6 +236,8 @@ pub async fn run_client(
         n += 1;
         let node = route.pick(&client);
         let retire = match workload {
+            // Its clients are `crate::runs::run_client`.
+            Workload::Runs => return,
             Workload::Set => {
                 let name = format!("set-{process}-{n}");
                 rec.record(process, Kind::Invoke, "add", json!(name), &node, None);
@@ -331,7 +350,7 @@ fn map_ok(o: Outcome, f: impl Fn(&Value) -> Value) -> Outcome {
 }
 
 /// Records a completion; returns whether the process must retire (unknown outcome).
-fn complete(rec: &Recorder, process: u64, f: &str, args: Value, node: &str, out: Outcome) -> bool {
+pub fn complete(rec: &Recorder, process: u64, f: &str, args: Value, node: &str, out: Outcome) -> bool {
     match out {
         Outcome::Ok(v) => {
             rec.record(process, Kind::Ok, f, v, node, None);

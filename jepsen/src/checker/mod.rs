@@ -4,13 +4,19 @@
 //!   versions (every write bumps the version by one and every value is unique).
 //! - [`set`]: set-full — reads during the run and after it; lost, reappearing, phantom
 //!   and duplicate elements.
+//! - [`runs`]: one run per idempotency key, no acknowledged trigger lost, never two
+//!   executions of a run at once, no stale report applied, nothing stuck, cancels that
+//!   hold — judged from the jobs' own log ([`crate::truth`]) and the final state.
 //! - Minimums: a run with too few successful operations or acknowledged writes proves
 //!   nothing, so it fails instead of passing vacuously.
 //!
-//! The checkers read the history only; they never talk to the cluster. Fault coverage,
+//! The checkers read the history and the truth log only; they never talk to the cluster. Fault coverage,
 //! availability and recovery are judged from the nemesis log in `crate::phases`.
 
 mod register;
+pub mod runs;
+#[cfg(test)]
+mod runs_tests;
 mod set;
 #[cfg(test)]
 mod tests;
@@ -151,8 +157,9 @@ pub fn pair(history: &[Event]) -> Vec<Op> {
     ops
 }
 
-/// Checks a history. `minimums` applies to each workload the history shows any invoke of.
-pub fn check(history: &[Event], minimums: Minimums) -> Verdict {
+/// Checks a history (and, for the runs workload, the jobs' truth log). `minimums`
+/// applies to each workload the history shows any invoke of.
+pub fn check(history: &[Event], minimums: Minimums, truth: &runs::Truth) -> Verdict {
     let ops = pair(history);
     let mut v = Verdict { valid: true, ..Verdict::default() };
     for op in &ops {
@@ -163,7 +170,7 @@ pub fn check(history: &[Event], minimums: Minimums) -> Verdict {
             _ => c.2 += 1,
         }
     }
-    for a in register::check(&ops).into_iter().chain(set::check(&ops)) {
+    for a in register::check(&ops).into_iter().chain(set::check(&ops)).chain(runs::check(&ops, truth)) {
         v.push(a);
     }
     for a in check_minimums(&v.counts, minimums) {
@@ -192,6 +199,11 @@ fn check_minimums(counts: &BTreeMap<String, (u64, u64, u64)>, min: Minimums) -> 
     if ran("add") || ran("set-read") {
         need("set", "ok operations", ok("add") + ok("set-read"), min.ok_ops);
         need("set", "acknowledged adds", ok("add"), min.acked_writes);
+    }
+    if ran("trigger") {
+        // Triggers are paced (a job per trigger), so fewer are asked for.
+        let want = if min.acked_writes == 0 { 0 } else { (min.acked_writes / 2).max(10) };
+        need("runs", "acknowledged triggers", ok("trigger"), want);
     }
     out
 }
