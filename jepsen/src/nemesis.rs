@@ -380,7 +380,7 @@ impl<'a> Nemesis<'a> {
             }
             Family::WorkerKill => parts.push(self.worker_kill()),
             Family::WorkerPause => parts.push(self.worker_pause().await),
-            Family::WorkerFreeze => parts.push(self.worker_freeze()),
+            Family::WorkerFreeze => parts.push(self.worker_freeze().await),
             Family::WorkerPartition => {
                 let w = self.rng.random_range(0..self.workers.len());
                 parts.push(self.worker_cut(w)?);
@@ -391,7 +391,7 @@ impl<'a> Nemesis<'a> {
                     match self.rng.random_range(0..3) {
                         0 => parts.push(self.worker_kill()),
                         1 => parts.push(self.worker_pause().await),
-                        _ => parts.push(self.worker_freeze()),
+                        _ => parts.push(self.worker_freeze().await),
                     }
                 }
                 parts.push(self.partition().await?);
@@ -921,16 +921,25 @@ impl<'a> Nemesis<'a> {
         format!("SIGSTOP the agent of {name}, its jobs left running")
     }
 
-    /// SIGSTOP everything in the busiest worker's namespace: agent, shims, jobs.
-    fn worker_freeze(&mut self) -> String {
+    /// SIGSTOP everything in the busiest worker's namespace: agent, shims, jobs. Waits up
+    /// to 10 s for a worker that runs a job (after a whole-cluster fault the queue may be
+    /// empty for a moment).
+    async fn worker_freeze(&mut self) -> String {
         let Some(first) = self.some_worker() else {
             self.effect.missed.push("worker-freeze: no running worker".into());
             return "worker-freeze: no running worker".into();
         };
-        let busiest = (0..self.workers.len())
-            .filter(|w| !self.damage.workers_killed.contains(w) && !self.damage.workers_paused.contains(w))
-            .max_by_key(|w| crate::net::ns_pids(self.workers[*w].ns_id()).len())
-            .unwrap_or(first);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let busiest = loop {
+            let busiest = (0..self.workers.len())
+                .filter(|w| !self.damage.workers_killed.contains(w) && !self.damage.workers_paused.contains(w))
+                .max_by_key(|w| crate::net::ns_pids(self.workers[*w].ns_id()).len())
+                .unwrap_or(first);
+            if crate::net::ns_pids(self.workers[busiest].ns_id()).len() > 1 || Instant::now() > deadline {
+                break busiest;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         let worker = &mut self.workers[busiest];
         let name = worker.name();
         let stopped = worker.freeze();

@@ -178,6 +178,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || {
             let body: SnapshotBody = decode_versioned("snapshot", &snapshot)?;
+            // The file first, durable, then the state: a crash between the two leaves a
+            // file ahead of the state machine, which openraft restores from at startup. The
+            // other order left a state machine ahead of every durable snapshot and of the
+            // log, which openraft "cleans" at startup by purging past the snapshot and then
+            // refuses ("purge_upto <= snapshot_last_log_id"; chaos suite, power-all).
+            this.save_snapshot_file(&meta, &snapshot)?;
             let db = this.store.db();
             let mut batch = WriteBatch::default();
             for name in SM_CFS {
@@ -208,7 +214,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut opts = WriteOptions::default();
             opts.set_sync(true);
             db.write_opt(batch, &opts).map_err(db_err)?;
-            this.save_snapshot_file(&meta, &snapshot)?;
             this.store.task_changes().record(&[], true);
             this.store.runs_changed.send_modify(|n| *n += 1);
             tracing::info!(last_log_id = ?meta.last_log_id, bytes = snapshot.len(), "installed snapshot");
@@ -297,6 +302,24 @@ mod tests {
             decode_versioned("snapshot file", &std::fs::read(sm.snapshot_path()).unwrap()).unwrap();
         assert_eq!(file.meta.last_log_id, Some(log_id(80)));
         assert_eq!(file.data, vec![80u8; 256 * 1024 + 80], "the newest snapshot, whole");
+    }
+
+    /// Regression test (chaos suite, power-all, CI seed 969108): an install wrote the state
+    /// machine first and the snapshot file after; a power cut between them left the state
+    /// machine ahead of every durable snapshot and of the log, and openraft's start-up
+    /// "cleaning" purged past the snapshot and then panicked at every start. The file now
+    /// comes first: here its write fails, and the state machine must not have moved.
+    #[tokio::test]
+    async fn an_install_whose_snapshot_file_fails_leaves_the_state_machine_as_it_was() {
+        let a = tempfile::tempdir().unwrap();
+        let newer = state(a.path(), 4, 30).build_snapshot().await.unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let mut sm = state(b.path(), 2, 20);
+        // The crash, as a write that cannot happen: the snapshot dir is now a plain file.
+        std::fs::remove_dir_all(b.path().join("snapshot")).unwrap();
+        std::fs::write(b.path().join("snapshot"), b"not a directory").unwrap();
+        assert!(sm.install_snapshot(&newer.meta, newer.snapshot.clone()).await.is_err());
+        assert_eq!(sm.store.applied().unwrap(), Some(log_id(20)), "the state machine moved past its snapshot file");
     }
 
     /// Regression test: a snapshot build and a snapshot install shared one temp file, and
