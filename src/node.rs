@@ -114,7 +114,7 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
     let db = open_db_retrying(&config.node.data_dir.join("db")).await?;
     let store = Store::new(db.clone());
     let state_machine = StateMachine::new(store.clone(), config.node.data_dir.join("snapshot"))?;
-    let log_store = LogStore::new(db.clone()).covered_by(state_machine.durable_snapshot());
+    let log_store = LogStore::new(db.clone());
     let pristine = log_store.is_pristine()?;
     let identity = Identity {
         id: config.node.id,
@@ -528,13 +528,7 @@ impl NodeCore {
             match index {
                 Ok(index) => {
                     let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-                    return self
-                        .raft
-                        .wait(Some(remaining))
-                        .applied_index_at_least(Some(index), "linearizable read")
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| RpcFailure::Unavailable(format!("this node did not catch up for the read: {e}")));
+                    return self.wait_applied(index, remaining).await;
                 }
                 Err(e) => last_error = e.to_string(),
             }
@@ -543,6 +537,16 @@ impl NodeCore {
             }
             self.await_leader_change(leader, Duration::from_millis(200)).await;
         }
+    }
+
+    /// Waits until this node applied `index` (a read index), for at most `within`.
+    async fn wait_applied(&self, index: u64, within: Duration) -> Result<(), RpcFailure> {
+        self.raft
+            .wait(Some(within))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map(|_| ())
+            .map_err(|e| RpcFailure::Unavailable(format!("this node did not catch up for the read: {e}")))
     }
 
     async fn remote_read_index(&self, leader: NodeId) -> Result<u64, RpcFailure> {
@@ -841,12 +845,7 @@ impl NodeCore {
         }
         // This node's own read index (refused unless it still leads), then its replication
         // view, which only a leader has: a node deposed meanwhile must not answer.
-        let index = self.read_index_local().await?;
-        self.raft
-            .wait(Some(RPC_TIMEOUT))
-            .applied_index_at_least(Some(index), "replicated-to read")
-            .await
-            .map_err(|e| RpcFailure::Unavailable(e.to_string()))?;
+        self.wait_applied(self.read_index_local().await?, RPC_TIMEOUT).await?;
         let m = self.raft.metrics().borrow_watched().clone();
         if m.current_leader != Some(self.id) {
             return Err(RpcFailure::NotLeader(m.current_leader));

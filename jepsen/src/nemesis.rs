@@ -548,9 +548,7 @@ impl<'a> Nemesis<'a> {
         self.effect.down.insert(id);
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
-            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // Field 3, after the parenthesized command name.
-            if state.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T')) {
+            if crate::net::is_stopped(pid) {
                 self.effect.evidence.push(format!("n{id} (pid {pid}) seen stopped"));
                 break;
             }
@@ -912,8 +910,7 @@ impl<'a> Nemesis<'a> {
         worker.pause();
         self.damage.workers_paused.push(w);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if state.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T')) {
+        if crate::net::is_stopped(pid) {
             self.effect.evidence.push(format!("{name}'s agent (pid {pid}) seen stopped"));
         } else {
             self.effect.missed.push(format!("worker-pause: {name}'s agent (pid {pid}) never seen stopped"));

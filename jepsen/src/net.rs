@@ -86,6 +86,22 @@ pub fn teardown(ids: &[u64]) {
     let _ = Command::new("ip").args(["netns", "del", CTL_NS]).stderr(Stdio::null()).status();
 }
 
+/// `bin` (raftcron) to run inside namespace `id` (`ip netns exec` execs it, so the child's
+/// pid is raftcron's), its standard error appended to `log`; the caller adds the rest.
+pub fn raftcron_in_ns(id: u64, bin: &Path, log: &Path) -> anyhow::Result<Command> {
+    let log = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &node_ns(id)]).arg(bin).stdout(Stdio::null()).stderr(log);
+    Ok(cmd)
+}
+
+/// Whether process `pid` is stopped (state `T` in `/proc/<pid>/stat`).
+pub fn is_stopped(pid: u32) -> bool {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Field 3, after the parenthesized command name.
+    stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+}
+
 /// The processes in namespace `id`.
 pub fn ns_pids(id: u64) -> Vec<u32> {
     Command::new("ip")
@@ -185,10 +201,7 @@ impl Node {
         if self.lossy && self.fs.is_none() {
             self.mount()?;
         }
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("node.log"))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &node_ns(self.id)])
-            .arg(bin)
+        let child = raftcron_in_ns(self.id, bin, &self.dir.join("node.log"))?
             .args(["serve", "--config"])
             .arg(self.dir.join("config.toml"))
             .env("RAFTCRON_API_KEY", API_KEY)
@@ -198,8 +211,6 @@ impl Node {
             .env("FAKETIME_TIMESTAMP_FILE", self.faketime_file())
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
             .env("FAKETIME_NO_CACHE", "1")
-            .stdout(Stdio::null())
-            .stderr(log)
             .spawn()
             .context("starting raftcron")?;
         self.child = Some(child);

@@ -16,8 +16,9 @@ use rand::Rng;
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use crate::checker::runs::FINAL;
 use crate::history::{Kind, Recorder};
-use crate::workload::{complete, Client, Outcome, Route, Stop, FINAL_PROCESS};
+use crate::workload::{complete, map_ok, Client, Outcome, Route, Stop, FINAL_PROCESS};
 
 /// How long each task's job runs, in ms: short runs, and runs that outlive a worker's
 /// lease (3 s) and its timeout (6 s), so a worker fault leaves a job running when the
@@ -130,17 +131,6 @@ pub async fn run_client(
     }
 }
 
-fn map_ok(o: Outcome, f: impl Fn(&Value) -> Value) -> Outcome {
-    match o {
-        Outcome::Ok(v) => Outcome::Ok(f(&v)),
-        other => other,
-    }
-}
-
-fn is_final(status: &str) -> bool {
-    matches!(status, "succeeded" | "failed" | "timed_out" | "cancelled" | "lost")
-}
-
 /// The attempt named by a run's output (`truth: run R attempt A`), if it is this run's.
 fn marker(run: u64, output: &str) -> Option<u64> {
     let prefix = format!("truth: run {run} attempt ");
@@ -185,7 +175,7 @@ pub async fn final_reads(client: &Client, tasks: &[u64], rec: &Recorder) {
         turn += 1;
         last = all_runs(client, node, tasks).await;
         if let Ok(runs) = &last {
-            if runs.iter().all(|r| is_final(r["status"].as_str().unwrap_or_default())) {
+            if runs.iter().all(|r| FINAL.contains(&r["status"].as_str().unwrap_or_default())) {
                 break;
             }
         }

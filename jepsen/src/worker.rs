@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
 
-use crate::net::{node_ip, node_ns, API_KEY};
+use crate::net::{node_ip, API_KEY};
 
 /// Namespace ids of workers start here: worker `k` (from 1) is namespace `100 + k`.
 pub const WORKER_NS_BASE: u64 = 100;
@@ -65,17 +65,12 @@ impl Worker {
     /// restarts, so a restarted agent kills what its predecessor left and reports it.
     pub fn start(&mut self, bin: &Path, nodes: &[u64]) -> anyhow::Result<()> {
         let servers: Vec<String> = nodes.iter().map(|id| format!("http://{}:8080", node_ip(*id))).collect();
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("worker.log"))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &node_ns(self.ns_id())])
-            .arg(bin)
+        let child = crate::net::raftcron_in_ns(self.ns_id(), bin, &self.dir.join("worker.log"))?
             .args(["worker", "--server", &servers.join(","), "--id", &self.name(), "--key", API_KEY])
             .args(["--max-tasks", &SLOTS.to_string(), "--drain-s", "2", "--state-dir"])
             .arg(self.dir.join("state"))
             .current_dir(&self.dir)
             .env("RUST_LOG", std::env::var("JEPSEN_NODE_LOG").unwrap_or_else(|_| "info".into()))
-            .stdout(Stdio::null())
-            .stderr(log)
             .spawn()
             .context("starting a worker")?;
         self.child = Some(child);

@@ -342,7 +342,8 @@ pub async fn run_set_reader(process: u64, client: std::sync::Arc<Client>, rec: R
     }
 }
 
-fn map_ok(o: Outcome, f: impl Fn(&Value) -> Value) -> Outcome {
+/// The outcome with an ok value mapped through `f`.
+pub fn map_ok(o: Outcome, f: impl Fn(&Value) -> Value) -> Outcome {
     match o {
         Outcome::Ok(v) => Outcome::Ok(f(&v)),
         other => other,

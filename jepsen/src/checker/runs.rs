@@ -34,7 +34,8 @@ use crate::truth::Line;
 /// at its next poll or heartbeat (about a second), and the shim kills the job's group.
 pub const CANCEL_GRACE_NS: u64 = 5_000_000_000;
 
-const FINAL: [&str; 5] = ["succeeded", "failed", "timed_out", "cancelled", "lost"];
+/// The run statuses nothing follows.
+pub const FINAL: [&str; 5] = ["succeeded", "failed", "timed_out", "cancelled", "lost"];
 
 /// The truth log and the instant the history's clock started, on the same
 /// `CLOCK_MONOTONIC`.
