@@ -18,37 +18,15 @@ use crate::raft::{Entry, LogId, TypeConfig, Vote};
 /// fsync the write-ahead log). A seam so a test can watch the order of sync and report.
 type WalSync = Arc<dyn Fn(&DB) -> io::Result<()> + Send + Sync>;
 
-/// How long a purge waits for the snapshot that covers it to be durable before it gives
-/// up (and purges nothing: the entries stay, harmlessly, below openraft's purge point).
-const PURGE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
-
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
     sync: WalSync,
-    /// The log id the durable snapshot file covers (`StateMachine::durable_snapshot`).
-    snapshot: Option<tokio::sync::watch::Receiver<Option<LogId>>>,
-    purge_patience: std::time::Duration,
 }
 
 impl LogStore {
     pub fn new(db: Arc<DB>) -> Self {
-        LogStore {
-            db,
-            sync: Arc::new(|db: &DB| db.flush_wal(true).map_err(db_err)),
-            snapshot: None,
-            purge_patience: PURGE_PATIENCE,
-        }
-    }
-
-    /// Purges only what the state machine's durable snapshot covers. openraft purges the
-    /// log a received snapshot covers as it hands the snapshot to the state machine, not
-    /// after the install finished: a power cut between the two left a node whose purge
-    /// point lay past its snapshot, which openraft refuses at startup ("purge_upto <=
-    /// snapshot_last_log_id"; found by the chaos suite's power-majority).
-    pub fn covered_by(mut self, snapshot: tokio::sync::watch::Receiver<Option<LogId>>) -> Self {
-        self.snapshot = Some(snapshot);
-        self
+        LogStore { db, sync: Arc::new(|db: &DB| db.flush_wal(true).map_err(db_err)) }
     }
 
     fn cf_log(&self) -> &ColumnFamily {
@@ -186,13 +164,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        if let Some(snapshot) = &mut self.snapshot {
-            let covered = tokio::time::timeout(self.purge_patience, snapshot.wait_for(|s| *s >= Some(log_id))).await;
-            if !matches!(covered, Ok(Ok(_))) {
-                tracing::warn!(?log_id, "no durable snapshot covers the purge point yet; log kept");
-                return Ok(());
-            }
-        }
         // One batch: the purge point and the deletion are durable together or not at all.
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf_meta(), "purged", encode(&log_id)?);
@@ -274,37 +245,5 @@ mod tests {
         store.purge(log_id(2, 9)).await.unwrap();
         assert!(store.db.iterator_cf(store.cf_log(), IteratorMode::Start).next().is_none());
         assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id(2, 9)));
-    }
-
-    /// Regression test (chaos suite, power-majority, CI seed 969108): openraft purges the
-    /// log a received snapshot covers while the state machine is still installing it; a
-    /// power cut in between left the purge point past the durable snapshot, and the node
-    /// panicked at every start ("purge_upto <= snapshot_last_log_id"). A purge now waits
-    /// until a durable snapshot covers it, and gives up (purging nothing) past its patience.
-    #[tokio::test]
-    async fn a_purge_waits_for_a_durable_snapshot_that_covers_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let (snapshot, durable) = tokio::sync::watch::channel(Some(log_id(1, 3)));
-        let mut store = LogStore::new(open_db(dir.path()).unwrap()).covered_by(durable);
-        store.purge_patience = std::time::Duration::from_secs(2);
-        let (tx, rx) = TypeConfig::oneshot();
-        store.append((1..=8).map(|i| Entry::new_blank(log_id(1, i))), IOFlushed::signal(tx)).await.unwrap();
-        rx.await.unwrap().unwrap();
-        let purged = |store: &LogStore| store.get_meta::<LogId>("purged").unwrap();
-        // Covered: at once.
-        store.purge(log_id(1, 2)).await.unwrap();
-        assert_eq!(purged(&store), Some(log_id(1, 2)));
-        // Not covered until the install's snapshot is saved.
-        let mut purging = store.clone();
-        let waiting = tokio::spawn(async move { purging.purge(log_id(1, 6)).await });
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        assert_eq!(purged(&store), Some(log_id(1, 2)), "purged past the durable snapshot");
-        snapshot.send_replace(Some(log_id(1, 6)));
-        waiting.await.unwrap().unwrap();
-        assert_eq!(purged(&store), Some(log_id(1, 6)));
-        // Never covered: after its patience the purge gives up and keeps the log.
-        store.purge(log_id(1, 8)).await.unwrap();
-        assert_eq!(purged(&store), Some(log_id(1, 6)));
-        assert_eq!(store.get_log_reader().await.try_get_log_entries(7..9).await.unwrap().len(), 2);
     }
 }

@@ -40,9 +40,6 @@ pub struct StateMachine {
     /// install a received one at the same time: whichever finishes writing, the file keeps
     /// the newer, and the lock makes the compare-and-rename one step.
     saved: Arc<Mutex<Option<LogId>>>,
-    /// The same, published once the file is durable: the log store purges nothing that
-    /// no durable snapshot covers (see `LogStore::covered_by`).
-    durable: tokio::sync::watch::Sender<Option<LogId>>,
 }
 
 impl StateMachine {
@@ -60,13 +57,7 @@ impl StateMachine {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        let durable = tokio::sync::watch::channel(saved).0;
-        Ok(StateMachine { store, snapshot_dir, saved: Arc::new(Mutex::new(saved)), durable })
-    }
-
-    /// The log id the durable snapshot file covers, as it changes.
-    pub fn durable_snapshot(&self) -> tokio::sync::watch::Receiver<Option<LogId>> {
-        self.durable.subscribe()
+        Ok(StateMachine { store, snapshot_dir, saved: Arc::new(Mutex::new(saved)) })
     }
 
     fn snapshot_path(&self) -> PathBuf {
@@ -93,7 +84,6 @@ impl StateMachine {
         std::fs::rename(&tmp, self.snapshot_path())?;
         std::fs::File::open(&self.snapshot_dir)?.sync_all()?;
         *saved = meta.last_log_id;
-        self.durable.send_replace(meta.last_log_id);
         Ok(())
     }
 }
