@@ -15,8 +15,10 @@ use crate::fixture::{free_port, raftcron_command, spawn_worker_with, Cluster, CL
 /// Prints everything a job could read credentials from: PID 1's environment, every
 /// ancestor's (its shim, its agent, the node it may be embedded in, …), its own, and its
 /// descriptors. PID 1's first and capped: only the output's tail is kept, and PID 1's
-/// environment is not ours to size.
-const PROBE: &str = "head -c 1500 /proc/1/environ | tr '\\0' '\\n'; echo '--- ancestors'; \
+/// environment is not ours to size. Its stderr joins its stdout (`exec 2>&1`): a non-root
+/// job cannot read its ancestors' environments, and the errors saying so must land in
+/// order between the `pid` lines, not wherever the agent's two pipe readers put them.
+const PROBE: &str = "exec 2>&1; head -c 1500 /proc/1/environ | tr '\\0' '\\n'; echo '--- ancestors'; \
                      p=$PPID; while [ \"$p\" -gt 1 ]; do echo \"pid $p\"; tr '\\0' '\\n' < /proc/$p/environ; \
                      p=$(cut -d' ' -f4 /proc/$p/stat); done; echo '--- self'; tr '\\0' '\\n' < /proc/self/environ; \
                      echo '--- env'; env; echo '--- fds'; ls -la /proc/self/fd; echo \"--- uid $(id -u)\"";
