@@ -25,9 +25,9 @@ if [ "$#" -eq 0 ]; then
   # with CHAOS_SEED=<the seed printed here>.
   seed="${CHAOS_SEED:-$((16#$(git rev-parse --short=7 HEAD 2>/dev/null || echo 1)))}"
   echo "chaos seed: $seed"
-  # The runs workload's two workers face the worker families.
+  # The runs and schedule workloads share two workers, which face the worker families.
   "$jepsen_bin" run --bin "$raftcron_bin" --once --seed "$seed" --fault-s 5 --calm-s 2 --snapshot-every 100 \
-    --workload register,set,runs \
+    --workload register,set,runs,schedule \
     --nemesis kill,kill-majority,kill-all,power,power-majority,power-all,pause,partition,clock,flaky,delay,leader,membership,membership-partition,worker-kill,worker-pause,worker-freeze,worker-partition,worker-leader,all
   # ... then openraft#2080's partial partition, which needs 5 nodes, held 20 s: writes
   # must succeed while it lasts.

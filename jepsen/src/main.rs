@@ -16,6 +16,7 @@ mod phases;
 mod proxy;
 mod report;
 mod runs;
+mod schedule;
 mod truth;
 mod worker;
 mod workload;
@@ -89,10 +90,10 @@ enum Cmd {
 
 #[derive(Args, Clone, serde::Serialize, serde::Deserialize)]
 struct RunArgs {
-    /// register, set, runs, comma-separated.
+    /// register, set, runs, schedule, comma-separated.
     #[arg(long, default_value = "register,set")]
     workload: String,
-    /// Worker agents (each in its own namespace) for the runs workload.
+    /// Worker agents (each in its own namespace) for the runs and schedule workloads.
     #[arg(long, default_value_t = 2)]
     workers: u64,
     /// Comma-separated nemesis families (see the README): kill, kill-majority, kill-all,
@@ -183,6 +184,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// Unix time now, in ns.
+fn wall_ns() -> i128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128)
+}
+
 fn default_bin() -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     PathBuf::from(target).join("debug/raftcron")
@@ -220,12 +226,12 @@ async fn run_outer(mut args: RunArgs) -> anyhow::Result<bool> {
         if args.nodes < f.min_nodes() {
             bail!("nemesis {} needs at least {} nodes (--nodes)", f.name(), f.min_nodes());
         }
-        if f.needs_workers() && !workloads.contains(&Workload::Runs) {
-            bail!("nemesis {} needs workers: add the runs workload (--workload ...,runs)", f.name());
+        if f.needs_workers() && !workloads.iter().any(|w| w.needs_workers()) {
+            bail!("nemesis {} needs workers: add the runs or schedule workload (--workload ...,runs)", f.name());
         }
     }
-    if workloads.contains(&Workload::Runs) && args.workers < 2 {
-        bail!("the runs workload needs at least 2 workers (--workers)");
+    if workloads.iter().any(|w| w.needs_workers()) && args.workers < 2 {
+        bail!("the runs and schedule workloads need at least 2 workers (--workers)");
     }
     if args.clients < 2 {
         bail!("--clients must be at least 2");
@@ -249,7 +255,7 @@ async fn run_outer(mut args: RunArgs) -> anyhow::Result<bool> {
     // One namespace more than the cluster size (the spare node the membership nemesis
     // adds), and one per worker.
     let mut ns_ids: Vec<u64> = (1..=args.nodes + 1).collect();
-    if workloads.contains(&Workload::Runs) {
+    if workloads.iter().any(|w| w.needs_workers()) {
         ns_ids.extend((1..=args.workers).map(|k| worker::WORKER_NS_BASE + k));
     }
     let _guard = Teardown(ns_ids.clone());
@@ -343,7 +349,7 @@ async fn run_inner(run_dir: PathBuf) -> anyhow::Result<bool> {
     }
     let mut spare = Node::prepare(args.nodes + 1, args.nodes, &run_dir, &cfg, lossy)?;
     let mut workers = Vec::new();
-    if workloads.contains(&Workload::Runs) {
+    if workloads.iter().any(|w| w.needs_workers()) {
         for k in 1..=args.workers {
             workers.push(worker::Worker::prepare(k, &run_dir)?);
         }
@@ -396,17 +402,41 @@ async fn drive(
         runs_tasks = runs::setup(&client, &std::env::current_exe()?, &truth_path).await?;
     }
     let start = Instant::now();
-    // The history's clock and the jobs' truth lines share CLOCK_MONOTONIC (Instant's).
+    // The history's clock and the jobs' truth lines share CLOCK_MONOTONIC (Instant's);
+    // the schedule checker maps ticks to it through the wall clock read at the same time.
     let start_mono_ns = truth::monotonic_ns();
+    let start_wall_ns = wall_ns();
     let rec = Recorder::new(start);
+    let sched_truth_path = run_dir.join("sched-truth.log");
+    let mut sched_tasks = Vec::new();
+    if workloads.contains(&Workload::Schedule) {
+        sched_tasks = schedule::setup(&client, &std::env::current_exe()?, &sched_truth_path, &rec).await?;
+    }
     let stop = workload::Stop::default();
     let mut handles = Vec::new();
     // Client slot k serves workload k % w as that workload's client k / w. Process ids
     // are the slot plus multiples of the slot count (a retired process's successor).
     let slots = args.clients;
+    let sched_clients = (0..slots).filter(|s| workloads[*s as usize % workloads.len()] == Workload::Schedule).count();
     for slot in 0..slots {
         let w = workloads[slot as usize % workloads.len()];
         let route = Route::for_client(slot / workloads.len() as u64, nodes.len());
+        if w == Workload::Schedule {
+            let (client, tasks, rec, stop) = (client.clone(), sched_tasks.clone(), rec.clone(), stop.clone());
+            let own = (slot / workloads.len() as u64) as usize;
+            handles.push(tokio::spawn(schedule::run_client(
+                slot,
+                slots,
+                own,
+                sched_clients,
+                route,
+                client,
+                tasks,
+                rec,
+                stop,
+            )));
+            continue;
+        }
         if w == Workload::Runs {
             let (client, tasks, rec, stop) = (client.clone(), runs_tasks.clone(), rec.clone(), stop.clone());
             handles.push(tokio::spawn(runs::run_client(slot, slots, route, client, tasks, rec, stop)));
@@ -462,6 +492,9 @@ async fn drive(
     if workloads.contains(&Workload::Runs) {
         runs::final_reads(&client, &runs_tasks, &rec).await;
     }
+    if workloads.contains(&Workload::Schedule) {
+        schedule::final_reads(&client, &sched_tasks, &rec, runs::SETTLE).await;
+    }
     let converged = convergence(nodes, Duration::from_secs(30)).await;
 
     let events: Vec<Event> = rec.events();
@@ -472,8 +505,13 @@ async fn drive(
         ok_ops: args.min_ok.unwrap_or(defaults.ok_ops),
         acked_writes: args.min_writes.unwrap_or(defaults.acked_writes),
     };
-    let truth = checker::runs::Truth { lines: truth::read(&truth_path)?, start_mono_ns };
-    let mut verdict = checker::check(&events, minimums, &truth);
+    let evidence = checker::Evidence {
+        runs: checker::runs::Truth { lines: truth::read(&truth_path)?, start_mono_ns },
+        schedule: checker::runs::Truth { lines: truth::read(&sched_truth_path)?, start_mono_ns },
+        faults: nemesis_events.clone(),
+        start_wall_ns,
+    };
+    let mut verdict = checker::check(&events, minimums, &evidence);
     let (fault_anomalies, availability) = phases::judge(&events, &nemesis_events, run_end_ns);
     for a in fault_anomalies {
         verdict.push(a);
@@ -495,8 +533,9 @@ async fn drive(
         "workload": args.workload, "nemesis": args.nemesis, "seed": args.seed, "nodes": args.nodes,
         "time_limit_s": args.time_limit, "seconds": seconds, "once": args.once, "ops": ops, "valid": verdict.valid,
         "lossyfs": lossy, "snapshot_every": args.snapshot_every, "quorum_loss_probe_ms": args.quorum_loss_probe_ms,
-        "workers": if workloads.contains(&Workload::Runs) { args.workers } else { 0 },
-        "start_mono_ns": start_mono_ns, "truth_lines": truth.lines.len(),
+        "workers": if workloads.iter().any(|w| w.needs_workers()) { args.workers } else { 0 },
+        "start_mono_ns": start_mono_ns, "start_wall_ns": start_wall_ns.to_string(),
+        "truth_lines": evidence.runs.lines.len(), "sched_truth_lines": evidence.schedule.lines.len(),
         "minimums": {"ok_ops": minimums.ok_ops, "acked_writes": minimums.acked_writes},
         "convergence": converged.as_ref().map_or_else(|e| e.clone(), |s| s.clone()),
         "faults": nemesis_events,
@@ -532,7 +571,14 @@ async fn drive(
         availability.ok_per_s_healed
     );
     for (f, (ok, fail, info)) in &verdict.counts {
-        println!("ops {f:<10} ok {ok:>6}  fail {fail:>6}  info {info:>6}");
+        println!("ops {f:<12} ok {ok:>6}  fail {fail:>6}  info {info:>6}");
+    }
+    if workloads.contains(&Workload::Schedule) {
+        let s = &verdict.schedule;
+        println!(
+            "schedule: {} tasks, {} changes, {} ticks fired, {} skipped, {} jobs ran; {} ticks due in calm time, fired at most {} ms late",
+            s.tasks, s.changes, s.fired, s.skipped, s.executions, s.calm_ticks, s.max_calm_lag_ms
+        );
     }
     println!("convergence: {}", results["convergence"].as_str().unwrap_or(""));
     for a in &verdict.anomalies {
@@ -555,11 +601,14 @@ fn check_dir(dir: &Path) -> anyhow::Result<bool> {
             .as_u64()
             .unwrap_or(Minimums::for_seconds(seconds).acked_writes),
     };
-    let truth = checker::runs::Truth {
-        lines: truth::read(&dir.join("truth.log"))?,
-        start_mono_ns: results["start_mono_ns"].as_u64().unwrap_or(0),
+    let start_mono_ns = results["start_mono_ns"].as_u64().unwrap_or(0);
+    let evidence = checker::Evidence {
+        runs: checker::runs::Truth { lines: truth::read(&dir.join("truth.log"))?, start_mono_ns },
+        schedule: checker::runs::Truth { lines: truth::read(&dir.join("sched-truth.log"))?, start_mono_ns },
+        faults: faults.clone(),
+        start_wall_ns: results["start_wall_ns"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0),
     };
-    let mut verdict = checker::check(&events, minimums, &truth);
+    let mut verdict = checker::check(&events, minimums, &evidence);
     let end = events.iter().map(|e| e.time_ns).max().unwrap_or(0);
     for a in phases::judge(&events, &faults, end).0 {
         verdict.push(a);

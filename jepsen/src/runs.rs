@@ -101,7 +101,8 @@ pub async fn run_client(
                 .unwrap_or_else(|| (*tasks.choose(&mut rand::rng()).expect("tasks"), format!("k{process}-{n}")));
             let args = json!({"task": task, "key": key});
             rec.record(process, Kind::Invoke, "trigger", args.clone(), &node, None);
-            let out = client.request_keyed(Method::POST, &node, &format!("/api/tasks/{task}/trigger"), &key).await;
+            let out =
+                client.request_keyed(Method::POST, &node, &format!("/api/tasks/{task}/trigger"), None, &key).await;
             if let Outcome::Ok(v) = &out {
                 if let Some(run) = v["id"].as_u64() {
                     recent.push(run);
@@ -139,7 +140,7 @@ fn marker(run: u64, output: &str) -> Option<u64> {
 }
 
 /// Every run of `tasks`, through `node`, newest first.
-async fn all_runs(client: &Client, node: &str, tasks: &[u64]) -> Result<Vec<Value>, String> {
+pub async fn all_runs(client: &Client, node: &str, tasks: &[u64]) -> Result<Vec<Value>, String> {
     let mut runs = Vec::new();
     for task in tasks {
         for page in 1.. {

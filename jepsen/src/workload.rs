@@ -27,16 +27,24 @@ pub enum Workload {
     Set,
     /// Manual triggers and cancels run by workers: see `crate::runs`.
     Runs,
+    /// Cron and `@every` tasks under edits, pauses and resumes: see `crate::schedule`.
+    Schedule,
 }
 
 impl Workload {
+    /// Whether its tasks need worker agents to run them.
+    pub fn needs_workers(self) -> bool {
+        matches!(self, Workload::Runs | Workload::Schedule)
+    }
+
     pub fn parse(s: &str) -> anyhow::Result<Vec<Workload>> {
         s.split(',')
             .map(|w| match w.trim() {
                 "register" => Ok(Workload::Register),
                 "set" => Ok(Workload::Set),
                 "runs" => Ok(Workload::Runs),
-                other => anyhow::bail!("unknown workload {other:?}; expected register, set, runs"),
+                "schedule" => Ok(Workload::Schedule),
+                other => anyhow::bail!("unknown workload {other:?}; expected register, set, runs, schedule"),
             })
             .collect()
     }
@@ -83,13 +91,24 @@ impl Client {
         Self::outcome(method, rb).await
     }
 
-    /// A bodiless write with an `Idempotency-Key`.
-    pub async fn request_keyed(&self, method: reqwest::Method, node: &str, path: &str, key: &str) -> Outcome {
-        let rb = self
+    /// A write with an `Idempotency-Key` (sent again with the same key and body after an
+    /// unknown outcome).
+    pub async fn request_keyed(
+        &self,
+        method: reqwest::Method,
+        node: &str,
+        path: &str,
+        body: Option<Value>,
+        key: &str,
+    ) -> Outcome {
+        let mut rb = self
             .http
             .request(method.clone(), format!("http://{node}{path}"))
             .bearer_auth(API_KEY)
             .header("Idempotency-Key", key);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
         Self::outcome(method, rb).await
     }
 
@@ -236,8 +255,8 @@ pub async fn run_client(
         n += 1;
         let node = route.pick(&client);
         let retire = match workload {
-            // Its clients are `crate::runs::run_client`.
-            Workload::Runs => return,
+            // Their clients are `crate::runs::run_client` and `crate::schedule::run_client`.
+            Workload::Runs | Workload::Schedule => return,
             Workload::Set => {
                 let name = format!("set-{process}-{n}");
                 rec.record(process, Kind::Invoke, "add", json!(name), &node, None);

@@ -7,6 +7,9 @@
 //! - [`runs`]: one run per idempotency key, no acknowledged trigger lost, never two
 //!   executions of a run at once, no stale report applied, nothing stuck, cancels that
 //!   hold — judged from the jobs' own log ([`crate::truth`]) and the final state.
+//! - [`schedule`]: each tick fired at most once and only when due, every tick accounted
+//!   for as fired or skipped, edits and pauses honoured, lag bounded in calm time, and
+//!   the jobs' own log against the runs.
 //! - Minimums: a run with too few successful operations or acknowledged writes proves
 //!   nothing, so it fails instead of passing vacuously.
 //!
@@ -17,6 +20,9 @@ mod register;
 pub mod runs;
 #[cfg(test)]
 mod runs_tests;
+pub mod schedule;
+#[cfg(test)]
+mod schedule_tests;
 mod set;
 #[cfg(test)]
 mod tests;
@@ -26,7 +32,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::history::{Event, Kind};
+use crate::history::{Event, Kind, NemesisEvent};
 
 pub use register::INITIAL_VALUE;
 
@@ -59,6 +65,22 @@ pub struct Verdict {
     pub anomalies: Vec<Anomaly>,
     /// f → (ok, fail, info)
     pub counts: BTreeMap<String, (u64, u64, u64)>,
+    /// What the schedule workload fired, skipped and ran.
+    pub schedule: schedule::Stats,
+}
+
+/// What the checkers read besides the history: the jobs' truth logs, the nemesis log and
+/// the wall-clock time the history began at.
+#[derive(Debug, Default)]
+pub struct Evidence {
+    /// The runs workload's jobs.
+    pub runs: runs::Truth,
+    /// The schedule workload's jobs.
+    pub schedule: runs::Truth,
+    pub faults: Vec<NemesisEvent>,
+    /// Unix time in ns at history time 0, read from the harness's clock (no nemesis
+    /// touches it).
+    pub start_wall_ns: i128,
 }
 
 impl Verdict {
@@ -157,9 +179,9 @@ pub fn pair(history: &[Event]) -> Vec<Op> {
     ops
 }
 
-/// Checks a history (and, for the runs workload, the jobs' truth log). `minimums`
-/// applies to each workload the history shows any invoke of.
-pub fn check(history: &[Event], minimums: Minimums, truth: &runs::Truth) -> Verdict {
+/// Checks a history (and, for the runs and schedule workloads, the jobs' truth logs).
+/// `minimums` applies to each workload the history shows any invoke of.
+pub fn check(history: &[Event], minimums: Minimums, evidence: &Evidence) -> Verdict {
     let ops = pair(history);
     let mut v = Verdict { valid: true, ..Verdict::default() };
     for op in &ops {
@@ -170,16 +192,21 @@ pub fn check(history: &[Event], minimums: Minimums, truth: &runs::Truth) -> Verd
             _ => c.2 += 1,
         }
     }
-    for a in register::check(&ops).into_iter().chain(set::check(&ops)).chain(runs::check(&ops, truth)) {
+    for a in register::check(&ops).into_iter().chain(set::check(&ops)).chain(runs::check(&ops, &evidence.runs)) {
         v.push(a);
     }
-    for a in check_minimums(&v.counts, minimums) {
+    let (anomalies, stats) = schedule::check(&ops, evidence);
+    for a in anomalies {
+        v.push(a);
+    }
+    v.schedule = stats;
+    for a in check_minimums(&v.counts, &v.schedule, minimums) {
         v.push(a);
     }
     v
 }
 
-fn check_minimums(counts: &BTreeMap<String, (u64, u64, u64)>, min: Minimums) -> Vec<Anomaly> {
+fn check_minimums(counts: &BTreeMap<String, (u64, u64, u64)>, sched: &schedule::Stats, min: Minimums) -> Vec<Anomaly> {
     let ok = |f: &str| counts.get(f).map_or(0, |c| c.0);
     let ran = |f: &str| counts.contains_key(f);
     let mut out = Vec::new();
@@ -204,6 +231,13 @@ fn check_minimums(counts: &BTreeMap<String, (u64, u64, u64)>, min: Minimums) -> 
         // Triggers are paced (a job per trigger), so fewer are asked for.
         let want = if min.acked_writes == 0 { 0 } else { (min.acked_writes / 2).max(10) };
         need("runs", "acknowledged triggers", ok("trigger"), want);
+    }
+    if ran("sched-change") {
+        // Changes and ticks are paced too: a few of each prove the accounting.
+        let want = if min.acked_writes == 0 { 0 } else { (min.acked_writes / 4).max(5) };
+        let changes = (sched.changes as u64).saturating_sub(sched.tasks as u64);
+        need("schedule", "acknowledged changes", changes, want);
+        need("schedule", "fired ticks", sched.fired as u64, 2 * want);
     }
     out
 }

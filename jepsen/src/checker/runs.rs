@@ -47,37 +47,42 @@ pub struct Truth {
 
 impl Truth {
     /// A truth time as history time (ns since the history started).
-    fn to_history(&self, t: u64) -> u64 {
+    pub(super) fn to_history(&self, t: u64) -> u64 {
         t.saturating_sub(self.start_mono_ns)
     }
 }
 
 /// One attempt's execution as its job logged it.
 #[derive(Debug)]
-struct Execution {
-    worker: String,
-    starts: usize,
-    first: u64,
-    last: u64,
-    ended: bool,
+pub(super) struct Execution {
+    pub worker: String,
+    pub starts: usize,
+    pub first: u64,
+    pub last: u64,
+    pub ended: bool,
 }
 
 /// Each final run's chain root (following `retry_of`); runs not read map to themselves.
 fn roots(finals: &[&Op]) -> BTreeMap<u64, u64> {
-    let parent: BTreeMap<u64, u64> =
-        finals.iter().filter_map(|f| Some((f.result["run"].as_u64()?, f.result["retry_of"].as_u64()?))).collect();
+    let runs: Vec<(u64, Option<u64>)> =
+        finals.iter().filter_map(|f| Some((f.result["run"].as_u64()?, f.result["retry_of"].as_u64()))).collect();
+    chain_roots(&runs)
+}
+
+/// Each run's chain root, from `(run, retry_of)` pairs.
+pub(super) fn chain_roots(runs: &[(u64, Option<u64>)]) -> BTreeMap<u64, u64> {
+    let parent: BTreeMap<u64, u64> = runs.iter().filter_map(|(run, of)| Some((*run, (*of)?))).collect();
     let mut out = BTreeMap::new();
-    for f in finals {
-        let Some(run) = f.result["run"].as_u64() else { continue };
-        let mut root = run;
+    for (run, _) in runs {
+        let mut root = *run;
         // Bounded: a chain is at most as long as the runs read.
-        for _ in 0..=finals.len() {
+        for _ in 0..=runs.len() {
             match parent.get(&root) {
                 Some(p) => root = *p,
                 None => break,
             }
         }
-        out.insert(run, root);
+        out.insert(*run, root);
     }
     out
 }
@@ -140,7 +145,7 @@ fn attempts(truth: &Truth) -> BTreeMap<(u64, u32), Vec<(&Line, bool)>> {
         .collect()
 }
 
-fn executions(truth: &Truth) -> BTreeMap<(u64, u32), Execution> {
+pub(super) fn executions(truth: &Truth) -> BTreeMap<(u64, u32), Execution> {
     let mut out = BTreeMap::new();
     for (key, ls) in attempts(truth) {
         let first = ls[0].0;
@@ -250,7 +255,7 @@ fn check_keys(triggers: &[&Op], finals: &[&Op], roots: &BTreeMap<u64, u64>, out:
     }
 }
 
-fn check_executions(
+pub(super) fn check_executions(
     executions: &BTreeMap<(u64, u32), Execution>,
     roots: &BTreeMap<u64, u64>,
     truth: &Truth,

@@ -74,7 +74,7 @@ fn job(run: u64, attempt: u32, worker: &str, from: u64, to: u64, ended: bool) ->
 }
 
 fn verdict(h: &[Event], lines: Vec<Line>) -> Verdict {
-    check(h, LOW, &Truth { lines, start_mono_ns: START })
+    check(h, LOW, &super::Evidence { runs: Truth { lines, start_mono_ns: START }, ..Default::default() })
 }
 
 fn flagged(h: &[Event], lines: Vec<Line>, needle: &str) {

@@ -52,7 +52,7 @@ fn set_read(p: u64, names: &[&str], t0: u64, t1: u64) -> Vec<Event> {
 }
 
 fn flagged(h: &[Event], needle: &str) {
-    let v = check(h, LOW, &super::runs::Truth::default());
+    let v = check(h, LOW, &super::Evidence::default());
     assert!(
         !v.valid && v.anomalies.iter().any(|a| a.message.contains(needle)),
         "expected an anomaly containing {needle:?}, got {:?}",
@@ -61,7 +61,7 @@ fn flagged(h: &[Event], needle: &str) {
 }
 
 fn clean(h: &[Event]) {
-    let v = check(h, LOW, &super::runs::Truth::default());
+    let v = check(h, LOW, &super::Evidence::default());
     assert!(v.valid, "{:?}", v.anomalies.iter().map(|a| a.to_string()).collect::<Vec<_>>());
 }
 
@@ -236,11 +236,11 @@ fn a_run_with_too_few_ok_operations_fails() {
     for p in 0..100 {
         h.extend(cas_failed(p, 0, 1, &format!("v{p}"), p * 10, p * 10 + 5, "503"));
     }
-    let v = check(&h, Minimums::for_seconds(60), &super::runs::Truth::default());
+    let v = check(&h, Minimums::for_seconds(60), &super::Evidence::default());
     assert!(!v.valid);
     assert!(v.anomalies.iter().any(|a| a.checker == "minimum" && a.message.contains("only 0 acknowledged writes")));
     // The same history passes with the minimums off, which shows the minimum is the reason.
-    assert!(check(&h, LOW, &super::runs::Truth::default()).valid);
+    assert!(check(&h, LOW, &super::Evidence::default()).valid);
 }
 
 #[test]
