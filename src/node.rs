@@ -163,7 +163,7 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
         id: config.node.id,
         http_addr: config.advertise_http(),
         rpc_addr: config.advertise_rpc(),
-        auth: Auth::from_config(&config.auth, extra_keys),
+        auth: Auth::from_config(&config.auth, extra_keys)?,
         metrics: Metrics::new(config.node.id),
         config,
         raft: raft.clone(),
@@ -359,14 +359,25 @@ impl NodeCore {
     /// handed to Raft, so log order is stamp order. A follower's clock therefore never
     /// enters command time, however fast it runs; a leader's clock does, and a leader
     /// whose clock runs ahead fires that much early (see README, "Schedules").
-    pub async fn propose_local(&self, mut req: Request) -> Result<Response, RpcFailure> {
+    pub async fn propose_local(&self, req: Request) -> Result<Response, RpcFailure> {
+        self.propose_stamped(req, None).await
+    }
+
+    /// [`Self::propose_local`], with command time at least `not_before`: the leader's own
+    /// `Fire`, planned at `not_before` for ticks up to it, so no run is ever created
+    /// before its tick even when this clock steps back between the plan and the stamp.
+    pub async fn propose_not_before(&self, req: Request, not_before: DateTime<Utc>) -> Result<Response, RpcFailure> {
+        self.propose_stamped(req, Some(not_before)).await
+    }
+
+    async fn propose_stamped(&self, mut req: Request, floor: Option<DateTime<Utc>>) -> Result<Response, RpcFailure> {
         use openraft::errors::ClientWriteError;
         use openraft::impls::ProgressResponder;
         let started = Instant::now();
         let hand_over = async {
             let mut last = self.stamp.lock().await;
             let applied = self.store.clock().ok().flatten().unwrap_or(DateTime::<Utc>::MIN_UTC);
-            let stamp = Utc::now().max(*last).max(applied);
+            let stamp = Utc::now().max(*last).max(applied).max(floor.unwrap_or(DateTime::<Utc>::MIN_UTC));
             *last = stamp;
             req.issued_at = stamp;
             let (responder, rx) = ProgressResponder::complete_only();

@@ -233,8 +233,8 @@ async fn run_outer(mut args: RunArgs) -> anyhow::Result<bool> {
     if workloads.iter().any(|w| w.needs_workers()) && args.workers < 2 {
         bail!("the runs and schedule workloads need at least 2 workers (--workers)");
     }
-    if args.clients < 2 {
-        bail!("--clients must be at least 2");
+    if args.clients < 2 || (args.clients as usize) < workloads.len() {
+        bail!("--clients must be at least 2 and at least one per workload ({})", workloads.len());
     }
     std::fs::create_dir_all(&args.store)?;
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();

@@ -354,7 +354,10 @@ impl<'a> Nemesis<'a> {
                 parts.push(self.pause(id, why).await);
             }
             Family::Partition => parts.push(self.partition().await?),
-            Family::Clock => parts.push(self.clock()?),
+            Family::Clock => {
+                let leader = find_leader(self.nodes).await;
+                parts.push(self.clock(leader)?)
+            }
             Family::Flaky => parts.push(self.flaky()?),
             Family::Delay => {
                 let (id, why) = self.target().await;
@@ -407,7 +410,8 @@ impl<'a> Nemesis<'a> {
                     let (id, why) = self.target().await;
                     parts.push(self.delay(id, why).await?);
                 }
-                parts.push(self.clock()?);
+                let leader = find_leader(self.nodes).await;
+                parts.push(self.clock(leader)?);
             }
         }
         if family.needs_workers() {
@@ -718,18 +722,22 @@ impl<'a> Nemesis<'a> {
         Ok(format!("delay n{id}'s inbound by {delay_ms} ms ({why})"))
     }
 
-    /// Sets up a clock fault on a node that is up; `hold` drives and watches it.
-    fn clock(&mut self) -> anyhow::Result<String> {
+    /// Sets up a clock fault on a node that is up; `hold` drives and watches it. The detail
+    /// says whether the node led when the fault began (`leader`, if known): a leader whose
+    /// clock runs ahead fires early by design, a follower's clock must change nothing (the
+    /// schedule checker holds both).
+    fn clock(&mut self, leader: Option<u64>) -> anyhow::Result<String> {
         let id = *self.up().choose(&mut self.rng).expect("a node is up");
         self.damage.skewed.push(id);
+        let role = if leader == Some(id) { " (leader)" } else { "" };
         if self.rng.random_bool(0.5) {
             let offset = if self.rng.random_bool(0.5) { "+90s" } else { "-60s" };
             self.node(id).set_clock_offset(offset)?;
             self.effect.clock = Some((id, None));
-            Ok(format!("clock of n{id} bumped {offset}"))
+            Ok(format!("clock of n{id}{role} bumped {offset}"))
         } else {
             self.effect.clock = Some((id, Some("strobe")));
-            Ok(format!("clock of n{id} strobed between -30s and +30s"))
+            Ok(format!("clock of n{id}{role} strobed between -30s and +30s"))
         }
     }
 

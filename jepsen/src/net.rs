@@ -177,11 +177,12 @@ impl Node {
                 "[node]\nid = {id}\ndata_dir = {:?}\nhttp_addr = \"{ip}:8080\"\nrpc_addr = \"{ip}:9080\"\n\n\
                  [cluster]\npeers = [{}]\nheartbeat_ms = 100\nelection_timeout_ms = 1000\n\
                  snapshot_every_entries = {}\nsecret = \"jepsen\"\n{probe}\n\
-                 [scheduler]\nworker_timeout_s = 6\nrun_history_per_task = 100000\n",
+                 [scheduler]\nworker_timeout_s = 6\nrun_history_per_task = 100000\nmisfire_threshold_s = {misfire}\n",
                 dir.join("data"),
                 peers.join(", "),
                 cfg.snapshot_every,
-                ip = node_ip(id)
+                ip = node_ip(id),
+                misfire = crate::checker::schedule::MISFIRE_THRESHOLD_S
             ),
         )?;
         fs::write(dir.join("faketime"), "+0s\n")?;

@@ -133,7 +133,7 @@ pub async fn run_client(
 }
 
 /// The attempt named by a run's output (`truth: run R attempt A`), if it is this run's.
-fn marker(run: u64, output: &str) -> Option<u64> {
+pub fn marker(run: u64, output: &str) -> Option<u64> {
     let prefix = format!("truth: run {run} attempt ");
     let line = output.lines().rev().find(|l| l.starts_with(&prefix))?;
     line[prefix.len()..].trim().parse().ok()

@@ -88,11 +88,13 @@ pub fn change_value(task: &Value) -> Value {
         "timezone": task["timezone"], "status": task["status"], "cursor": task["cursor"],
         "created_at": task["created_at"], "updated_at": task["updated_at"],
         "fire_count": task["fire_count"], "skipped_ticks": task["skipped_ticks"],
+        "misfire_policy": task["misfire_policy"],
     })
 }
 
-/// Creates the tasks (a 409 means an earlier attempt did: then it is read) and records
-/// each creation as a `sched-change` of kind `create`.
+/// Creates the tasks (each create carries an `Idempotency-Key` and is sent again until its
+/// outcome is known, so a lost answer does not become a 409) and records each creation as
+/// a `sched-change` of kind `create`.
 pub async fn setup(client: &Client, exe: &Path, truth: &Path, rec: &Recorder) -> anyhow::Result<Vec<Task>> {
     let mut tasks = Vec::new();
     for (i, s) in SPECS.iter().enumerate() {
@@ -106,8 +108,7 @@ pub async fn setup(client: &Client, exe: &Path, truth: &Path, rec: &Recorder) ->
         let args = json!({"task": null, "key": format!("create-{i}"), "kind": "create", "body": body});
         let node = client.nodes[0].clone();
         rec.record(process, Kind::Invoke, "sched-change", args.clone(), &node, None);
-        let out =
-            write_until_known(client, &node, Method::POST, "/api/tasks", &body, &format!("create-{i}"), None).await;
+        let out = write_until_known(client, Method::POST, "/api/tasks", &body, &format!("create-{i}"), None).await;
         match out {
             Outcome::Ok(v) => {
                 let id = v["id"].as_u64().ok_or_else(|| anyhow::anyhow!("{} created without an id", s.name))?;
@@ -120,10 +121,10 @@ pub async fn setup(client: &Client, exe: &Path, truth: &Path, rec: &Recorder) ->
     Ok(tasks)
 }
 
-/// Sends a keyed write until its outcome is known (ok or refused) or `deadline` passes.
+/// Sends a keyed write until its outcome is known (ok or refused) or `deadline` passes,
+/// each attempt through the next node (one node may be the one that is down).
 async fn write_until_known(
     client: &Client,
-    node: &str,
     method: Method,
     path: &str,
     body: &Value,
@@ -131,7 +132,8 @@ async fn write_until_known(
     deadline: Option<Instant>,
 ) -> Outcome {
     let deadline = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(30));
-    loop {
+    for attempt in 0.. {
+        let node = &client.nodes[attempt % client.nodes.len()];
         let out = client.request_keyed(method.clone(), node, path, Some(body.clone()), key).await;
         match out {
             Outcome::Info(_) | Outcome::Fail(_) if Instant::now() < deadline && retryable(&out) => {
@@ -140,6 +142,7 @@ async fn write_until_known(
             other => return other,
         }
     }
+    unreachable!("the loop returns")
 }
 
 /// A failure worth sending the same key again for: no connection, no leader (503), or
@@ -186,7 +189,12 @@ pub async fn run_client(
             }
         }
         n += 1;
-        let node = route.pick(&client);
+        // A change sent again goes to the next node in turn: its own may be the one down.
+        let node = if unsettled.is_some() {
+            client.nodes[n as usize % client.nodes.len()].clone()
+        } else {
+            route.pick(&client)
+        };
         let (i, args) = match unsettled.take() {
             Some(u) => u,
             None => {
@@ -256,14 +264,17 @@ pub async fn final_reads(client: &Client, tasks: &[Task], rec: &Recorder, settle
         rec.record(process, Kind::Invoke, "sched-change", args.clone(), &node, None);
         let deadline = Some(Instant::now() + Duration::from_secs(60));
         let path = format!("/api/tasks/{}/pause", t.id);
-        let out = write_until_known(client, &node, Method::POST, &path, &Value::Null, &key, deadline).await;
+        let out = write_until_known(client, Method::POST, &path, &Value::Null, &key, deadline).await;
         complete(rec, process, "sched-change", args, &node, map_ok(out, change_value));
     }
     let ids: Vec<u64> = tasks.iter().map(|t| t.id).collect();
     let deadline = Instant::now() + settle;
     let mut runs: Result<Vec<Value>, String> = Err("never listed".into());
-    while Instant::now() < deadline {
-        runs = crate::runs::all_runs(client, &node, &ids).await;
+    for turn in 0.. {
+        if Instant::now() >= deadline {
+            break;
+        }
+        runs = crate::runs::all_runs(client, &client.nodes[turn % client.nodes.len()], &ids).await;
         if runs.as_ref().is_ok_and(|rs| rs.iter().all(|r| FINAL.contains(&r["status"].as_str().unwrap_or_default()))) {
             break;
         }
@@ -272,7 +283,13 @@ pub async fn final_reads(client: &Client, tasks: &[Task], rec: &Recorder, settle
     let process = FINAL_PROCESS + 99;
     for t in tasks {
         rec.record(process, Kind::Invoke, "sched-task", json!({"task": t.id}), &node, None);
-        let out = client.request(Method::GET, &node, &format!("/api/tasks/{}", t.id), None, None).await;
+        let mut out = Outcome::Fail("not read".into());
+        for n in &client.nodes {
+            out = client.request(Method::GET, n, &format!("/api/tasks/{}", t.id), None, None).await;
+            if matches!(out, Outcome::Ok(_)) {
+                break;
+            }
+        }
         complete(rec, process, "sched-task", json!({"task": t.id}), &node, map_ok(out, change_value));
     }
     rec.record(process, Kind::Invoke, "sched-runs", Value::Null, &node, None);
@@ -285,6 +302,7 @@ pub async fn final_reads(client: &Client, tasks: &[Task], rec: &Recorder, settle
                         "run": r["id"], "task": r["task_id"], "trigger": r["trigger"], "status": r["status"],
                         "attempt": r["attempt"], "retry_of": r["retry_of"], "scheduled_at": r["scheduled_at"],
                         "created_at": r["created_at"],
+                        "marker": crate::runs::marker(r["id"].as_u64().unwrap_or_default(), r["output"].as_str().unwrap_or_default()),
                     })
                 })
                 .collect();

@@ -233,7 +233,7 @@ async fn wake(core: &Arc<NodeCore>, index: &mut Option<DueIndex>) -> io::Result<
         }
     }
     let batches: Vec<Vec<TaskFire>> = fires.chunks(TASKS_PER_FIRE).map(<[TaskFire]>::to_vec).collect();
-    let results = futures::future::join_all(batches.into_iter().map(|batch| propose(core, batch))).await;
+    let results = futures::future::join_all(batches.into_iter().map(|batch| propose(core, batch, now))).await;
     // A task whose fire did not commit (or was refused for a reason other than a race) is
     // retried a little later; the others are re-indexed through the change set.
     for id in results.into_iter().flatten() {
@@ -243,12 +243,14 @@ async fn wake(core: &Arc<NodeCore>, index: &mut Option<DueIndex>) -> io::Result<
     Ok(until_due.map_or(MAX_SLEEP, |d| d.min(MAX_SLEEP)))
 }
 
-/// Proposes one `Fire` batch and records its metrics; returns the tasks to retry.
-async fn propose(core: &NodeCore, batch: Vec<TaskFire>) -> Vec<u64> {
+/// Proposes one `Fire` batch, planned at `planned_at` (its command time is at least that),
+/// and records its metrics; returns the tasks to retry.
+async fn propose(core: &NodeCore, batch: Vec<TaskFire>, planned_at: DateTime<Utc>) -> Vec<u64> {
     let keep_runs = core.config.scheduler.run_history_per_task;
     let ids: Vec<u64> = batch.iter().map(|f| f.task_id).collect();
     let ticks: Vec<(u64, Vec<DateTime<Utc>>)> = batch.iter().map(|f| (f.skipped, f.fired.clone())).collect();
-    let resp = match core.propose_local(core.internal_request(Command::Fire { fires: batch, keep_runs })).await {
+    let fire = core.internal_request(Command::Fire { fires: batch, keep_runs });
+    let resp = match core.propose_not_before(fire, planned_at).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(tasks = ids.len(), error = %e, "fire not committed; will retry");

@@ -295,7 +295,7 @@ pub(super) fn check_executions(
     }
 }
 
-fn check_finals(finals: &[&Op], executions: &BTreeMap<(u64, u32), Execution>, out: &mut Vec<Anomaly>) {
+pub(super) fn check_finals(finals: &[&Op], executions: &BTreeMap<(u64, u32), Execution>, out: &mut Vec<Anomaly>) {
     for f in finals {
         let r = &f.result;
         let run = r["run"].as_u64().unwrap_or_default();

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Duration, Timelike, Utc};
 use serde_json::Value;
 
-use super::runs::{chain_roots, check_executions, executions};
+use super::runs::{chain_roots, check_executions, check_finals, executions};
 use super::{Anomaly, Evidence, Op};
 use crate::history::{Kind, NemesisEvent};
 
@@ -47,9 +47,13 @@ pub const LAG_BOUND: Duration = Duration::seconds(3);
 /// tick's own rounding (`RAFTCRON_SCHEDULED_AT` has whole seconds) and the harness's
 /// reading of its clocks.
 const EARLY_SLACK_NS: i128 = 1_000_000_000;
-/// A run fired early by a node whose clock ran ahead may start this long after that
-/// clock fault ended (it waited for a worker).
-const EARLY_AFTER_FAULT_NS: u64 = 60_000_000_000;
+/// A run fired early by a leader whose clock ran ahead by δ may start up to δ after that
+/// clock fault ended (command time stays ahead until true time catches up), and this
+/// much later still (it waited for a worker).
+const EARLY_AFTER_FAULT_NS: u64 = 30_000_000_000;
+/// The nodes' `misfire_threshold_s` in the chaos suite (`crate::net`): a tick older than
+/// this when the leader plans it is a misfire, which `skip` never fires.
+pub const MISFIRE_THRESHOLD_S: i64 = 5;
 /// Anomalies of one kind reported per task at most (the rest are counted).
 const REPORT_AT_MOST: usize = 10;
 
@@ -164,10 +168,14 @@ struct Version {
     paused: bool,
     updated_at: DateTime<Utc>,
     created_at: DateTime<Utc>,
-    /// The least cursor and fired + skipped any result of this version showed: those of
-    /// the write that made it.
+    /// The cursor and fired + skipped as the write that made this version left them
+    /// (`create` or `edit` results; for a version a pause or resume made, the least any
+    /// result showed — only epochs need them exact, and only edits begin epochs).
     cursor: DateTime<Utc>,
     counted: u64,
+    /// Whether a `create` or `edit` result showed this version.
+    by_edit: bool,
+    misfire: String,
 }
 
 /// A span of one schedule and zone: from `start` (exclusive) to `end` (inclusive): from
@@ -201,6 +209,9 @@ struct RunRec {
     retry_of: Option<u64>,
     scheduled_at: DateTime<Utc>,
     created_at: DateTime<Utc>,
+    /// As `sched-runs` listed it (status, attempt, marker): what the runs checker's final
+    /// checks read.
+    raw: Value,
 }
 
 /// Summary figures for the report.
@@ -264,6 +275,7 @@ fn run_rec(v: &Value) -> Option<RunRec> {
         retry_of: v["retry_of"].as_u64(),
         scheduled_at: time(&v["scheduled_at"])?,
         created_at: time(&v["created_at"])?,
+        raw: v.clone(),
     })
 }
 
@@ -295,6 +307,11 @@ fn check_monotonic(task: u64, ops: &[&Op], out: &mut Vec<Anomaly>) {
     }
 }
 
+/// fired + skipped, as a result shows them.
+fn counted(r: &Value) -> u64 {
+    r["fire_count"].as_u64().unwrap_or(0) + r["skipped_ticks"].as_u64().unwrap_or(0)
+}
+
 /// The task's versions from every result, or an anomaly.
 fn versions(task: u64, ops: &[&Op], out: &mut Vec<Anomaly>) -> Option<BTreeMap<u64, Version>> {
     let mut vs: BTreeMap<u64, Version> = BTreeMap::new();
@@ -310,6 +327,7 @@ fn versions(task: u64, ops: &[&Op], out: &mut Vec<Anomaly>) -> Option<BTreeMap<u
             ));
             return None;
         };
+        let by_edit = o.f == "sched-change" && matches!(o.args["kind"].as_str(), Some("create" | "edit"));
         let this = Version {
             schedule: r["schedule"].as_str().unwrap_or_default().to_string(),
             zone: r["timezone"].as_str().unwrap_or_default().to_string(),
@@ -317,7 +335,9 @@ fn versions(task: u64, ops: &[&Op], out: &mut Vec<Anomaly>) -> Option<BTreeMap<u
             updated_at,
             created_at,
             cursor,
-            counted: r["fire_count"].as_u64().unwrap_or(0) + r["skipped_ticks"].as_u64().unwrap_or(0),
+            counted: counted(r),
+            by_edit,
+            misfire: r["misfire_policy"].as_str().unwrap_or_default().to_string(),
         };
         match vs.get_mut(&v) {
             None => {
@@ -334,8 +354,16 @@ fn versions(task: u64, ops: &[&Op], out: &mut Vec<Anomaly>) -> Option<BTreeMap<u
                     ));
                     return None;
                 }
-                seen.cursor = seen.cursor.min(this.cursor);
-                seen.counted = seen.counted.min(this.counted);
+                // An edit's own result (a retry of it returns the same) wins over what any
+                // later read of the same version showed.
+                match (seen.by_edit, this.by_edit) {
+                    (false, true) => *seen = this,
+                    (true, false) => {}
+                    _ => {
+                        seen.cursor = seen.cursor.min(this.cursor);
+                        seen.counted = seen.counted.min(this.counted);
+                    }
+                }
             }
         }
     }
@@ -372,10 +400,23 @@ fn check_task(task: u64, ops: &[&Op], runs: &[&RunRec], ctx: &Evidence, stats: &
 
     // Epochs, and the windows in which the task was paused.
     let mut epochs: Vec<Epoch> = Vec::new();
+    // The epoch each version belongs to.
+    let mut epoch_of: BTreeMap<u64, usize> = BTreeMap::new();
     let mut paused: Vec<(DateTime<Utc>, Option<DateTime<Utc>>)> = Vec::new();
     let mut prev: Option<&Version> = None;
-    for v in vs.values() {
+    for (number, v) in &vs {
         let new_epoch = prev.is_none_or(|p| (&p.schedule, &p.zone) != (&v.schedule, &v.zone));
+        if new_epoch && !v.by_edit {
+            out.push(Anomaly::new(
+                "schedule",
+                format!(
+                    "task {task}: the change to {:?} in {} at {} was seen only through later reads, so where its epoch began is unknown",
+                    v.schedule, v.zone, v.updated_at
+                ),
+                Vec::new(),
+            ));
+            return;
+        }
         if new_epoch {
             let oracle = match Oracle::new(&v.schedule, &v.zone, v.created_at) {
                 Ok(o) => o,
@@ -417,6 +458,7 @@ fn check_task(task: u64, ops: &[&Op], runs: &[&RunRec], ctx: &Evidence, stats: &
                 last: true,
             });
         }
+        epoch_of.insert(*number, epochs.len() - 1);
         match (prev.is_some_and(|p| p.paused), v.paused) {
             (false, true) => paused.push((v.updated_at, None)),
             (true, false) => {
@@ -436,7 +478,30 @@ fn check_task(task: u64, ops: &[&Op], runs: &[&RunRec], ctx: &Evidence, stats: &
     // version every earlier plan was computed from).
     let in_pause = |t: DateTime<Utc>| paused.iter().any(|(p, r)| t > *p && r.is_none_or(|r| t <= r));
 
+    // Every observation holds the invariant apply keeps: within an epoch, fired + skipped
+    // grows by exactly the ticks the cursor passed.
+    let mut miscounted = Vec::new();
+    for o in ops {
+        let r = &o.result;
+        let (Some(v), Some(cursor)) = (r["version"].as_u64(), time(&r["cursor"])) else { continue };
+        let Some(e) = epoch_of.get(&v).map(|i| &epochs[*i]) else { continue };
+        let ticks = e.oracle.ticks(e.start, cursor).len() as u64;
+        if counted(r) != e.counted_from + ticks {
+            miscounted.push(format!(
+                "{} at {:.3} s saw version {v} with fired + skipped {} and the cursor at {cursor}, but the epoch of {} began at {} with {} and {ticks} ticks lie between",
+                o.f,
+                o.end as f64 / 1e9,
+                counted(r),
+                e.name,
+                e.start,
+                e.counted_from
+            ));
+        }
+    }
+    report(task, "miscounted its ticks", miscounted, out);
+
     // Fired runs: the chains' roots.
+    let misfire = vs.values().next().map(|v| v.misfire.clone()).unwrap_or_default();
     let roots: Vec<&&RunRec> = runs.iter().filter(|r| r.retry_of.is_none()).collect();
     stats.fired += roots.len();
     if roots.len() as u64 != final_fired {
@@ -472,6 +537,17 @@ fn check_task(task: u64, ops: &[&Op], runs: &[&RunRec], ctx: &Evidence, stats: &
             }
             Some(_) => {}
         }
+        // `skip` never fires a misfire: the tick was at most the threshold old when the
+        // leader planned it, and it stamps the `Fire` at once.
+        let late = r.created_at - r.scheduled_at;
+        if misfire == "skip" && late > Duration::seconds(MISFIRE_THRESHOLD_S + 1) {
+            wrong.push(format!(
+                "run {} fired tick {} {} ms late under misfire_policy skip",
+                r.id,
+                r.scheduled_at,
+                late.num_milliseconds()
+            ));
+        }
     }
     report(task, "fired what it must not", wrong, out);
     let twice: Vec<String> = by_tick
@@ -499,10 +575,12 @@ fn check_task(task: u64, ops: &[&Op], runs: &[&RunRec], ctx: &Evidence, stats: &
         }
     }
 
-    // Lag in calm time.
+    // Lag in calm time: up to the change that ended each epoch, and in the last one up to
+    // the final pause (a leader that stopped firing leaves the cursor behind it).
+    let final_pause = paused.last().filter(|(_, r)| r.is_none()).map(|(p, _)| *p);
     let mut late = Vec::new();
     for e in &epochs {
-        let until = if e.last { e.end } else { e.end - LAG_BOUND };
+        let until = if e.last { final_pause.map_or(e.end, |p| p.max(e.end)) } else { e.end - LAG_BOUND };
         for t in e.oracle.ticks(e.start, until) {
             if in_pause(t) || paused.iter().any(|(p, _)| t <= *p && t > *p - LAG_BOUND) || !calm(t, ctx) {
                 continue;
@@ -523,17 +601,40 @@ fn check_task(task: u64, ops: &[&Op], runs: &[&RunRec], ctx: &Evidence, stats: &
     report(task, "missed its lag bound", late, out);
 }
 
-/// Whether nothing was wrong around tick `t` (true time): no fault from `LAG_BOUND`
-/// before it to `LAG_BOUND` after it, counting a fault from its start until a write
-/// succeeded after its heal.
+/// Whether nothing that could delay firing was wrong around tick `t` (true time): no
+/// fault from `LAG_BOUND` before it to `LAG_BOUND` after it, counting a fault from its
+/// start until a write succeeded after its heal, and a clock set δ ahead until δ after
+/// its heal (command time stays ahead until true time catches up, and ticks up to there
+/// were planned, and misfires skipped, while it was). Worker faults do not count: firing
+/// is the leader's alone.
 fn calm(t: DateTime<Utc>, ctx: &Evidence) -> bool {
     let Some(ns) = t.timestamp_nanos_opt() else { return false };
     let at = ns as i128 - ctx.start_wall_ns;
     let lag = LAG_BOUND.num_nanoseconds().expect("small") as i128;
-    ctx.faults.iter().all(|f| {
+    ctx.faults.iter().filter(|f| !f.name.starts_with("worker-")).all(|f| {
         let recovered = f.end_ns as i128 + f.recovery_ms.map_or(i128::MAX / 4, |ms| ms as i128 * 1_000_000);
-        at + lag < f.start_ns as i128 || at - lag > recovered
+        let ahead = f.heal_ns as i128 + skew_ahead_ns(&f.detail, true);
+        at + lag < f.start_ns as i128 || at - lag > recovered.max(ahead)
     })
+}
+
+/// How far ahead the clock clauses of a fault's `detail` set a node's clock, in ns: the
+/// largest `bumped +N s`, or 30 s for a strobe. `any_node`: every clock clause counts;
+/// otherwise only one on a node that led when it began.
+fn skew_ahead_ns(detail: &str, any_node: bool) -> i128 {
+    detail
+        .split("; ")
+        .filter(|clause| clause.starts_with("clock of ") && (any_node || clause.contains("(leader)")))
+        .filter_map(|clause| {
+            if clause.contains("strobed between") {
+                return Some(30);
+            }
+            let rest = &clause[clause.find("bumped +")? + "bumped +".len()..];
+            rest[..rest.find('s')?].parse::<i128>().ok()
+        })
+        .max()
+        .unwrap_or(0)
+        * 1_000_000_000
 }
 
 fn report(task: u64, what: &str, items: Vec<String>, out: &mut Vec<Anomaly>) {
@@ -546,20 +647,21 @@ fn report(task: u64, what: &str, items: Vec<String>, out: &mut Vec<Anomaly>) {
     out.push(Anomaly::new("schedule", format!("task {task} {what}: {shown}{tail}"), Vec::new()));
 }
 
-/// How far ahead of true time the clock faults in place around history time `at_ns` ran a
-/// node's clock, in ns (0 when none did).
+/// How far ahead of true time a leader's clock may have run for a job that started at
+/// history time `at_ns`, in ns (0 when no fault explains it): a clock fault on the node
+/// that led, or any clock fault combined with faults that may have moved leadership to
+/// the skewed node (`all`). A follower's clock never enters command time, so a clock fault
+/// on a follower alone explains nothing.
 fn clock_ahead_ns(at_ns: u64, faults: &[NemesisEvent]) -> i128 {
     faults
         .iter()
-        .filter(|f| f.start_ns <= at_ns && at_ns <= f.end_ns + EARLY_AFTER_FAULT_NS)
-        .map(|f| {
-            let bumped = f.detail.match_indices("bumped +").filter_map(|(i, m)| {
-                let rest = &f.detail[i + m.len()..];
-                rest[..rest.find('s')?].parse::<i128>().ok()
-            });
-            let strobed = f.detail.contains("strobed between").then_some(30);
-            bumped.chain(strobed).max().unwrap_or(0) * 1_000_000_000
+        .map(|f| (f, skew_ahead_ns(&f.detail, f.name == "all")))
+        .filter(|(f, skew)| {
+            *skew > 0
+                && f.start_ns <= at_ns
+                && (at_ns as i128) <= f.end_ns as i128 + skew + EARLY_AFTER_FAULT_NS as i128
         })
+        .map(|(_, skew)| skew)
         .max()
         .unwrap_or(0)
 }
@@ -602,9 +704,26 @@ fn check_truth(runs: &[RunRec], ctx: &Evidence, stats: &mut Stats, out: &mut Vec
         early.truncate(REPORT_AT_MOST);
         out.push(Anomaly::new("schedule", format!("{n} jobs ran before their tick: {}", early.join("; ")), Vec::new()));
     }
-    let mut overlaps = Vec::new();
-    check_executions(&execs, &roots, &ctx.schedule, &mut overlaps);
-    for mut a in overlaps {
+    let mut found = Vec::new();
+    check_executions(&execs, &roots, &ctx.schedule, &mut found);
+    // Nothing stuck, no stale attempt's report: the runs checker's final checks, over
+    // the schedule's runs.
+    let finals: Vec<Op> = runs
+        .iter()
+        .map(|r| Op {
+            process: 0,
+            f: "sched-runs".into(),
+            args: Value::Null,
+            kind: Kind::Ok,
+            result: r.raw.clone(),
+            node: String::new(),
+            error: None,
+            start: 0,
+            end: 0,
+        })
+        .collect();
+    check_finals(&finals.iter().collect::<Vec<_>>(), &execs, &mut found);
+    for mut a in found {
         a.checker = "schedule".into();
         out.push(a);
     }

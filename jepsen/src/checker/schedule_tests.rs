@@ -66,9 +66,10 @@ fn read(p: u64, t: f64, result: Value) -> Vec<Event> {
 }
 
 fn run(id: u64, tick: f64, created: f64, retry_of: Option<u64>) -> Value {
+    let attempt = if retry_of.is_some() { 2 } else { 1 };
     json!({
         "run": id, "task": 1, "trigger": if retry_of.is_some() { "retry" } else { "schedule" }, "status": "succeeded",
-        "attempt": if retry_of.is_some() { 2 } else { 1 }, "retry_of": retry_of,
+        "attempt": attempt, "retry_of": retry_of, "marker": attempt,
         "scheduled_at": iso(tick), "created_at": iso(created),
     })
 }
@@ -221,15 +222,19 @@ fn a_job_before_its_tick_is_flagged_unless_a_clock_ran_ahead() {
     s.lines.retain(|l| l.run != 9);
     s.lines.extend(job(9, 1, 36.0, 30.0, 30.2));
     flagged(&s, "started 6.0 s before its tick");
-    s.faults.push(NemesisEvent {
+    let clock = |detail: &str| NemesisEvent {
         name: "clock".into(),
         start_ns: ns(28.0),
         heal_ns: ns(31.0),
         end_ns: ns(31.5),
-        detail: "clock of n2 bumped +90s".into(),
+        detail: detail.into(),
         recovery_ms: Some(100),
         ..NemesisEvent::default()
-    });
+    };
+    // A follower's clock never enters command time: it explains nothing.
+    s.faults.push(clock("clock of n2 bumped +90s"));
+    flagged(&s, "started 6.0 s before its tick");
+    s.faults[0] = clock("clock of n2 (leader) bumped +90s");
     let v = verdict(&s);
     assert!(v.valid, "a leader 90 s ahead may fire 6 s early: {:?}", v.anomalies);
 }
@@ -294,4 +299,83 @@ fn the_oracle_evaluates_seconds_minutes_and_zones() {
     // `@every` counts from creation (t0), not from the window.
     assert_eq!(ticks("@every 3s", "UTC", "2026-01-01T00:00:04Z", "2026-01-01T00:00:10Z"), ["00:00:06", "00:00:09"]);
     assert!(Oracle::new("0 0 * * *", "UTC", t0()).is_err(), "five fields are beyond the oracle");
+}
+
+#[test]
+fn a_leader_that_stops_firing_before_the_final_pause_is_flagged() {
+    let mut s = clean();
+    // Nothing fired after the resume at 30: the cursor stayed at 18 up to the final pause.
+    s.history.retain(|e| !(e.f == "sched-change" && e.value["version"] == 5));
+    s.history.extend(change(7, "pause", 40.0, state(5, "*/3 * * * * *", "paused", 40.0, 18.0, 7, 0)));
+    s.final_task = state(5, "*/3 * * * * *", "paused", 40.0, 18.0, 7, 0);
+    s.runs.truncate(7);
+    s.lines.retain(|l| l.run <= 7);
+    flagged(&s, "tick 2026-01-01 00:00:33 UTC was never fired although it fell due in calm time");
+}
+
+#[test]
+fn a_miscount_inside_an_earlier_epoch_is_flagged() {
+    let mut s = clean();
+    // The read at 5 s saw the cursor at 4 with only one of ticks 2 and 4 counted.
+    for e in s.history.iter_mut().filter(|e| e.f == "sched-read" && e.value["cursor"] == iso(4.0)) {
+        e.value["fire_count"] = json!(1);
+    }
+    flagged(&s, "miscounted its ticks: sched-read at 5.050 s saw version 1 with fired + skipped 1");
+}
+
+#[test]
+fn a_stuck_run_and_a_stale_report_are_flagged() {
+    let mut s = clean();
+    s.runs[2]["status"] = json!("running");
+    flagged(&s, "is stuck running");
+    let mut s = clean();
+    // Run 4 succeeded as attempt 1 with an attempt-2 output.
+    s.runs[3]["marker"] = json!(2);
+    flagged(&s, "a stale attempt's report was applied");
+}
+
+#[test]
+fn skip_never_fires_a_misfire() {
+    let mut s = clean();
+    for e in s.history.iter_mut().filter(|e| e.value.get("version").is_some()) {
+        e.value["misfire_policy"] = json!("skip");
+    }
+    s.runs[8] = run(9, 36.0, 36.0 + 7.5, None);
+    s.faults.push(NemesisEvent {
+        name: "kill".into(),
+        start_ns: ns(34.0),
+        heal_ns: ns(42.0),
+        end_ns: ns(42.5),
+        detail: "kill n1".into(),
+        recovery_ms: Some(800),
+        ..NemesisEvent::default()
+    });
+    flagged(&s, "7500 ms late under misfire_policy skip");
+}
+
+#[test]
+fn a_leader_clock_ahead_excuses_ticks_up_to_where_it_planned() {
+    let mut s = clean();
+    // A +90 s leader at 24–26 s planned (and, as misfires, skipped) everything up to 116 s:
+    // tick 36 never fired, and that is no lag.
+    s.runs.remove(8);
+    s.lines.retain(|l| l.run != 9);
+    s.final_task["fire_count"] = json!(9);
+    s.final_task["skipped_ticks"] = json!(5);
+    for e in s.history.iter_mut().filter(|e| e.value["version"] == 5) {
+        e.value["fire_count"] = json!(9);
+        e.value["skipped_ticks"] = json!(5);
+    }
+    flagged(&s, "tick 2026-01-01 00:00:36 UTC was never fired");
+    s.faults.push(NemesisEvent {
+        name: "clock".into(),
+        start_ns: ns(24.0),
+        heal_ns: ns(26.0),
+        end_ns: ns(26.5),
+        detail: "clock of n1 (leader) bumped +90s".into(),
+        recovery_ms: Some(100),
+        ..NemesisEvent::default()
+    });
+    let v = verdict(&s);
+    assert!(v.valid, "{:?}", v.anomalies);
 }

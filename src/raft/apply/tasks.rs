@@ -162,6 +162,15 @@ fn apply_fire(
             "ticks must increase and lie after the cursor and at or before the new cursor",
         ))));
     }
+    // No tick is accounted for before its time has come in command time: a run's
+    // `created_at` is never before its `scheduled_at` (the leader stamps a `Fire` at
+    // least at the instant it planned it, so only a malformed proposal meets this).
+    if *new_cursor > now {
+        return Ok(Err(Rejection::Invalid(crate::model::FieldError::new(
+            "new_cursor",
+            "lies after the command's own time: ticks not yet due",
+        ))));
+    }
     // Concurrency policy, against runs already stored (as this entry left them) and runs
     // this command made.
     let mut unfinished = Vec::new();

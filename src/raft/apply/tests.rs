@@ -450,12 +450,14 @@ fn schedule_and_time_zone_edits_start_from_the_edit_and_never_move_the_cursor_ba
         .result
         .is_ok());
     assert_eq!(cursor(&store), Some(t(7)), "a time-zone edit starts from the edit");
-    // A fire at 12 s moved the cursor to 20 s (a leader whose clock runs ahead plans that
-    // far); an edit at 15 s leaves the cursor alone.
-    assert!(fire_at(&store, t(12), fire(t(7), &[t(8), t(9)], t(20), 2)).is_ok());
+    // A fire stamped at 12 s cannot move the cursor past 12 s (ticks not yet due in
+    // command time); stamped at 20 s it can, and an edit at the same command time (stamps
+    // never decrease, so never earlier) leaves the cursor alone.
+    assert!(matches!(fire_at(&store, t(12), fire(t(7), &[t(8), t(9)], t(20), 2)), Err(Rejection::Invalid(_))));
+    assert!(fire_at(&store, t(20), fire(t(7), &[t(8), t(9)], t(20), 2)).is_ok());
     assert_eq!(cursor(&store), Some(t(20)));
     let every = TaskField::Schedule(Some("@every 5s".into()));
-    assert!(apply(&store, Command::UpdateTask { id: 1, fields: vec![every], expected_version: None }, t(15))
+    assert!(apply(&store, Command::UpdateTask { id: 1, fields: vec![every], expected_version: None }, t(20))
         .result
         .is_ok());
     assert_eq!(cursor(&store), Some(t(20)), "never moved back");
