@@ -62,6 +62,11 @@ pub enum Cmd {
     /// The per-run supervisor a worker agent starts for each process run (internal).
     #[command(hide = true)]
     RunShim,
+    /// JSON Web Tokens for the API.
+    Token {
+        #[command(subcommand)]
+        command: TokenCmd,
+    },
     /// Cluster administration through any node's REST API.
     Cluster {
         #[command(flatten)]
@@ -171,6 +176,38 @@ pub enum ScheduleCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Mint a JWT under the `[auth.jwt]` of a node's config (HS256: signed with its
+    /// secret; RS256/ES256: with `--private-key`), with its issuer and audience if set,
+    /// and print it.
+    Create {
+        /// The node config file that holds `[auth.jwt]` (environment and `--set` apply
+        /// as for `serve`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        sets: Vec<String>,
+        /// admin, operator, viewer or worker.
+        #[arg(long, value_parser = parse_role)]
+        role: crate::config::Role,
+        /// Who the token speaks for (a `worker` token: the worker id).
+        #[arg(long)]
+        sub: String,
+        /// How long it is valid: `30m`, `12h`, `7d`.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// PEM private key, for RS256 and ES256.
+        #[arg(long)]
+        private_key: Option<PathBuf>,
+    },
+}
+
+fn parse_role(s: &str) -> Result<crate::config::Role, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
+        .map_err(|_| format!("{s:?} is not a role: admin, operator, viewer or worker"))
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ClusterCmd {
     /// Members, leader, term, and each node's indexes.
     Status,
@@ -213,6 +250,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Healthcheck { addr } => healthcheck(addr).await,
         Cmd::RunShim => bail!("run-shim runs before the async runtime starts (see main.rs)"),
         Cmd::Cluster { client, command } => run_cluster(client, command).await,
+        Cmd::Token { command: TokenCmd::Create { config, sets, role, sub, ttl, private_key } } => {
+            let token = create_token(config.as_deref(), &sets, role, &sub, &ttl, private_key.as_deref())?;
+            println!("{token}");
+            Ok(())
+        }
         Cmd::Schedule { command: ScheduleCmd::Preview { expr, timezone, count, from } } => {
             let from = match from {
                 Some(f) => chrono::DateTime::parse_from_rfc3339(&f)
@@ -228,6 +270,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `raftcron token create`: a JWT the nodes configured like `config` accept.
+fn create_token(
+    config: Option<&std::path::Path>,
+    sets: &[String],
+    role: crate::config::Role,
+    sub: &str,
+    ttl: &str,
+    private_key: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    let cfg = Config::load(config, &process_env(), sets)?;
+    let jwt = cfg.auth.jwt.as_ref().context("the config has no [auth.jwt] section: JWTs are not enabled")?;
+    if sub.is_empty() {
+        bail!("--sub must not be empty");
+    }
+    let ttl = crate::scheduler::cron::parse_duration(ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+    if ttl.is_zero() {
+        bail!("--ttl must be positive");
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let claims = crate::api::jwt::Claims {
+        sub: sub.to_string(),
+        role,
+        exp: now + ttl.as_secs(),
+        nbf: Some(now),
+        iat: Some(now),
+        iss: jwt.issuer.clone(),
+        aud: jwt.audience.clone().map(serde_json::Value::String),
+    };
+    crate::api::jwt::mint(jwt, &claims, private_key).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// An agent in this process, talking to the node at `http` with a key that exists only in

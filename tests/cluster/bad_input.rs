@@ -119,3 +119,20 @@ async fn bad_requests_are_clear_4xx_and_leave_state_unchanged() {
     assert_eq!(distinct.len(), 1, "{digests:?}");
     c.shutdown().await;
 }
+
+/// Invented HTTP methods neither pass for routes nor grow `/metrics`: each is counted
+/// under `method="other"`, so a client cannot add time series at will.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invented_methods_do_not_become_metric_labels() {
+    let c = TestCluster::start(1).await;
+    let node = c.wait_leader(Duration::from_secs(10)).await;
+    for i in 0..20 {
+        let method = Method::from_bytes(format!("BREW{i}").as_bytes()).unwrap();
+        let resp = c.http.request(method, c.url(node, "/api/health")).send().await.unwrap();
+        assert!(resp.status().is_client_error(), "{}", resp.status());
+    }
+    let metrics = c.http.get(c.url(node, "/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("BREW"), "an invented method became a label");
+    assert!(metrics.contains("method=\"other\""), "invented methods are counted as other");
+    c.shutdown().await;
+}

@@ -16,6 +16,9 @@ pub const KEY: &str = "test-admin-key";
 pub const VIEWER_KEY: &str = "test-viewer-key";
 /// A `worker`-role key named `w-keyed`: it may act for that worker only.
 pub const WORKER_KEY: &str = "test-worker-key";
+pub const OPERATOR_KEY: &str = "test-operator-key";
+/// The nodes accept HS256 JWTs signed with this, issued by `raftcron-test` for `raftcron`.
+pub const JWT_SECRET: &str = "test-jwt-secret-test-jwt-secret-0123";
 
 /// An agent config for these tests: the `raftcron` binary built for them supervises each
 /// process run (this test binary cannot: it has no `run-shim`).
@@ -91,9 +94,13 @@ pub fn config_for(id: u64, dir: &TempDir, peers: &[String], opts: &Opts) -> Conf
         format!("scheduler.worker_timeout_s={}", opts.worker_timeout_s),
         "cluster.secret=\"test-cluster-secret\"".into(),
         format!(
-            "auth.api_keys=[{{name=\"viewer\", role=\"viewer\", sha256=\"{}\"}}, {{name=\"w-keyed\", role=\"worker\", sha256=\"{}\"}}]",
+            "auth.api_keys=[{{name=\"viewer\", role=\"viewer\", sha256=\"{}\"}}, {{name=\"w-keyed\", role=\"worker\", sha256=\"{}\"}}, {{name=\"operator\", role=\"operator\", sha256=\"{}\"}}]",
             raftcron::config::hash_api_key(VIEWER_KEY),
-            raftcron::config::hash_api_key(WORKER_KEY)
+            raftcron::config::hash_api_key(WORKER_KEY),
+            raftcron::config::hash_api_key(OPERATOR_KEY)
+        ),
+        format!(
+            "auth.jwt={{algorithm=\"HS256\", secret=\"{JWT_SECRET}\", issuer=\"raftcron-test\", audience=\"raftcron\", leeway_s=5}}"
         ),
     ];
     Config::load(None, &BTreeMap::new(), &sets).expect("test config is valid")

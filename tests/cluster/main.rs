@@ -5,6 +5,7 @@ mod fixture;
 mod support;
 
 mod agent;
+mod auth;
 mod bad_input;
 mod failover;
 mod firing;

@@ -3,6 +3,7 @@
 
 mod fixture;
 
+mod auth;
 mod clock;
 mod durability;
 mod fencing;
