@@ -5,6 +5,7 @@
 pub mod access;
 pub mod auth;
 mod cluster;
+pub mod contract;
 pub mod jwt;
 mod runs;
 pub mod schedule;
@@ -213,7 +214,7 @@ impl From<Rejection> for ApiError {
     fn from(r: Rejection) -> Self {
         match r {
             Rejection::TaskNotFound(_) => ApiError::NotFound(r.to_string()),
-            Rejection::NameTaken(_) => ApiError::Conflict(r.to_string()),
+            Rejection::NameTaken(_) | Rejection::Incomplete(_) => ApiError::Conflict(r.to_string()),
             Rejection::VersionMismatch { .. } => ApiError::PreconditionFailed(r.to_string()),
             Rejection::Invalid(f) => ApiError::InvalidField(f),
             Rejection::IdempotencyKeyReused => ApiError::IdempotencyKeyReused(r.to_string()),
@@ -252,9 +253,27 @@ pub fn json_body(body: Result<Bytes, BytesRejection>) -> Result<(serde_json::Val
     if bytes.is_empty() {
         return Err(ApiError::BadRequest("request body is empty; a JSON object is expected".into()));
     }
-    let value: serde_json::Value =
+    let mut value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    integral_floats_as_integers(&mut value);
     Ok((value, bytes))
+}
+
+/// JSON has one number type: `51.0` is the integer 51 to JSON Schema (and to most
+/// clients' serializers), so it is one to the server too. A fraction, or a value beyond
+/// 64 bits, stays a float and is refused where an integer is due.
+fn integral_floats_as_integers(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                *v = if f < 0.0 { serde_json::json!(f as i64) } else { serde_json::json!(f as u64) };
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        serde_json::Value::Object(map) => map.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
 }
 
 /// Parses a JSON body into `T`; a type error names the field (`id: invalid type ...`).
@@ -304,11 +323,18 @@ pub fn idempotency_key(
 pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(v) = headers.get(axum::http::header::IF_MATCH) else { return Ok(None) };
     let s = v.to_str().map_err(|_| ApiError::BadRequest("If-Match is not ASCII".into()))?.trim();
-    if s == "*" {
+    // Empty says nothing; `*` matches any version.
+    if s.is_empty() || s == "*" {
         return Ok(None);
     }
-    let s = s.trim_start_matches("W/").trim_matches('"');
-    s.parse::<u64>()
+    let digits = s.strip_prefix("W/").unwrap_or(s);
+    let digits = digits.strip_prefix('"').unwrap_or(digits);
+    let digits = digits.strip_suffix('"').unwrap_or(digits);
+    if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::BadRequest(format!("If-Match {s:?} is not a task version (an ETag such as \"3\")")));
+    }
+    digits
+        .parse::<u64>()
         .map(Some)
         .map_err(|_| ApiError::BadRequest(format!("If-Match {s:?} is not a task version (an ETag such as \"3\")")))
 }
@@ -341,6 +367,9 @@ impl Consistency {
 }
 
 /// `page` (from 1, default 1) and `size` (1 to 100, default 20) of a list request.
+/// The highest page number a listing accepts.
+pub const MAX_PAGE: u64 = 1_000_000_000;
+
 pub fn page_and_size(q: &std::collections::BTreeMap<String, String>) -> Result<(u64, u64), ApiError> {
     let number = |key: &str, default: u64| -> Result<u64, ApiError> {
         match q.get(key) {
@@ -351,8 +380,8 @@ pub fn page_and_size(q: &std::collections::BTreeMap<String, String>) -> Result<(
         }
     };
     let (page, size) = (number("page", 1)?, number("size", 20)?);
-    if page == 0 {
-        return Err(ApiError::BadRequest("page: pages start at 1".into()));
+    if page == 0 || page > MAX_PAGE {
+        return Err(ApiError::BadRequest(format!("page: pages run from 1 to {MAX_PAGE}")));
     }
     if size == 0 || size > 100 {
         return Err(ApiError::BadRequest("size: must be between 1 and 100".into()));
@@ -378,6 +407,9 @@ impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        let mut jwt = Http::new(HttpAuthScheme::Bearer);
+        jwt.bearer_format = Some("JWT".into());
+        components.add_security_scheme("jwt", SecurityScheme::Http(jwt));
     }
 }
 
@@ -400,7 +432,7 @@ pub fn api_routes() -> (Router<Arc<NodeCore>>, Router<Arc<NodeCore>>, utoipa::op
 /// The node's whole HTTP surface.
 pub fn router(core: Arc<NodeCore>) -> Router {
     let (protected, open, doc) = api_routes();
-    let doc = Arc::new(doc);
+    let doc = Arc::new(contract::document(&doc));
     // The last layer added runs first: authenticate, audit (refusals too), then authorize
     // by the route table.
     let protected = protected

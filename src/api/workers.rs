@@ -260,10 +260,17 @@ async fn assignments(
     act_for(&caller, &worker_id)?;
     let wait = match q.get("wait_ms") {
         None => Duration::ZERO,
-        Some(v) => Duration::from_millis(
-            v.parse().map_err(|_| ApiError::BadRequest(format!("wait_ms: {v:?} is not a whole number")))?,
-        )
-        .min(MAX_POLL_WAIT),
+        Some(v) => {
+            let ms: u64 =
+                v.parse().map_err(|_| ApiError::BadRequest(format!("wait_ms: {v:?} is not a whole number")))?;
+            if Duration::from_millis(ms) > MAX_POLL_WAIT {
+                return Err(ApiError::BadRequest(format!(
+                    "wait_ms: at most {} (long polls end within 30 s)",
+                    MAX_POLL_WAIT.as_millis()
+                )));
+            }
+            Duration::from_millis(ms)
+        }
     };
     let epoch = match q.get("epoch") {
         None => None,

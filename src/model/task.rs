@@ -237,6 +237,31 @@ pub enum TaskField {
     PendingTimeoutS(Option<u64>),
 }
 
+/// An http(s) URL with a host (whatever the executor: a URL that could never be fetched is
+/// refused when it is written, not when an executor change would need it).
+fn check_url(url: &str) -> Result<(), FieldError> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        _ => Err(FieldError::new("url", format!("{url:?} is not an http(s) URL"))),
+    }
+}
+
+fn check_method(m: &str) -> Result<(), FieldError> {
+    if HTTP_METHODS.contains(&m.to_ascii_uppercase().as_str()) {
+        Ok(())
+    } else {
+        Err(FieldError::new("method", format!("{m:?} is not one of {}", HTTP_METHODS.join(", "))))
+    }
+}
+
+fn check_expected_status(s: u16) -> Result<(), FieldError> {
+    if (100..=599).contains(&s) {
+        Ok(())
+    } else {
+        Err(FieldError::new("expected_status", "must be between 100 and 599"))
+    }
+}
+
 fn typed<T: serde::de::DeserializeOwned>(key: &str, value: Value) -> Result<T, FieldError> {
     serde_json::from_value(value).map_err(|e| FieldError::new(key, e.to_string()))
 }
@@ -255,11 +280,15 @@ impl TaskField {
             "command" => F::Command(typed(key, value)?),
             "working_directory" => F::WorkingDirectory(typed(key, value)?),
             "environment" => F::Environment(typed::<Option<_>>(key, value)?.unwrap_or_default()),
-            "url" => F::Url(typed(key, value)?),
-            "method" => F::Method(typed(key, value)?),
+            "url" => F::Url(typed::<Option<String>>(key, value)?.map(|u| check_url(&u).map(|()| u)).transpose()?),
+            "method" => {
+                F::Method(typed::<Option<String>>(key, value)?.map(|m| check_method(&m).map(|()| m)).transpose()?)
+            }
             "headers" => F::Headers(typed::<Option<_>>(key, value)?.unwrap_or_default()),
             "body" => F::Body(typed(key, value)?),
-            "expected_status" => F::ExpectedStatus(typed(key, value)?),
+            "expected_status" => F::ExpectedStatus(
+                typed::<Option<u16>>(key, value)?.map(|s| check_expected_status(s).map(|()| s)).transpose()?,
+            ),
             "arguments" => F::Arguments(typed::<Option<_>>(key, value)?.unwrap_or_default()),
             "python_path" => F::PythonPath(typed(key, value)?),
             "schedule" => F::Schedule(typed(key, value)?),
@@ -373,6 +402,22 @@ impl TaskSpec {
         Ok(spec)
     }
 
+    /// What the executor needs: a non-blank `command` for shell and python, a `url` for
+    /// http. Apart from [`Self::validate`] because an update that leaves it unmet is a
+    /// conflict with the stored task (409), not a malformed request.
+    pub fn executor_needs(&self) -> Result<(), FieldError> {
+        let (field, value) = match self.executor {
+            ExecutorKind::Shell | ExecutorKind::Python => ("command", &self.command),
+            ExecutorKind::Http => ("url", &self.url),
+        };
+        match value.as_deref().map(str::trim) {
+            None | Some("") => {
+                Err(FieldError::new(field, format!("is required for the {:?} executor", self.executor).to_lowercase()))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Structural checks that need no outside data (no time-zone database, no clock), so
     /// `apply` can run them too on a merged update. Cron and time-zone checks live in
     /// [`crate::scheduler::cron`] and run on the node that receives the request.
@@ -381,41 +426,21 @@ impl TaskSpec {
         if name.is_empty() {
             return Err(FieldError::new("name", "must not be empty"));
         }
-        if self.name.len() > MAX_NAME_LEN {
-            return Err(FieldError::new("name", format!("longer than {MAX_NAME_LEN} bytes")));
+        if self.name.chars().count() > MAX_NAME_LEN {
+            return Err(FieldError::new("name", format!("longer than {MAX_NAME_LEN} characters")));
         }
         if self.name.chars().any(char::is_control) {
             return Err(FieldError::new("name", "must not contain control characters"));
         }
-        let non_empty = |field: &str, v: &Option<String>| match v.as_deref().map(str::trim) {
-            None | Some("") => {
-                Err(FieldError::new(field, format!("is required for the {:?} executor", self.executor).to_lowercase()))
-            }
-            Some(_) => Ok(()),
-        };
-        match self.executor {
-            ExecutorKind::Shell | ExecutorKind::Python => non_empty("command", &self.command)?,
-            ExecutorKind::Http => {
-                non_empty("url", &self.url)?;
-                let url = self.url.as_deref().unwrap_or_default();
-                match reqwest::Url::parse(url) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-                    _ => return Err(FieldError::new("url", format!("{url:?} is not an http(s) URL"))),
-                }
-                if let Some(m) = &self.method {
-                    if !HTTP_METHODS.contains(&m.to_ascii_uppercase().as_str()) {
-                        return Err(FieldError::new(
-                            "method",
-                            format!("{m:?} is not one of {}", HTTP_METHODS.join(", ")),
-                        ));
-                    }
-                }
-                if let Some(s) = self.expected_status {
-                    if !(100..=599).contains(&s) {
-                        return Err(FieldError::new("expected_status", "must be between 100 and 599"));
-                    }
-                }
-            }
+        self.executor_needs()?;
+        if let Some(url) = &self.url {
+            check_url(url)?;
+        }
+        if let Some(m) = &self.method {
+            check_method(m)?;
+        }
+        if let Some(s) = self.expected_status {
+            check_expected_status(s)?;
         }
         if self.timeout_seconds == 0 || self.timeout_seconds > 7 * 24 * 3600 {
             return Err(FieldError::new("timeout_seconds", "must be between 1 and 604800"));
@@ -434,8 +459,8 @@ impl TaskSpec {
             ("python_path", &self.python_path),
             ("schedule", &self.schedule),
         ] {
-            if text.as_ref().is_some_and(|t| t.len() > MAX_TEXT_LEN) {
-                return Err(FieldError::new(field, format!("longer than {MAX_TEXT_LEN} bytes")));
+            if text.as_ref().is_some_and(|t| t.chars().count() > MAX_TEXT_LEN) {
+                return Err(FieldError::new(field, format!("longer than {MAX_TEXT_LEN} characters")));
             }
         }
         for (field, len) in [
@@ -448,8 +473,11 @@ impl TaskSpec {
                 return Err(FieldError::new(field, format!("more than {MAX_ITEMS} entries")));
             }
         }
-        if self.tags.iter().any(|t| t.trim().is_empty() || t.len() > 64 || t.chars().any(char::is_control)) {
-            return Err(FieldError::new("tags", "each tag must be 1 to 64 bytes without control characters"));
+        if self.tags.iter().any(|t| t.trim().is_empty() || t.chars().count() > 64 || t.chars().any(char::is_control)) {
+            return Err(FieldError::new(
+                "tags",
+                "each tag must be 1 to 64 characters, not all blank, without control characters",
+            ));
         }
         if self.pending_timeout_s.is_some_and(|s| s == 0 || s > 365 * 24 * 3600) {
             return Err(FieldError::new("pending_timeout_s", "must be between 1 and 31536000"));

@@ -99,7 +99,7 @@ pub fn validate_slots(max_tasks: u32) -> Result<(), FieldError> {
 }
 
 pub fn validate_tags(tags: &[String]) -> Result<(), FieldError> {
-    if tags.len() > 64 || tags.iter().any(|t| t.is_empty() || t.len() > 64) {
+    if tags.len() > 64 || tags.iter().any(|t| t.is_empty() || t.chars().count() > 64) {
         return Err(FieldError::new("tags", "at most 64 tags of 1 to 64 characters each"));
     }
     Ok(())

@@ -266,6 +266,11 @@ pub enum Rejection {
     /// it was placed with), or one that contradicts what was already recorded for it.
     #[error("run {run_id} attempt {attempt} is not held by worker {worker_id:?} epoch {epoch} (current attempt {current}, status {status:?})")]
     StaleAttempt { run_id: u64, attempt: u32, worker_id: String, epoch: u64, current: u32, status: RunStatus },
+    /// An update whose fields are each valid but leave the stored task without what its
+    /// executor needs (a shell task's `command`, an http task's `url`): a conflict with
+    /// the task's state, not a malformed request. (Appended: variants are encoded by index.)
+    #[error("the task as stored and this change together lack a field: {0}")]
+    Incomplete(FieldError),
 }
 
 impl Response {

@@ -136,3 +136,44 @@ async fn invented_methods_do_not_become_metric_labels() {
     assert!(metrics.contains("method=\"other\""), "invented methods are counted as other");
     c.shutdown().await;
 }
+
+/// The edges the API document states, as the server enforces them: an integral float is
+/// an integer, a page beyond the last is refused, an update that leaves a task without
+/// what its executor needs is a conflict with the stored task (409) while a URL that no
+/// executor could fetch is refused as written (400), an empty `If-Match` says nothing
+/// and an over-long one is refused, and a long poll longer than 30 s is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_edges_the_document_states_are_the_servers() {
+    let c = TestCluster::start(1).await;
+    let n = c.wait_leader(Duration::from_secs(10)).await;
+    let body =
+        json!({"name": "edges", "executor": "shell", "command": "true", "retry_count": 3.0, "timeout_seconds": 60.0});
+    let a = c.post(n, "/api/tasks", body).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.data()["retry_count"], 3);
+    let id = a.data()["id"].as_u64().unwrap();
+    assert_eq!(
+        c.post(n, "/api/tasks", json!({"name": "f", "executor": "shell", "command": "x", "retry_count": 1.5}))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(c.get(n, "/api/tasks?page=1000000001").await.status, 400);
+    assert_eq!(c.get(n, "/api/tasks?page=1000000000").await.status, 200);
+    let path = format!("/api/tasks/{id}");
+    let put = |body: serde_json::Value, headers: &'static [(&'static str, &'static str)]| {
+        c.call(n, Method::PUT, &path, Some(body), headers)
+    };
+    let a = put(json!({"executor": "http"}), &[]).await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+    assert!(a.body["message"].as_str().unwrap().contains("url"), "{}", a.body);
+    let a = put(json!({"url": "not a url"}), &[]).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert_eq!(put(json!({"executor": "http", "url": "http://127.0.0.1:9/"}), &[]).await.status, 200);
+    assert_eq!(put(json!({"priority": "high"}), &[("If-Match", "")]).await.status, 200);
+    assert_eq!(put(json!({"priority": "low"}), &[("If-Match", "\"00000000000000000003\"")]).await.status, 400);
+    assert_eq!(put(json!({"priority": "low"}), &[("If-Match", "\"3\"")]).await.status, 200);
+    let a = c.get(n, "/api/workers/w-edges/assignments?wait_ms=30001").await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    c.shutdown().await;
+}

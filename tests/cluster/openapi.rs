@@ -73,3 +73,52 @@ async fn every_documented_route_is_served_and_every_promised_route_documented() 
     }
     c.shutdown().await;
 }
+
+/// The document states what the server enforces (the schemathesis stage holds the server
+/// to it request by request; this pins the statements themselves): the bounds of a page,
+/// a worker id's pattern, a task body that needs `command` or `url` by executor, an
+/// update that names a field, both security schemes, and the envelope on every error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_document_states_the_constraints_and_errors_the_server_enforces() {
+    let c = TestCluster::start(1).await;
+    c.wait_leader(Duration::from_secs(10)).await;
+    let doc: serde_json::Value = c.http.get(c.url(1, "/api/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let param = |path: &str, method: &str, name: &str| {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"))["schema"]
+            .clone()
+    };
+    assert_eq!(param("/api/tasks", "get", "page")["minimum"], 1);
+    assert_eq!(param("/api/tasks", "get", "size")["maximum"], 100);
+    assert_eq!(param("/api/tasks/{task_id}", "get", "consistency")["enum"], json!(["linearizable", "local"]));
+    assert_eq!(param("/api/workers/{worker_id}", "get", "worker_id")["maxLength"], 64);
+    let create = &doc["components"]["schemas"]["TaskCreate"]["oneOf"];
+    assert_eq!(create[0]["required"], json!(["name", "executor", "command"]));
+    assert_eq!(create[1]["required"], json!(["name", "executor", "url"]));
+    assert_eq!(doc["components"]["schemas"]["TaskUpdate"]["minProperties"], 1);
+    assert_eq!(doc["components"]["schemas"]["WorkerUpdate"]["minProperties"], 1);
+    let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
+    assert!(schemes.contains_key("bearer") && schemes["jwt"]["bearerFormat"] == "JWT", "{schemes:?}");
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for (code, r) in op["responses"].as_object().unwrap() {
+                if code.as_str() >= "400" {
+                    assert_eq!(
+                        r["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorEnvelope",
+                        "{method} {path} {code}"
+                    );
+                }
+            }
+            if !matches!(path.as_str(), "/api/health" | "/metrics") {
+                for code in ["400", "401", "403", "503"] {
+                    assert!(op["responses"].get(code).is_some(), "{method} {path} does not document {code}");
+                }
+            }
+        }
+    }
+    c.shutdown().await;
+}

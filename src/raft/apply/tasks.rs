@@ -43,6 +43,9 @@ pub(super) fn update(
     for f in fields.iter().cloned() {
         TaskField::apply_to(f, &mut task.spec);
     }
+    if let Err(e) = task.spec.executor_needs() {
+        return Ok(Response::rejected(Rejection::Incomplete(e)));
+    }
     if let Err(e) = task.spec.validate() {
         return Ok(Response::rejected(Rejection::Invalid(e)));
     }
