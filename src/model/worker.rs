@@ -38,9 +38,31 @@ pub struct Worker {
     pub registered_at: DateTime<Utc>,
     /// Command time of the last liveness transition.
     pub liveness_changed_at: DateTime<Utc>,
+    /// What the agent registered last: its own slots and tags.
+    pub registered_max_tasks: u32,
+    pub registered_tags: Vec<String>,
+    /// What an admin set (`PUT /api/workers/{id}`), kept apart from what the agent
+    /// registers, and winning over it: `max_tasks` and `tags` above are the registered
+    /// ones limited by these — an agent may carry fewer of the admin's tags and fewer
+    /// slots, never more, however it re-registers.
+    pub admin_max_tasks: Option<u32>,
+    pub admin_tags: Option<Vec<String>>,
 }
 
 impl Worker {
+    /// Recomputes the slots and tags placement uses: what the agent registered, limited by
+    /// what an admin set.
+    pub fn settle_limits(&mut self) {
+        self.max_tasks = match self.admin_max_tasks {
+            Some(cap) => self.registered_max_tasks.min(cap),
+            None => self.registered_max_tasks,
+        };
+        self.tags = match &self.admin_tags {
+            Some(allowed) => self.registered_tags.iter().filter(|t| allowed.contains(t)).cloned().collect(),
+            None => self.registered_tags.clone(),
+        };
+    }
+
     /// Whether it carries every one of `tags`.
     pub fn carries(&self, tags: &[String]) -> bool {
         tags.iter().all(|t| self.tags.contains(t))

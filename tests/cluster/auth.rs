@@ -182,3 +182,62 @@ async fn a_worker_credential_acts_for_its_own_id_only() {
     }
     c.shutdown().await;
 }
+
+/// Issue 14's attack: an admin limits a worker with `PUT`; the worker's own credential
+/// re-registers with more tags and slots. The admin's settings are kept apart and win:
+/// the worker may drop tags and lower its slots, never widen them, so it is never placed
+/// a task whose tags the admin did not grant it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_credential_cannot_widen_what_an_admin_set() {
+    let c = TestCluster::start(1).await;
+    let node = c.wait_leader(Duration::from_secs(10)).await;
+    let worker = |method: &str, path: &str, body: Value| {
+        let rb = c.http.request(Method::from_bytes(method.as_bytes()).unwrap(), c.url(node, path));
+        async move {
+            let r = rb.bearer_auth(WORKER_KEY).json(&body).send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let register = |tags: Value, slots: u32| {
+        worker("POST", &format!("/api/workers/{WORKER_ID}/register"), json!({"max_tasks": slots, "tags": tags}))
+    };
+    let (status, body) = register(json!(["gpu"]), 4).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let a = c
+        .call(
+            node,
+            Method::PUT,
+            &format!("/api/workers/{WORKER_ID}"),
+            Some(json!({"tags": ["gpu"], "max_tasks": 2})),
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    // The worker re-registers wider: more slots, and the tag of the secret-holding tasks.
+    let (status, body) = register(json!(["gpu", "payroll"]), 64).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let view = c.get(node, &format!("/api/workers/{WORKER_ID}")).await;
+    assert_eq!(
+        (view.data()["max_tasks"].clone(), view.data()["tags"].clone()),
+        (json!(2), json!(["gpu"])),
+        "{}",
+        view.body
+    );
+    // A task only a `payroll` worker may run stays pending: this worker is not eligible.
+    let task = c
+        .post(node, "/api/tasks", json!({"name": "pay", "executor": "shell", "command": "echo $SECRET", "tags": ["payroll"], "environment": {"SECRET": "s3cr3t"}}))
+        .await;
+    let id = task.data()["id"].as_u64().unwrap();
+    let run = c.post(node, &format!("/api/tasks/{id}/trigger"), json!({})).await;
+    assert_eq!(run.status, StatusCode::CREATED, "{}", run.body);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, held) = worker("GET", &format!("/api/workers/{WORKER_ID}/assignments"), Value::Null).await;
+    assert_eq!(status, StatusCode::OK, "{held}");
+    assert_eq!(held["data"], json!([]), "the worker was given a payroll run: {held}");
+    // Narrowing is its right: fewer slots, fewer tags.
+    let (status, _) = register(json!([]), 1).await;
+    assert_eq!(status, StatusCode::OK);
+    let view = c.get(node, &format!("/api/workers/{WORKER_ID}")).await;
+    assert_eq!((view.data()["max_tasks"].clone(), view.data()["tags"].clone()), (json!(1), json!([])), "{}", view.body);
+    c.shutdown().await;
+}

@@ -39,10 +39,15 @@ pub(super) fn register(
         epoch: 0,
         registered_at: now,
         liveness_changed_at: now,
+        registered_max_tasks: max_tasks,
+        registered_tags: Vec::new(),
+        admin_max_tasks: None,
+        admin_tags: None,
     });
     worker.name = if name.is_empty() { id.to_string() } else { name.to_string() };
-    worker.max_tasks = max_tasks;
-    worker.tags = tags.to_vec();
+    worker.registered_max_tasks = max_tasks;
+    worker.registered_tags = tags.to_vec();
+    worker.settle_limits();
     worker.registered_at = now;
     worker.epoch += 1;
     let killed: BTreeSet<RunAttempt> = killed.iter().copied().collect();
@@ -61,6 +66,8 @@ pub(super) fn register(
     Ok(Response::ok(Outcome::Worker(Box::new(worker))))
 }
 
+/// An admin's settings: kept apart from the registration, and limiting it from now on
+/// (`Worker::settle_limits`).
 pub(super) fn update(tx: &mut Tx<'_>, id: &str, update: &WorkerUpdate) -> io::Result<Response> {
     let Some(mut worker) = tx.worker(id)? else {
         return Ok(Response::rejected(Rejection::WorkerNotFound(id.to_string())));
@@ -69,14 +76,15 @@ pub(super) fn update(tx: &mut Tx<'_>, id: &str, update: &WorkerUpdate) -> io::Re
         if let Err(e) = validate_slots(n) {
             return Ok(Response::rejected(Rejection::Invalid(e)));
         }
-        worker.max_tasks = n;
+        worker.admin_max_tasks = Some(n);
     }
     if let Some(tags) = &update.tags {
         if let Err(e) = validate_tags(tags) {
             return Ok(Response::rejected(Rejection::Invalid(e)));
         }
-        worker.tags = tags.clone();
+        worker.admin_tags = Some(tags.clone());
     }
+    worker.settle_limits();
     if let Some(enabled) = update.enabled {
         worker.enabled = enabled;
     }
