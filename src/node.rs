@@ -30,6 +30,11 @@ const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a linearizable read waits for a leader and its read index.
 pub const READ_DEADLINE: Duration = Duration::from_secs(5);
 const RPC_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a node being added has to answer the leader.
+const ADMIT_PATIENCE: Duration = Duration::from_secs(5);
+/// How long an add waits for the new learner to catch up before answering that it is
+/// still catching up (within the forwarding RPC's deadline).
+const CATCH_UP_PATIENCE: Duration = Duration::from_secs(8);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -653,7 +658,7 @@ impl NodeCore {
     }
 
     /// Membership changes run on the leader; a follower forwards them.
-    pub async fn change_membership(&self, op: MembershipOp) -> Result<(), RpcFailure> {
+    pub async fn change_membership(&self, op: MembershipOp) -> Result<rpc::MembershipDone, RpcFailure> {
         let local = || self.change_membership_local(op.clone());
         let remote = |c: rpc::ClusterServiceClient| {
             let (hdr, op) = (self.identity.header(), op.clone());
@@ -666,8 +671,13 @@ impl NodeCore {
         self.on_leader(WRITE_DEADLINE * 3, local, remote).await
     }
 
-    pub async fn change_membership_local(&self, op: MembershipOp) -> Result<(), RpcFailure> {
+    /// Makes a membership change on this node, the leader, within a bound: an added node
+    /// must answer within [`ADMIT_PATIENCE`], and one still catching up after
+    /// [`CATCH_UP_PATIENCE`] stays a learner ([`rpc::MembershipDone::CatchingUp`]) rather
+    /// than holding the request open.
+    pub async fn change_membership_local(&self, op: MembershipOp) -> Result<rpc::MembershipDone, RpcFailure> {
         use openraft::errors::{ClientWriteError, RaftError};
+        use rpc::MembershipDone::{CatchingUp, Done};
         let map = |e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>| match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => RpcFailure::NotLeader(f.leader_id),
             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => RpcFailure::Invalid(e.to_string()),
@@ -677,25 +687,40 @@ impl NodeCore {
             MembershipOp::AddVoter { id, node } => {
                 let voters: Vec<NodeId> = self.raft.metrics().borrow_watched().membership_config.voter_ids().collect();
                 if voters.contains(&id) {
-                    return Ok(());
+                    return Ok(Done);
                 }
                 // Adding a node is the operator's consent to (re)admit it, also if it
                 // quarantined itself after losing its data dir.
-                let client = self
-                    .peers
-                    .get(&node.rpc_addr)
-                    .await
-                    .map_err(|e| RpcFailure::Unavailable(format!("node {id}: {e}")))?;
-                match client.admit(context(RPC_TIMEOUT), self.identity.header()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(RpcFailure::Invalid(format!("node {id} refused to join: {e}"))),
-                    Err(e) => return Err(RpcFailure::Unavailable(format!("node {id} did not answer: {e}"))),
+                let addr = node.rpc_addr.clone();
+                let admit = async {
+                    let client = self.peers.get(&addr).await.map_err(|e| e.to_string())?;
+                    client.admit(context(RPC_TIMEOUT), self.identity.header()).await.map_err(|e| e.to_string())
+                };
+                match tokio::time::timeout(ADMIT_PATIENCE, admit).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => return Err(RpcFailure::Invalid(format!("node {id} refused to join: {e}"))),
+                    Ok(Err(e)) => {
+                        return Err(RpcFailure::Invalid(format!(
+                            "node {id} at {addr} did not answer ({e}): check the address and that it runs"
+                        )))
+                    }
+                    Err(_) => {
+                        return Err(RpcFailure::Invalid(format!(
+                            "node {id} at {addr} did not answer within {} s: check the address and that it runs",
+                            ADMIT_PATIENCE.as_secs()
+                        )))
+                    }
                 }
                 // Blocking add: returns once the learner has caught up, so promoting it
-                // never stalls commits on a node that is far behind.
-                self.raft.add_learner(id, node, true).await.map_err(map)?;
+                // never stalls commits on a node that is far behind. A long catch-up (a
+                // big snapshot) is not waited for: the learner stays, and the request
+                // repeated promotes it.
+                match tokio::time::timeout(CATCH_UP_PATIENCE, self.raft.add_learner(id, node, true)).await {
+                    Ok(r) => r.map_err(map)?,
+                    Err(_) => return Ok(CatchingUp),
+                };
                 self.raft.change_membership(ChangeMembers::AddVoterIds([id].into()), false).await.map_err(map)?;
-                Ok(())
+                Ok(Done)
             }
             MembershipOp::Remove { id } => {
                 let m = self.raft.metrics().borrow_watched().membership_config.clone();
@@ -710,7 +735,7 @@ impl NodeCore {
                 } else {
                     return Err(RpcFailure::Invalid(format!("node {id} is not a member")));
                 }
-                Ok(())
+                Ok(Done)
             }
             MembershipOp::TransferLeader { to } => {
                 let voters: Vec<NodeId> = self.raft.metrics().borrow_watched().membership_config.voter_ids().collect();
@@ -718,7 +743,7 @@ impl NodeCore {
                     return Err(RpcFailure::Invalid(format!("node {to} is not a voter")));
                 }
                 if to == self.id {
-                    return Ok(());
+                    return Ok(Done);
                 }
                 self.raft.trigger().transfer_leader(to).await.map_err(|e| RpcFailure::Unavailable(e.to_string()))?;
                 let patience = Duration::from_millis(3 * self.config.cluster.election_timeout_ms);
@@ -726,7 +751,7 @@ impl NodeCore {
                 // openraft's own view: the filtered `leader()` may not have recorded the
                 // new leader's first heartbeat yet.
                 if self.raft.metrics().borrow_watched().current_leader == Some(to) {
-                    Ok(())
+                    Ok(Done)
                 } else {
                     Err(RpcFailure::Unavailable(format!("node {to} did not take over in time")))
                 }

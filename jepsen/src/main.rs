@@ -439,7 +439,8 @@ async fn drive(
         }
         if w == Workload::Runs {
             let (client, tasks, rec, stop) = (client.clone(), runs_tasks.clone(), rec.clone(), stop.clone());
-            handles.push(tokio::spawn(runs::run_client(slot, slots, route, client, tasks, rec, stop)));
+            let clients = (0..slots).filter(|s| workloads[*s as usize % workloads.len()] == Workload::Runs).count();
+            handles.push(tokio::spawn(runs::run_client(slot, slots, clients, route, client, tasks, rec, stop)));
             continue;
         }
         handles.push(tokio::spawn(workload::run_client(

@@ -18,7 +18,7 @@ use utoipa_axum::routes;
 use super::{parse_id, typed_json_body, ApiError, Envelope, Reply};
 use crate::node::NodeCore;
 use crate::raft::{NodeId, NodeInfo};
-use crate::rpc::{context, MembershipOp, NodeStatus};
+use crate::rpc::{context, MembershipDone, MembershipOp, NodeStatus};
 
 pub fn routes() -> OpenApiRouter<Arc<NodeCore>> {
     OpenApiRouter::new()
@@ -116,10 +116,17 @@ pub struct AddNodeRequest {
     pub http_addr: String,
 }
 
-/// Add a node: it joins as a learner, and is promoted to voter once caught up.
+/// Add a node: it joins as a learner, and is promoted to voter once caught up. Answers
+/// within about 15 s: 200 when the node is a voter; 202 when it joined as a learner and is
+/// still catching up (send the same request again to promote it; `GET /api/cluster`
+/// shows its progress); 400 when the node does not answer within 5 s.
 #[utoipa::path(
     post, path = "/api/cluster/nodes", tag = "cluster", request_body = AddNodeRequest,
-    responses((status = 200, description = "the node is a voter"), (status = 400), (status = 401), (status = 403), (status = 503)),
+    responses(
+        (status = 200, description = "the node is a voter"),
+        (status = 202, description = "the node is a learner, still catching up: repeat the request to promote it"),
+        (status = 400), (status = 401), (status = 403), (status = 503),
+    ),
     security(("bearer" = []))
 )]
 async fn add_node(
@@ -134,8 +141,13 @@ async fn add_node(
         return Err(ApiError::BadRequest("rpc_addr: is required".into()));
     }
     let node = NodeInfo { rpc_addr: req.rpc_addr, http_addr: req.http_addr };
-    core.change_membership(MembershipOp::AddVoter { id: req.id, node }).await?;
-    Ok(Reply::ok(req.id).message(format!("node {} is a voter", req.id)))
+    match core.change_membership(MembershipOp::AddVoter { id: req.id, node }).await? {
+        MembershipDone::Done => Ok(Reply::ok(req.id).message(format!("node {} is a voter", req.id))),
+        MembershipDone::CatchingUp => Ok(Reply::ok(req.id).status(StatusCode::ACCEPTED).message(format!(
+            "node {} joined as a learner and is still catching up; send this request again to promote it",
+            req.id
+        ))),
+    }
 }
 
 /// Remove a node from the cluster.

@@ -105,6 +105,15 @@ pub struct NodeStatus {
     pub quarantined: bool,
 }
 
+/// How a membership change ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipDone {
+    Done,
+    /// An added node joined as a learner and is still catching up: the same request
+    /// again promotes it once it has.
+    CatchingUp,
+}
+
 /// A membership change a follower asks the leader to make.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum MembershipOp {
@@ -142,7 +151,7 @@ pub trait ClusterService {
     /// The leader confirms its leadership with a quorum and returns the index a follower
     /// must have applied before serving a linearizable read.
     async fn read_index(hdr: Header) -> Result<u64, RpcFailure>;
-    async fn change_membership(hdr: Header, op: MembershipOp) -> Result<(), RpcFailure>;
+    async fn change_membership(hdr: Header, op: MembershipOp) -> Result<MembershipDone, RpcFailure>;
     async fn node_status(hdr: Header, with_digest: bool) -> Result<NodeStatus, RpcFailure>;
     /// On the leader: whether the cluster has ever replicated to `node` (recorded in the
     /// state machine, or matched by this leader). A pristine node asks this to learn

@@ -129,7 +129,12 @@ impl ClusterService for RpcServer {
         self.core.read_index_local().await
     }
 
-    async fn change_membership(self, _: Context, hdr: Header, op: MembershipOp) -> Result<(), RpcFailure> {
+    async fn change_membership(
+        self,
+        _: Context,
+        hdr: Header,
+        op: MembershipOp,
+    ) -> Result<crate::rpc::MembershipDone, RpcFailure> {
         self.core.identity.check(&hdr)?;
         self.core.change_membership_local(op).await
     }

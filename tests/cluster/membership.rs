@@ -206,3 +206,21 @@ async fn a_wiped_node_added_at_runtime_is_quarantined_too() {
     assert_eq!(c.get(4, "/api/tasks").await.data()["total"], 2);
     c.shutdown().await;
 }
+
+/// Adding a node nobody answers for is refused within a bound, naming the address —
+/// never a request held open (issue 14: it held past 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adding_an_unreachable_node_is_refused_within_a_bound() {
+    let c = TestCluster::start(1).await;
+    let n = c.wait_leader(Duration::from_secs(10)).await;
+    for addr in ["10.255.255.1:9080", "127.0.0.1:1"] {
+        let started = std::time::Instant::now();
+        let a = c.post(n, "/api/cluster/nodes", serde_json::json!({"id": 9, "rpc_addr": addr})).await;
+        assert_eq!(a.status, reqwest::StatusCode::BAD_REQUEST, "{}", a.body);
+        assert!(a.body["message"].as_str().unwrap().contains(addr), "{}", a.body);
+        assert!(started.elapsed() < Duration::from_secs(12), "held {:?}", started.elapsed());
+    }
+    let members = c.get(n, "/api/cluster").await;
+    assert_eq!(members.data()["members"].as_array().unwrap().len(), 1, "{}", members.body);
+    c.shutdown().await;
+}
