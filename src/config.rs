@@ -117,13 +117,15 @@ pub struct JwtConfig {
     /// RS256 / ES256: the PEM file of the public key tokens are verified with.
     #[serde(default)]
     pub public_key_file: Option<PathBuf>,
-    /// When set, a token's `iss` must equal it (and `raftcron token create` sets it).
+    /// A token's `iss` must equal it (and `raftcron token create` sets it); required for
+    /// RS256 and ES256, whose key belongs to an issuer that may serve other services.
     #[serde(default)]
     pub issuer: Option<String>,
-    /// When set, a token's `aud` must contain it (and `raftcron token create` sets it).
+    /// Required: a token's `aud` must contain it (and `raftcron token create` sets it), so
+    /// a token the same issuer minted for another service is refused here.
     #[serde(default)]
     pub audience: Option<String>,
-    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    /// Clock skew allowed on `exp` and `nbf`, in seconds (at most 300).
     #[serde(default = "default_jwt_leeway")]
     pub leeway_s: u64,
 }
@@ -138,6 +140,9 @@ pub enum JwtAlgorithm {
 fn default_jwt_leeway() -> u64 {
     30
 }
+
+/// The most clock skew `auth.jwt.leeway_s` may allow.
+pub const MAX_JWT_LEEWAY_S: u64 = 300;
 
 /// The shortest HS256 secret accepted: 256 bits, the hash's own size.
 pub const MIN_JWT_SECRET_LEN: usize = 32;
@@ -391,6 +396,25 @@ impl Config {
             }
         }
         if let Some(jwt) = &self.auth.jwt {
+            // A token minted for another service by the same issuer must not pass here.
+            if jwt.audience.as_deref().is_none_or(str::is_empty) {
+                return bad("auth.jwt.audience", "is required: tokens must name this cluster".into());
+            }
+            if jwt.algorithm != JwtAlgorithm::HS256 && jwt.issuer.as_deref().is_none_or(str::is_empty) {
+                return bad(
+                    "auth.jwt.issuer",
+                    format!("is required with {:?}: the key belongs to an issuer", jwt.algorithm),
+                );
+            }
+            if jwt.leeway_s > MAX_JWT_LEEWAY_S {
+                return bad(
+                    "auth.jwt.leeway_s",
+                    format!("at most {MAX_JWT_LEEWAY_S}: more would outlive short tokens"),
+                );
+            }
+            if !jwt.secret.is_empty() && jwt.secret_file.is_some() {
+                return bad("auth.jwt.secret", "set secret or secret_file, not both".into());
+            }
             match jwt.algorithm {
                 JwtAlgorithm::HS256 => {
                     if jwt.public_key_file.is_some() {
@@ -559,6 +583,26 @@ mod tests {
         assert_eq!(Config::load(Some(f.path()), &env(&[]), &[]).unwrap().cluster.quorum_loss_probe(), None);
         let f = write("[node]\nid = 1\n");
         assert_eq!(Config::load(Some(f.path()), &env(&[]), &[]).unwrap().cluster.quorum_loss_probe(), Some(3000));
+    }
+
+    #[test]
+    fn jwt_settings_that_would_let_foreign_or_stale_tokens_in_are_refused() {
+        let jwt = |body: &str| write(&format!("[node]\nid = 1\n[auth.jwt]\n{body}\n"));
+        let secret = "secret = \"0123456789abcdef0123456789abcdef\"";
+        let cases = [
+            (format!("algorithm = \"HS256\"\n{secret}"), "auth.jwt.audience"),
+            (format!("algorithm = \"HS256\"\n{secret}\naudience = \"rc\"\nleeway_s = 301"), "auth.jwt.leeway_s"),
+            ("algorithm = \"HS256\"\nsecret = \"short\"\naudience = \"rc\"".into(), "auth.jwt.secret"),
+            (format!("algorithm = \"HS256\"\n{secret}\nsecret_file = \"/x\"\naudience = \"rc\""), "not both"),
+            ("algorithm = \"RS256\"\npublic_key_file = \"/x\"\naudience = \"rc\"".into(), "auth.jwt.issuer"),
+            (format!("algorithm = \"RS256\"\n{secret}\nissuer = \"i\"\naudience = \"rc\""), "auth.jwt.public_key_file"),
+        ];
+        for (body, named) in cases {
+            let err = Config::load(Some(jwt(&body).path()), &env(&[]), &[]).unwrap_err().to_string();
+            assert!(err.contains(named), "{body}: {err}");
+        }
+        let ok = jwt(&format!("algorithm = \"HS256\"\n{secret}\naudience = \"rc\""));
+        assert!(Config::load(Some(ok.path()), &env(&[]), &[]).is_ok());
     }
 
     #[test]

@@ -35,6 +35,28 @@ const ADMIT_PATIENCE: Duration = Duration::from_secs(5);
 /// How long an add waits for the new learner to catch up before answering that it is
 /// still catching up (within the forwarding RPC's deadline).
 const CATCH_UP_PATIENCE: Duration = Duration::from_secs(8);
+/// How long a membership entry may take to commit before the answer is "unknown" (504):
+/// a change that needs a node that is down (a joint configuration without its quorum)
+/// never holds a request open.
+const MEMBERSHIP_PATIENCE: Duration = Duration::from_secs(5);
+
+fn membership_unknown(after: Duration) -> RpcFailure {
+    RpcFailure::Indeterminate(format!(
+        "the membership change did not commit within {} s (is a member down?); it may still: check GET /api/cluster",
+        after.as_secs()
+    ))
+}
+
+/// A membership change's commit, within [`MEMBERSHIP_PATIENCE`].
+async fn bounded<T, E>(
+    change: impl std::future::Future<Output = Result<T, E>>,
+    map: impl Fn(E) -> RpcFailure,
+) -> Result<T, RpcFailure> {
+    match tokio::time::timeout(MEMBERSHIP_PATIENCE, change).await {
+        Ok(r) => r.map_err(map),
+        Err(_) => Err(membership_unknown(MEMBERSHIP_PATIENCE)),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -717,9 +739,14 @@ impl NodeCore {
                 // repeated promotes it.
                 match tokio::time::timeout(CATCH_UP_PATIENCE, self.raft.add_learner(id, node, true)).await {
                     Ok(r) => r.map_err(map)?,
-                    Err(_) => return Ok(CatchingUp),
+                    // A learner now (its entry committed) is catching up; otherwise even
+                    // that entry did not commit in time, and may still.
+                    Err(_) if self.raft.metrics().borrow_watched().membership_config.get_node(&id).is_some() => {
+                        return Ok(CatchingUp)
+                    }
+                    Err(_) => return Err(membership_unknown(CATCH_UP_PATIENCE)),
                 };
-                self.raft.change_membership(ChangeMembers::AddVoterIds([id].into()), false).await.map_err(map)?;
+                bounded(self.raft.change_membership(ChangeMembers::AddVoterIds([id].into()), false), map).await?;
                 Ok(Done)
             }
             MembershipOp::Remove { id } => {
@@ -729,9 +756,9 @@ impl NodeCore {
                     if voters.len() == 1 {
                         return Err(RpcFailure::Invalid("cannot remove the last voter".into()));
                     }
-                    self.raft.change_membership(ChangeMembers::RemoveVoters([id].into()), false).await.map_err(map)?;
+                    bounded(self.raft.change_membership(ChangeMembers::RemoveVoters([id].into()), false), map).await?;
                 } else if m.get_node(&id).is_some() {
-                    self.raft.change_membership(ChangeMembers::RemoveNodes([id].into()), false).await.map_err(map)?;
+                    bounded(self.raft.change_membership(ChangeMembers::RemoveNodes([id].into()), false), map).await?;
                 } else {
                     return Err(RpcFailure::Invalid(format!("node {id} is not a member")));
                 }

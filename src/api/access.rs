@@ -107,7 +107,9 @@ pub fn markdown_table() -> String {
 /// admit (403). A route missing from the table is refused to everyone: failing closed.
 pub async fn authorize(State(_core): State<Arc<NodeCore>>, req: Request, next: Next) -> Response {
     let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
-    let method = req.method().as_str().to_string();
+    // HEAD is GET without the body: the same rule.
+    let method =
+        if req.method() == axum::http::Method::HEAD { "GET".to_string() } else { req.method().as_str().to_string() };
     let Some(caller) = req.extensions().get::<Caller>() else {
         return ApiError::Unauthorized("no credential".into()).into_response();
     };

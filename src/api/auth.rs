@@ -37,6 +37,15 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The scope of its idempotency keys: an API key's name, or `jwt:` and the token's
+    /// `sub`, so a JWT whose `sub` is a key's name never shares that key's records.
+    pub fn scope(&self) -> String {
+        match self.credential {
+            Credential::ApiKey => self.name.clone(),
+            Credential::Jwt => format!("jwt:{}", self.name),
+        }
+    }
+
     /// Fails with 403 unless the caller's role is at least `needed`. Workers are a separate
     /// principal and pass only where `needed` is `Worker`.
     pub fn require(&self, needed: Role) -> Result<(), ApiError> {
@@ -64,6 +73,10 @@ impl Auth {
             let mut hash = [0u8; 32];
             hex::decode_to_slice(sha256_hex, &mut hash)
                 .map_err(|_| ConfigError::Invalid(format!("api key {name}: sha256 must be 64 hex digits")))?;
+            // Two entries for one key would leave its role to the order of the config.
+            if keys.iter().any(|(h, c): &([u8; 32], Caller)| *h == hash || c.name == name) {
+                return Err(ConfigError::Invalid(format!("api key {name}: its name or key is configured twice")));
+            }
             keys.push((hash, Caller { name, role, credential: Credential::ApiKey }));
             Ok(())
         };
@@ -119,6 +132,10 @@ pub async fn require_auth(State(core): State<Arc<NodeCore>>, mut req: Request, n
     let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     match core.auth.authenticate(header) {
         Ok(caller) => {
+            // The audit layer, outside this one, learns who called.
+            if let Some(slot) = req.extensions().get::<super::AuditCaller>() {
+                *slot.0.lock().expect("audit slot") = Some(caller.clone());
+            }
             req.extensions_mut().insert(caller);
             next.run(req).await
         }

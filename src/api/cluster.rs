@@ -117,9 +117,10 @@ pub struct AddNodeRequest {
 }
 
 /// Add a node: it joins as a learner, and is promoted to voter once caught up. Answers
-/// within about 15 s: 200 when the node is a voter; 202 when it joined as a learner and is
+/// within about 20 s: 200 when the node is a voter; 202 when it joined as a learner and is
 /// still catching up (send the same request again to promote it; `GET /api/cluster`
-/// shows its progress); 400 when the node does not answer within 5 s.
+/// shows its progress); 400 when the node does not answer within 5 s; 504 when an entry
+/// did not commit in time (a member down), whose outcome `GET /api/cluster` shows.
 #[utoipa::path(
     post, path = "/api/cluster/nodes", tag = "cluster", request_body = AddNodeRequest,
     responses(

@@ -29,7 +29,7 @@ const WORKER_ID: &str = "^[A-Za-z0-9._-]+$";
 /// An `Idempotency-Key`: visible ASCII, no surrounding blanks.
 const IDEMPOTENCY_KEY: &str = "^[!-~]([ -~]*[!-~])?$";
 /// An `If-Match`: `*` or a task version as an ETag.
-const IF_MATCH: &str = "^(\\*|(W/)?\"?[0-9]{1,19}\"?)?$";
+const IF_MATCH: &str = "^(\\*|(W/)?\"?[0-9]{1,19}\"?)$";
 /// An HTTP method, in any case.
 const METHOD: &str = "^([Gg][Ee][Tt]|[Pp][Oo][Ss][Tt]|[Pp][Uu][Tt]|[Pp][Aa][Tt][Cc][Hh]|[Dd][Ee][Ll][Ee][Tt][Ee]|[Hh][Ee][Aa][Dd]|[Oo][Pp][Tt][Ii][Oo][Nn][Ss])$";
 
@@ -53,8 +53,14 @@ fn task_properties() -> Value {
         "command": text(MAX_TEXT_LEN),
         "working_directory": text(MAX_TEXT_LEN),
         "environment": {"type": ["object", "null"], "additionalProperties": {"type": "string"}, "maxProperties": MAX_ITEMS},
-        "url": {"type": ["string", "null"], "format": "http-url", "maxLength": MAX_TEXT_LEN, "description": "an http(s) URL with a host"},
-        "method": {"type": ["string", "null"], "pattern": METHOD, "description": "an HTTP method, in any case"},
+        "url": {
+            "anyOf": [{"type": "string", "format": "http-url", "maxLength": MAX_TEXT_LEN}, {"type": "string", "maxLength": 0}, {"type": "null"}],
+            "description": "an http(s) URL with a host; empty or null: none"
+        },
+        "method": {
+            "anyOf": [{"type": "string", "pattern": METHOD}, {"type": "string", "maxLength": 0}, {"type": "null"}],
+            "description": "an HTTP method, in any case; empty or null: none"
+        },
         "headers": {"type": ["object", "null"], "additionalProperties": {"type": "string"}, "maxProperties": MAX_ITEMS},
         "body": text(MAX_TEXT_LEN),
         "expected_status": {"type": ["integer", "null"], "minimum": 100, "maximum": 599},
@@ -248,6 +254,10 @@ fn tighten_operation(path: &str, method: &str, op: &mut Map<String, Value>) {
         op.insert("security".into(), json!([{"bearer": []}, {"jwt": []}]));
     }
     let responses = op.entry("responses").or_insert_with(|| json!({})).as_object_mut().expect("responses");
+    // The open operations answer in their own shapes (a 503 health report carries data).
+    if open {
+        return;
+    }
     // Every error an operation documents carries the envelope.
     for (code, r) in responses.iter_mut() {
         if code.as_str() >= "400" {
@@ -257,9 +267,6 @@ fn tighten_operation(path: &str, method: &str, op: &mut Map<String, Value>) {
     let mut add = |code: &str, what: &str| {
         responses.entry(code.to_string()).or_insert_with(|| error_response(what));
     };
-    if open {
-        return;
-    }
     add("400", "a parameter, header or body the server refuses; the message names it");
     add("401", "no credential, or one that is unknown, expired, not yet valid or wrongly signed");
     add("403", "the caller's role may not do this");
@@ -268,12 +275,12 @@ fn tighten_operation(path: &str, method: &str, op: &mut Map<String, Value>) {
     }
     if body {
         add("413", "the body is larger than 1 MiB");
-        add("415", "the body is not application/json");
     }
     if has_key {
         add("422", "this Idempotency-Key was used for another request");
     }
     add("503", "no leader (a linearizable read or a write could not be served); retry");
+    add("500", "the node failed to read its own storage; the message says how");
     if method != "get" {
         add("504", "the outcome is unknown (the leader changed mid-flight); retry with the same Idempotency-Key");
     }

@@ -304,6 +304,9 @@ pub fn idempotency_key(
     if key.is_empty() || key.len() > 255 {
         return Err(ApiError::BadRequest("Idempotency-Key must be 1 to 255 characters".into()));
     }
+    if !key.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest("Idempotency-Key must be visible ASCII (spaces inside allowed)".into()));
+    }
     let mut h = Sha256::new();
     h.update(method.as_str().as_bytes());
     h.update([0]);
@@ -311,7 +314,7 @@ pub fn idempotency_key(
     h.update([0]);
     h.update(body);
     Ok(Some(IdempotencyKey {
-        scope: caller.name.clone(),
+        scope: caller.scope(),
         key: key.to_string(),
         fingerprint: hex::encode(h.finalize()),
         ttl_ms: crate::raft::apply::IDEMPOTENCY_TTL_MS,
@@ -323,8 +326,9 @@ pub fn idempotency_key(
 pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(v) = headers.get(axum::http::header::IF_MATCH) else { return Ok(None) };
     let s = v.to_str().map_err(|_| ApiError::BadRequest("If-Match is not ASCII".into()))?.trim();
-    // Empty says nothing; `*` matches any version.
-    if s.is_empty() || s == "*" {
+    // `*` matches any version. An empty one is a client that meant a version and lost it:
+    // refused, never taken as unconditional.
+    if s == "*" {
         return Ok(None);
     }
     let digits = s.strip_prefix("W/").unwrap_or(s);
@@ -433,12 +437,12 @@ pub fn api_routes() -> (Router<Arc<NodeCore>>, Router<Arc<NodeCore>>, utoipa::op
 pub fn router(core: Arc<NodeCore>) -> Router {
     let (protected, open, doc) = api_routes();
     let doc = Arc::new(contract::document(&doc));
-    // The last layer added runs first: authenticate, audit (refusals too), then authorize
-    // by the route table.
+    // The last layer added runs first: audit (so refusals, 401s included, are audited),
+    // authenticate, then authorize by the route table.
     let protected = protected
         .route_layer(middleware::from_fn_with_state(core.clone(), access::authorize))
-        .route_layer(middleware::from_fn(audit_writes))
-        .route_layer(middleware::from_fn_with_state(core.clone(), auth::require_auth));
+        .route_layer(middleware::from_fn_with_state(core.clone(), auth::require_auth))
+        .route_layer(middleware::from_fn(audit_writes));
     let open = open.route(
         "/api/openapi.json",
         axum::routing::get(move || {
@@ -479,34 +483,69 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
-/// Middleware, after authentication: every write (anything but GET and HEAD) is logged
-/// on the `audit` target as one JSON object — who (key name or JWT `sub`, and how they
-/// authenticated), what (method, route, path), from where, and the status it got, refusals
-/// included. Never a body, a header or a credential.
-async fn audit_writes(req: Request, next: Next) -> Response {
-    if matches!(*req.method(), Method::GET | Method::HEAD) {
+/// Where authentication tells the audit layer (outside it) who called.
+#[derive(Clone, Default)]
+pub struct AuditCaller(Arc<std::sync::Mutex<Option<auth::Caller>>>);
+
+/// One write's audit entry, logged when it is dropped: with the status once the response
+/// exists, or as aborted when the client went away first (hyper drops the handler, and
+/// the write may still commit).
+struct AuditEntry {
+    caller: AuditCaller,
+    method: &'static str,
+    route: String,
+    path: String,
+    from: String,
+    started: Instant,
+    status: Option<u16>,
+}
+
+impl Drop for AuditEntry {
+    fn drop(&mut self) {
+        let who = self.caller.0.lock().map(|c| c.clone()).unwrap_or_default();
+        let entry = serde_json::json!({
+            "who": who.as_ref().map(|c| c.name.as_str()),
+            "role": who.as_ref().map(|c| format!("{:?}", c.role).to_lowercase()),
+            "credential": who.as_ref().map(|c| match c.credential {
+                auth::Credential::ApiKey => "api_key",
+                auth::Credential::Jwt => "jwt",
+            }),
+            "method": self.method, "route": self.route, "path": self.path, "from": self.from,
+            "status": self.status, "aborted": self.status.is_none(),
+            "ms": self.started.elapsed().as_millis() as u64,
+        });
+        tracing::info!(target: "audit", "{entry}");
+    }
+}
+
+/// Middleware, outermost on the authenticated routes: every write (anything but GET and
+/// HEAD, and the workers' heartbeats, which change no replicated state and come every few
+/// seconds) is logged on the `audit` target as one JSON object — who (key name or JWT
+/// `sub`, role, how they authenticated; null when authentication failed), what (method,
+/// route, path), from where, and the status it got, refusals included, or `aborted`
+/// when the client went away first. Never a body, a header or a credential. The `audit`
+/// target logs at info: a node run with a log filter above info for it logs no audit.
+async fn audit_writes(mut req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
+    if matches!(*req.method(), Method::GET | Method::HEAD) || route == "/api/workers/{worker_id}/heartbeat" {
         return next.run(req).await;
     }
-    let who = req.extensions().get::<auth::Caller>().cloned();
-    let from = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string());
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
-    let (method, path) = (method_label(req.method()), req.uri().path().to_string());
-    let started = Instant::now();
+    let caller = AuditCaller::default();
+    req.extensions_mut().insert(caller.clone());
+    let mut entry = AuditEntry {
+        caller,
+        method: method_label(req.method()),
+        route,
+        path: req.uri().path().to_string(),
+        from: req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string()),
+        started: Instant::now(),
+        status: None,
+    };
     let resp = next.run(req).await;
-    let entry = serde_json::json!({
-        "who": who.as_ref().map(|c| c.name.as_str()),
-        "role": who.as_ref().map(|c| format!("{:?}", c.role).to_lowercase()),
-        "credential": who.as_ref().map(|c| match c.credential {
-            auth::Credential::ApiKey => "api_key",
-            auth::Credential::Jwt => "jwt",
-        }),
-        "method": method, "route": route, "path": path, "from": from,
-        "status": resp.status().as_u16(), "ms": started.elapsed().as_millis() as u64,
-    });
-    tracing::info!(target: "audit", "{entry}");
+    entry.status = Some(resp.status().as_u16());
     resp
 }
 

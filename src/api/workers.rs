@@ -50,8 +50,16 @@ pub struct WorkerView {
     pub last_heartbeat: Option<DateTime<Utc>>,
     /// Runs holding one of its slots (replicated assignments).
     pub current_tasks: u32,
+    /// The slots and tags placement uses: what the agent registered, limited by what an
+    /// admin set (an admin's `PUT` caps; it cannot grant what the agent does not claim).
     pub max_tasks: u32,
     pub tags: Vec<String>,
+    /// What the agent registered.
+    pub registered_max_tasks: u32,
+    pub registered_tags: Vec<String>,
+    /// An admin's caps (`PUT /api/workers/{id}`); null when none was set.
+    pub admin_max_tasks: Option<u32>,
+    pub admin_tags: Option<Vec<String>>,
     pub enabled: bool,
     pub system_info: Option<SystemInfo>,
     pub registered_at: DateTime<Utc>,
@@ -75,6 +83,10 @@ fn view(core: &NodeCore, w: Worker, seen: Option<&Seen>) -> Result<WorkerView, A
         name: w.name,
         max_tasks: w.max_tasks,
         tags: w.tags,
+        registered_max_tasks: w.registered_max_tasks,
+        registered_tags: w.registered_tags,
+        admin_max_tasks: w.admin_max_tasks,
+        admin_tags: w.admin_tags,
         enabled: w.enabled,
         registered_at: w.registered_at,
         epoch: w.epoch,

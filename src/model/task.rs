@@ -237,6 +237,10 @@ pub enum TaskField {
     PendingTimeoutS(Option<u64>),
 }
 
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.is_empty())
+}
+
 /// An http(s) URL with a host (whatever the executor: a URL that could never be fetched is
 /// refused when it is written, not when an executor change would need it).
 fn check_url(url: &str) -> Result<(), FieldError> {
@@ -280,10 +284,9 @@ impl TaskField {
             "command" => F::Command(typed(key, value)?),
             "working_directory" => F::WorkingDirectory(typed(key, value)?),
             "environment" => F::Environment(typed::<Option<_>>(key, value)?.unwrap_or_default()),
-            "url" => F::Url(typed::<Option<String>>(key, value)?.map(|u| check_url(&u).map(|()| u)).transpose()?),
-            "method" => {
-                F::Method(typed::<Option<String>>(key, value)?.map(|m| check_method(&m).map(|()| m)).transpose()?)
-            }
+            // An empty string is no value (forms send one for fields they do not use).
+            "url" => F::Url(non_empty(typed(key, value)?).map(|u| check_url(&u).map(|()| u)).transpose()?),
+            "method" => F::Method(non_empty(typed(key, value)?).map(|m| check_method(&m).map(|()| m)).transpose()?),
             "headers" => F::Headers(typed::<Option<_>>(key, value)?.unwrap_or_default()),
             "body" => F::Body(typed(key, value)?),
             "expected_status" => F::ExpectedStatus(
@@ -433,14 +436,18 @@ impl TaskSpec {
             return Err(FieldError::new("name", "must not contain control characters"));
         }
         self.executor_needs()?;
-        if let Some(url) = &self.url {
-            check_url(url)?;
-        }
-        if let Some(m) = &self.method {
-            check_method(m)?;
-        }
-        if let Some(s) = self.expected_status {
-            check_expected_status(s)?;
+        // The http executor's fields, checked as written (`TaskField::parse`) and here for
+        // an http task whatever it stored before (a task made an http task by an update).
+        if self.executor == ExecutorKind::Http {
+            if let Some(url) = &self.url {
+                check_url(url)?;
+            }
+            if let Some(m) = &self.method {
+                check_method(m)?;
+            }
+            if let Some(s) = self.expected_status {
+                check_expected_status(s)?;
+            }
         }
         if self.timeout_seconds == 0 || self.timeout_seconds > 7 * 24 * 3600 {
             return Err(FieldError::new("timeout_seconds", "must be between 1 and 604800"));

@@ -140,8 +140,8 @@ async fn invented_methods_do_not_become_metric_labels() {
 /// The edges the API document states, as the server enforces them: an integral float is
 /// an integer, a page beyond the last is refused, an update that leaves a task without
 /// what its executor needs is a conflict with the stored task (409) while a URL that no
-/// executor could fetch is refused as written (400), an empty `If-Match` says nothing
-/// and an over-long one is refused, and a long poll longer than 30 s is refused.
+/// executor could fetch is refused as written (400), an empty or over-long `If-Match` is
+/// refused, and a long poll longer than 30 s is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_edges_the_document_states_are_the_servers() {
     let c = TestCluster::start(1).await;
@@ -170,9 +170,10 @@ async fn the_edges_the_document_states_are_the_servers() {
     let a = put(json!({"url": "not a url"}), &[]).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
     assert_eq!(put(json!({"executor": "http", "url": "http://127.0.0.1:9/"}), &[]).await.status, 200);
-    assert_eq!(put(json!({"priority": "high"}), &[("If-Match", "")]).await.status, 200);
-    assert_eq!(put(json!({"priority": "low"}), &[("If-Match", "\"00000000000000000003\"")]).await.status, 400);
-    assert_eq!(put(json!({"priority": "low"}), &[("If-Match", "\"3\"")]).await.status, 200);
+    // An empty If-Match is a version the client lost: refused, never unconditional.
+    assert_eq!(put(json!({"priority": "high"}), &[("If-Match", "")]).await.status, 400);
+    assert_eq!(put(json!({"priority": "low"}), &[("If-Match", "\"00000000000000000002\"")]).await.status, 400);
+    assert_eq!(put(json!({"priority": "low"}), &[("If-Match", "\"2\"")]).await.status, 200);
     let a = c.get(n, "/api/workers/w-edges/assignments?wait_ms=30001").await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
     c.shutdown().await;

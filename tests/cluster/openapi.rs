@@ -105,6 +105,11 @@ async fn the_document_states_the_constraints_and_errors_the_server_enforces() {
     assert!(schemes.contains_key("bearer") && schemes["jwt"]["bearerFormat"] == "JWT", "{schemes:?}");
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
+            // The open routes answer in their own shapes (an unhealthy node's health
+            // report is a 503 with data).
+            if matches!(path.as_str(), "/api/health" | "/metrics") {
+                continue;
+            }
             for (code, r) in op["responses"].as_object().unwrap() {
                 if code.as_str() >= "400" {
                     assert_eq!(
@@ -113,10 +118,8 @@ async fn the_document_states_the_constraints_and_errors_the_server_enforces() {
                     );
                 }
             }
-            if !matches!(path.as_str(), "/api/health" | "/metrics") {
-                for code in ["400", "401", "403", "503"] {
-                    assert!(op["responses"].get(code).is_some(), "{method} {path} does not document {code}");
-                }
+            for code in ["400", "401", "403", "500", "503"] {
+                assert!(op["responses"].get(code).is_some(), "{method} {path} does not document {code}");
             }
         }
     }

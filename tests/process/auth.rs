@@ -74,6 +74,9 @@ async fn minted_tokens_work_and_every_write_is_audited_without_credentials() {
     assert_eq!(status, 403);
     let (status, _) = send(reqwest::Method::POST, &format!("/api/tasks/{id}/trigger"), VIEWER_KEY, None).await;
     assert_eq!(status, 403);
+    // A refused credential is audited too, with nobody to name.
+    let (status, _) = send(reqwest::Method::POST, &format!("/api/tasks/{id}/trigger"), "not-a-key", None).await;
+    assert_eq!(status, 401);
     // Reads are not audited.
     let (status, _) = send(reqwest::Method::GET, "/api/tasks", &operator, None).await;
     assert_eq!(status, 200);
@@ -91,6 +94,12 @@ async fn minted_tokens_work_and_every_write_is_audited_without_credentials() {
     assert_eq!((triggered["credential"].as_str(), triggered["role"].as_str()), (Some("jwt"), Some("operator")));
     assert!(find("alice", "DELETE", 403).is_some(), "a refused write is audited: {entries:?}");
     assert!(find("dashboard", "POST", 403).is_some(), "{entries:?}");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["who"].is_null() && e["status"] == 401 && e["route"] == "/api/tasks/{task_id}/trigger"),
+        "a 401 is audited: {entries:?}"
+    );
     assert!(!entries.iter().any(|e| e["method"] == "GET"), "reads are not audited: {entries:?}");
     for secret in [KEY, VIEWER_KEY, JWT_SECRET, operator.as_str()] {
         assert!(!logs.contains(secret), "the log holds a credential");
