@@ -48,6 +48,13 @@ async fn without_a_quorum_writes_get_503_and_reads_do_not_hang() {
     let leader = c.wait_leader(Duration::from_secs(10)).await;
     c.create_task(leader, "kept").await;
     let f = c.follower(leader);
+    // The create committed on the leader and one follower, maybe not on `f`: wait until
+    // `f` applied it, or the stale read below has nothing to show (CI saw total 0).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get(f, "/api/tasks?consistency=local").await.data()["total"] != 1 {
+        assert!(Instant::now() < deadline, "n{f} never applied the create");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for id in c.running_ids() {
         if id != f {
             c.kill(id).await;
