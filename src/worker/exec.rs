@@ -478,11 +478,16 @@ pub async fn run_http(spec: &TaskSpec, mut stop: watch::Receiver<Option<Stop>>) 
     if let Some(body) = &spec.body {
         req = req.body(body.clone());
     }
+    // The body is streamed and only its tail kept: a response of any size costs the agent
+    // at most twice `MAX_OUTPUT`. A body cut off midway keeps what arrived.
     let call = async {
-        let resp = req.send().await?;
+        let mut resp = req.send().await?;
         let status = resp.status().as_u16();
-        let body = resp.text().await.unwrap_or_default();
-        Ok::<_, reqwest::Error>((status, body))
+        let mut tail = Tail::default();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            tail.push(&chunk);
+        }
+        Ok::<_, reqwest::Error>((status, tail.text()))
     };
     let result = tokio::select! {
         r = call => r,
@@ -503,7 +508,7 @@ pub async fn run_http(spec: &TaskSpec, mut stop: watch::Receiver<Option<Stop>>) 
                 status: if ok { RunStatus::Succeeded } else { RunStatus::Failed },
                 exit_code: None,
                 http_status: Some(code),
-                output: output_tail(&body),
+                output: body,
                 error,
                 duration_ms,
             }
@@ -545,6 +550,43 @@ mod tests {
             scheduled_at: Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(),
             worker_id: "w-1".into(),
         }
+    }
+
+    /// A large response is streamed and only its tail kept, so a body cut off midway (the
+    /// server died after 10 of the 20 MB it announced) still leaves the run what arrived;
+    /// read whole, the cut body was an error and the run kept no output at all.
+    #[tokio::test]
+    async fn an_http_tasks_response_keeps_its_tail_even_when_cut_off() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request).await;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 20 * 1024 * 1024);
+            conn.write_all(head.as_bytes()).await.unwrap();
+            let block = vec![b'x'; 1024 * 1024];
+            for _ in 0..10 {
+                conn.write_all(&block).await.unwrap();
+            }
+            conn.write_all(b"LAST-BYTES-BEFORE-THE-CUT").await.unwrap();
+            conn.shutdown().await.unwrap();
+        });
+        let fields = TaskField::parse_object(
+            json!({"name": "big", "executor": "http", "url": format!("http://{addr}/big"), "timeout_seconds": 30}),
+        )
+        .unwrap();
+        let spec = TaskSpec::from_fields(fields, "UTC").unwrap();
+        let (_tx, rx) = watch::channel(None);
+        let done = run_http(&spec, rx).await.expect("not stopped");
+        assert_eq!((done.status, done.http_status), (RunStatus::Succeeded, Some(200)));
+        assert!(done.output.len() <= MAX_OUTPUT, "{}", done.output.len());
+        assert!(
+            done.output.ends_with("LAST-BYTES-BEFORE-THE-CUT"),
+            "{:?}",
+            done.output.get(done.output.len().saturating_sub(30)..)
+        );
     }
 
     #[test]
