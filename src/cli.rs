@@ -53,6 +53,11 @@ pub enum Cmd {
         /// (a wildcard host is checked on 127.0.0.1).
         #[arg(long)]
         addr: Option<String>,
+        /// The node serves HTTPS (default when RAFTCRON_NODE_HTTP_TLS_CERT_FILE is set). The
+        /// certificate is not checked: this only asks the local process whether it is up,
+        /// and sends no credential.
+        #[arg(long)]
+        https: bool,
     },
     /// Schedule tools.
     Schedule {
@@ -66,6 +71,11 @@ pub enum Cmd {
     Token {
         #[command(subcommand)]
         command: TokenCmd,
+    },
+    /// TLS certificates for a cluster without a PKI of its own.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCmd,
     },
     /// Cluster administration through any node's REST API.
     Cluster {
@@ -99,6 +109,10 @@ pub struct ServeArgs {
     /// Sets any config key: `--set section.key=value` (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub sets: Vec<String>,
+    /// Start even with neither a cluster secret nor TLS between nodes (`cluster.insecure`):
+    /// anyone who reaches the RPC port can then act as a member.
+    #[arg(long)]
+    pub insecure: bool,
     /// Also run a worker agent in this process with this id (it talks to this node).
     #[arg(long, value_name = "WORKER_ID")]
     pub worker: Option<String>,
@@ -144,6 +158,9 @@ pub struct WorkerArgs {
     /// and still reports what finished (default: ./.raftcron-worker-ID).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// PEM file of the CA that issued the nodes' HTTPS certificates.
+    #[arg(long, env = "RAFTCRON_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +174,32 @@ pub struct ClientArgs {
     /// Print the raw JSON envelope.
     #[arg(long, global = true)]
     pub json: bool,
+    /// PEM file of the CA that issued the nodes' HTTPS certificates.
+    #[arg(long, env = "RAFTCRON_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCmd {
+    /// Create a cluster CA (or reuse the one in --dir) and a certificate per node, for the
+    /// nodes' mutual TLS (`cluster.tls_*`) and HTTPS (`node.http_tls_*`); clients trust
+    /// `ca.pem` (`--ca-file`).
+    Init {
+        /// Where ca.pem, ca.key, node-ID.pem and node-ID.key are written.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// A node: `ID`, or `ID=HOST+HOST` with the names or IPs it is reached by
+        /// (repeatable). Each certificate also names `node-ID`.
+        #[arg(long = "node", required = true)]
+        nodes: Vec<crate::certs::NodeCert>,
+        /// Hosts every node certificate names, comma-separated (e.g. 127.0.0.1,localhost
+        /// for a cluster on one machine).
+        #[arg(long, default_value = "")]
+        hosts: String,
+        /// Validity of the node certificates, in days (the CA's is ten times longer).
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,9 +290,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Dev { data_dir, http, no_worker, run_as } => run_dev(data_dir, http, !no_worker, run_as).await,
         Cmd::Serve(args) => run_serve(args).await,
         Cmd::Worker(args) => run_worker(args).await,
-        Cmd::Healthcheck { addr } => healthcheck(addr).await,
+        Cmd::Healthcheck { addr, https } => healthcheck(addr, https).await,
         Cmd::RunShim => bail!("run-shim runs before the async runtime starts (see main.rs)"),
         Cmd::Cluster { client, command } => run_cluster(client, command).await,
+        Cmd::Certs { command: CertsCmd::Init { dir, nodes, hosts, days } } => {
+            let hosts: Vec<String> =
+                hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(String::from).collect();
+            let issued = crate::certs::init(&dir, &nodes, &hosts, days)?;
+            if issued.ca_created {
+                println!("created the cluster CA in {} (keep ca.key offline once nodes are issued)", dir.display());
+            }
+            for path in &issued.written {
+                println!("wrote {}", path.display());
+            }
+            for path in &issued.kept {
+                println!("kept {} (exists)", path.display());
+            }
+            Ok(())
+        }
         Cmd::Token { command: TokenCmd::Create { config, sets, role, sub, ttl, private_key } } => {
             let token = create_token(config.as_deref(), &sets, role, &sub, &ttl, private_key.as_deref())?;
             println!("{token}");
@@ -306,27 +364,31 @@ fn create_token(
 /// An agent in this process, talking to the node at `http` with a key that exists only in
 /// this process.
 async fn embedded_worker(
-    http: std::net::SocketAddr,
+    server: String,
     id: &str,
     key: &str,
     max_tasks: u32,
     settings: crate::config::WorkerConfig,
     state_dir: PathBuf,
 ) -> anyhow::Result<RunningAgent> {
-    let mut config = AgentConfig::new(format!("http://{http}"), id, key);
+    let mut config = AgentConfig::new(server, id, key);
     config.max_tasks = max_tasks;
+    config.ca_file = settings.ca_file;
     config.work_dir = settings.work_dir;
     config.run_as = settings.run_as;
     config.state_dir = Some(state_dir);
     worker::start(config).await
 }
 
-async fn healthcheck(addr: Option<String>) -> anyhow::Result<()> {
+async fn healthcheck(addr: Option<String>, https: bool) -> anyhow::Result<()> {
     let addr =
         addr.or_else(|| std::env::var("RAFTCRON_NODE_HTTP_ADDR").ok()).unwrap_or_else(|| "127.0.0.1:8080".into());
     let addr = addr.trim_matches('"').replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
-    let url = format!("http://{addr}/api/health");
-    let resp = reqwest::Client::new()
+    let https = https || std::env::var_os("RAFTCRON_NODE_HTTP_TLS_CERT_FILE").is_some();
+    let url = format!("{}://{addr}/api/health", if https { "https" } else { "http" });
+    let resp = reqwest::Client::builder()
+        .danger_accept_invalid_certs(https)
+        .build()?
         .get(&url)
         .timeout(std::time::Duration::from_secs(3))
         .send()
@@ -355,6 +417,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         run_as: args.run_as,
         shim: None,
         state_dir: Some(state_dir),
+        ca_file: args.ca_file,
     })
     .await?;
     println!("raftcron worker started");
@@ -369,6 +432,8 @@ async fn run_dev(data_dir: PathBuf, http: String, with_worker: bool, run_as: Opt
         format!("node.data_dir={}", toml_string(&data_dir.to_string_lossy())),
         format!("node.http_addr={}", toml_string(&http)),
         "node.rpc_addr=\"127.0.0.1:0\"".to_string(),
+        // One voter on a loopback port no peer ever dials.
+        "cluster.insecure=true".to_string(),
     ];
     let mut config = Config::load(None, &BTreeMap::new(), &sets)?;
     let listeners = Listeners::bind(&config).await?;
@@ -381,9 +446,10 @@ async fn run_dev(data_dir: PathBuf, http: String, with_worker: bool, run_as: Opt
     let running = node::start(config, listeners, std::slice::from_ref(&key)).await?;
     let agent = match with_worker {
         true => {
-            let settings = crate::config::WorkerConfig { run_as, work_dir: None };
+            let settings = crate::config::WorkerConfig { run_as, work_dir: None, ca_file: None };
             let state_dir = data_dir.join("worker");
-            Some(embedded_worker(running.http_addr, "dev-worker", &key, 4, settings, state_dir).await?)
+            let server = format!("http://{}", running.http_addr);
+            Some(embedded_worker(server, "dev-worker", &key, 4, settings, state_dir).await?)
         }
         false => None,
     };
@@ -427,6 +493,9 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         let list: Vec<toml::Value> = p.split(',').map(|s| toml::Value::String(s.trim().into())).collect();
         sets.push(format!("cluster.peers={}", toml::Value::Array(list)));
     }
+    if args.insecure {
+        sets.push("cluster.insecure=true".into());
+    }
     sets.extend(args.sets);
     let env = process_env();
     let config = Config::load(args.config.as_deref(), &env, &sets)?;
@@ -439,13 +508,25 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let listeners = Listeners::bind(&config).await?;
     let worker_settings = config.worker.clone();
+    // With HTTPS the embedded worker must reach its node by a name the certificate holds.
+    let https = config.node.http_tls_cert_file.is_some();
+    if https && args.worker.is_some() && (worker_settings.ca_file.is_none() || config.node.advertise_http.is_none()) {
+        bail!(
+            "--worker with HTTPS needs worker.ca_file (the CA that issued node.http_tls_cert_file) and \
+             node.advertise_http (a name the certificate holds, which the worker dials)"
+        );
+    }
     let worker_state_dir = config.node.data_dir.join("worker");
     let running = node::start(config, listeners, &extra_keys).await?;
     println!("raftcron node {} serving http://{} (rpc {})", running.core.id, running.http_addr, running.rpc_addr);
     let agent = match &args.worker {
         Some(id) => {
             let (slots, dir) = (args.worker_max_tasks, worker_state_dir);
-            Some(embedded_worker(running.http_addr, id, &worker_key, slots, worker_settings, dir).await?)
+            let server = match https {
+                true => format!("https://{}", running.core.http_addr),
+                false => format!("http://{}", running.http_addr),
+            };
+            Some(embedded_worker(server, id, &worker_key, slots, worker_settings, dir).await?)
         }
         None => None,
     };
@@ -480,7 +561,7 @@ async fn wait_for_shutdown_signal() {
 }
 
 async fn run_cluster(client: ClientArgs, cmd: ClusterCmd) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
+    let http = worker::trusting(reqwest::Client::builder(), client.ca_file.as_deref())?.build()?;
     let base = client.server.trim_end_matches('/').to_string();
     let auth = |rb: reqwest::RequestBuilder| match &client.api_key {
         Some(k) => rb.bearer_auth(k),

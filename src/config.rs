@@ -48,6 +48,21 @@ pub struct NodeConfig {
     /// The RPC address peers should use (defaults to `rpc_addr`).
     #[serde(default)]
     pub advertise_rpc: Option<String>,
+    /// HTTPS for the REST API: the certificate chain (PEM). Both files or neither; the
+    /// node reloads them on SIGHUP.
+    #[serde(default)]
+    pub http_tls_cert_file: Option<PathBuf>,
+    /// HTTPS for the REST API: the private key (PEM).
+    #[serde(default)]
+    pub http_tls_key_file: Option<PathBuf>,
+    /// Open HTTP connections the API holds at once (each worker agent keeps one or two);
+    /// beyond it new connections wait in the kernel's backlog.
+    #[serde(default = "default_http_max_connections")]
+    pub http_max_connections: usize,
+}
+
+fn default_http_max_connections() -> usize {
+    1024
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,13 +78,28 @@ pub struct ClusterConfig {
     /// Build a snapshot (and purge the log behind it) after this many applied entries.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every_entries: u64,
-    /// Shared secret every node-to-node RPC must present. Empty disables the check
-    /// (only sensible for `raftcron dev`).
+    /// Shared secret a node proves it holds (challenge-response, never sent) before any
+    /// node-to-node RPC; at least [`MIN_CLUSTER_SECRET_LEN`] bytes. May be empty only with
+    /// TLS configured, or with `insecure`.
     #[serde(default)]
     pub secret: String,
     /// Read the secret from this file instead (trailing whitespace trimmed).
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
+    /// Mutual TLS between nodes: the PEM file of the cluster CA, which issued every
+    /// node's certificate (and nothing else: any certificate it issued is a member).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// This node's certificate chain (PEM), naming its advertised RPC host.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// Start with neither a secret nor TLS, so that anyone who reaches `node.rpc_addr`
+    /// can act as a cluster member. `raftcron dev` (one node, loopback) sets it.
+    #[serde(default)]
+    pub insecure: bool,
     /// openraft's `quorum_loss_probe_interval`: a leader that has lost its quorum stops
     /// sending heartbeats for this long, then sends for this long, and so on, so that a
     /// follower it still reaches lets its lease lapse and can vote for a candidate of a
@@ -144,6 +174,9 @@ fn default_jwt_leeway() -> u64 {
 /// The most clock skew `auth.jwt.leeway_s` may allow.
 pub const MAX_JWT_LEEWAY_S: u64 = 300;
 
+/// The shortest cluster secret accepted (a random 24-byte hex string has 48).
+pub const MIN_CLUSTER_SECRET_LEN: usize = 16;
+
 /// The shortest HS256 secret accepted: 256 bits, the hash's own size.
 pub const MIN_JWT_SECRET_LEN: usize = 32;
 
@@ -159,13 +192,43 @@ impl JwtConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
+    /// Who the key is; for the `worker` role, the worker id it may act for, or a prefix
+    /// ending in `*` for a pool of workers (`raftcron-worker-*`).
     pub name: String,
     pub role: Role,
-    /// Hex SHA-256 of the key (`printf %s KEY | sha256sum`).
-    pub sha256: String,
+    /// Hex SHA-256 of the key (`printf %s KEY | sha256sum`). Set this or `key`.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The key itself, for deployments that hand it over in the environment (e.g.
+    /// `RAFTCRON_AUTH_API_KEYS` filled from a Kubernetes Secret); hashed at load, never
+    /// printed. Set this or `sha256`.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+impl ApiKeyConfig {
+    /// The hex SHA-256 the key is compared by.
+    pub fn hash(&self) -> String {
+        match (&self.sha256, &self.key) {
+            (Some(h), _) => h.to_ascii_lowercase(),
+            (None, Some(k)) => hash_api_key(k),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyConfig")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("sha256", &self.sha256)
+            .field("key", &self.key.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -203,6 +266,10 @@ pub struct WorkerConfig {
     /// Where jobs without a `working_directory` start (default: the node's directory).
     #[serde(default)]
     pub work_dir: Option<PathBuf>,
+    /// With HTTPS (`node.http_tls_*`), the CA that issued this node's certificate: the
+    /// embedded worker reaches its node at `https://<advertise_http>` and checks it.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for SchedulerConfig {
@@ -266,6 +333,10 @@ impl Default for ClusterConfig {
             snapshot_every_entries: default_snapshot_every(),
             secret: String::new(),
             secret_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            insecure: false,
             quorum_loss_probe_ms: None,
         }
     }
@@ -364,6 +435,12 @@ impl Config {
                 return bad(key, format!("{addr:?} is not an ip:port address"));
             }
         }
+        if self.node.http_tls_cert_file.is_some() != self.node.http_tls_key_file.is_some() {
+            return bad("node.http_tls_cert_file", "HTTPS needs both http_tls_cert_file and http_tls_key_file".into());
+        }
+        if self.node.http_max_connections == 0 {
+            return bad("node.http_max_connections", "must be positive".into());
+        }
         let peers = self.peers()?;
         if !peers.is_empty() && !peers.iter().any(|p| p.id == self.node.id) {
             return bad("cluster.peers", format!("does not list this node (id {})", self.node.id));
@@ -390,9 +467,32 @@ impl Config {
             }
             _ => {}
         }
+        self.validate_transport()?;
         for (i, key) in self.auth.api_keys.iter().enumerate() {
-            if key.sha256.len() != 64 || hex::decode(&key.sha256).is_err() {
-                return bad(&format!("auth.api_keys[{i}].sha256"), "must be 64 hex digits".into());
+            match (&key.sha256, &key.key) {
+                (Some(h), None) if h.len() == 64 && hex::decode(h).is_ok() => {}
+                (Some(_), None) => return bad(&format!("auth.api_keys[{i}].sha256"), "must be 64 hex digits".into()),
+                (None, Some(k)) if k.len() >= MIN_CLUSTER_SECRET_LEN => {}
+                (None, Some(_)) => {
+                    return bad(
+                        &format!("auth.api_keys[{i}].key"),
+                        format!("at least {MIN_CLUSTER_SECRET_LEN} characters"),
+                    )
+                }
+                _ => return bad(&format!("auth.api_keys[{i}]"), "set sha256 or key (one of them)".into()),
+            }
+            let pool = key.name.strip_suffix('*');
+            if key.name.is_empty() || pool.is_some_and(|p| p.is_empty() || p.contains('*')) {
+                return bad(
+                    &format!("auth.api_keys[{i}].name"),
+                    "must be a name, or a worker-id prefix ending in *".into(),
+                );
+            }
+            if pool.is_some() && key.role != Role::Worker {
+                return bad(
+                    &format!("auth.api_keys[{i}].name"),
+                    "only a worker key may name a pool (a prefix ending in *)".into(),
+                );
             }
         }
         if let Some(jwt) = &self.auth.jwt {
@@ -488,6 +588,56 @@ impl Config {
 
     pub fn advertise_rpc(&self) -> String {
         self.node.advertise_rpc.clone().unwrap_or_else(|| self.node.rpc_addr.clone())
+    }
+
+    /// How nodes authenticate each other: a secret, TLS, both, or — only when asked for —
+    /// neither.
+    fn validate_transport(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError::Invalid(format!("{key}: {why}")));
+        let c = &self.cluster;
+        if !c.secret.is_empty() && c.secret_file.is_some() {
+            return bad("cluster.secret", "set secret or secret_file, not both".into());
+        }
+        let secret = self.cluster_secret()?;
+        if !secret.is_empty() && secret.len() < MIN_CLUSTER_SECRET_LEN {
+            return bad(
+                "cluster.secret",
+                format!(
+                    "at least {MIN_CLUSTER_SECRET_LEN} bytes (e.g. `openssl rand -hex 24`); a short one can be guessed"
+                ),
+            );
+        }
+        let tls = [
+            ("cluster.tls_ca_file", &c.tls_ca_file),
+            ("cluster.tls_cert_file", &c.tls_cert_file),
+            ("cluster.tls_key_file", &c.tls_key_file),
+        ];
+        let set = tls.iter().filter(|(_, v)| v.is_some()).count();
+        if set != 0 && set != tls.len() {
+            let missing: Vec<&str> = tls.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| *k).collect();
+            return bad(missing[0], format!("TLS between nodes needs all three files; missing {}", missing.join(", ")));
+        }
+        Ok(())
+    }
+
+    /// Refuses to run a node whose RPC port would admit anyone: no secret, no TLS, and no
+    /// `insecure`. Checked when a node starts, not at load, so that client commands
+    /// (`token create`) can read a config that lacks them.
+    pub fn require_member_authentication(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError::Invalid(format!("{key}: {why}")));
+        let c = &self.cluster;
+        let secret = self.cluster_secret()?;
+        let set = [&c.tls_ca_file, &c.tls_cert_file, &c.tls_key_file].iter().filter(|f| f.is_some()).count();
+        if secret.is_empty() && set == 0 && !c.insecure {
+            return bad(
+                "cluster.secret",
+                "empty, and no cluster.tls_* files: anyone who reaches node.rpc_addr could act as a member \
+                 (write tasks, change membership). Set a secret (secret_file, RAFTCRON_CLUSTER_SECRET), configure \
+                 TLS (`raftcron certs init`), or start with --insecure"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// The node-to-node secret, from `secret_file` if set.
@@ -603,6 +753,47 @@ mod tests {
         }
         let ok = jwt(&format!("algorithm = \"HS256\"\n{secret}\naudience = \"rc\""));
         assert!(Config::load(Some(ok.path()), &env(&[]), &[]).is_ok());
+    }
+
+    #[test]
+    fn a_node_needs_a_secret_or_tls_unless_told_it_is_insecure() {
+        let load = |body: &str| {
+            Config::load(Some(write(&format!("[node]\nid = 1\n[cluster]\n{body}\n")).path()), &env(&[]), &[])
+        };
+        let open = load("").unwrap();
+        let err = open.require_member_authentication().unwrap_err().to_string();
+        assert!(err.contains("cluster.secret") && err.contains("--insecure"), "{err}");
+        assert!(load("insecure = true").unwrap().require_member_authentication().is_ok());
+        assert!(load("secret = \"0123456789abcdef\"").unwrap().require_member_authentication().is_ok());
+        let err = load("secret = \"short\"").unwrap_err().to_string();
+        assert!(err.contains("cluster.secret") && err.contains("16"), "{err}");
+        let err = load("tls_ca_file = \"/ca.pem\"\ntls_key_file = \"/k.pem\"").unwrap_err().to_string();
+        assert!(err.contains("cluster.tls_cert_file"), "{err}");
+        let tls = load("tls_ca_file = \"/ca.pem\"\ntls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\"").unwrap();
+        assert!(tls.require_member_authentication().is_ok());
+        let e = env(&[("RAFTCRON_CLUSTER_SECRET", "0123456789abcdef0123")]);
+        let from_env = Config::load(Some(write("[node]\nid = 1\n").path()), &e, &[]).unwrap();
+        assert!(from_env.require_member_authentication().is_ok());
+    }
+
+    #[test]
+    fn api_keys_by_hash_or_by_value_and_pool_names_only_for_workers() {
+        let load = |keys: &str| {
+            Config::load(Some(write(&format!("[node]\nid = 1\n[auth]\napi_keys = [{keys}]\n")).path()), &env(&[]), &[])
+        };
+        let c = load("{name = \"pool-*\", role = \"worker\", key = \"0123456789abcdef\"}").unwrap();
+        assert_eq!(c.auth.api_keys[0].hash(), hash_api_key("0123456789abcdef"));
+        assert!(!format!("{c:?}").contains("0123456789abcdef"), "a key in the config was printed");
+        let cases = [
+            ("{name = \"a\", role = \"admin\"}", "sha256 or key"),
+            ("{name = \"a\", role = \"admin\", key = \"short\"}", "auth.api_keys[0].key"),
+            ("{name = \"ops-*\", role = \"operator\", key = \"0123456789abcdef\"}", "only a worker key"),
+            ("{name = \"*\", role = \"worker\", key = \"0123456789abcdef\"}", "auth.api_keys[0].name"),
+        ];
+        for (keys, named) in cases {
+            let err = load(keys).unwrap_err().to_string();
+            assert!(err.contains(named), "{keys}: {err}");
+        }
     }
 
     #[test]

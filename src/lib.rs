@@ -13,8 +13,10 @@
 //! - [`scheduler`] — schedule evaluation (cron, time zones); firing comes later.
 //! - [`metrics`] — Prometheus metrics.
 //! - [`cli`] — the `raftcron` command line.
+//! - [`certs`] — `raftcron certs init`: a cluster CA and node certificates.
 
 pub mod api;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod metrics;

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub runs_assigned: IntCounter,
     pub runs_lost: IntCounter,
     pub quarantine_refusals: IntCounter,
+    pub rpc_refused: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: [f64; 14] =
@@ -107,6 +108,11 @@ impl Metrics {
             quarantine_refusals: counter(
                 "quarantine_refusals_total",
                 "Raft messages this node refused while quarantined (it lost its data dir; remove and add it again).",
+            ),
+            rpc_refused: counter_vec(
+                "rpc_connections_refused_total",
+                "Node-to-node connections refused before their first frame, by reason (secret, tls, protocol, timeout, connection cap).",
+                &["reason"],
             ),
             http_requests,
             http_latency,

@@ -17,7 +17,10 @@ use tokio::task::JoinHandle;
 use crate::api::auth::Auth;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::model::{HeartbeatAck, HeartbeatBody, Seen};
+use crate::model::{HeartbeatAck, HeartbeatBody, Principal, Seen};
+
+/// Marks a forwarded write the leader refused for the caller's role (see `write`).
+const FORBIDDEN_BY_LEADER: &str = "forbidden by the leader: ";
 use crate::raft::{Command, IdempotencyKey, NodeId, NodeInfo, Raft, Request, Response, SnapshotMeta, TypeConfig, Vote};
 use crate::rpc::{self, context, Identity, MembershipOp, NodeStatus, PeerClients, RpcFailure, RpcServer};
 use crate::storage::{open_db, LogStore, StateMachine, Store};
@@ -66,6 +69,8 @@ pub enum NodeError {
     Storage(#[from] std::io::Error),
     #[error("raft: {0}")]
     Raft(String),
+    #[error("{0}")]
+    Tls(#[from] crate::rpc::transport::TlsFileError),
 }
 
 /// The state every part of a node shares.
@@ -137,18 +142,24 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
     if config.node.advertise_rpc.is_none() {
         config.node.advertise_rpc = Some(rpc_addr.to_string());
     }
+    config.require_member_authentication()?;
     let secret = config.cluster_secret()?;
+    let reused = config.auth.api_keys.iter().any(|k| k.hash() == crate::config::hash_api_key(&secret))
+        || extra_keys.contains(&secret);
+    if !secret.is_empty() && reused {
+        // Whoever holds that key (a worker, a script) would also hold the cluster's.
+        return Err(NodeError::Config(crate::config::ConfigError::Invalid(
+            "cluster.secret: the same as an API key; choose a secret used for nothing else".into(),
+        )));
+    }
+    let security = member_security(&config)?;
     let db = open_db_retrying(&config.node.data_dir.join("db")).await?;
     let store = Store::new(db.clone());
     let state_machine = StateMachine::new(store.clone(), config.node.data_dir.join("snapshot"))?;
     let log_store = LogStore::new(db.clone());
     let pristine = log_store.is_pristine()?;
-    let identity = Identity {
-        id: config.node.id,
-        store: store.clone(),
-        secret_hash: if secret.is_empty() { String::new() } else { crate::config::hash_api_key(&secret) },
-    };
-    let peers = PeerClients::default();
+    let identity = Identity { id: config.node.id, store: store.clone() };
+    let peers = PeerClients::new(security.clone());
     let network = rpc::NetworkFactory::new(identity.clone(), peers.clone());
     let raft_config = openraft::Config {
         cluster_name: "raftcron".into(),
@@ -212,7 +223,8 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
     });
 
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(rpc::serve(listeners.rpc, RpcServer::new(core.clone()))));
+    tracing::info!(node_id = core.id, "peers are authenticated by {}", security.describe());
+    tasks.push(tokio::spawn(rpc::serve(listeners.rpc, RpcServer::new(core.clone()), security)));
     {
         let core = core.clone();
         tasks.push(tokio::spawn(async move { core.metrics.follow_raft(core.raft.clone()).await }));
@@ -231,19 +243,30 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
     }
     tasks.push(tokio::spawn(crate::scheduler::firing::run(core.clone())));
     tasks.push(tokio::spawn(crate::scheduler::workers::run(core.clone())));
-    let (http_shutdown, mut rx) = watch::channel(false);
+    let (http_shutdown, rx) = watch::channel(false);
     let app = crate::api::router(core.clone());
-    let http_task = tokio::spawn(async move {
-        let serve = axum::serve(listeners.http, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "http server failed");
+    let https = match (&core.config.node.http_tls_cert_file, &core.config.node.http_tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let https = crate::api::listener::HttpsCert::load(cert, key)?;
+            tasks.push(crate::api::listener::reload_on_sighup(https.clone()));
+            Some(https)
         }
-    });
+        _ => None,
+    };
+    let max_connections = core.config.node.http_max_connections;
+    let http_task = tokio::spawn(crate::api::listener::serve(listeners.http, app, https, max_connections, rx));
     tracing::info!(node_id = core.id, %http_addr, %rpc_addr, "node started");
     Ok(RunningNode { core, http_addr, rpc_addr, tasks, http_shutdown, http_task: Some(http_task) })
+}
+
+/// How this node authenticates its peers and itself to them (see `rpc::transport`).
+fn member_security(config: &Config) -> Result<rpc::Security, NodeError> {
+    let c = &config.cluster;
+    let tls = match (&c.tls_ca_file, &c.tls_cert_file, &c.tls_key_file) {
+        (Some(ca), Some(cert), Some(key)) => Some(rpc::transport::MutualTls::from_files(ca, cert, key)?),
+        _ => None,
+    };
+    Ok(rpc::Security::new(config.node.id, &config.cluster_secret()?, tls))
 }
 
 /// RocksDB's lock is released only when the previous instance (in this process, a test's
@@ -470,8 +493,10 @@ impl NodeCore {
 
     /// Commits a write through whichever node leads, retrying across leader changes until
     /// [`WRITE_DEADLINE`]. Fails with `Unavailable` if it was certainly never proposed and
-    /// `Indeterminate` if it may have been.
-    pub async fn write(&self, req: Request) -> Result<Response, RpcFailure> {
+    /// `Indeterminate` if it may have been. `who` asked for it: the command must be one its
+    /// role allows (checked here, and again by the leader when forwarded).
+    pub async fn write(&self, who: &Principal, req: Request) -> Result<Response, RpcFailure> {
+        req.command.authorize(who).map_err(RpcFailure::Forbidden)?;
         let deadline = Instant::now() + WRITE_DEADLINE;
         let mut maybe_proposed = false;
         let mut last_error = String::from("no leader elected");
@@ -487,8 +512,12 @@ impl NodeCore {
                     }
                     Err(e) => last_error = e.to_string(),
                 },
-                Some(id) => match self.forward_write(id, req.clone()).await {
+                Some(id) => match self.forward_write(id, who, req.clone()).await {
                     Ok(r) => return Ok(r),
+                    // The leader refused the caller: asking again changes nothing.
+                    Err((false, e)) if e.starts_with(FORBIDDEN_BY_LEADER) => {
+                        return Err(RpcFailure::Forbidden(e[FORBIDDEN_BY_LEADER.len()..].to_string()));
+                    }
                     Err((sent, e)) => {
                         maybe_proposed |= sent;
                         last_error = e;
@@ -509,17 +538,18 @@ impl NodeCore {
 
     /// One forwarding attempt. The error says whether the request may have reached the
     /// leader's log.
-    async fn forward_write(&self, leader: NodeId, req: Request) -> Result<Response, (bool, String)> {
+    async fn forward_write(&self, leader: NodeId, who: &Principal, req: Request) -> Result<Response, (bool, String)> {
         let Some(info) = self.node_info(leader) else {
             return Err((false, format!("leader {leader} is not in this node's membership view")));
         };
-        let client = self.peers.get(&info.rpc_addr).await.map_err(|e| (false, e.to_string()))?;
+        let client = self.peers.get(leader, &info.rpc_addr).await.map_err(|e| (false, e.to_string()))?;
         self.metrics.forwarded_writes.inc();
         // A leader that stops answering (paused, cut off) is replaced within an election
         // timeout or two; waiting for this call's own timeout would hold the client for
         // seconds longer. Given up, the write may still sit in the old leader's log, so
         // it counts as maybe proposed, and the retry carries the same idempotency key.
-        let call = client.forward_write(context(PROPOSE_TIMEOUT + Duration::from_secs(1)), self.identity.header(), req);
+        let ctx = context(PROPOSE_TIMEOUT + Duration::from_secs(1));
+        let call = client.forward_write(ctx, self.identity.header(), who.clone(), req);
         let answer = tokio::select! {
             answer = call => answer,
             () = self.leader_replaced(leader) => {
@@ -530,6 +560,7 @@ impl NodeCore {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(RpcFailure::NotLeader(_))) => Err((false, format!("node {leader} is no longer the leader"))),
             Ok(Err(RpcFailure::Indeterminate(m))) => Err((true, m)),
+            Ok(Err(RpcFailure::Forbidden(m))) => Err((false, format!("{FORBIDDEN_BY_LEADER}{m}"))),
             Ok(Err(e)) => Err((false, e.to_string())),
             Err(e) => {
                 self.peers.forget(&info.rpc_addr).await;
@@ -589,7 +620,8 @@ impl NodeCore {
 
     async fn remote_read_index(&self, leader: NodeId) -> Result<u64, RpcFailure> {
         let info = self.node_info(leader).ok_or_else(|| RpcFailure::Unavailable(format!("leader {leader} unknown")))?;
-        let client = self.peers.get(&info.rpc_addr).await.map_err(|e| RpcFailure::Unavailable(e.to_string()))?;
+        let client =
+            self.peers.get(leader, &info.rpc_addr).await.map_err(|e| RpcFailure::Unavailable(e.to_string()))?;
         let answer = tokio::select! {
             answer = client.read_index(context(RPC_TIMEOUT), self.identity.header()) => answer,
             () = self.leader_replaced(leader) => {
@@ -640,7 +672,7 @@ impl NodeCore {
 
     async fn leader_client(&self, leader: NodeId) -> Result<rpc::ClusterServiceClient, RpcFailure> {
         let info = self.node_info(leader).ok_or_else(|| RpcFailure::Unavailable(format!("leader {leader} unknown")))?;
-        self.peers.get(&info.rpc_addr).await.map_err(|e| RpcFailure::Unavailable(e.to_string()))
+        self.peers.get(leader, &info.rpc_addr).await.map_err(|e| RpcFailure::Unavailable(e.to_string()))
     }
 
     /// A worker's heartbeat, delivered to the leader (forwarded when this node follows),
@@ -715,7 +747,7 @@ impl NodeCore {
                 // quarantined itself after losing its data dir.
                 let addr = node.rpc_addr.clone();
                 let admit = async {
-                    let client = self.peers.get(&addr).await.map_err(|e| e.to_string())?;
+                    let client = self.peers.get(id, &addr).await.map_err(|e| e.to_string())?;
                     client.admit(context(RPC_TIMEOUT), self.identity.header()).await.map_err(|e| e.to_string())
                 };
                 match tokio::time::timeout(ADMIT_PATIENCE, admit).await {
@@ -835,7 +867,7 @@ impl NodeCore {
                     reachable += 1;
                     continue;
                 }
-                let Ok(client) = self.peers.get(&peer.rpc_addr).await else { continue };
+                let Ok(client) = self.peers.get(peer.id, &peer.rpc_addr).await else { continue };
                 match client.node_status(context(Duration::from_secs(1)), self.identity.header(), false).await {
                     Ok(Ok(st)) => {
                         if st.cluster_id.is_some() || st.leader_id.is_some() {
@@ -890,7 +922,7 @@ impl NodeCore {
         let leader = st.leader_id?;
         let peers = self.config.peers().ok()?;
         let addr = peers.iter().find(|p| p.id == leader).map(|p| p.rpc_addr.clone())?;
-        let client = self.peers.get(&addr).await.ok()?;
+        let client = self.peers.get(leader, &addr).await.ok()?;
         match client.replicated_to(context(Duration::from_secs(1)), self.identity.header(), self.id).await {
             Ok(Ok(replicated)) => Some(replicated),
             _ => None,

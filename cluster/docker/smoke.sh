@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$SECONDS
-export RAFTCRON_API_KEY="smoke-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+random_hex() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+export RAFTCRON_API_KEY="smoke-$(random_hex)"
+export RAFTCRON_CLUSTER_SECRET="smoke-secret-$(random_hex)"
+export RAFTCRON_WORKER_KEY="smoke-worker-$(random_hex)"
 project=raftcron-smoke
 compose() {
   if docker compose version >/dev/null 2>&1; then
@@ -89,6 +92,24 @@ echo "run $run: $(field "$tmp/r.json" 'd["data"]["status"] + " on " + d["data"][
 curl -sf "$api/api/workers" "${auth[@]}" -o "$tmp/workers.json"
 echo "workers: $(field "$tmp/workers.json" '[(w["id"], w["status"]) for w in d["data"]]')"
 echo "=== seed examples passed at $((SECONDS - t0))s"
+
+# What a job can read of its agent and container: no credential of any kind.
+curl -sf -X POST "$api/api/tasks" "${auth[@]}" "${json[@]}" -o "$tmp/probe.json" -d '{
+    "name": "isolation-probe", "executor": "shell",
+    "command": "exec 2>&1; env; for f in /proc/self/environ /proc/$PPID/environ /proc/1/environ; do echo \"== $f\"; tr \"\\0\" \"\\n\" < $f; done; ls -la /proc/self/fd"
+  }'
+probe=$(field "$tmp/probe.json" 'd["data"]["id"]')
+curl -sf -X POST "$api/api/tasks/$probe/trigger" "${auth[@]}" -o "$tmp/run.json"
+run=$(field "$tmp/run.json" 'd["data"]["id"]')
+wait_for 60 "the isolation probe to run" run_succeeded
+field "$tmp/r.json" 'd["data"]["output"]' > "$tmp/probe.out"
+grep -q '== /proc/self/environ' "$tmp/probe.out"
+for secret in "$RAFTCRON_API_KEY" "$RAFTCRON_CLUSTER_SECRET" "$RAFTCRON_WORKER_KEY"; do
+  if grep -qF "$secret" "$tmp/probe.out"; then
+    echo "a job read a credential:"; cat "$tmp/probe.out"; exit 1
+  fi
+done
+echo "isolation probe: $(wc -l < "$tmp/probe.out") lines of job output, no credential"
 
 # Failover through the load balancer.
 curl -sf "$api/api/cluster" "${auth[@]}" -o "$tmp/cluster.json"

@@ -87,4 +87,19 @@ for secret in ("RAFTCRON_API_KEY", "RAFTCRON_CLUSTER_SECRET"):
     if "secretKeyRef" not in env.get(secret, {}).get("valueFrom", {}):
         fail(f"{secret} must come from a Secret")
 
+if "raftcron-worker-*" not in env.get("RAFTCRON_AUTH_API_KEYS", {}).get("value", ""):
+    fail("the nodes must know the worker pool's key (RAFTCRON_AUTH_API_KEYS)")
+workers = by_kind.get("Deployment", [])
+if not workers:
+    fail("no worker Deployment")
+for d in workers:
+    # Pods are named after their Deployment: the pool key's prefix must match.
+    if not d["metadata"]["name"].startswith("raftcron-worker"):
+        fail("worker pods must be named raftcron-worker-... (the pool key's prefix)")
+    for wc in d["spec"]["template"]["spec"]["containers"]:
+        wenv = {e["name"]: e for e in wc.get("env", [])}
+        ref = wenv.get("RAFTCRON_WORKER_KEY", {}).get("valueFrom", {}).get("secretKeyRef", {})
+        if ref.get("key") != "worker-key":
+            fail("workers must hold the worker pool's key, never the admin key")
+
 print(f"k8s manifests: {len(docs)} documents OK ({', '.join(sorted(by_kind))})")

@@ -176,7 +176,7 @@ impl Node {
             format!(
                 "[node]\nid = {id}\ndata_dir = {:?}\nhttp_addr = \"{ip}:8080\"\nrpc_addr = \"{ip}:9080\"\n\n\
                  [cluster]\npeers = [{}]\nheartbeat_ms = 100\nelection_timeout_ms = 1000\n\
-                 snapshot_every_entries = {}\nsecret = \"jepsen\"\n{probe}\n\
+                 snapshot_every_entries = {}\nsecret = \"jepsen-cluster-secret-0f3a\"\n{probe}\n\
                  [scheduler]\nworker_timeout_s = 6\nrun_history_per_task = 100000\nmisfire_threshold_s = {misfire}\n",
                 dir.join("data"),
                 peers.join(", "),

@@ -127,7 +127,9 @@ pub async fn authorize(State(_core): State<Arc<NodeCore>>, req: Request, next: N
 
 /// For routes that name a worker: an admin may act for any, a worker only for itself.
 pub fn own_worker(caller: &Caller, worker: &str) -> Result<(), ApiError> {
-    if caller.role == Role::Admin || (caller.role == Role::Worker && caller.name == worker) {
+    if caller.role == Role::Admin
+        || (caller.role == Role::Worker && crate::model::worker::acts_for(&caller.name, worker))
+    {
         Ok(())
     } else {
         Err(ApiError::Forbidden(format!("credential {:?} may not act for worker {worker:?}", caller.name)))

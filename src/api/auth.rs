@@ -37,6 +37,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Who this is, as a write carries it to the leader.
+    pub fn principal(&self) -> crate::model::Principal {
+        crate::model::Principal { name: self.name.clone(), role: self.role }
+    }
+
     /// The scope of its idempotency keys: an API key's name, or `jwt:` and the token's
     /// `sub`, so a JWT whose `sub` is a key's name never shares that key's records.
     pub fn scope(&self) -> String {
@@ -81,7 +86,7 @@ impl Auth {
             Ok(())
         };
         for k in &config.api_keys {
-            add(&k.sha256.to_ascii_lowercase(), k.name.clone(), k.role)?;
+            add(&k.hash(), k.name.clone(), k.role)?;
         }
         for (i, key) in extra_admin_keys.iter().enumerate() {
             let name = if i == 0 { "admin".to_string() } else { format!("admin-{i}") };

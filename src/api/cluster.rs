@@ -75,7 +75,7 @@ async fn cluster_view(
             if id == core.id {
                 return Some(core.status(with_digest));
             }
-            let client = core.peers.get(&addr).await.ok()?;
+            let client = core.peers.get(id, &addr).await.ok()?;
             match client.node_status(context(Duration::from_secs(2)), core.identity.header(), with_digest).await {
                 Ok(Ok(s)) => Some(s),
                 _ => {

@@ -18,7 +18,11 @@
 use serde_json::{json, Map, Value};
 
 use super::access::{access_of, Access};
-use crate::model::task::{MAX_ITEMS, MAX_NAME_LEN, MAX_TEXT_LEN};
+use crate::model::secret::REDACTED;
+use crate::model::task::{
+    ENV_NAME_PATTERN, ENV_VALUE_PATTERN, HEADER_NAME_PATTERN, HEADER_VALUE_PATTERN, MAX_ITEMS, MAX_NAME_LEN,
+    MAX_TEXT_LEN, MAX_VALUE_LEN, MAX_VALUE_NAME_LEN,
+};
 use crate::model::worker::{MAX_SLOTS, MAX_WORKER_ID};
 
 /// A name or tag: at least one visible character, no control characters.
@@ -44,6 +48,38 @@ fn text(max: usize) -> Value {
     json!({"type": ["string", "null"], "maxLength": max})
 }
 
+/// `environment` or `headers`: names to values, each a string or an object that marks it
+/// secret. A create may not send the redaction marker as a secret's value; an update may,
+/// to keep the secret stored under that name (refused, 400, if there is none: that
+/// depends on the stored task, which no schema sees).
+fn values(create: bool, headers: bool) -> Value {
+    let (name, value) = match headers {
+        true => (HEADER_NAME_PATTERN, HEADER_VALUE_PATTERN),
+        false => (ENV_NAME_PATTERN, ENV_VALUE_PATTERN),
+    };
+    let plain = json!({"type": "string", "maxLength": MAX_VALUE_LEN, "pattern": value});
+    let mut secret = json!({
+        "type": "object", "additionalProperties": false, "required": ["value"],
+        "properties": {"value": plain, "secret": {"type": "boolean"}},
+    });
+    if create {
+        secret["not"] = json!({
+            "required": ["value", "secret"],
+            "properties": {"value": {"const": REDACTED}, "secret": {"const": true}},
+        });
+    }
+    json!({
+        "type": ["object", "null"], "maxProperties": MAX_ITEMS,
+        "propertyNames": {"maxLength": MAX_VALUE_NAME_LEN, "pattern": name},
+        "additionalProperties": {"oneOf": [plain, secret]},
+        "description": format!(
+            "each value a string, or {{\"value\": string, \"secret\": true}}: a secret, write-only (every view \
+             shows {{\"value\": \"{REDACTED}\", \"secret\": true}}); in an update, that redacted form keeps the stored \
+             secret of the same name"
+        ),
+    })
+}
+
 /// The properties a task body may carry, with what `TaskSpec::validate` and the
 /// handlers check of each.
 fn task_properties() -> Value {
@@ -52,7 +88,7 @@ fn task_properties() -> Value {
         "executor": {"$ref": "#/components/schemas/ExecutorKind"},
         "command": text(MAX_TEXT_LEN),
         "working_directory": text(MAX_TEXT_LEN),
-        "environment": {"type": ["object", "null"], "additionalProperties": {"type": "string"}, "maxProperties": MAX_ITEMS},
+        "environment": values(false, false),
         "url": {
             "anyOf": [{"type": "string", "format": "http-url", "maxLength": MAX_TEXT_LEN}, {"type": "string", "maxLength": 0}, {"type": "null"}],
             "description": "an http(s) URL with a host; empty or null: none"
@@ -61,7 +97,7 @@ fn task_properties() -> Value {
             "anyOf": [{"type": "string", "pattern": METHOD}, {"type": "string", "maxLength": 0}, {"type": "null"}],
             "description": "an HTTP method, in any case; empty or null: none"
         },
-        "headers": {"type": ["object", "null"], "additionalProperties": {"type": "string"}, "maxProperties": MAX_ITEMS},
+        "headers": values(false, true),
         "body": text(MAX_TEXT_LEN),
         "expected_status": {"type": ["integer", "null"], "minimum": 100, "maximum": 599},
         "arguments": {"type": ["array", "null"], "items": {"type": "string"}, "maxItems": MAX_ITEMS},
@@ -88,7 +124,9 @@ fn task_properties() -> Value {
 
 /// A new task: a name and an executor, and what that executor needs.
 fn task_create() -> Value {
-    let props = task_properties();
+    let mut props = task_properties();
+    props["environment"] = values(true, false);
+    props["headers"] = values(true, true);
     let branch = |executors: Value, required: &str| {
         let mut p = props.clone();
         p["executor"] = json!({"type": "string", "enum": executors});

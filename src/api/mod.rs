@@ -7,6 +7,7 @@ pub mod auth;
 mod cluster;
 pub mod contract;
 pub mod jwt;
+pub mod listener;
 mod runs;
 pub mod schedule;
 mod system;
@@ -199,6 +200,7 @@ impl From<RpcFailure> for ApiError {
     fn from(e: RpcFailure) -> Self {
         match e {
             RpcFailure::Invalid(m) => ApiError::BadRequest(m),
+            RpcFailure::Forbidden(m) => ApiError::Forbidden(m),
             RpcFailure::Conflict(m) => ApiError::Conflict(m),
             RpcFailure::Indeterminate(m) => ApiError::Indeterminate(format!(
                 "the write may or may not have been applied ({m}); retry with the same Idempotency-Key"
@@ -456,6 +458,7 @@ pub fn router(core: Arc<NodeCore>) -> Router {
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(listener::BODY_TIMEOUT))
         .layer(middleware::from_fn_with_state(core.clone(), record_http_metrics))
         .with_state(core)
 }

@@ -85,6 +85,7 @@ async fn trigger_task(
     let idem = idempotency_key(&headers, &caller, &method, &format!("/api/tasks/{task_id}/trigger"), b"")?;
     let resp = core
         .write(
+            &caller.principal(),
             core.request(Command::TriggerRun { task_id, keep_runs: core.config.scheduler.run_history_per_task }, idem),
         )
         .await?;
@@ -152,6 +153,6 @@ async fn cancel_run(
 ) -> Result<Reply<RunView>, ApiError> {
     let run_id = parse_id("run", &run_id)?;
     let idem = idempotency_key(&headers, &caller, &method, &format!("/api/runs/{run_id}/cancel"), b"")?;
-    let resp = core.write(core.request(Command::CancelRun { run_id }, idem)).await?;
+    let resp = core.write(&caller.principal(), core.request(Command::CancelRun { run_id }, idem)).await?;
     Ok(Reply::ok(run_reply(&core, resp)?).message("cancelled"))
 }

@@ -102,7 +102,8 @@ async fn create_task(
     validate_schedule_fields(&fields)?;
     let spec = TaskSpec::from_fields(fields, &core.config.scheduler.default_timezone)?;
     let idem = idempotency_key(&headers, &caller, &method, "/api/tasks", &raw)?;
-    let resp = core.write(core.request(Command::CreateTask { spec: Box::new(spec) }, idem)).await?;
+    let resp =
+        core.write(&caller.principal(), core.request(Command::CreateTask { spec: Box::new(spec) }, idem)).await?;
     task_reply(resp, true)
 }
 
@@ -208,7 +209,9 @@ async fn update_task(
     validate_schedule_fields(&fields)?;
     let expected_version = if_match(&headers)?;
     let idem = idempotency_key(&headers, &caller, &method, &format!("/api/tasks/{id}"), &raw)?;
-    let resp = core.write(core.request(Command::UpdateTask { id, fields, expected_version }, idem)).await?;
+    let resp = core
+        .write(&caller.principal(), core.request(Command::UpdateTask { id, fields, expected_version }, idem))
+        .await?;
     task_reply(resp, false)
 }
 
@@ -229,7 +232,8 @@ async fn delete_task(
     let id = parse_id("task", &task_id)?;
     let expected_version = if_match(&headers)?;
     let idem = idempotency_key(&headers, &caller, &method, &format!("/api/tasks/{id}"), b"")?;
-    let resp = core.write(core.request(Command::DeleteTask { id, expected_version }, idem)).await?;
+    let resp =
+        core.write(&caller.principal(), core.request(Command::DeleteTask { id, expected_version }, idem)).await?;
     match resp.result? {
         Outcome::TaskDeleted { .. } => Ok(Reply::ok(()).status(StatusCode::NO_CONTENT)),
         other => Err(ApiError::Internal(format!("unexpected apply outcome {other:?}"))),
@@ -290,6 +294,7 @@ async fn set_status(
     let id = parse_id("task", task_id)?;
     let may_enable = status == TaskStatus::Active && caller.require(Role::Admin).is_ok();
     let idem = idempotency_key(headers, caller, method, &format!("/api/tasks/{id}/{action}"), b"")?;
-    let resp = core.write(core.request(Command::SetTaskStatus { id, status, may_enable }, idem)).await?;
+    let resp =
+        core.write(&caller.principal(), core.request(Command::SetTaskStatus { id, status, may_enable }, idem)).await?;
     task_reply(resp, false)
 }

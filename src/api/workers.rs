@@ -161,6 +161,7 @@ async fn get_worker(
 )]
 async fn update_worker(
     State(core): State<Arc<NodeCore>>,
+    Extension(caller): Extension<Caller>,
     Path(worker_id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Reply<WorkerView>, ApiError> {
@@ -169,7 +170,9 @@ async fn update_worker(
     if update == WorkerUpdate::default() {
         return Err(ApiError::BadRequest("the body names no field to update (max_tasks, tags, enabled)".into()));
     }
-    let resp = core.write(core.request(Command::UpdateWorker { id: worker_id.clone(), update }, None)).await?;
+    let resp = core
+        .write(&caller.principal(), core.request(Command::UpdateWorker { id: worker_id.clone(), update }, None))
+        .await?;
     let w = worker_reply(resp)?;
     let seen = core.worker_heartbeats().await;
     Ok(Reply::ok(view(&core, w, seen.get(&worker_id))?))
@@ -226,7 +229,7 @@ async fn register(
         killed: reg.killed,
         requeue_delay_ms: core.config.scheduler.worker_timeout_s.saturating_mul(1000),
     };
-    let worker = worker_reply(core.write(core.request(cmd, None)).await?)?;
+    let worker = worker_reply(core.write(&caller.principal(), core.request(cmd, None)).await?)?;
     // The registration counts as the first heartbeat.
     let first = HeartbeatBody { epoch: Some(worker.epoch), ..HeartbeatBody::default() };
     match core.worker_heartbeat(&worker_id, first).await? {
@@ -415,7 +418,7 @@ async fn report(
     };
     // No idempotency record: a report is idempotent by itself (fenced by attempt, and the
     // same report again changes nothing), and a refused one must leave no trace.
-    match core.write(core.internal_request(cmd)).await?.result? {
+    match core.write(&caller.principal(), core.internal_request(cmd)).await?.result? {
         Outcome::Run(run) => Ok(Reply::ok(super::runs::run_view(&core, *run)?)),
         other => Err(ApiError::Internal(format!("unexpected apply outcome {other:?}"))),
     }

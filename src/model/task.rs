@@ -14,10 +14,24 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::secret::{EnvValue, REDACTED};
+
 /// Upper bounds that keep one task (and so one Raft entry) small.
 pub const MAX_NAME_LEN: usize = 200;
 pub const MAX_TEXT_LEN: usize = 64 * 1024;
 pub const MAX_ITEMS: usize = 100;
+/// The longest value of `environment` or `headers`, in characters.
+pub const MAX_VALUE_LEN: usize = 8 * 1024;
+/// The longest name in `environment` or `headers`.
+pub const MAX_VALUE_NAME_LEN: usize = 256;
+/// An environment variable's name: no `=` (it ends the name) and no NUL (it ends the
+/// string execve reads).
+pub const ENV_NAME_PATTERN: &str = "^[^=\\u0000]+$";
+pub const ENV_VALUE_PATTERN: &str = "^[^\\u0000]*$";
+/// A header's name: an HTTP token (RFC 9110 §5.6.2).
+pub const HEADER_NAME_PATTERN: &str = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+/// A header's value: visible ASCII, space and tab (a CR or LF would split the request).
+pub const HEADER_VALUE_PATTERN: &str = "^[\\t\\u0020-\\u007E]*$";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -84,10 +98,12 @@ pub struct TaskSpec {
     /// shell: the command line; python: the script path.
     pub command: Option<String>,
     pub working_directory: Option<String>,
-    pub environment: BTreeMap<String, String>,
+    /// A value may be secret (see [`EnvValue`]): views show it redacted.
+    pub environment: BTreeMap<String, EnvValue>,
     pub url: Option<String>,
     pub method: Option<String>,
-    pub headers: BTreeMap<String, String>,
+    /// A value may be secret, as in `environment`.
+    pub headers: BTreeMap<String, EnvValue>,
     pub body: Option<String>,
     /// The HTTP status that counts as success; any 2xx when unset.
     pub expected_status: Option<u16>,
@@ -176,11 +192,14 @@ pub struct TaskView {
 
 impl TaskView {
     /// The view of `t`, whose next fire time (evaluated from its schedule and cursor by the
-    /// node that serves the read) is `next_run_at`.
+    /// node that serves the read) is `next_run_at`. Its secrets are redacted: every API
+    /// answer that shows a task is built here, whoever asks.
     pub fn new(t: Task, next_run_at: Option<DateTime<Utc>>) -> Self {
+        let mut spec = t.spec;
+        spec.redact();
         TaskView {
             id: t.id,
-            spec: t.spec,
+            spec,
             version: t.version,
             created_at: t.created_at,
             updated_at: t.updated_at,
@@ -216,10 +235,10 @@ pub enum TaskField {
     Executor(ExecutorKind),
     Command(Option<String>),
     WorkingDirectory(Option<String>),
-    Environment(BTreeMap<String, String>),
+    Environment(BTreeMap<String, EnvValue>),
     Url(Option<String>),
     Method(Option<String>),
-    Headers(BTreeMap<String, String>),
+    Headers(BTreeMap<String, EnvValue>),
     Body(Option<String>),
     ExpectedStatus(Option<u16>),
     Arguments(Vec<String>),
@@ -270,6 +289,49 @@ fn typed<T: serde::de::DeserializeOwned>(key: &str, value: Value) -> Result<T, F
     serde_json::from_value(value).map_err(|e| FieldError::new(key, e.to_string()))
 }
 
+/// `environment` or `headers` as written: an object (null: none) whose values are strings
+/// or `{"value", "secret"}` objects. An error names the entry (`environment.DB_PASS`) and
+/// never quotes a value.
+fn parse_values(field: &str, value: Value) -> Result<BTreeMap<String, EnvValue>, FieldError> {
+    match value {
+        Value::Null => Ok(BTreeMap::new()),
+        Value::Object(map) => map
+            .into_iter()
+            .map(|(name, v)| {
+                let v = EnvValue::from_json(v).map_err(|reason| FieldError::new(&format!("{field}.{name}"), reason))?;
+                Ok::<_, FieldError>((name, v))
+            })
+            .collect(),
+        _ => Err(FieldError::new(field, "expected an object of names to values")),
+    }
+}
+
+/// An update's `environment` or `headers` merged with the stored one: a secret sent back
+/// as [`REDACTED`] (what the views show) keeps the secret stored under that name, so a
+/// client can write back what it read. With no stored secret of that name there is
+/// nothing to keep, and the update is refused.
+fn keep_stored_secrets(
+    field: &str,
+    written: BTreeMap<String, EnvValue>,
+    stored: &BTreeMap<String, EnvValue>,
+) -> Result<BTreeMap<String, EnvValue>, FieldError> {
+    written
+        .into_iter()
+        .map(|(name, v)| {
+            if !v.is_redaction_marker() {
+                return Ok((name, v));
+            }
+            match stored.get(&name) {
+                Some(kept) if kept.is_secret() => Ok((name, kept.clone())),
+                _ => Err(FieldError::new(
+                    &format!("{field}.{name}"),
+                    format!("{REDACTED:?} keeps a stored secret, and this task has none of this name; send the value"),
+                )),
+            }
+        })
+        .collect()
+}
+
 impl TaskField {
     /// Parses one JSON member of a create or update body. Unknown keys are rejected so a
     /// misspelt field is not silently dropped.
@@ -283,11 +345,11 @@ impl TaskField {
             ),
             "command" => F::Command(typed(key, value)?),
             "working_directory" => F::WorkingDirectory(typed(key, value)?),
-            "environment" => F::Environment(typed::<Option<_>>(key, value)?.unwrap_or_default()),
+            "environment" => F::Environment(parse_values(key, value)?),
             // An empty string is no value (forms send one for fields they do not use).
             "url" => F::Url(non_empty(typed(key, value)?).map(|u| check_url(&u).map(|()| u)).transpose()?),
             "method" => F::Method(non_empty(typed(key, value)?).map(|m| check_method(&m).map(|()| m)).transpose()?),
-            "headers" => F::Headers(typed::<Option<_>>(key, value)?.unwrap_or_default()),
+            "headers" => F::Headers(parse_values(key, value)?),
             "body" => F::Body(typed(key, value)?),
             "expected_status" => F::ExpectedStatus(
                 typed::<Option<u16>>(key, value)?.map(|s| check_expected_status(s).map(|()| s)).transpose()?,
@@ -325,6 +387,19 @@ impl TaskField {
         map.into_iter().map(|(k, v)| TaskField::parse(&k, v)).collect()
     }
 
+    /// Merges this field of an update into a stored task's spec: as [`Self::apply_to`],
+    /// except that a secret sent back as [`REDACTED`] keeps the stored one, and is refused
+    /// when there is none to keep.
+    pub fn merge_into(self, spec: &mut TaskSpec) -> Result<(), FieldError> {
+        match self {
+            TaskField::Environment(v) => spec.environment = keep_stored_secrets("environment", v, &spec.environment)?,
+            TaskField::Headers(v) => spec.headers = keep_stored_secrets("headers", v, &spec.headers)?,
+            other => other.apply_to(spec),
+        }
+        Ok(())
+    }
+
+    /// Sets this field on a spec, as written (a create, or a default spec).
     pub fn apply_to(self, spec: &mut TaskSpec) {
         use TaskField as F;
         match self {
@@ -405,6 +480,22 @@ impl TaskSpec {
         Ok(spec)
     }
 
+    /// Replaces every secret value by [`REDACTED`], as the API shows a task.
+    pub fn redact(&mut self) {
+        for v in self.environment.values_mut().chain(self.headers.values_mut()) {
+            if v.is_secret() {
+                *v = v.redacted();
+            }
+        }
+    }
+
+    /// This spec as the API shows it: every secret value [`REDACTED`].
+    pub fn redacted(&self) -> TaskSpec {
+        let mut spec = self.clone();
+        spec.redact();
+        spec
+    }
+
     /// What the executor needs: a non-blank `command` for shell and python, a `url` for
     /// http. Apart from [`Self::validate`] because an update that leaves it unmet is a
     /// conflict with the stored task (409), not a malformed request.
@@ -480,6 +571,21 @@ impl TaskSpec {
                 return Err(FieldError::new(field, format!("more than {MAX_ITEMS} entries")));
             }
         }
+        for (field, values, headers) in [("environment", &self.environment, false), ("headers", &self.headers, true)] {
+            for (name, value) in values.iter() {
+                check_value(field, name, value.value(), headers)?;
+            }
+        }
+        // The marker stands for a stored secret (an update replaces it by that secret before
+        // this check): as a value it would be indistinguishable from a redacted one.
+        for (field, values) in [("environment", &self.environment), ("headers", &self.headers)] {
+            if let Some((name, _)) = values.iter().find(|(_, v)| v.is_redaction_marker()) {
+                return Err(FieldError::new(
+                    &format!("{field}.{name}"),
+                    format!("{REDACTED:?} is the redaction marker, not a secret's value"),
+                ));
+            }
+        }
         if self.tags.iter().any(|t| t.trim().is_empty() || t.chars().count() > 64 || t.chars().any(char::is_control)) {
             return Err(FieldError::new(
                 "tags",
@@ -493,6 +599,33 @@ impl TaskSpec {
     }
 }
 
+/// One entry of `environment` or `headers`: a name and value a process or a request can
+/// carry. The reason never quotes the value (it may be a secret).
+fn check_value(field: &str, name: &str, value: &str, header: bool) -> Result<(), FieldError> {
+    let shown: String = name.chars().take(40).collect();
+    let bad = |why: String| Err(FieldError::new(&format!("{field}.{shown}"), why));
+    let name_ok = match header {
+        true => name.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+.^_`|~-".contains(c)),
+        false => !name.contains(['=', '\0']),
+    };
+    if name.is_empty() || name.chars().count() > MAX_VALUE_NAME_LEN || !name_ok {
+        let what = if header { "an HTTP token" } else { "without '=' or NUL" };
+        return bad(format!("the name must be 1 to {MAX_VALUE_NAME_LEN} characters, {what}"));
+    }
+    if value.chars().count() > MAX_VALUE_LEN {
+        return bad(format!("the value is longer than {MAX_VALUE_LEN} characters"));
+    }
+    let value_ok = match header {
+        true => value.chars().all(|c| c == '\t' || (' '..='~').contains(&c)),
+        false => !value.contains('\0'),
+    };
+    if !value_ok {
+        let what = if header { "a character other than visible ASCII, space and tab" } else { "a NUL" };
+        return bad(format!("the value contains {what}"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -501,6 +634,29 @@ mod tests {
 
     fn spec(body: Value) -> Result<TaskSpec, FieldError> {
         TaskSpec::from_fields(TaskField::parse_object(body)?, "UTC")
+    }
+
+    #[test]
+    fn environment_and_header_entries_a_process_or_request_cannot_carry_are_refused_by_name() {
+        let long = "x".repeat(MAX_VALUE_LEN + 1);
+        let cases = [
+            (json!({"executor": "shell", "command": "env", "environment": {"A=B": "1"}}), "environment.A=B"),
+            (json!({"executor": "shell", "command": "env", "environment": {"": "1"}}), "environment."),
+            (json!({"executor": "shell", "command": "env", "environment": {"A": "a\0b"}}), "environment.A"),
+            (
+                json!({"executor": "shell", "command": "env", "environment": {"A": {"value": long, "secret": true}}}),
+                "environment.A",
+            ),
+            (json!({"executor": "http", "url": "http://x.test/", "headers": {"X Y": "1"}}), "headers.X Y"),
+            (json!({"executor": "http", "url": "http://x.test/", "headers": {"X": "a\r\nInjected: 1"}}), "headers.X"),
+        ];
+        for (mut body, field) in cases {
+            body["name"] = json!("t");
+            let err = spec(body.clone()).unwrap_err();
+            assert_eq!(err.field, field, "{body}: {err:?}");
+        }
+        let ok = json!({"name": "t", "executor": "http", "url": "http://x.test/", "headers": {"X-A": "tab\tok ~"}});
+        assert!(spec(ok).is_ok());
     }
 
     #[test]
@@ -540,11 +696,122 @@ mod tests {
     fn bincode_round_trip_of_a_full_spec() {
         let s = spec(json!({
             "name": "hook", "executor": "http", "url": "https://example.com/x", "method": "POST",
-            "headers": {"Content-Type": "application/json"}, "body": "{}", "tags": ["a"]
+            "headers": {
+                "Content-Type": "application/json",
+                "Authorization": {"value": "Bearer hunter2", "secret": true},
+            },
+            "environment": {"MODE": "prod", "DB_PASS": {"value": "hunter2", "secret": true}},
+            "body": "{}", "tags": ["a"]
         }))
         .unwrap();
-        let bytes = bincode::serde::encode_to_vec(&s, bincode::config::standard()).unwrap();
-        let (back, _): (TaskSpec, _) = bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
-        assert_eq!(back, s);
+        // As the log, snapshots and the state machine store it: secrets as written.
+        let bytes = crate::storage::encode(&s).unwrap();
+        assert_eq!(crate::storage::decode::<TaskSpec>(&bytes).unwrap(), s);
+        let update = TaskField::Environment(s.environment.clone());
+        let bytes = crate::storage::encode(&update).unwrap();
+        assert_eq!(crate::storage::decode::<TaskField>(&bytes).unwrap(), update);
+    }
+
+    fn with_secrets() -> TaskSpec {
+        spec(json!({
+            "name": "hook", "executor": "http", "url": "https://example.com/x",
+            "environment": {
+                "MODE": "prod",
+                "DB_PASS": {"value": "hunter2", "secret": true},
+                "LEVEL": {"value": "3", "secret": false},
+            },
+            "headers": {"Authorization": {"value": "Bearer hunter2", "secret": true}, "Accept": "text/plain"},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn secrets_are_written_in_either_form_and_every_view_redacts_them() {
+        let s = with_secrets();
+        assert_eq!(s.environment["MODE"], EnvValue::Plain("prod".into()));
+        assert_eq!(s.environment["DB_PASS"], EnvValue::Secret("hunter2".into()));
+        assert_eq!(s.environment["LEVEL"], EnvValue::Plain("3".into()));
+        assert_eq!(s.headers["Authorization"], EnvValue::Secret("Bearer hunter2".into()));
+
+        let created = chrono::TimeZone::timestamp_opt(&Utc, 0, 0).unwrap();
+        let view = serde_json::to_value(TaskView::new(Task::new(1, s.clone(), created), None)).unwrap();
+        let redacted = json!({"MODE": "prod", "DB_PASS": {"value": "***", "secret": true}, "LEVEL": "3"});
+        assert_eq!(view["environment"], redacted);
+        assert_eq!(view["headers"], json!({"Authorization": {"value": "***", "secret": true}, "Accept": "text/plain"}));
+        assert!(!view.to_string().contains("hunter2"), "{view}");
+        assert_eq!(serde_json::to_value(s.redacted()).unwrap()["environment"], view["environment"]);
+
+        // The spec itself (what the worker holding a run is sent) carries the values, and
+        // reads back as it was.
+        let sent = serde_json::to_value(&s).unwrap();
+        assert_eq!(sent["environment"]["DB_PASS"], json!({"value": "hunter2", "secret": true}));
+        assert_eq!(sent["environment"]["MODE"], json!("prod"));
+        assert_eq!(serde_json::from_value::<TaskSpec>(sent).unwrap(), s);
+    }
+
+    #[test]
+    fn malformed_values_are_refused_naming_the_entry_never_quoting_it() {
+        let shell = |env: Value| json!({"name": "a", "executor": "shell", "command": "x", "environment": env});
+        let cases = [
+            (shell(json!({"DB_PASS": {"value": "hunter2", "secret": true, "rotate": true}})), "environment.DB_PASS"),
+            (shell(json!({"DB_PASS": {"secret": true}})), "environment.DB_PASS"),
+            (shell(json!({"DB_PASS": {"value": "hunter2", "secret": "yes"}})), "environment.DB_PASS"),
+            (shell(json!({"DB_PASS": {"value": 7, "secret": true}})), "environment.DB_PASS"),
+            (shell(json!({"DB_PASS": 7})), "environment.DB_PASS"),
+            (shell(json!(["DB_PASS"])), "environment"),
+            // The redaction marker is no secret's value.
+            (shell(json!({"DB_PASS": {"value": "***", "secret": true}})), "environment.DB_PASS"),
+            (
+                json!({"name": "a", "executor": "http", "url": "https://example.com",
+                       "headers": {"X-Token": {"value": "hunter2", "sekret": true}}}),
+                "headers.X-Token",
+            ),
+        ];
+        for (body, field) in cases {
+            let err = spec(body.clone()).unwrap_err();
+            assert_eq!(err.field, field, "{body}: {err}");
+            assert!(!err.to_string().contains("hunter2"), "{body}: {err}");
+        }
+        // A plain "***" is an ordinary value.
+        assert_eq!(spec(shell(json!({"STARS": "***"}))).unwrap().environment["STARS"], EnvValue::Plain("***".into()));
+        assert!(spec(shell(json!(null))).unwrap().environment.is_empty());
+    }
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let s = with_secrets();
+        let update = TaskField::parse_object(json!({"headers": {"X-Token": {"value": "hunter2", "secret": true}}}));
+        let command = crate::raft::Command::CreateTask { spec: Box::new(s.clone()) };
+        for shown in [format!("{s:?}"), format!("{update:?}"), format!("{command:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("***"), "{shown}");
+        }
+        assert!(format!("{s:?}").contains("\"prod\""), "plain values stay readable");
+    }
+
+    #[test]
+    fn an_update_sent_back_redacted_keeps_the_stored_secret() {
+        let mut stored = with_secrets();
+        // What a client read, written back with one plain value changed.
+        let mut environment = serde_json::to_value(&stored.redacted().environment).unwrap();
+        environment["MODE"] = json!("staging");
+        for f in TaskField::parse_object(json!({"environment": environment})).unwrap() {
+            f.merge_into(&mut stored).unwrap();
+        }
+        assert_eq!(stored.environment["DB_PASS"], EnvValue::Secret("hunter2".into()));
+        assert_eq!(stored.environment["MODE"], EnvValue::Plain("staging".into()));
+        stored.validate().unwrap();
+        // Nothing to keep: no such name, or a plain value of that name.
+        for name in ["OTHER", "MODE"] {
+            let written = json!({"environment": {name: {"value": "***", "secret": true}}});
+            let f = TaskField::parse_object(written).unwrap().remove(0);
+            let err = f.merge_into(&mut stored).unwrap_err();
+            assert_eq!(err.field, format!("environment.{name}"));
+        }
+        assert_eq!(stored.environment["MODE"], EnvValue::Plain("staging".into()), "a refused merge changes nothing");
+        // A header is kept the same way.
+        let f = TaskField::Headers(BTreeMap::from([("Authorization".to_string(), EnvValue::Secret(REDACTED.into()))]));
+        f.merge_into(&mut stored).unwrap();
+        assert_eq!(stored.headers["Authorization"], EnvValue::Secret("Bearer hunter2".into()));
     }
 }

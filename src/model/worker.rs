@@ -102,6 +102,16 @@ pub struct WorkerUpdate {
     pub enabled: Option<bool>,
 }
 
+/// Whether a `worker`-role credential named `name` may act for worker `id`: its own id,
+/// or, for a name ending in `*` (a pool key, e.g. `raftcron-worker-*` for the pods of a
+/// Kubernetes Deployment), any id that starts with what precedes the `*`.
+pub fn acts_for(name: &str, id: &str) -> bool {
+    match name.strip_suffix('*') {
+        Some(prefix) => !prefix.is_empty() && id.starts_with(prefix),
+        None => name == id,
+    }
+}
+
 /// Checks a worker id: 1–64 characters of `[A-Za-z0-9._-]`.
 pub fn validate_worker_id(id: &str) -> Result<(), FieldError> {
     if id.is_empty() || id.len() > MAX_WORKER_ID {
@@ -125,4 +135,16 @@ pub fn validate_tags(tags: &[String]) -> Result<(), FieldError> {
         return Err(FieldError::new("tags", "at most 64 tags of 1 to 64 characters each"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod acts_for_tests {
+    use super::acts_for;
+
+    #[test]
+    fn a_pool_name_covers_the_ids_with_its_prefix_and_a_plain_name_only_itself() {
+        assert!(acts_for("w-1", "w-1") && !acts_for("w-1", "w-10"));
+        assert!(acts_for("pool-*", "pool-7") && acts_for("pool-*", "pool-"));
+        assert!(!acts_for("pool-*", "pool") && !acts_for("pool-*", "other-7") && !acts_for("*", "anything"));
+    }
 }

@@ -12,8 +12,10 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::config::Role;
 use crate::model::{
-    FieldError, Liveness, Run, RunAttempt, RunStatus, Task, TaskField, TaskSpec, TaskStatus, Worker, WorkerUpdate,
+    FieldError, Liveness, Principal, Run, RunAttempt, RunStatus, Task, TaskField, TaskSpec, TaskStatus, Worker,
+    WorkerUpdate,
 };
 
 /// One log entry's application data.
@@ -279,6 +281,50 @@ impl Response {
     }
     pub fn rejected(r: Rejection) -> Self {
         Response { result: Err(r) }
+    }
+}
+
+impl Command {
+    /// Whether `who` may ask for this command. The node that takes a client's request
+    /// checks it before proposing or forwarding, and the leader checks it again for a
+    /// forwarded write. This mirrors `api::access` (which answers the client first, with
+    /// the route's rule); commands the leader makes for itself are never a client's.
+    pub fn authorize(&self, who: &Principal) -> Result<(), String> {
+        let need = |role: Role| match who.role.covers(role) {
+            true => Ok(()),
+            false => Err(format!("{} ({:?}) may not {}", who.name, who.role, self.describe())),
+        };
+        let own_worker = |id: &str| match who.role {
+            Role::Admin => Ok(()),
+            Role::Worker if crate::model::worker::acts_for(&who.name, id) => Ok(()),
+            _ => Err(format!("{} ({:?}) may not act for worker {id}", who.name, who.role)),
+        };
+        match self {
+            Command::CreateTask { .. }
+            | Command::UpdateTask { .. }
+            | Command::DeleteTask { .. }
+            | Command::UpdateWorker { .. } => need(Role::Admin),
+            // Resuming a disabled task is an admin's (the node sets `may_enable` for one).
+            Command::SetTaskStatus { may_enable: true, .. } => need(Role::Admin),
+            Command::SetTaskStatus { .. } | Command::TriggerRun { .. } | Command::CancelRun { .. } => {
+                need(Role::Operator)
+            }
+            Command::RegisterWorker { id, .. } => own_worker(id),
+            Command::ReportRun { worker_id, .. } => own_worker(worker_id),
+            Command::InitCluster { .. }
+            | Command::Fire { .. }
+            | Command::SetWorkerLiveness { .. }
+            | Command::AssignRuns { .. }
+            | Command::ExpireRun { .. }
+            | Command::MarkReplicated { .. } => {
+                Err(format!("{} is proposed by the leader itself, never on a client's behalf", self.describe()))
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        let req = Request { issued_at: DateTime::<Utc>::MIN_UTC, idempotency: None, command: self.clone() };
+        req.to_string()
     }
 }
 

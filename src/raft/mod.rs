@@ -53,7 +53,8 @@ pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>;
 /// and pending deadlines, the placement queue by class of tags, the backoff and deadline
 /// indexes, run counts kept by the storage layer, `next_run_at` no longer stored (computed
 /// on read), idempotency keys that say whether they are a client's, a worker's admin caps
-/// kept apart from its registration. Format 2 was settled
+/// kept apart from its registration, task `environment` and `headers` values that may be
+/// secret (`model::EnvValue`, a tagged enum, plain values included). Format 2 was settled
 /// with the release that ships it; the commits between carry no compatibility promise. A node meets a data dir, entry, snapshot or
 /// message of another version with an error naming both versions; there is no in-place
 /// migration (see ARCHITECTURE.md, "Formats").

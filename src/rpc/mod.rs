@@ -2,20 +2,22 @@
 //! protocol messages, and the calls a follower makes on the leader on a client's behalf
 //! (forwarded writes, read-index, membership changes), plus per-node status.
 //!
-//! Every call carries a [`Header`]: the format version, the sender's cluster id and the
-//! cluster secret's hash. A receiver refuses a call whose version it does not speak, whose
-//! cluster differs from its own, or whose secret is wrong — before decoding anything else
-//! into its state.
+//! A connection is admitted by [`transport`] (mutual TLS and/or a challenge-response on
+//! the cluster secret) before a single frame is read. Every call then carries a
+//! [`Header`]: the format version, the sender's node id and cluster id. A receiver refuses
+//! a call whose version it does not speak or whose cluster differs from its own — before
+//! decoding anything else into its state.
 
 mod network;
 mod server;
+pub mod transport;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
     VoteRequest, VoteResponse,
@@ -29,8 +31,9 @@ use tokio::sync::Mutex;
 
 pub use network::NetworkFactory;
 pub use server::RpcServer;
+pub use transport::Security;
 
-use crate::model::{HeartbeatAck, HeartbeatBody, Seen};
+use crate::model::{HeartbeatAck, HeartbeatBody, Principal, Seen};
 use crate::raft::{NodeId, NodeInfo, Request, Response, SnapshotMeta, TypeConfig, Vote, FORMAT_VERSION};
 use crate::storage::Store;
 
@@ -48,14 +51,12 @@ pub struct Header {
     pub format: u8,
     pub from: NodeId,
     pub cluster_id: Option<String>,
-    /// Hex SHA-256 of the cluster secret (empty when no secret is configured).
-    pub secret: String,
 }
 
 /// Why a call did not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum RpcFailure {
-    /// Wrong format version, cluster or secret. Not retried.
+    /// Wrong format version or cluster, or a caller not allowed the command. Not retried.
     #[error("refused: {0}")]
     Refused(String),
     /// The receiver is not the leader; the write was not proposed.
@@ -67,6 +68,9 @@ pub enum RpcFailure {
     /// The write may or may not have been applied.
     #[error("outcome unknown: {0}")]
     Indeterminate(String),
+    /// The caller's role does not allow the command (checked again by the leader).
+    #[error("{0}")]
+    Forbidden(String),
     /// The request itself is wrong (e.g. removing the last voter).
     #[error("{0}")]
     Invalid(String),
@@ -146,8 +150,9 @@ pub trait ClusterService {
         hdr: Header,
         req: TransferLeaderRequest<TypeConfig>,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RpcFailure>;
-    /// Proposes a client write on the leader and returns what applying it produced.
-    async fn forward_write(hdr: Header, req: Request) -> Result<Response, RpcFailure>;
+    /// Proposes a client write on the leader and returns what applying it produced. The
+    /// leader checks `who` may ask for the command before proposing it.
+    async fn forward_write(hdr: Header, who: Principal, req: Request) -> Result<Response, RpcFailure>;
     /// The leader confirms its leadership with a quorum and returns the index a follower
     /// must have applied before serving a linearizable read.
     async fn read_index(hdr: Header) -> Result<u64, RpcFailure>;
@@ -175,17 +180,11 @@ pub trait ClusterService {
 pub struct Identity {
     pub id: NodeId,
     pub store: Store,
-    pub secret_hash: String,
 }
 
 impl Identity {
     pub fn header(&self) -> Header {
-        Header {
-            format: FORMAT_VERSION,
-            from: self.id,
-            cluster_id: self.store.cluster_id().ok().flatten(),
-            secret: self.secret_hash.clone(),
-        }
+        Header { format: FORMAT_VERSION, from: self.id, cluster_id: self.store.cluster_id().ok().flatten() }
     }
 
     pub fn check(&self, hdr: &Header) -> Result<(), RpcFailure> {
@@ -194,9 +193,6 @@ impl Identity {
                 "node {} speaks format {}, this node speaks {FORMAT_VERSION}",
                 hdr.from, hdr.format
             )));
-        }
-        if hdr.secret != self.secret_hash {
-            return Err(RpcFailure::Refused(format!("node {} presented a wrong cluster secret", hdr.from)));
         }
         let ours = self.store.cluster_id().map_err(|e| RpcFailure::Unavailable(e.to_string()))?;
         if let (Some(theirs), Some(ours)) = (&hdr.cluster_id, &ours) {
@@ -214,14 +210,25 @@ impl Identity {
 /// Cached tarpc clients, one connection per peer address. A connection leaves the cache
 /// as soon as it dies, so a call rarely meets a connection that was already dead — which
 /// matters because a failure on a live-looking connection must count as "maybe sent".
-#[derive(Clone, Default)]
+/// A dial (TCP, then the transport's handshake) runs in a task of its own that every call
+/// needing that peer waits on, so a call that gives up early (a heartbeat's short
+/// deadline) does not throw away a handshake a slow link needs more time for.
+#[derive(Clone)]
 pub struct PeerClients {
-    clients: Arc<Mutex<BTreeMap<String, (u64, ClusterServiceClient)>>>,
+    security: Security,
+    clients: Arc<Mutex<BTreeMap<String, Cached>>>,
+    dials: Arc<Mutex<BTreeMap<String, SharedDial>>>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// A live connection: its serial (so a dead one removes only itself), the node it reaches,
+/// the client.
+type Cached = (u64, NodeId, ClusterServiceClient);
+type SharedDial =
+    futures::future::Shared<futures::future::BoxFuture<'static, Result<ClusterServiceClient, ConnectError>>>;
+
 /// Why a peer could not be reached at all (nothing was sent).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot connect to {addr}: {reason}")]
 pub struct ConnectError {
     pub addr: String,
@@ -229,16 +236,51 @@ pub struct ConnectError {
 }
 
 impl PeerClients {
-    pub async fn get(&self, addr: &str) -> Result<ClusterServiceClient, ConnectError> {
-        if let Some((_, c)) = self.clients.lock().await.get(addr) {
-            return Ok(c.clone());
+    pub fn new(security: Security) -> Self {
+        PeerClients { security, clients: Default::default(), dials: Default::default(), next_id: Default::default() }
+    }
+
+    /// A client for node `id` at `addr`.
+    pub async fn get(&self, id: NodeId, addr: &str) -> Result<ClusterServiceClient, ConnectError> {
+        if let Some((_, node, c)) = self.clients.lock().await.get(addr) {
+            if *node == id {
+                return Ok(c.clone());
+            }
         }
+        let dial = {
+            let mut dials = self.dials.lock().await;
+            dials
+                .entry(addr.to_string())
+                .or_insert_with(|| {
+                    let (this, addr, failed_addr) = (self.clone(), addr.to_string(), addr.to_string());
+                    let task = tokio::spawn(async move {
+                        let result = this.dial(id, &addr).await;
+                        this.dials.lock().await.remove(&addr);
+                        result
+                    });
+                    task.map(move |joined| {
+                        let reason = |e: tokio::task::JoinError| format!("dial task failed: {e}");
+                        joined.unwrap_or_else(|e| Err(ConnectError { addr: failed_addr, reason: reason(e) }))
+                    })
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        dial.await
+    }
+
+    async fn dial(&self, node: NodeId, addr: &str) -> Result<ClusterServiceClient, ConnectError> {
         let err = |reason: String| ConnectError { addr: addr.to_string(), reason };
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| err("timed out".into()))?
             .map_err(|e| err(e.to_string()))?;
         stream.set_nodelay(true).ok();
+        let stream = tokio::time::timeout(transport::DIAL_HANDSHAKE_TIMEOUT, self.security.connect(stream, node, addr))
+            .await
+            .map_err(|_| err("handshake timed out".into()))?
+            .map_err(|e| err(format!("handshake: {e}")))?;
         let framed = codec().new_framed(stream);
         let transport = serde_transport::new(framed, Bincode::default());
         let tarpc::client::NewClient { client, dispatch } =
@@ -249,11 +291,11 @@ impl PeerClients {
         tokio::spawn(async move {
             let _ = dispatch.await;
             let mut map = clients.lock().await;
-            if map.get(&key).is_some_and(|(cur, _)| *cur == id) {
+            if map.get(&key).is_some_and(|(cur, _, _)| *cur == id) {
                 map.remove(&key);
             }
         });
-        self.clients.lock().await.insert(addr.to_string(), (id, client.clone()));
+        self.clients.lock().await.insert(addr.to_string(), (id, node, client.clone()));
         Ok(client)
     }
 
@@ -283,14 +325,19 @@ pub fn context(timeout: Duration) -> tarpc::context::Context {
 }
 
 /// Serves the cluster RPC on an already-bound listener until the returned future is
-/// dropped. Each connection runs inside this future, so dropping it ends them all.
-pub async fn serve(listener: TcpListener, server: RpcServer) {
+/// dropped. Each connection runs inside this future, so dropping it ends them all. At most
+/// [`transport::MAX_CONNECTIONS`] authenticated connections at once; each must finish its
+/// handshake within [`transport::HANDSHAKE_TIMEOUT`], holding one of the few handshake
+/// slots meanwhile, before its first frame is read.
+pub async fn serve(listener: TcpListener, server: RpcServer, security: Security) {
     use tarpc::server::{BaseChannel, Channel};
     let mut connections = tokio::task::JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(transport::MAX_CONNECTIONS));
+    let handshakes = transport::HandshakeSlots::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _peer): (TcpStream, SocketAddr) = match accepted {
+                let (stream, peer): (TcpStream, SocketAddr) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         tracing::warn!(error = %e, "rpc accept failed");
@@ -298,10 +345,38 @@ pub async fn serve(listener: TcpListener, server: RpcServer) {
                         continue;
                     }
                 };
+                let Some(handshake) = handshakes.take(peer.ip()) else {
+                    server.refused("handshake cap");
+                    tracing::debug!(%peer, "rpc connection refused: too many handshakes open");
+                    continue;
+                };
                 stream.set_nodelay(true).ok();
-                let transport = serde_transport::new(codec().new_framed(stream), Bincode::default());
-                let server = server.clone();
+                let (server, security, slots) = (server.clone(), security.clone(), slots.clone());
                 connections.spawn(async move {
+                    let stream = match tokio::time::timeout(transport::HANDSHAKE_TIMEOUT, security.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            server.refused(match e {
+                                transport::HandshakeError::WrongSecret => "secret",
+                                transport::HandshakeError::Tls(_) => "tls",
+                                _ => "protocol",
+                            });
+                            tracing::warn!(%peer, error = %e, "rpc connection refused");
+                            return;
+                        }
+                        Err(_) => {
+                            server.refused("timeout");
+                            tracing::debug!(%peer, "rpc connection refused: no handshake within {:?}", transport::HANDSHAKE_TIMEOUT);
+                            return;
+                        }
+                    };
+                    drop(handshake);
+                    let Ok(_slot) = slots.try_acquire_owned() else {
+                        server.refused("connection cap");
+                        tracing::warn!(%peer, limit = transport::MAX_CONNECTIONS, "rpc connection refused: at the connection cap");
+                        return;
+                    };
+                    let transport = serde_transport::new(codec().new_framed(stream), Bincode::default());
                     BaseChannel::with_defaults(transport)
                         .execute(server.serve())
                         .for_each_concurrent(None, |response| response)
@@ -317,31 +392,27 @@ pub async fn serve(listener: TcpListener, server: RpcServer) {
 mod tests {
     use super::*;
 
-    fn identity(dir: &std::path::Path, secret: &str, cluster: Option<&str>) -> Identity {
+    fn identity(dir: &std::path::Path, cluster: Option<&str>) -> Identity {
         let store = Store::new(crate::storage::open_db(dir).unwrap());
         if let Some(id) = cluster {
             let mut tx = crate::storage::Tx::new(&store);
             tx.put_meta("cluster_id", &id.to_string()).unwrap();
             tx.commit().unwrap();
         }
-        Identity { id: 1, store, secret_hash: secret.into() }
+        Identity { id: 1, store }
     }
 
     #[test]
-    fn refuses_another_cluster_a_wrong_secret_and_an_unknown_format() {
+    fn refuses_another_cluster_and_an_unknown_format() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let ours = identity(a.path(), "s", Some("cluster-a"));
-        let theirs = identity(b.path(), "s", Some("cluster-b"));
+        let ours = identity(a.path(), Some("cluster-a"));
+        let theirs = identity(b.path(), Some("cluster-b"));
         assert!(matches!(ours.check(&theirs.header()), Err(RpcFailure::Refused(m)) if m.contains("cluster-b")));
 
         let fresh_dir = tempfile::tempdir().unwrap();
-        let fresh = identity(fresh_dir.path(), "s", None);
+        let fresh = identity(fresh_dir.path(), None);
         assert!(ours.check(&fresh.header()).is_ok(), "a node that has not joined yet is accepted");
         assert!(fresh.check(&ours.header()).is_ok());
-
-        let mut wrong_secret = fresh.header();
-        wrong_secret.secret = "other".into();
-        assert!(matches!(ours.check(&wrong_secret), Err(RpcFailure::Refused(m)) if m.contains("secret")));
 
         let mut newer = fresh.header();
         newer.format = FORMAT_VERSION + 1;

@@ -68,7 +68,7 @@ impl From<CallError> for StreamingError<TypeConfig> {
 
 impl PeerNetwork {
     async fn client(&self) -> Result<ClusterServiceClient, CallError> {
-        self.peers.get(&self.addr).await.map_err(|e| CallError::Unreachable(e.to_string()))
+        self.peers.get(self.target, &self.addr).await.map_err(|e| CallError::Unreachable(e.to_string()))
     }
 
     /// Maps a finished call: transport errors drop the cached connection; a refusal (wrong

@@ -10,7 +10,7 @@ use openraft::raft::{
 use tarpc::context::Context;
 
 use super::{ClusterService, Header, MembershipOp, NodeStatus, RpcFailure, SnapshotChunk};
-use crate::model::{HeartbeatAck, HeartbeatBody, Seen};
+use crate::model::{HeartbeatAck, HeartbeatBody, Principal, Seen};
 use crate::node::NodeCore;
 use crate::raft::{NodeId, Request, Response, Snapshot, TypeConfig};
 use crate::scheduler::workers;
@@ -23,6 +23,11 @@ pub struct RpcServer {
 impl RpcServer {
     pub fn new(core: Arc<NodeCore>) -> Self {
         RpcServer { core }
+    }
+
+    /// Counts a connection refused before its first frame.
+    pub fn refused(&self, reason: &str) {
+        self.core.metrics.rpc_refused.with_label_values(&[reason]).inc();
     }
 
     /// The check for Raft protocol messages: a quarantined node (empty data dir, but the
@@ -119,8 +124,15 @@ impl ClusterService for RpcServer {
         self.core.raft.handle_transfer_leader(req).await.map_err(unavailable)
     }
 
-    async fn forward_write(self, _: Context, hdr: Header, req: Request) -> Result<Response, RpcFailure> {
+    async fn forward_write(
+        self,
+        _: Context,
+        hdr: Header,
+        who: Principal,
+        req: Request,
+    ) -> Result<Response, RpcFailure> {
         self.core.identity.check(&hdr)?;
+        req.command.authorize(&who).map_err(RpcFailure::Forbidden)?;
         self.core.propose_local(req).await
     }
 

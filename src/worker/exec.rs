@@ -146,7 +146,8 @@ pub fn job_environment(
             env.push((name.to_string(), v));
         }
     }
-    env.extend(spec.environment.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // Secrets as written: the job is the one place they are meant for.
+    env.extend(spec.environment.iter().map(|(k, v)| (k.clone(), v.value().to_string())));
     env.push(("RAFTCRON_RUN_ID".into(), job.run_id.to_string()));
     env.push(("RAFTCRON_TASK_ID".into(), job.task_id.to_string()));
     env.push(("RAFTCRON_ATTEMPT".into(), job.attempt.to_string()));
@@ -467,13 +468,37 @@ pub async fn run_http(spec: &TaskSpec, mut stop: watch::Receiver<Option<Stop>>) 
         Ok(m) => m,
         Err(_) => return Ok(Finished::failed(format!("invalid HTTP method {method:?}"), started)),
     };
-    let client = match reqwest::Client::builder().timeout(timeout).build() {
+    let mut builder = reqwest::Client::builder().timeout(timeout);
+    if spec.headers.values().any(|v| v.is_secret()) {
+        // A secret header must reach only the origin the task names: reqwest strips just
+        // Authorization and Cookie on a redirect elsewhere, so a redirect to another
+        // scheme, host or port is not followed (the 3xx is the response).
+        builder = builder.redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let origin = |u: &reqwest::Url| {
+                (u.scheme().to_string(), u.host_str().map(str::to_string), u.port_or_known_default())
+            };
+            let same = attempt.previous().first().is_some_and(|first| origin(first) == origin(attempt.url()));
+            if !same {
+                attempt.stop()
+            } else if attempt.previous().len() >= 10 {
+                attempt.error("more than 10 redirects")
+            } else {
+                attempt.follow()
+            }
+        }));
+    }
+    let client = match builder.build() {
         Ok(c) => c,
         Err(e) => return Ok(Finished::failed(format!("cannot build an HTTP client: {e}"), started)),
     };
     let mut req = client.request(method, url);
-    for (k, v) in &spec.headers {
-        req = req.header(k, v);
+    for (name, value) in &spec.headers {
+        let Ok(mut header) = reqwest::header::HeaderValue::from_str(value.value()) else {
+            return Ok(Finished::failed(format!("header {name:?}: not a valid HTTP header value"), started));
+        };
+        // A secret stays out of the client's debug output and HTTP/2 header compression.
+        header.set_sensitive(value.is_secret());
+        req = req.header(name, header);
     }
     if let Some(body) = &spec.body {
         req = req.body(body.clone());
@@ -617,6 +642,15 @@ mod tests {
                 ("RAFTCRON_WORKER_ID", "w-1"),
             ])
         );
+    }
+
+    /// Views redact a secret; the job gets it as written.
+    #[test]
+    fn a_job_gets_its_tasks_secrets_as_written() {
+        let spec = shell(json!({"DB_PASS": {"value": "hunter2", "secret": true}, "MODE": "prod"}));
+        let env = job_environment(&spec, &job(), None, |_| None);
+        assert!(env.contains(&("DB_PASS".into(), "hunter2".into())), "{env:?}");
+        assert!(env.contains(&("MODE".into(), "prod".into())), "{env:?}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -60,6 +61,9 @@ pub struct AgentConfig {
     /// Where the agent keeps its run records and undelivered reports (see [`records`]);
     /// `None` keeps nothing, so a crash of this agent can leave a finished run unreported.
     pub state_dir: Option<PathBuf>,
+    /// A PEM file of the CA that issued the nodes' HTTPS certificates, trusted beside the
+    /// built-in roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -78,8 +82,24 @@ impl AgentConfig {
             run_as: None,
             shim: None,
             state_dir: None,
+            ca_file: None,
         }
     }
+}
+
+/// An HTTP client builder that also trusts the CA in `ca_file` (PEM), for a cluster whose
+/// API certificates a private CA issued (`raftcron certs init`).
+pub fn trusting(
+    builder: reqwest::ClientBuilder,
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<reqwest::ClientBuilder> {
+    let Some(path) = ca_file else { return Ok(builder) };
+    let pem = std::fs::read(path).with_context(|| format!("--ca-file {}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| format!("--ca-file {}", path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("--ca-file {}: holds no PEM certificate", path.display());
+    }
+    Ok(certs.into_iter().fold(builder, |b, c| b.add_root_certificate(c)))
 }
 
 /// Makes this process non-dumpable: no core dumps, and `/proc/<pid>/environ`, `mem` and
@@ -132,7 +152,9 @@ pub struct RunningAgent {
 /// Starts the agent: in the background it registers (retrying until the cluster
 /// answers), then heartbeats and polls until shut down.
 pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
-    let http = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30)).build()?;
+    let http =
+        trusting(reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30)), config.ca_file.as_deref())?
+            .build()?;
     let run_as = config.run_as.as_deref().map(exec::RunAs::lookup).transpose().map_err(anyhow::Error::msg)?;
     let shim = match &config.shim {
         Some(path) => path.clone(),

@@ -179,12 +179,15 @@ async fn the_lease_runs_from_the_send_time_and_a_timer_ends_it() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("pid");
     let mut fake = Fake::new(format!("echo $$ > {}; exec sleep 30", pidfile.display()));
-    (fake.register_delay, fake.lease_ms) = (Duration::from_secs(2), 2500);
+    // The lease ends 2 s after the answer arrives if it runs from the send, 4 s after if
+    // it runs from the arrival; the job gets those 2 s to start (0.5 s was too few on a
+    // loaded machine: the job never started).
+    (fake.register_delay, fake.lease_ms) = (Duration::from_secs(2), 4000);
     let fake = Arc::new(fake);
     let agent = start_agent(&fake, &dir.path().join("state")).await;
     let pid = pid_in(&pidfile, Duration::from_secs(10));
     let answered = fake.registered_at.lock().unwrap().expect("registered");
-    let deadline = answered + Duration::from_millis(1500);
+    let deadline = answered + Duration::from_millis(3000);
     while alive(pid) && Instant::now() < deadline + Duration::from_secs(3) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -14,7 +14,7 @@ use raftcron::config::{JwtAlgorithm, JwtConfig, Role};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::fixture::{TestCluster, JWT_SECRET, KEY, OPERATOR_KEY, VIEWER_KEY, WORKER_KEY};
+use crate::fixture::{TestCluster, JWT_SECRET, KEY, OPERATOR_KEY, POOL_KEY, VIEWER_KEY, WORKER_KEY};
 
 const WORKER_ID: &str = "w-keyed";
 
@@ -180,6 +180,30 @@ async fn a_worker_credential_acts_for_its_own_id_only() {
         let (status, body) = send(&c, node, "GET", &format!("/api/workers/{WORKER_ID}"), Some(&auth)).await;
         assert_ne!(status, StatusCode::FORBIDDEN, "{body}");
     }
+    c.shutdown().await;
+}
+
+/// A pool key (`pool-*`, configured as the key itself) acts for every worker whose id has
+/// its prefix, and for no other; it is still only a worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_key_acts_for_its_workers_only() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let follower = c.follower(leader);
+    let register = |node: u64, id: &str| {
+        let rb = c.http.post(c.url(node, &format!("/api/workers/{id}/register")));
+        async move {
+            let r = rb.bearer_auth(POOL_KEY).json(&json!({"max_tasks": 1, "tags": []})).send().await.unwrap();
+            r.status()
+        }
+    };
+    // Through a follower too: the leader checks the forwarded caller again.
+    assert_eq!(register(follower, "pool-7").await, StatusCode::OK);
+    assert_eq!(register(leader, "pool-8").await, StatusCode::OK);
+    assert_eq!(register(follower, "other-1").await, StatusCode::FORBIDDEN);
+    assert_eq!(register(leader, "pool").await, StatusCode::FORBIDDEN, "the bare prefix is not in the pool");
+    let (status, _) = send(&c, follower, "GET", "/api/tasks", Some(&format!("Bearer {POOL_KEY}"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     c.shutdown().await;
 }
 

@@ -17,6 +17,9 @@ pub const VIEWER_KEY: &str = "test-viewer-key";
 /// A `worker`-role key named `w-keyed`: it may act for that worker only.
 pub const WORKER_KEY: &str = "test-worker-key";
 pub const OPERATOR_KEY: &str = "test-operator-key";
+/// A `worker`-role pool key named `pool-*`, given in the config as the key itself: it may
+/// act for any worker whose id starts with `pool-`.
+pub const POOL_KEY: &str = "test-pool-worker-key-0123";
 /// The nodes accept HS256 JWTs signed with this, issued by `raftcron-test` for `raftcron`.
 pub const JWT_SECRET: &str = "test-jwt-secret-test-jwt-secret-0123";
 
@@ -94,7 +97,7 @@ pub fn config_for(id: u64, dir: &TempDir, peers: &[String], opts: &Opts) -> Conf
         format!("scheduler.worker_timeout_s={}", opts.worker_timeout_s),
         "cluster.secret=\"test-cluster-secret\"".into(),
         format!(
-            "auth.api_keys=[{{name=\"viewer\", role=\"viewer\", sha256=\"{}\"}}, {{name=\"w-keyed\", role=\"worker\", sha256=\"{}\"}}, {{name=\"operator\", role=\"operator\", sha256=\"{}\"}}]",
+            "auth.api_keys=[{{name=\"viewer\", role=\"viewer\", sha256=\"{}\"}}, {{name=\"w-keyed\", role=\"worker\", sha256=\"{}\"}}, {{name=\"operator\", role=\"operator\", sha256=\"{}\"}}, {{name=\"pool-*\", role=\"worker\", key=\"{POOL_KEY}\"}}]",
             raftcron::config::hash_api_key(VIEWER_KEY),
             raftcron::config::hash_api_key(WORKER_KEY),
             raftcron::config::hash_api_key(OPERATOR_KEY)
@@ -118,6 +121,19 @@ impl TestCluster {
     /// Binds every node's ports and writes every config, but starts only the nodes not in
     /// `later`; those start with [`TestCluster::start_pending`].
     pub async fn start_except(n: u64, opts: Opts, later: &[u64]) -> TestCluster {
+        Self::start_shaped(n, opts, later, |_, rpc| rpc.to_string(), |_, _| {}).await
+    }
+
+    /// Like [`TestCluster::start_except`], with each node's RPC address as the others know
+    /// it (`advertised(id, bound)`: e.g. a proxy in front of it) and its config changed by
+    /// `tweak` before it starts. A node restarted later gets the plain config.
+    pub async fn start_shaped(
+        n: u64,
+        opts: Opts,
+        later: &[u64],
+        advertised: impl Fn(u64, SocketAddr) -> String,
+        tweak: impl Fn(u64, &mut Config),
+    ) -> TestCluster {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -129,7 +145,7 @@ impl TestCluster {
             listeners.insert(id, Listeners { http, rpc });
         }
         let peers: Vec<String> =
-            listeners.iter().map(|(id, l)| format!("{id}={}", l.rpc.local_addr().unwrap())).collect();
+            listeners.iter().map(|(id, l)| format!("{id}={}", advertised(*id, l.rpc.local_addr().unwrap()))).collect();
         let mut cluster = TestCluster {
             nodes: BTreeMap::new(),
             opts,
@@ -145,7 +161,8 @@ impl TestCluster {
                 cluster.nodes.insert(id, TestNode { running: None, http, rpc, dir });
                 continue;
             }
-            let config = config_for(id, &dir, &cluster.peers, &cluster.opts);
+            let mut config = config_for(id, &dir, &cluster.peers, &cluster.opts);
+            tweak(id, &mut config);
             let running = node::start(config, l, &[KEY.to_string()]).await.expect("node starts");
             cluster.nodes.insert(id, TestNode { running: Some(running), http, rpc, dir });
         }

@@ -15,5 +15,7 @@ mod membership;
 mod openapi;
 mod placement;
 mod replication;
+mod secrets;
 mod snapshot;
+mod transport;
 mod workers;

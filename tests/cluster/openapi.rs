@@ -100,6 +100,13 @@ async fn the_document_states_the_constraints_and_errors_the_server_enforces() {
     assert_eq!(create[0]["required"], json!(["name", "executor", "command"]));
     assert_eq!(create[1]["required"], json!(["name", "executor", "url"]));
     assert_eq!(doc["components"]["schemas"]["TaskUpdate"]["minProperties"], 1);
+    // A value of environment or headers: a string, or {value, secret}; a create may not
+    // send the redaction marker as a secret, an update may (to keep the stored one).
+    let secret = &create[0]["properties"]["environment"]["additionalProperties"]["oneOf"][1];
+    assert_eq!((secret["required"].clone(), secret["additionalProperties"].clone()), (json!(["value"]), json!(false)));
+    assert_eq!(secret["not"]["properties"]["value"]["const"], "***");
+    let update = &doc["components"]["schemas"]["TaskUpdate"]["properties"]["headers"]["additionalProperties"];
+    assert!(update["oneOf"][1]["not"].is_null(), "{update}");
     assert_eq!(doc["components"]["schemas"]["WorkerUpdate"]["minProperties"], 1);
     let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
     assert!(schemes.contains_key("bearer") && schemes["jwt"]["bearerFormat"] == "JWT", "{schemes:?}");

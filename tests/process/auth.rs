@@ -1,13 +1,15 @@
 //! JWTs minted by `raftcron token create` against a real node, and the audit log it
 //! writes: every write, refused ones included, as one JSON object naming who, what, from
-//! where and with what result — and never a credential.
+//! where and with what result — and never a credential; nor, at any log level, a task's
+//! secret.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
-use crate::fixture::{Cluster, KEY};
+use crate::fixture::{spawn_worker, Cluster, KEY};
 
 const JWT_SECRET: &str = "process-test-jwt-secret-0123456789abcdef";
 const VIEWER_KEY: &str = "process-test-viewer-key";
@@ -103,5 +105,69 @@ async fn minted_tokens_work_and_every_write_is_audited_without_credentials() {
     assert!(!entries.iter().any(|e| e["method"] == "GET"), "reads are not audited: {entries:?}");
     for secret in [KEY, VIEWER_KEY, JWT_SECRET, operator.as_str()] {
         assert!(!logs.contains(secret), "the log holds a credential");
+    }
+}
+
+/// Issue 15: a task's secrets — an environment variable and a request header — reach no
+/// log, the node's or the worker's, at debug level, from the create through an update
+/// that keeps them to runs that use them (the runs prove the values arrived).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tasks_secrets_reach_no_log_even_at_debug_level() {
+    const DB_PASS: &str = "process-db-pass-4b7e21c9";
+    const TOKEN: &str = "process-header-token-d05a6f3e";
+    let c = Cluster::configured(1, 500, "").log_filter("debug").start_all();
+    c.wait_healthy(Duration::from_secs(30)).await;
+    let mut worker = spawn_worker(&c, 0, "w-secrets");
+    let base = format!("http://{}", c.nodes[0].http);
+    let secret = |value: &str| json!({"value": value, "secret": true});
+
+    let shell = json!({
+        "name": "uses-db", "executor": "shell", "command": "printf '%s' \"$DB_PASS\" | sha256sum",
+        "environment": {"DB_PASS": secret(DB_PASS)},
+    });
+    // The node's own health route stands in for a hook that needs a token.
+    let http = json!({
+        "name": "calls-hook", "executor": "http", "url": format!("{base}/api/health"),
+        "headers": {"X-Hook-Token": secret(TOKEN)},
+    });
+    let mut runs = Vec::new();
+    for body in [shell, http] {
+        let created = c.post(0, "/api/tasks", Some(body)).await;
+        let id = created["data"]["id"].as_u64().unwrap_or_else(|| panic!("create failed: {created}"));
+        let kept = json!({"environment": {"DB_PASS": secret("***")}, "headers": {"X-Hook-Token": secret("***")}});
+        let field = if created["data"]["executor"] == "shell" { "environment" } else { "headers" };
+        let r = c.http.put(format!("{base}/api/tasks/{id}")).bearer_auth(KEY).json(&json!({field: kept[field]}));
+        let updated: Value = r.send().await.unwrap().json().await.unwrap();
+        assert_eq!(updated["data"]["version"], 2, "{updated}");
+        let run = c.post(0, &format!("/api/tasks/{id}/trigger"), None).await;
+        runs.push(run["data"]["id"].as_u64().unwrap_or_else(|| panic!("trigger failed: {run}")));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut outputs = Vec::new();
+    for id in runs {
+        let run = loop {
+            let r = c.get(0, &format!("/api/runs/{id}")).await;
+            let status = r["data"]["status"].as_str();
+            if matches!(status, Some("succeeded" | "failed" | "timed_out" | "cancelled" | "lost")) {
+                break r["data"].clone();
+            }
+            assert!(Instant::now() < deadline, "run {id}: {r}; logs: {}", c.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(run["status"], "succeeded", "{run}");
+        outputs.push(run["output"].as_str().unwrap_or_default().to_string());
+    }
+    let digest = hex::encode(Sha256::digest(DB_PASS.as_bytes()));
+    assert!(outputs[0].contains(&digest), "the job did not get the secret: {outputs:?}");
+    let _ = worker.kill();
+    let _ = worker.wait();
+
+    let node_log = std::fs::read_to_string(c.nodes[0].config.with_extension("log")).unwrap();
+    let worker_log = std::fs::read_to_string(c.nodes[0].config.with_file_name("worker-w-secrets.log")).unwrap();
+    assert!(node_log.contains("DEBUG"), "the node did not log at debug level");
+    for (what, log) in [("node", &node_log), ("worker", &worker_log)] {
+        for value in [DB_PASS, TOKEN] {
+            assert!(!log.contains(value), "the {what}'s log holds a task's secret");
+        }
     }
 }

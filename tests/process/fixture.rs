@@ -36,6 +36,8 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub _dir: tempfile::TempDir,
     pub http: reqwest::Client,
+    /// `RUST_LOG` for the nodes and workers started from now on (see [`Cluster::log_filter`]).
+    pub log_filter: Option<String>,
 }
 
 pub fn free_port() -> u16 {
@@ -85,7 +87,12 @@ impl Cluster {
             .unwrap();
             nodes.push(Node { id, http: format!("127.0.0.1:{http}"), rpc_port: *rpc, config, child: None, uid: None });
         }
-        Cluster { nodes, _dir: dir, http: reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap() }
+        Cluster {
+            nodes,
+            _dir: dir,
+            http: reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap(),
+            log_filter: None,
+        }
     }
 
     /// Runs each node as a user of its own (uids from a per-process base), so iptables can
@@ -135,6 +142,13 @@ impl Cluster {
         Isolation { chain }
     }
 
+    /// Nodes and workers started from now on log at `filter` (`RUST_LOG`) instead of the
+    /// defaults (`info,openraft=warn` for nodes, `info` for workers).
+    pub fn log_filter(mut self, filter: &str) -> Self {
+        self.log_filter = Some(filter.to_string());
+        self
+    }
+
     pub fn start_all(mut self) -> Self {
         for i in 0..self.nodes.len() {
             self.spawn(i);
@@ -154,6 +168,7 @@ impl Cluster {
 
     /// Starts node `i` with `extra` arguments after `serve --config FILE`.
     pub fn spawn_node(&mut self, i: usize, offset: Option<&str>, extra: &[&str]) {
+        let filter = self.log_filter.clone().unwrap_or_else(|| "info,openraft=warn".to_string());
         let node = &mut self.nodes[i];
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(node.config.with_extension("log")).unwrap();
@@ -166,7 +181,7 @@ impl Cluster {
             .arg(&node.config)
             .args(extra)
             .env("RAFTCRON_API_KEY", KEY)
-            .env("RUST_LOG", "info,openraft=warn");
+            .env("RUST_LOG", filter);
         if let Some(offset) = offset {
             cmd.env("LD_PRELOAD", FAKETIME_LIB).env("FAKETIME", offset).env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }
@@ -319,7 +334,7 @@ pub fn spawn_worker_with(c: &Cluster, node: usize, id: &str, extra: &[&str]) -> 
         .args(extra)
         .process_group(0)
         .env("RAFTCRON_WORKER_KEY", KEY)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", c.log_filter.as_deref().unwrap_or("info"))
         .spawn()
         .expect("worker starts")
 }

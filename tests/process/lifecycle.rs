@@ -67,3 +67,51 @@ async fn sigterm_on_the_leader_hands_over_before_the_election_timeout() {
     assert!(status.success(), "graceful exit, got {status}");
     c.nodes[leader].child = None;
 }
+
+#[test]
+fn a_node_refuses_to_start_with_its_rpc_port_open_to_anyone() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_raftcron");
+    let cfg = dir.path().join("open.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nid = 1\ndata_dir = {:?}\nhttp_addr = \"127.0.0.1:0\"\nrpc_addr = \"127.0.0.1:0\"\n",
+            dir.path().join("d")
+        ),
+    )
+    .unwrap();
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(bin);
+        cmd.env_clear().args(["serve", "--config"]).arg(&cfg).args(extra);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, err) = run(&[], &[]);
+    assert!(!ok);
+    assert!(err.contains("cluster.secret") && err.contains("--insecure"), "{err}");
+    // A cluster secret that is also the admin key: whoever holds the one holds the other.
+    let same = "the-same-string-for-both-0123";
+    let (ok, err) = run(&[], &[("RAFTCRON_CLUSTER_SECRET", same), ("RAFTCRON_API_KEY", same)]);
+    assert!(!ok);
+    assert!(err.contains("cluster.secret") && err.contains("API key"), "{err}");
+    // `--insecure` is the operator saying so: the node starts (and is stopped here).
+    let log = std::fs::File::create(dir.path().join("insecure.log")).unwrap();
+    let mut child =
+        crate::fixture::raftcron_command(log).args(["serve", "--insecure", "--config"]).arg(&cfg).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(dir.path().join("insecure.log")).unwrap_or_default();
+        if text.contains("nothing (insecure)") {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "--insecure did not start: {text}");
+        assert!(Instant::now() < deadline, "no start-up line: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -11,4 +11,5 @@ mod isolation;
 mod lifecycle;
 mod liveness;
 mod reads;
+mod tls;
 mod workers;

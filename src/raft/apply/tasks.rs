@@ -41,7 +41,10 @@ pub(super) fn update(
     let old_tags = required_tags(&task.spec.tags);
     let old_when = (task.spec.schedule.clone(), task.spec.timezone.clone());
     for f in fields.iter().cloned() {
-        TaskField::apply_to(f, &mut task.spec);
+        // A secret sent back redacted keeps the stored one; with none to keep, refused.
+        if let Err(e) = f.merge_into(&mut task.spec) {
+            return Ok(Response::rejected(Rejection::Invalid(e)));
+        }
     }
     if let Err(e) = task.spec.executor_needs() {
         return Ok(Response::rejected(Rejection::Incomplete(e)));

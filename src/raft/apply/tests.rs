@@ -5,7 +5,7 @@
 use chrono::TimeZone;
 
 use super::*;
-use crate::model::{Liveness, RunStatus, TaskField, TaskSpec, TaskStatus};
+use crate::model::{EnvValue, Liveness, RunStatus, TaskField, TaskSpec, TaskStatus, REDACTED};
 use crate::raft::command::{Fired, IdempotencyKey, Response, RunReport, TaskFire};
 use crate::storage::{open_db, Store};
 
@@ -472,4 +472,57 @@ fn schedule_and_time_zone_edits_start_from_the_edit_and_never_move_the_cursor_ba
     let r = apply(&store, Command::UpdateTask { id: 2, fields: vec![every_second], expected_version: None }, later);
     assert!(r.result.is_ok(), "{r:?}");
     assert_eq!(store.task(2).unwrap().unwrap().cursor, Some(later), "720 past ticks are not owed");
+}
+
+/// Issue 15: a secret written back as the views show it (`"***"`) keeps the stored secret;
+/// with no stored secret of that name the whole update is refused and leaves no trace; a
+/// create cannot store the marker as a secret's value (apply checks again what the API
+/// checked).
+#[test]
+fn an_update_with_a_redacted_secret_keeps_the_stored_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(open_db(dir.path()).unwrap());
+    let fields = TaskField::parse_object(serde_json::json!({
+        "name": "db", "executor": "shell", "command": "true",
+        "environment": {"DB_PASS": {"value": "hunter2", "secret": true}, "MODE": "prod"}
+    }))
+    .unwrap();
+    let spec = TaskSpec::from_fields(fields, "UTC").unwrap();
+    assert!(apply(&store, Command::CreateTask { spec: Box::new(spec) }, t(0)).result.is_ok());
+    let update = |environment: serde_json::Value| Command::UpdateTask {
+        id: 1,
+        fields: TaskField::parse_object(serde_json::json!({ "environment": environment })).unwrap(),
+        expected_version: None,
+    };
+    let marker = serde_json::json!({"value": "***", "secret": true});
+
+    let r = apply(&store, update(serde_json::json!({"DB_PASS": marker, "MODE": "staging"})), t(1));
+    assert!(r.result.is_ok(), "{r:?}");
+    let task = store.task(1).unwrap().unwrap();
+    assert_eq!(task.spec.environment["DB_PASS"], EnvValue::Secret("hunter2".into()));
+    assert_eq!(task.spec.environment["MODE"], EnvValue::Plain("staging".into()));
+    assert_eq!(task.version, 2);
+
+    let digest = store.digest().unwrap();
+    let r = apply(&store, update(serde_json::json!({"DB_PASS": marker, "API_KEY": marker})), t(2));
+    assert!(matches!(&r.result, Err(Rejection::Invalid(e)) if e.field == "environment.API_KEY"), "{r:?}");
+    let r = apply(&store, update(serde_json::json!({"MODE": marker})), t(2));
+    assert!(
+        matches!(&r.result, Err(Rejection::Invalid(e)) if e.field == "environment.MODE"),
+        "a plain value is no secret to keep: {r:?}"
+    );
+    assert_eq!(store.digest().unwrap(), digest, "a refused update leaves no trace");
+
+    // A new value replaces the secret; a name left out is gone.
+    let r = apply(&store, update(serde_json::json!({"DB_PASS": {"value": "rotated", "secret": true}})), t(3));
+    assert!(r.result.is_ok(), "{r:?}");
+    let environment = store.task(1).unwrap().unwrap().spec.environment;
+    let expected = [("DB_PASS".to_string(), EnvValue::Secret("rotated".into()))];
+    assert_eq!(environment.into_iter().collect::<Vec<_>>(), expected);
+
+    let mut copy = store.task(1).unwrap().unwrap().spec;
+    copy.name = "copy".into();
+    copy.environment.insert("DB_PASS".into(), EnvValue::Secret(REDACTED.into()));
+    let r = apply(&store, Command::CreateTask { spec: Box::new(copy) }, t(4));
+    assert!(matches!(&r.result, Err(Rejection::Invalid(e)) if e.field == "environment.DB_PASS"), "{r:?}");
 }
