@@ -177,6 +177,13 @@ async fn timeline_on_w1() -> TimelineOnW1 {
     let run = c.post(0, &format!("/api/tasks/{task}/trigger"), None).await;
     let run = run["data"]["id"].as_u64().unwrap_or_else(|| panic!("trigger failed: {run}"));
     let pid = job_pid(&log, 1).await;
+    // The job writes its pid before its first line: a kill in between left attempt 1 with
+    // no line, and the check of the two attempts' spans had nothing to compare (CI).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !intervals(&log).contains_key(&1) {
+        assert!(Instant::now() < deadline, "attempt 1's job logged nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     TimelineOnW1 { c, _dir: dir, log, w1, task, run, pid }
 }
 
