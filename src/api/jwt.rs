@@ -98,6 +98,11 @@ impl Verifier {
     /// The token's claims, or why it is refused (a message for the 401, naming no secret).
     pub fn verify(&self, token: &str) -> Result<Claims, String> {
         match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
+            // Pools (`prefix-*`) are for configured API keys only: a token minted for one
+            // worker must not stand for a whole pool.
+            Ok(data) if data.claims.role == Role::Worker && data.claims.sub.contains('*') => {
+                Err("a worker JWT's sub must be one worker id, not a pool".into())
+            }
             Ok(data) => Ok(data.claims),
             Err(e) => Err(match e.kind() {
                 ErrorKind::ExpiredSignature => "JWT has expired (exp)".into(),

@@ -97,6 +97,7 @@ fn bad_credentials() -> Vec<(&'static str, Option<String>)> {
         ("RS256 token at an HS256 node", bearer(rs256)),
         ("wrong iss", bearer(token(&Claims { iss: Some("elsewhere".into()), ..good.clone() }))),
         ("wrong aud", bearer(token(&Claims { aud: Some(json!("another")), ..good.clone() }))),
+        ("worker JWT naming a pool", bearer(token(&claims("pool-*", Role::Worker)))),
     ]
 }
 
