@@ -83,7 +83,9 @@ pub enum HandshakeError {
     Tls(io::Error),
     #[error("{0}")]
     Protocol(String),
-    #[error("the peer does not hold this cluster's secret")]
+    /// Either side's proof did not verify: the other holds another secret, or the node
+    /// dialed is not the one listening at that address.
+    #[error("the peer does not hold this cluster's secret, or is not the node dialed")]
     WrongSecret,
     #[error("{0}")]
     Io(#[from] io::Error),
