@@ -18,9 +18,6 @@ use crate::api::auth::Auth;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{HeartbeatAck, HeartbeatBody, Principal, Seen};
-
-/// Marks a forwarded write the leader refused for the caller's role (see `write`).
-const FORBIDDEN_BY_LEADER: &str = "forbidden by the leader: ";
 use crate::raft::{Command, IdempotencyKey, NodeId, NodeInfo, Raft, Request, Response, SnapshotMeta, TypeConfig, Vote};
 use crate::rpc::{self, context, Identity, MembershipOp, NodeStatus, PeerClients, RpcFailure, RpcServer};
 use crate::storage::{open_db, LogStore, StateMachine, Store};
@@ -152,7 +149,7 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
             "cluster.secret: the same as an API key; choose a secret used for nothing else".into(),
         )));
     }
-    let security = member_security(&config)?;
+    let security = member_security(&config, &secret)?;
     let db = open_db_retrying(&config.node.data_dir.join("db")).await?;
     let store = Store::new(db.clone());
     let state_machine = StateMachine::new(store.clone(), config.node.data_dir.join("snapshot"))?;
@@ -259,14 +256,23 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
     Ok(RunningNode { core, http_addr, rpc_addr, tasks, http_shutdown, http_task: Some(http_task) })
 }
 
+/// Why one attempt to forward a write to the leader failed.
+enum Forwarding {
+    /// Worth another attempt (with another leader, or after a while); `maybe_sent`: the
+    /// write may be in the leader's log.
+    Retry { maybe_sent: bool, reason: String },
+    /// The leader's answer stands (it refused the caller).
+    Final(RpcFailure),
+}
+
 /// How this node authenticates its peers and itself to them (see `rpc::transport`).
-fn member_security(config: &Config) -> Result<rpc::Security, NodeError> {
+fn member_security(config: &Config, secret: &str) -> Result<rpc::Security, NodeError> {
     let c = &config.cluster;
     let tls = match (&c.tls_ca_file, &c.tls_cert_file, &c.tls_key_file) {
         (Some(ca), Some(cert), Some(key)) => Some(rpc::transport::MutualTls::from_files(ca, cert, key)?),
         _ => None,
     };
-    Ok(rpc::Security::new(config.node.id, &config.cluster_secret()?, tls))
+    Ok(rpc::Security::new(config.node.id, secret, tls))
 }
 
 /// RocksDB's lock is released only when the previous instance (in this process, a test's
@@ -514,13 +520,10 @@ impl NodeCore {
                 },
                 Some(id) => match self.forward_write(id, who, req.clone()).await {
                     Ok(r) => return Ok(r),
-                    // The leader refused the caller: asking again changes nothing.
-                    Err((false, e)) if e.starts_with(FORBIDDEN_BY_LEADER) => {
-                        return Err(RpcFailure::Forbidden(e[FORBIDDEN_BY_LEADER.len()..].to_string()));
-                    }
-                    Err((sent, e)) => {
-                        maybe_proposed |= sent;
-                        last_error = e;
+                    Err(Forwarding::Final(e)) => return Err(e),
+                    Err(Forwarding::Retry { maybe_sent, reason }) => {
+                        maybe_proposed |= maybe_sent;
+                        last_error = reason;
                     }
                 },
                 None => {}
@@ -536,13 +539,14 @@ impl NodeCore {
         }
     }
 
-    /// One forwarding attempt. The error says whether the request may have reached the
-    /// leader's log.
-    async fn forward_write(&self, leader: NodeId, who: &Principal, req: Request) -> Result<Response, (bool, String)> {
+    /// One forwarding attempt. A failure says whether the request may have reached the
+    /// leader's log, or that asking again would change nothing.
+    async fn forward_write(&self, leader: NodeId, who: &Principal, req: Request) -> Result<Response, Forwarding> {
+        let retry = |maybe_sent: bool, reason: String| Forwarding::Retry { maybe_sent, reason };
         let Some(info) = self.node_info(leader) else {
-            return Err((false, format!("leader {leader} is not in this node's membership view")));
+            return Err(retry(false, format!("leader {leader} is not in this node's membership view")));
         };
-        let client = self.peers.get(leader, &info.rpc_addr).await.map_err(|e| (false, e.to_string()))?;
+        let client = self.peers.get(leader, &info.rpc_addr).await.map_err(|e| retry(false, e.to_string()))?;
         self.metrics.forwarded_writes.inc();
         // A leader that stops answering (paused, cut off) is replaced within an election
         // timeout or two; waiting for this call's own timeout would hold the client for
@@ -553,18 +557,19 @@ impl NodeCore {
         let answer = tokio::select! {
             answer = call => answer,
             () = self.leader_replaced(leader) => {
-                return Err((true, format!("leader {leader} was replaced while the write was forwarded to it")));
+                return Err(retry(true, format!("leader {leader} was replaced while the write was forwarded to it")));
             }
         };
         match answer {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(RpcFailure::NotLeader(_))) => Err((false, format!("node {leader} is no longer the leader"))),
-            Ok(Err(RpcFailure::Indeterminate(m))) => Err((true, m)),
-            Ok(Err(RpcFailure::Forbidden(m))) => Err((false, format!("{FORBIDDEN_BY_LEADER}{m}"))),
-            Ok(Err(e)) => Err((false, e.to_string())),
+            Ok(Err(RpcFailure::NotLeader(_))) => Err(retry(false, format!("node {leader} is no longer the leader"))),
+            Ok(Err(RpcFailure::Indeterminate(m))) => Err(retry(true, m)),
+            // The leader refused the caller: asking again changes nothing.
+            Ok(Err(e @ RpcFailure::Forbidden(_))) => Err(Forwarding::Final(e)),
+            Ok(Err(e)) => Err(retry(false, e.to_string())),
             Err(e) => {
                 self.peers.forget(&info.rpc_addr).await;
-                Err((rpc::maybe_sent(&e), format!("forwarding to leader {leader} failed: {e}")))
+                Err(retry(rpc::maybe_sent(&e), format!("forwarding to leader {leader} failed: {e}")))
             }
         }
     }

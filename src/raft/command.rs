@@ -292,7 +292,7 @@ impl Command {
     pub fn authorize(&self, who: &Principal) -> Result<(), String> {
         let need = |role: Role| match who.role.covers(role) {
             true => Ok(()),
-            false => Err(format!("{} ({:?}) may not {}", who.name, who.role, self.describe())),
+            false => Err(format!("{} ({:?}) may not {}", who.name, who.role, self)),
         };
         let own_worker = |id: &str| match who.role {
             Role::Admin => Ok(()),
@@ -317,20 +317,21 @@ impl Command {
             | Command::AssignRuns { .. }
             | Command::ExpireRun { .. }
             | Command::MarkReplicated { .. } => {
-                Err(format!("{} is proposed by the leader itself, never on a client's behalf", self.describe()))
+                Err(format!("{} is proposed by the leader itself, never on a client's behalf", self))
             }
         }
-    }
-
-    fn describe(&self) -> String {
-        let req = Request { issued_at: DateTime::<Utc>::MIN_UTC, idempotency: None, command: self.clone() };
-        req.to_string()
     }
 }
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.command {
+        self.command.fmt(f)
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             Command::InitCluster { cluster_id } => write!(f, "init-cluster({cluster_id})"),
             Command::CreateTask { spec } => write!(f, "create-task({:?})", spec.name),
             Command::UpdateTask { id, .. } => write!(f, "update-task({id})"),
