@@ -1,10 +1,14 @@
 //! Many tasks due in the same second on a 3-node loopback cluster: how long until every
 //! fire is committed, the schedule lag (run creation time minus nominal tick), the CPU
-//! the process (all three nodes) spent meanwhile, and memory per task.
+//! the process (all three nodes) spent meanwhile, memory per task, the p99 of a GET
+//! served by the leader while it fires, and how many new terms began (elections).
 //!
-//! `cargo bench --bench firing [-- 1000 10000 100000]` prints a table. Bounded: creating
-//! and firing a row stops after `ROW_LIMIT`.
+//! `cargo bench --bench firing [-- 1000 10000 100000]` prints a table; with
+//! `BENCH_SAMPLES=FILE` it also writes every row's lags (JSON) for `bench/bench.py`'s CDF.
+//! Bounded: creating and firing a row stops after `ROW_LIMIT`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Timelike, Utc};
@@ -58,6 +62,20 @@ async fn create_batch(c: &fixture::TestCluster, node: u64, n: usize, tag: &str, 
     created
 }
 
+/// GETs `url` every 10 ms until `stop` is set (or `ROW_LIMIT`); the latencies in ms.
+async fn reads_meanwhile(http: reqwest::Client, url: String, stop: Arc<AtomicBool>) -> Vec<f64> {
+    let mut out = Vec::new();
+    let limit = Instant::now() + ROW_LIMIT;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < limit {
+        let t = Instant::now();
+        if http.get(&url).bearer_auth(fixture::KEY).send().await.is_ok_and(|r| r.status() == 200) {
+            out.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    out
+}
+
 fn main() {
     let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![1_000, 10_000] } else { sizes };
@@ -67,9 +85,10 @@ fn main() {
         let leader = c.wait_leader(Duration::from_secs(10)).await;
         let follower = c.follower(leader);
         println!(
-            "{:>8} {:>10} {:>12} {:>10} {:>10} {:>10} {:>12}",
-            "tasks", "create s", "all fired s", "lag p50", "lag p99", "cpu s", "rss/task B"
+            "{:>8} {:>10} {:>12} {:>10} {:>10} {:>10} {:>12} {:>10} {:>6}",
+            "tasks", "create s", "all fired s", "lag p50", "lag p99", "cpu s", "rss/task B", "GET p99", "terms"
         );
+        let mut samples = Vec::new();
         for n in sizes {
             let (_, rss_before) = cpu_and_rss();
             // A tick far enough ahead for the creates to finish (about 2k creates/s).
@@ -89,7 +108,11 @@ fn main() {
             let (cpu0, _) = cpu_and_rss();
             let t0 = Instant::now();
             let leader = c.wait_leader(Duration::from_secs(10)).await;
+            let term0 = c.core(leader).status(false).term;
             let store = &c.core(leader).store;
+            let stop_reads = Arc::new(AtomicBool::new(false));
+            let reads =
+                tokio::spawn(reads_meanwhile(c.http.clone(), c.url(leader, "/api/tasks?size=1"), stop_reads.clone()));
             let mut lags = Vec::new();
             loop {
                 lags.clear();
@@ -110,14 +133,27 @@ fn main() {
             }
             let all_fired_s = t0.elapsed().as_secs_f64();
             let (cpu1, _) = cpu_and_rss();
+            stop_reads.store(true, Ordering::Relaxed);
+            let mut get = reads.await.unwrap();
+            get.sort_by(|a, b| a.total_cmp(b));
+            let term1 = c.core(c.wait_leader(Duration::from_secs(10)).await).status(false).term;
             lags.sort_by(|a, b| a.total_cmp(b));
             println!(
-                "{created:>8} {create_s:>10.1} {all_fired_s:>12.2} {:>8.1}ms {:>8.1}ms {:>10.1} {:>12}",
+                "{created:>8} {create_s:>10.1} {all_fired_s:>12.2} {:>8.1}ms {:>8.1}ms {:>10.1} {:>12} {:>8.1}ms {:>6}",
                 percentile(&lags, 0.5),
                 percentile(&lags, 0.99),
                 cpu1 - cpu0,
-                (rss_after.saturating_sub(rss_before) * 1024) / created.max(1) as u64
+                (rss_after.saturating_sub(rss_before) * 1024) / created.max(1) as u64,
+                percentile(&get, 0.99),
+                term1 - term0
             );
+            // At most 1,000 points per row: the CDF's shape, not every fire.
+            let step = (lags.len() / 1000).max(1);
+            let points: Vec<f64> = lags.iter().step_by(step).copied().collect();
+            samples.push(serde_json::json!({"tasks": created, "lags_ms": points}));
+        }
+        if let Ok(path) = std::env::var("BENCH_SAMPLES") {
+            std::fs::write(path, serde_json::to_vec(&samples).unwrap()).unwrap();
         }
         c.shutdown().await;
     });

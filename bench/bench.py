@@ -1,0 +1,643 @@
+#!/usr/bin/env python3
+"""raftcron's side-by-side benchmark: what `scripts/bench.sh` runs.
+
+Measures, in one run on this machine, and writes bench/results/<date>.md with SVG plots:
+
+  writes    wrk POSTs through a follower of a 3-node loopback cluster: raftcron's
+            /api/tasks against etcd's JSON gateway /v3/kv/put, ~200-byte values,
+            alternating system by system, row by row, for every build given
+  failover  SIGKILL of the leader -> first acknowledged write sent after the kill, through
+            a survivor and through HAProxy (configured from cluster/haproxy.cfg)
+  firing    `cargo bench --bench firing` (many tasks due in the same second)
+  runs      `cargo bench --bench workers` (trigger->start, burst runs/s, and the rate at
+            which this machine forks and execs /bin/sh alone)
+
+A build is a (name, source dir, target dir) triple: `--build after=.:/var/tmp/t` and, for
+before/after tables, `--build before=/var/tmp/wt:/var/tmp/t-before` (scripts/bench.sh
+--baseline REV makes that worktree). Every loop is bounded in count and time; all traffic
+stays on 127.0.0.1. Python's standard library only, except matplotlib for the plots.
+"""
+
+import argparse
+import base64
+import datetime
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+KEY = "bench-admin-key-0123456789"
+SECRET = "bench-cluster-secret-0123456789"
+VALUE_BYTES = 200
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def free_ports(n):
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def request(addr, method, path, body=None, timeout=5.0, headers=None):
+    """(status, parsed JSON or None); (0, None) when the node does not answer."""
+    host, port = addr.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        h = {} if path.startswith("/v3/") else {"Authorization": f"Bearer {KEY}"}
+        h.update(headers or {})
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            h["Content-Type"] = "application/json"
+        conn.request(method, path, body=data, headers=h)
+        r = conn.getresponse()
+        raw = r.read()
+        try:
+            return r.status, json.loads(raw)
+        except ValueError:
+            return r.status, None
+    except OSError:
+        return 0, None
+    finally:
+        conn.close()
+
+
+class Build:
+    def __init__(self, spec):
+        name, rest = spec.split("=", 1)
+        src, target = rest.split(":", 1)
+        self.name, self.src, self.target = name, Path(src).resolve(), Path(target)
+        self.binary = self.target / "release" / "raftcron"
+
+
+# ---------------------------------------------------------------- raftcron processes
+
+
+class Raftcron:
+    """A 3-node `raftcron serve` cluster on loopback, data in a temp dir."""
+
+    def __init__(self, build, workdir, n=3):
+        self.build, self.dir = build, Path(tempfile.mkdtemp(prefix=f"rc-{build.name}-", dir=workdir))
+        ports = free_ports(2 * n)
+        self.http = [f"127.0.0.1:{p}" for p in ports[:n]]
+        rpc = ports[n:]
+        peers = ", ".join(f'"{i + 1}=127.0.0.1:{p}"' for i, p in enumerate(rpc))
+        self.procs = [None] * n
+        self.configs = []
+        for i in range(n):
+            cfg = self.dir / f"node{i + 1}.toml"
+            cfg.write_text(
+                f'[node]\nid = {i + 1}\ndata_dir = "{self.dir}/data{i + 1}"\n'
+                f'http_addr = "{self.http[i]}"\nrpc_addr = "127.0.0.1:{rpc[i]}"\n'
+                f'[cluster]\npeers = [{peers}]\nsecret = "{SECRET}"\n'
+            )
+            self.configs.append(cfg)
+        for i in range(n):
+            self.start(i)
+
+    def start(self, i):
+        env = dict(os.environ, RAFTCRON_API_KEY=KEY, RUST_LOG="warn")
+        out = open(self.dir / f"node{i + 1}.log", "ab")
+        self.procs[i] = subprocess.Popen(
+            [str(self.build.binary), "serve", "--config", str(self.configs[i])],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )
+
+    def kill(self, i):
+        self.procs[i].send_signal(signal.SIGKILL)
+        self.procs[i].wait()
+
+    def health(self, i):
+        status, body = request(self.http[i], "GET", "/api/health", timeout=1.0)
+        if status == 0 or not body:
+            return None
+        raft = (body.get("data") or {}).get("raft") or {}
+        return status, raft.get("leader_id"), raft.get("term"), raft.get("applied_index")
+
+    def leader(self, limit=30.0):
+        """The leader every running node agrees on, waited for up to `limit` seconds."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            seen = [self.health(i) for i in range(len(self.http)) if self.procs[i].poll() is None]
+            if seen and all(h and h[0] == 200 for h in seen) and len({h[1] for h in seen}) == 1:
+                return seen[0][1] - 1, seen[0][2]
+            time.sleep(0.05)
+        raise RuntimeError(f"raftcron ({self.build.name}): no agreed leader within {limit}s; logs in {self.dir}")
+
+    def caught_up(self, limit=30.0):
+        """Waits until every node answers healthy and applied within 50 entries of the leader."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            seen = [self.health(i) for i in range(len(self.http))]
+            if all(h and h[0] == 200 for h in seen):
+                applied = [h[3] or 0 for h in seen]
+                if max(applied) - min(applied) <= 50 and len({h[1] for h in seen}) == 1:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"raftcron ({self.build.name}): nodes did not catch up within {limit}s")
+
+    def term(self):
+        return self.leader()[1]
+
+    def write_url(self, i):
+        return f"http://{self.http[i]}/api/tasks"
+
+    def stop(self):
+        for p in self.procs:
+            if p and p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Etcd:
+    """A 3-member etcd cluster on loopback (Debian's etcd-server)."""
+
+    def __init__(self, workdir, n=3):
+        self.dir = Path(tempfile.mkdtemp(prefix="etcd-", dir=workdir))
+        ports = free_ports(2 * n)
+        self.client = [f"127.0.0.1:{p}" for p in ports[:n]]
+        peer = [f"http://127.0.0.1:{p}" for p in ports[n:]]
+        initial = ",".join(f"e{i + 1}={peer[i]}" for i in range(n))
+        self.procs = []
+        for i in range(n):
+            out = open(self.dir / f"e{i + 1}.log", "ab")
+            self.procs.append(subprocess.Popen(
+                [etcd_binary(), "--name", f"e{i + 1}", "--data-dir", str(self.dir / f"e{i + 1}"),
+                 "--listen-client-urls", f"http://{self.client[i]}", "--advertise-client-urls", f"http://{self.client[i]}",
+                 "--listen-peer-urls", peer[i], "--initial-advertise-peer-urls", peer[i],
+                 "--initial-cluster", initial, "--initial-cluster-state", "new", "--log-level", "warn"],
+                stdout=out, stderr=subprocess.STDOUT,
+            ))
+
+    def status(self, i):
+        s, body = request(self.client[i], "POST", "/v3/maintenance/status", {}, timeout=1.0)
+        if s != 200 or not body:
+            return None
+        return body["header"]["member_id"], body.get("leader"), int(body["header"].get("raft_term", 0))
+
+    def leader(self, limit=30.0):
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            seen = [self.status(i) for i in range(len(self.client))]
+            if all(seen) and len({s[1] for s in seen}) == 1 and seen[0][1] not in (None, "0"):
+                lead = next(i for i, s in enumerate(seen) if s[0] == s[1])
+                return lead, seen[0][2]
+            time.sleep(0.1)
+        raise RuntimeError(f"etcd: no agreed leader within {limit}s; logs in {self.dir}")
+
+    def term(self):
+        return self.leader()[1]
+
+    def write_url(self, i):
+        return f"http://{self.client[i]}/v3/kv/put"
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def etcd_binary():
+    for c in ("etcd", "/usr/bin/etcd"):
+        if shutil.which(c):
+            return shutil.which(c)
+    raise RuntimeError("etcd is not installed (scripts/bench.sh installs Debian's etcd-server)")
+
+
+# ---------------------------------------------------------------- writes (wrk)
+
+WRK_SCRIPT = r"""
+-- One unique key per request: thread number and counter. An etcd key is sent as base64:
+-- any run of [A-Za-z0-9] whose length is a multiple of 4 is valid base64, and distinct
+-- runs decode to distinct keys, so the key is written in that form directly.
+local counter = 0
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+function request()
+  counter = counter + 1
+  local id = string.format("%(prefix)sT%%03dN%%010d", tid, counter)
+  local headers = {["Content-Type"] = "application/json"}
+  local body
+  if "%(system)s" == "etcd" then
+    -- etcd without auth enabled refuses any Authorization header.
+    body = '{"key":"' .. id .. '","value":"%(value)s"}'
+  else
+    headers["Authorization"] = "Bearer %(key)s"
+    body = '{"name":"' .. id .. '","executor":"shell","command":"echo %(pad)s"}'
+  end
+  return wrk.format("POST", nil, headers, body)
+end
+"""
+
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def parse_wrk(out):
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    pct = {}
+    for p, v, u in re.findall(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M):
+        pct[p] = float(v) * UNIT_MS[u]
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rate, "p50": pct.get("50"), "p99": pct.get("99"), "errors": errors, "requests": total}
+
+
+def wrk_row(system, url, conns, seconds, prefix, workdir):
+    script = Path(workdir) / f"{prefix}.lua"
+    # Same payload size for both: etcd's value is 200 bytes (base64 in the JSON), the
+    # task's command pads its JSON to about as many bytes beyond the other fields.
+    value = base64.b64encode(b"v" * VALUE_BYTES).decode()
+    pad = "x" * (VALUE_BYTES - 50)
+    script.write_text(WRK_SCRIPT % {"pad": pad, "prefix": prefix, "system": system, "key": KEY, "value": value})
+    threads = min(conns, 2)
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", "--timeout", "10s", "--latency",
+         "-s", str(script), url],
+        capture_output=True, text=True, timeout=seconds + 60,
+    ).stdout
+    return parse_wrk(out)
+
+
+def bench_writes(builds, args, workdir):
+    systems = [(f"raftcron ({b.name})", lambda b=b: Raftcron(b, workdir)) for b in builds]
+    systems.append(("etcd", lambda: Etcd(workdir)))
+    clusters = {}
+    try:
+        for name, make in systems:
+            clusters[name] = make()
+        for c in clusters.values():
+            c.leader()
+        rows = []
+        for rnd in range(args.rounds):
+            for conns in args.conns:
+                for name, c in clusters.items():
+                    lead, term0 = c.leader()
+                    follower = (lead + 1) % 3
+                    prefix = f"R{rnd}C{conns}S{len(rows)}X{int(time.time() * 1000) % 100000}"
+                    prefix += "z" * (-(len(prefix) + 15) % 4)  # the etcd key's length: a multiple of 4
+                    r = wrk_row("etcd" if name == "etcd" else "raftcron", c.write_url(follower), conns,
+                                args.seconds, prefix, workdir)
+                    _, term1 = c.leader()
+                    r.update(system=name, conns=conns, round=rnd + 1, elections=term1 - term0)
+                    log(f"writes: {name:<22} c={conns:<3} {r['rps']:>8.0f} req/s p50 {r['p50']:.2f} ms "
+                        f"p99 {r['p99']:.2f} ms errors {r['errors']} terms +{r['elections']}")
+                    rows.append(r)
+        return rows
+    finally:
+        for c in clusters.values():
+            c.stop()
+
+
+# ---------------------------------------------------------------- failover
+
+
+HAPROXY_DEFAULTS = ROOT / "cluster" / "haproxy.cfg"
+
+
+def haproxy_config(listen, servers):
+    """cluster/haproxy.cfg with the compose network's names swapped for loopback ports."""
+    text = HAPROXY_DEFAULTS.read_text()
+    text = re.sub(r"\nresolvers docker\n(?:[ \t]+.*\n)+", "\n", text)
+    text = re.sub(r"\s*init-addr \S+ resolvers docker", "", text)
+    text = re.sub(r"\n\s*log stdout format raw local0 info", "", text)
+    text = text.replace("bind *:8080", f"bind {listen}")
+    text = re.sub(r"\n\s*server raftcron\d.*", "", text)
+    text = text.rstrip("\n") + "\n" + "".join(
+        f"    server raftcron{i + 1} {s} check\n" for i, s in enumerate(servers)
+    )
+    return text
+
+
+class Haproxy:
+    def __init__(self, servers, workdir):
+        self.addr = f"127.0.0.1:{free_ports(1)[0]}"
+        cfg = Path(workdir) / "haproxy.cfg"
+        cfg.write_text(haproxy_config(self.addr, servers))
+        self.proc = subprocess.Popen(["haproxy", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"haproxy did not start with {cfg}")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def failover_trial(cluster, through, clients=4, limit=20.0):
+    """Kills the leader while `clients` threads write through `through(leader)`; the time
+    from the kill to the first acknowledgement of a write sent after it, in ms."""
+    lead, _ = cluster.leader()
+    target = through(lead)
+    stop = threading.Event()
+    killed_at = [None]
+    first_ack = []
+    lock = threading.Lock()
+    counter = [0]
+
+    def writer(w):
+        while not stop.is_set():
+            with lock:
+                counter[0] += 1
+                n = counter[0]
+            sent = time.monotonic()
+            status, _ = request(target, "POST", "/api/tasks",
+                                {"name": f"fo-{os.getpid()}-{n}-{w}-{time.time_ns()}", "executor": "shell", "command": "true"},
+                                timeout=15.0)
+            done = time.monotonic()
+            with lock:
+                if status == 201 and killed_at[0] is not None and sent >= killed_at[0]:
+                    first_ack.append(done)
+                    stop.set()
+            if status != 201:
+                time.sleep(0.005)
+
+    threads = [threading.Thread(target=writer, args=(w,), daemon=True) for w in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    with lock:
+        killed_at[0] = time.monotonic()
+    cluster.kill(lead)
+    stop.wait(limit)
+    stop.set()
+    for t in threads:
+        t.join(16)
+    cluster.start(lead)
+    took = (min(first_ack) - killed_at[0]) * 1000 if first_ack else None
+    cluster.caught_up()
+    return took
+
+
+def bench_failover(builds, args, workdir):
+    out = []
+    for b in builds:
+        c = Raftcron(b, workdir)
+        hp = None
+        try:
+            c.caught_up()
+            hp = Haproxy(c.http, workdir)
+            for trial in range(args.failover_trials):
+                for path, through in (("survivor", lambda lead: c.http[(lead + 1) % 3]), ("haproxy", lambda lead: hp.addr)):
+                    ms = failover_trial(c, through)
+                    log(f"failover: {b.name} trial {trial + 1} via {path}: "
+                        + (f"{ms:.0f} ms" if ms is not None else "no acknowledged write within 20 s"))
+                    out.append({"build": b.name, "path": path, "trial": trial + 1, "ms": ms})
+        finally:
+            if hp:
+                hp.stop()
+            c.stop()
+    return out
+
+
+# ---------------------------------------------------------------- cargo benches
+
+
+def cargo_bench(build, name, bench_args, env_extra):
+    env = dict(os.environ, CARGO_TARGET_DIR=str(build.target), **env_extra)
+    r = subprocess.run(["cargo", "bench", "--quiet", "--bench", name, "--", *bench_args], cwd=build.src,
+                       env=env, capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        raise RuntimeError(f"cargo bench --bench {name} ({build.name}) failed:\n{r.stdout}\n{r.stderr[-4000:]}")
+    return r.stdout
+
+
+def bench_firing(builds, args, workdir):
+    rows, cdfs = [], {}
+    for b in builds:
+        samples = Path(workdir) / f"firing-{b.name}.json"
+        out = cargo_bench(b, "firing", [str(n) for n in args.firing], {"BENCH_SAMPLES": str(samples)})
+        log(out)
+        for m in re.finditer(
+            r"^\s*(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)ms\s+([\d.]+)ms\s+([\d.]+)\s+(\d+)(?:\s+([\d.]+)ms)?(?:\s+(\d+))?",
+            out, re.M,
+        ):
+            g = m.groups()
+            rows.append({"build": b.name, "tasks": int(g[0]), "create_s": float(g[1]), "all_fired_s": float(g[2]),
+                         "lag_p50": float(g[3]), "lag_p99": float(g[4]), "cpu_s": float(g[5]),
+                         "rss_per_task": int(g[6]), "get_p99": float(g[7]) if g[7] else None,
+                         "elections": int(g[8]) if g[8] else None})
+        if samples.exists():
+            cdfs[b.name] = json.loads(samples.read_text())
+    return rows, cdfs
+
+
+def bench_runs(builds, args, workdir):
+    rows = []
+    for b in builds:
+        out = cargo_bench(b, "workers", [], {"BENCH_BURST": str(args.burst)})
+        log(out)
+        row = {"build": b.name}
+        m = re.search(r"^one at a time \(ms\)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", out, re.M)
+        if m:
+            row.update(start_p50=float(m.group(2)), start_p99=float(m.group(3)), finish_p50=float(m.group(4)))
+        m = re.search(r"^burst: (\d+) runs finished in ([\d.]+) s = (\d+) runs/s", out, re.M)
+        if m:
+            row.update(burst=int(m.group(1)), runs_per_s=float(m.group(3)))
+        m = re.search(r"^fork/exec anchor: ([\d.]+) /s", out, re.M)
+        if m:
+            row["anchor"] = float(m.group(1))
+        rows.append(row)
+    anchor = next((r["anchor"] for r in rows if "anchor" in r), None)
+    for r in rows:
+        r.setdefault("anchor", anchor)
+    return rows
+
+
+# ---------------------------------------------------------------- report
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(v, spec=".0f"):
+    return "—" if v is None else format(v, spec)
+
+
+def report(args, machine, writes, failover, firing_and_cdfs, runs, out_dir):
+    """Writes <date>.md (tables), <date>.json (every row) and the SVG plots; returns the .md path.
+    A build without lag samples (an older bench) has table rows but no CDF line."""
+    firing, cdfs = firing_and_cdfs
+    date = datetime.date.today().isoformat() + ("-quick" if args.quick else "")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = plot(writes, failover, cdfs, out_dir, date)
+    md = [f"# raftcron benchmarks, {date}", "",
+          f"`scripts/bench.sh{' --quick' if args.quick else ''}` on {machine}. Every number below comes from this one run; "
+          "how to read them and the physical limits: [bench/README.md](../README.md).", ""]
+    if writes:
+        md += ["## Writes through a follower (3 nodes, loopback, wrk)", "",
+               f"{args.seconds} s per row, {args.rounds} round(s), systems alternating row by row; "
+               "medians over rounds. ratio = raftcron / etcd.", "",
+               "| system | connections | req/s | p50 ms | p99 ms | ratio req/s | errors | new terms |",
+               "|---|---|---|---|---|---|---|---|"]
+        systems = list(dict.fromkeys(r["system"] for r in writes))
+        for conns in args.conns:
+            etcd = median([r["rps"] for r in writes if r["system"] == "etcd" and r["conns"] == conns])
+            for s in systems:
+                rs = [r for r in writes if r["system"] == s and r["conns"] == conns]
+                rps = median([r["rps"] for r in rs])
+                ratio = fmt(rps / etcd, ".2f") + "×" if etcd and s != "etcd" else ""
+                md.append(f"| {s} | {conns} | {fmt(rps)} | {fmt(median([r['p50'] for r in rs]), '.2f')} | "
+                          f"{fmt(median([r['p99'] for r in rs]), '.2f')} | {ratio} | {sum(r['errors'] for r in rs)} | "
+                          f"{sum(r['elections'] for r in rs)} |")
+        md += ["", f"![throughput]({plots['writes']})", ""]
+    if failover:
+        md += ["## Failover: leader SIGKILL → first acknowledged write sent after it", "",
+               "| build | through | trials | p50 ms | max ms | min ms | none within 20 s |", "|---|---|---|---|---|---|---|"]
+        for key in dict.fromkeys((r["build"], r["path"]) for r in failover):
+            ms = [r["ms"] for r in failover if (r["build"], r["path"]) == key]
+            ok = [m for m in ms if m is not None]
+            md.append(f"| {key[0]} | {key[1]} | {len(ms)} | {fmt(median(ok))} | {fmt(max(ok) if ok else None)} | "
+                      f"{fmt(min(ok) if ok else None)} | {len(ms) - len(ok)} |")
+        md += ["", f"![failover]({plots['failover']})", ""]
+    if firing:
+        md += ["## Firing: N tasks due in the same second (3 nodes in one process)", "",
+               "| build | tasks | all fired s | lag p50 ms | lag p99 ms | CPU s | RSS/task B | GET p99 ms | new terms |",
+               "|---|---|---|---|---|---|---|---|---|"]
+        for r in firing:
+            md.append(f"| {r['build']} | {r['tasks']} | {r['all_fired_s']:.2f} | {r['lag_p50']:.1f} | {r['lag_p99']:.1f} | "
+                      f"{r['cpu_s']:.1f} | {r['rss_per_task']} | {fmt(r['get_p99'], '.1f')} | {fmt(r['elections'], 'd')} |")
+        if "firing" in plots:
+            md += ["", f"![firing lag]({plots['firing']})"]
+        md.append("")
+    if runs:
+        md += ["## Runs: a `true` shell task on 2 workers", "",
+               "| build | trigger→start p50 ms | p99 ms | burst runs | runs/s | fork+exec /s alone | ratio |",
+               "|---|---|---|---|---|---|---|"]
+        for r in runs:
+            ratio = r.get("runs_per_s", 0) / r["anchor"] if r.get("anchor") else None
+            md.append(f"| {r['build']} | {fmt(r.get('start_p50'), '.1f')} | {fmt(r.get('start_p99'), '.1f')} | "
+                      f"{fmt(r.get('burst'), 'd')} | {fmt(r.get('runs_per_s'))} | {fmt(r.get('anchor'))} | "
+                      f"{fmt(ratio, '.0%')} |")
+        md.append("")
+    path = out_dir / f"{date}.md"
+    path.write_text("\n".join(md) + "\n")
+    (out_dir / f"{date}.json").write_text(json.dumps(
+        {"writes": writes, "failover": failover, "firing": firing, "runs": runs}, indent=1))
+    return path
+
+
+def plot(writes, failover, firing_cdfs, out_dir, date):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    if writes:
+        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+        for s in dict.fromkeys(r["system"] for r in writes):
+            conns = sorted({r["conns"] for r in writes})
+            a.plot(conns, [median([r["rps"] for r in writes if r["system"] == s and r["conns"] == c]) for c in conns], "o-", label=s)
+            b.plot(conns, [median([r["p99"] for r in writes if r["system"] == s and r["conns"] == c]) for c in conns], "o-", label=s)
+        for ax, title in ((a, "writes/s"), (b, "p99 latency, ms")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("connections")
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        out["writes"] = save(fig, out_dir, f"{date}-writes.svg")
+    if failover:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        keys = list(dict.fromkeys((r["build"], r["path"]) for r in failover))
+        for y, key in enumerate(keys):
+            ms = [r["ms"] for r in failover if (r["build"], r["path"]) == key and r["ms"] is not None]
+            ax.plot(ms, [y] * len(ms), "o", alpha=0.6)
+            if ms:
+                ax.plot([median(ms)], [y], "k|", markersize=20)
+        ax.set_yticks(range(len(keys)), [f"{b} via {p}" for b, p in keys])
+        ax.set_xlabel("ms from leader SIGKILL to first acknowledged write (| = median)")
+        ax.grid(alpha=0.3)
+        out["failover"] = save(fig, out_dir, f"{date}-failover.svg")
+    if firing_cdfs:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        for build, rows in firing_cdfs.items():
+            for row in rows:
+                lags = sorted(row["lags_ms"])
+                if lags:
+                    ax.plot(lags, [(i + 1) / len(lags) for i in range(len(lags))], label=f"{build}, {row['tasks']} tasks")
+        ax.set_xlabel("schedule lag, ms (run created − tick)")
+        ax.set_ylabel("fraction of fires")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        out["firing"] = save(fig, out_dir, f"{date}-firing-lag.svg")
+    return out
+
+
+def save(fig, out_dir, name):
+    fig.tight_layout()
+    fig.savefig(out_dir / name, format="svg")
+    return name
+
+
+def machine():
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return f"{os.cpu_count()} cores ({cpu}), Linux {os.uname().release}"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--build", action="append", required=True, help="NAME=SRC_DIR:TARGET_DIR (release built)")
+    p.add_argument("--quick", action="store_true", help="a few seconds per row: proves the script, not the numbers")
+    p.add_argument("--only", default="writes,failover,firing,runs")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    a = p.parse_args()
+    a.conns = [1, 16, 64]
+    if a.quick:
+        a.seconds, a.rounds, a.failover_trials, a.firing, a.burst = 2, 1, 2, [2000], 300
+    else:
+        a.seconds, a.rounds, a.failover_trials, a.firing, a.burst = 8, 2, 20, [10000, 100000], 2000
+    builds = [Build(s) for s in a.build]
+    only = set(a.only.split(","))
+    workdir = tempfile.mkdtemp(prefix="raftcron-bench-", dir="/var/tmp")
+    started = time.monotonic()
+    try:
+        writes = bench_writes(builds, a, workdir) if "writes" in only else []
+        failover = bench_failover(builds, a, workdir) if "failover" in only else []
+        firing, cdfs = bench_firing(builds, a, workdir) if "firing" in only else ([], {})
+        runs = bench_runs(builds, a, workdir) if "runs" in only else []
+        path = report(a, machine(), writes, failover, (firing, cdfs), runs, Path(a.out))
+        print(path.read_text())
+        log(f"wrote {path} in {time.monotonic() - started:.0f} s")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
