@@ -351,11 +351,16 @@ fn default_http_addr() -> String {
 fn default_rpc_addr() -> String {
     "127.0.0.1:9080".into()
 }
+/// Four heartbeats per minimum election timeout: a follower notices a dead leader only
+/// after its lease (`1.5 × election_timeout_ms`, openraft's leader lease is the maximum
+/// election timeout) and its own randomized timeout, so failover takes about
+/// `2.5–3 × election_timeout_ms` before the new leader's first commit. See
+/// config/example.toml for the trade-off.
 fn default_heartbeat_ms() -> u64 {
-    100
+    50
 }
 fn default_election_timeout_ms() -> u64 {
-    1000
+    250
 }
 fn default_snapshot_every() -> u64 {
     10_000
@@ -701,8 +706,8 @@ mod tests {
         assert_eq!(c.node.http_addr, "127.0.0.1:2");
         let c = Config::load(Some(f.path()), &e, &["node.http_addr=127.0.0.1:3".into()]).unwrap();
         assert_eq!(c.node.http_addr, "127.0.0.1:3");
-        let c = Config::load(Some(f.path()), &e, &["cluster.heartbeat_ms=50".into()]).unwrap();
-        assert_eq!(c.cluster.heartbeat_ms, 50);
+        let c = Config::load(Some(f.path()), &e, &["cluster.heartbeat_ms=20".into()]).unwrap();
+        assert_eq!(c.cluster.heartbeat_ms, 20);
     }
 
     #[test]
@@ -726,13 +731,14 @@ mod tests {
         let f = write("[node]\nid = 1\n[scheduler]\nworker_timeout_s = 4\n");
         assert!(Config::load(Some(f.path()), &env(&[]), &[]).is_ok());
         // A quorum-loss probe shorter than openraft accepts is refused by name; 0 is off.
-        let f = write("[node]\nid = 1\n[cluster]\nquorum_loss_probe_ms = 2999\n");
+        // (The floor is 2 x the maximum election timeout: 2 x 375 ms by default.)
+        let f = write("[node]\nid = 1\n[cluster]\nquorum_loss_probe_ms = 749\n");
         let err = Config::load(Some(f.path()), &env(&[]), &[]).unwrap_err().to_string();
-        assert!(err.contains("cluster.quorum_loss_probe_ms") && err.contains("3000"), "{err}");
+        assert!(err.contains("cluster.quorum_loss_probe_ms") && err.contains("750"), "{err}");
         let f = write("[node]\nid = 1\n[cluster]\nquorum_loss_probe_ms = 0\n");
         assert_eq!(Config::load(Some(f.path()), &env(&[]), &[]).unwrap().cluster.quorum_loss_probe(), None);
         let f = write("[node]\nid = 1\n");
-        assert_eq!(Config::load(Some(f.path()), &env(&[]), &[]).unwrap().cluster.quorum_loss_probe(), Some(3000));
+        assert_eq!(Config::load(Some(f.path()), &env(&[]), &[]).unwrap().cluster.quorum_loss_probe(), Some(750));
     }
 
     #[test]

@@ -171,11 +171,13 @@ impl Node {
         let peers: Vec<String> =
             if id <= n { (1..=n).map(|k| format!("\"{k}={}:9080\"", node_ip(k))).collect() } else { Vec::new() };
         let probe = cfg.quorum_loss_probe_ms.map_or(String::new(), |ms| format!("quorum_loss_probe_ms = {ms}\n"));
+        // Heartbeat and election timeout are the binary's defaults (50 / 250 ms): the suite
+        // proves the timing raftcron ships with, delay nemesis included.
         fs::write(
             dir.join("config.toml"),
             format!(
                 "[node]\nid = {id}\ndata_dir = {:?}\nhttp_addr = \"{ip}:8080\"\nrpc_addr = \"{ip}:9080\"\n\n\
-                 [cluster]\npeers = [{}]\nheartbeat_ms = 100\nelection_timeout_ms = 1000\n\
+                 [cluster]\npeers = [{}]\n\
                  snapshot_every_entries = {}\nsecret = \"jepsen-cluster-secret-0f3a\"\n{probe}\n\
                  [scheduler]\nworker_timeout_s = 6\nrun_history_per_task = 100000\nmisfire_threshold_s = {misfire}\n",
                 dir.join("data"),
