@@ -810,7 +810,9 @@ impl NodeCore {
                     return Ok(Done);
                 }
                 self.raft.trigger().transfer_leader(to).await.map_err(|e| RpcFailure::Unavailable(e.to_string()))?;
-                let patience = Duration::from_millis(3 * self.config.cluster.election_timeout_ms);
+                // A transfer is one vote round; the floor is for a loaded cluster.
+                let patience =
+                    Duration::from_millis(3 * self.config.cluster.election_timeout_ms).max(Duration::from_secs(2));
                 self.await_leader_change(Some(self.id), patience).await;
                 // openraft's own view: the filtered `leader()` may not have recorded the
                 // new leader's first heartbeat yet.

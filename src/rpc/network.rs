@@ -35,6 +35,16 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     }
 }
 
+/// The least time an AppendEntries that carries entries may take. openraft gives every
+/// append the heartbeat interval (50 ms by default) as its deadline, which a large entry
+/// (a `Fire` of hundreds of tasks) with the follower's fsync overshoots under load: the
+/// call failed, the follower wrote the entries anyway, the connection was dropped and
+/// redialed, and the leader sent them again (the firing bench logged `DeadlineExceeded`
+/// throughout a 100k-task fire). Liveness does not rest on this deadline: heartbeats
+/// (appends without entries) keep openraft's, and a replaced leader's stream is dropped.
+/// The cost: a connection that went dead silently is given up on after this long.
+const MIN_APPEND_DEADLINE: Duration = Duration::from_secs(2);
+
 pub struct PeerNetwork {
     target: NodeId,
     addr: String,
@@ -98,7 +108,10 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let client = self.client().await?;
-        let res = client.append_entries(context(option.hard_ttl()), self.identity.header(), rpc).await;
+        // A heartbeat (no entries) keeps openraft's deadline.
+        let deadline =
+            if rpc.entries.is_empty() { option.hard_ttl() } else { option.hard_ttl().max(MIN_APPEND_DEADLINE) };
+        let res = client.append_entries(context(deadline), self.identity.header(), rpc).await;
         Ok(self.finish(res).await?)
     }
 
