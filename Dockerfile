@@ -46,9 +46,10 @@ HEALTHCHECK --interval=5s --timeout=4s --start-period=10s --retries=3 CMD ["raft
 ENTRYPOINT ["raftcron"]
 CMD ["serve"]
 
-# --- prebuilt: the runtime with a binary built outside Docker (dist/raftcron).
+# --- prebuilt: the runtime with binaries built outside Docker (dist/raftcron and
+# dist/raftcron-shim, the per-run supervisor a worker starts beside it).
 FROM runtime-base AS prebuilt
-COPY dist/raftcron /usr/local/bin/raftcron
+COPY dist/raftcron dist/raftcron-shim /usr/local/bin/
 
 # --- builder: the same build script CI runs on the host.
 FROM ${RUST_IMAGE} AS builder
@@ -58,4 +59,4 @@ RUN scripts/build-release.sh /out
 
 # --- runtime (default target): the runtime with the binary from the builder.
 FROM runtime-base AS runtime
-COPY --from=builder /out/raftcron /usr/local/bin/raftcron
+COPY --from=builder /out/raftcron /out/raftcron-shim /usr/local/bin/

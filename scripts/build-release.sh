@@ -6,8 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-dist}"
 scripts/install-deps.sh
-cargo build --release --locked --bin raftcron
+cargo build --release --locked --bin raftcron --bin raftcron-shim
 target="${CARGO_TARGET_DIR:-target}"
 mkdir -p "$out"
-cp "$target/release/raftcron" "$out/raftcron"
-echo "built $out/raftcron ($(du -h "$out/raftcron" | cut -f1))"
+# raftcron-shim: the per-run supervisor alone (no RocksDB), which a worker starts for
+# every run when it sits beside raftcron.
+for bin in raftcron raftcron-shim; do
+  cp "$target/release/$bin" "$out/$bin"
+  echo "built $out/$bin ($(du -h "$out/$bin" | cut -f1))"
+done

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh iproute2 iptables faketime
-cargo build --quiet --bin raftcron
+cargo build --quiet --bins  # raftcron and raftcron-shim, which its workers start per run
 (cd jepsen && cargo build --quiet)
 if [ -n "${CARGO_TARGET_DIR:-}" ]; then
   raftcron_bin="$CARGO_TARGET_DIR/debug/raftcron"

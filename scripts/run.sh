@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# raftcron-shim too: a worker starts it for every run when it sits beside raftcron.
+cargo build --quiet --bins
 exec cargo run --quiet --bin raftcron -- "$@"

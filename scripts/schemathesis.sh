@@ -17,7 +17,7 @@ if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VER
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
 fi
-cargo build --quiet --bin raftcron
+cargo build --quiet --bins  # raftcron and raftcron-shim, which its workers start per run
 bin="${CARGO_TARGET_DIR:-target}/debug/raftcron"
 dir=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))

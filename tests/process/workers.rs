@@ -142,3 +142,89 @@ async fn a_report_outlives_a_cluster_outage_and_an_agent_restart() {
     let _ = w.kill();
     let _ = w.wait();
 }
+
+/// A worker started from a directory that holds `raftcron-shim` runs its jobs through that
+/// small binary, and only when it can trust it: same owner as `raftcron`, writable by no one
+/// else, and the same protocol (a partial upgrade or a file planted beside the binary falls
+/// back to `raftcron run-shim`). Each case's choice is read from the agent's log; the
+/// trusted one also runs a job to the end through the small shim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_runs_jobs_through_raftcron_shim_only_when_it_can_trust_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::start(1);
+    c.wait_healthy(Duration::from_secs(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_raftcron"), bin.join("raftcron")).unwrap();
+    let shim = bin.join("raftcron-shim");
+    let start = |id: &str| {
+        let log = dir.path().join(format!("{id}.log"));
+        let child = std::process::Command::new(bin.join("raftcron"))
+            .args(["worker", "--server", &format!("http://{}", c.nodes[0].http), "--id", id, "--max-tasks", "1"])
+            .arg("--state-dir")
+            .arg(dir.path().join(format!("{id}-state")))
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("RAFTCRON_WORKER_KEY", KEY)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (child, log)
+    };
+    let chosen = |log: &std::path::Path| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains("supervised by this binary")) {
+                return line.to_string();
+            }
+            assert!(Instant::now() < deadline, "no shim chosen: {text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let uses_small = |line: &str| line.contains("bin/raftcron-shim");
+
+    // Trusted: the small shim supervises a job to the end.
+    std::fs::copy(env!("CARGO_BIN_EXE_raftcron-shim"), &shim).unwrap();
+    let (mut worker, log) = start("small");
+    let line = chosen(&log);
+    assert!(uses_small(&line), "{line}");
+    let task =
+        c.post(0, "/api/tasks", Some(json!({"name": "t", "executor": "shell", "command": "echo via-shim"}))).await;
+    let task = task["data"]["id"].as_u64().unwrap_or_else(|| panic!("create failed: {task}"));
+    let run = c.post(0, &format!("/api/tasks/{task}/trigger"), None).await;
+    let run = run["data"]["id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c.get(0, &format!("/api/runs/{run}")).await;
+        if r["data"]["status"] == "succeeded" {
+            assert!(r["data"]["output"].as_str().unwrap_or("").contains("via-shim"), "{r}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "run {run}: {r}; worker log: {}", std::fs::read_to_string(&log).unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+
+    // Writable by its group: not trusted.
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let (mut worker, log) = start("writable");
+    let line = chosen(&log);
+    assert!(!uses_small(&line) && line.contains("bin/raftcron"), "{line}");
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+
+    // Another protocol (an older or newer shim left beside this binary): not used.
+    std::fs::write(&shim, "#!/bin/sh\necho 0.0.0/shim-protocol-0\n").unwrap();
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (mut worker, log) = start("other");
+    let line = chosen(&log);
+    assert!(!uses_small(&line), "{line}");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("speaks another protocol"));
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+}
