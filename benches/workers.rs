@@ -6,12 +6,10 @@
 //! Latencies come from the run records (`created_at` is the trigger's command time,
 //! `started_at` the worker's start report, `finished_at` its final report; one host, one
 //! clock), so no polling interval blurs them. `cargo bench --bench workers` prints a
-//! table. Bounded: `SEQUENTIAL` and `BURST` (or `$BENCH_BURST`) runs, each phase at most
-//! `PHASE_LIMIT`.
+//! table. Bounded: `SEQUENTIAL` and `BURST` runs, each phase at most `PHASE_LIMIT`.
 //!
-//! The anchor, measured in the same run: how many `/bin/sh -c true` this machine forks,
-//! execs and reaps per second from `CLIENTS` threads with nothing else running — the
-//! ceiling for runs of a `true` shell task, which each cost at least that.
+//! `bench/bench.py` (`scripts/bench.sh`) measures the same with real processes (`raftcron
+//! serve`, `raftcron worker`) beside the machine's fork/exec rate (`benches/spawn.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -87,33 +85,7 @@ fn row(name: &str, runs: &[Value]) {
     );
 }
 
-/// `/bin/sh -c true` spawned and reaped per second from `CLIENTS` threads, for `ANCHOR_TIME`.
-fn fork_exec_rate() -> f64 {
-    const ANCHOR_TIME: Duration = Duration::from_secs(3);
-    let started = Instant::now();
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..CLIENTS {
-            s.spawn(|| {
-                while started.elapsed() < ANCHOR_TIME {
-                    let ok =
-                        std::process::Command::new("/bin/sh").args(["-c", "true"]).status().is_ok_and(|s| s.success());
-                    if ok {
-                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-            });
-        }
-    });
-    done.into_inner() as f64 / started.elapsed().as_secs_f64()
-}
-
 fn main() {
-    let burst: usize = std::env::var("BENCH_BURST").ok().and_then(|v| v.parse().ok()).unwrap_or(BURST);
-    println!(
-        "fork/exec anchor: {:.0} /s (/bin/sh -c true from {CLIENTS} threads, nothing else running)",
-        fork_exec_rate()
-    );
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         // History large enough that no run is pruned before it is measured.
@@ -159,7 +131,7 @@ fn main() {
             let (c_http, url, next) = (c.http.clone(), c.url(f, &format!("/api/tasks/{task}/trigger")), next.clone());
             handles.push(tokio::spawn(async move {
                 let mut ids = Vec::new();
-                while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < burst && Instant::now() < deadline {
+                while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < BURST && Instant::now() < deadline {
                     if let Ok(r) = c_http.post(&url).bearer_auth(fixture::KEY).send().await {
                         if let Ok(v) = r.json::<Value>().await {
                             ids.extend(v["data"]["id"].as_u64());
@@ -182,7 +154,6 @@ fn main() {
             burst.len() as f64 / took
         );
         let failed = burst.iter().chain(&seq).filter(|r| r["status"] != "succeeded").count();
-        println!("fork/exec rate again, cluster idle: {:.0} /s", fork_exec_rate());
         println!("runs not succeeded: {failed}");
         for a in agents {
             a.shutdown().await;

@@ -37,6 +37,11 @@ use nix::time::{clock_gettime, ClockId};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+/// What an agent and a shim binary must agree on: the release, and the number of the
+/// spec and frame protocol below (raise it when either changes). An agent uses the
+/// separate `raftcron-shim` binary only when it prints exactly this (`--protocol`).
+pub const PROTOCOL: &str = concat!(env!("CARGO_PKG_VERSION"), "/shim-protocol-1");
+
 /// What to run, as the agent sends it (the first line on the shim's stdin).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShimSpec {
