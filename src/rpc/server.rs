@@ -58,19 +58,11 @@ impl ClusterService for RpcServer {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcFailure> {
         self.check_raft(&hdr)?;
         let leader = req.vote.leader_id().node_id;
-        // In a task of its own: a heartbeat's deadline is the heartbeat interval, and a
-        // caller that gives up aborts this handler; an append Raft accepted all the same
-        // (after a slow fsync, say) must still count as contact with the leader, or this
-        // node reports no leader while it follows one.
-        let core = self.core.clone();
-        let accepted = tokio::spawn(async move {
-            let resp = core.raft.append_entries(req).await;
-            if resp.as_ref().is_ok_and(|r| !matches!(r, AppendEntriesResponse::HigherVote(_))) {
-                core.heard_from_leader(leader);
-            }
-            resp
-        });
-        accepted.await.map_err(|e| RpcFailure::Unavailable(e.to_string()))?.map_err(unavailable)
+        let resp = self.core.raft.append_entries(req).await.map_err(unavailable)?;
+        if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
+            self.core.heard_from_leader(leader);
+        }
+        Ok(resp)
     }
 
     async fn vote(

@@ -121,7 +121,7 @@ impl RunAs {
 /// How a process job is started: through which shim, where, and as whom.
 #[derive(Debug, Clone)]
 pub struct Launch {
-    /// The `raftcron` binary whose `run-shim` supervises each process job.
+    /// The binary (`raftcron-shim` or `raftcron`) whose `run-shim` supervises each process job.
     pub shim: PathBuf,
     /// Where a job without a `working_directory` starts (default: the agent's directory).
     pub work_dir: Option<PathBuf>,

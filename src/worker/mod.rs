@@ -153,16 +153,20 @@ pub struct RunningAgent {
 }
 
 /// The supervisor each process run starts: `raftcron-shim` beside this executable (a
-/// small binary, ~1 ms to start) when it is owned by this executable's owner, writable by
-/// no one else (a file planted in a shared directory must not run jobs, maybe as root) and
-/// speaks this build's protocol (a partial upgrade or a stale build must not supervise
-/// runs); else this executable (`raftcron run-shim`, ~6 ms: it links RocksDB).
+/// small binary, ~1 ms to start) when it and its directory belong to this executable's
+/// owner (or root) and are writable by no one else, it is a plain file (not a symlink),
+/// and it speaks this build's protocol; else this executable (`raftcron run-shim`, ~6 ms:
+/// it links RocksDB). A file planted beside the binary must not run jobs (maybe as root),
+/// and a partial upgrade or a stale build must not supervise runs. Checked once, at start:
+/// whoever can replace files in a directory that passes could replace `raftcron` too.
 async fn default_shim() -> std::io::Result<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let me = std::env::current_exe()?;
     let small = me.with_file_name("raftcron-shim");
-    let trusted = match (std::fs::metadata(&me), std::fs::metadata(&small)) {
-        (Ok(a), Ok(b)) => b.is_file() && b.uid() == a.uid() && b.mode() & 0o022 == 0,
+    let owner = std::fs::metadata(&me)?.uid();
+    let safe = |m: &std::fs::Metadata| (m.uid() == owner || m.uid() == 0) && m.mode() & 0o022 == 0;
+    let trusted = match (std::fs::symlink_metadata(&small), small.parent().map(std::fs::metadata)) {
+        (Ok(file), Some(Ok(dir))) => file.file_type().is_file() && safe(&file) && safe(&dir),
         _ => false,
     };
     if !trusted {
@@ -173,15 +177,17 @@ async fn default_shim() -> std::io::Result<PathBuf> {
         tokio::process::Command::new(&small).arg("--protocol").env_clear().output(),
     )
     .await;
-    match answer {
-        Ok(Ok(out)) if String::from_utf8_lossy(&out.stdout).trim() == shim::PROTOCOL => Ok(small),
-        other => {
-            let said = other.map(|r| r.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()));
-            tracing::warn!(shim = %small.display(), answer = ?said, expected = shim::PROTOCOL,
-                "raftcron-shim speaks another protocol; runs are supervised by `raftcron run-shim` instead");
-            Ok(me)
-        }
+    let said = match answer {
+        Ok(Ok(out)) => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        Ok(Err(e)) => format!("cannot run it: {e}"),
+        Err(_) => "no answer within 5 s".to_string(),
+    };
+    if said == shim::PROTOCOL {
+        return Ok(small);
     }
+    tracing::warn!(shim = %small.display(), answer = %said, expected = shim::PROTOCOL,
+        "raftcron-shim does not speak this build's protocol; runs are supervised by `raftcron run-shim` instead");
+    Ok(me)
 }
 
 /// Starts the agent: in the background it registers (retrying until the cluster
