@@ -175,7 +175,7 @@ async fn a_worker_runs_jobs_through_raftcron_shim_only_when_it_can_trust_it() {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        (child, log)
+        (KillOnDrop(child), log)
     };
     let chosen = |log: &std::path::Path| {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -192,7 +192,7 @@ async fn a_worker_runs_jobs_through_raftcron_shim_only_when_it_can_trust_it() {
 
     // Trusted: the small shim supervises a job to the end.
     std::fs::copy(env!("CARGO_BIN_EXE_raftcron-shim"), &shim).unwrap();
-    let (mut worker, log) = start("small");
+    let (worker, log) = start("small");
     let line = chosen(&log);
     assert!(uses_small(&line), "{line}");
     let task = c
@@ -212,24 +212,31 @@ async fn a_worker_runs_jobs_through_raftcron_shim_only_when_it_can_trust_it() {
         assert!(Instant::now() < deadline, "run {run}: {r}; worker log: {}", std::fs::read_to_string(&log).unwrap());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    worker.kill().unwrap();
-    worker.wait().unwrap();
+    drop(worker);
 
     // Writable by its group: not trusted.
     std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o775)).unwrap();
-    let (mut worker, log) = start("writable");
+    let (worker, log) = start("writable");
     let line = chosen(&log);
     assert!(!uses_small(&line) && line.contains("bin/raftcron"), "{line}");
-    worker.kill().unwrap();
-    worker.wait().unwrap();
+    drop(worker);
 
     // Another protocol (an older or newer shim left beside this binary): not used.
     std::fs::write(&shim, "#!/bin/sh\necho 0.0.0/shim-protocol-0\n").unwrap();
     std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (mut worker, log) = start("other");
+    let (worker, log) = start("other");
     let line = chosen(&log);
     assert!(!uses_small(&line), "{line}");
     assert!(std::fs::read_to_string(&log).unwrap().contains("shim-protocol-0"), "the refusal names what it heard");
-    worker.kill().unwrap();
-    worker.wait().unwrap();
+    drop(worker);
+}
+
+/// A child killed (and reaped) when dropped, so a failed assertion leaves no agent behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
