@@ -94,7 +94,18 @@ class Build:
 # ---------------------------------------------------------------- raftcron processes
 
 
-class Raftcron:
+class Processes:
+    """Processes of one cluster and their temp dir: `stop` kills them and removes it."""
+
+    def stop(self):
+        for p in self.procs:
+            if p and p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Raftcron(Processes):
     """A 3-node `raftcron serve` cluster on loopback, data in a temp dir."""
 
     def __init__(self, build, workdir, n=3):
@@ -159,21 +170,11 @@ class Raftcron:
             time.sleep(0.1)
         raise RuntimeError(f"raftcron ({self.build.name}): nodes did not catch up within {limit}s")
 
-    def term(self):
-        return self.leader()[1]
-
     def write_url(self, i):
         return f"http://{self.http[i]}/api/tasks"
 
-    def stop(self):
-        for p in self.procs:
-            if p and p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-                p.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
-
-class Etcd:
+class Etcd(Processes):
     """A 3-member etcd cluster on loopback (Debian's etcd-server)."""
 
     def __init__(self, workdir, n=3):
@@ -209,18 +210,8 @@ class Etcd:
             time.sleep(0.1)
         raise RuntimeError(f"etcd: no agreed leader within {limit}s; logs in {self.dir}")
 
-    def term(self):
-        return self.leader()[1]
-
     def write_url(self, i):
         return f"http://{self.client[i]}/v3/kv/put"
-
-    def stop(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-                p.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def etcd_binary():
