@@ -75,9 +75,15 @@ pub struct ClusterConfig {
     pub heartbeat_ms: u64,
     #[serde(default = "default_election_timeout_ms")]
     pub election_timeout_ms: u64,
-    /// Build a snapshot (and purge the log behind it) after this many applied entries.
+    /// Build a snapshot (and purge the log behind it) once at least this many entries
+    /// were applied since the last one ...
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every_entries: u64,
+    /// ... and the log appended since then holds at least this many times the last
+    /// snapshot's bytes, so snapshot work stays proportional to the writes however large
+    /// the state grows (0: the entry count alone decides).
+    #[serde(default = "default_snapshot_log_ratio")]
+    pub snapshot_log_ratio: f64,
     /// Shared secret a node proves it holds (challenge-response, never sent) before any
     /// node-to-node RPC; at least [`MIN_CLUSTER_SECRET_LEN`] bytes. May be empty only with
     /// TLS configured, or with `insecure`.
@@ -331,6 +337,7 @@ impl Default for ClusterConfig {
             heartbeat_ms: default_heartbeat_ms(),
             election_timeout_ms: default_election_timeout_ms(),
             snapshot_every_entries: default_snapshot_every(),
+            snapshot_log_ratio: default_snapshot_log_ratio(),
             secret: String::new(),
             secret_file: None,
             tls_ca_file: None,
@@ -364,6 +371,9 @@ fn default_election_timeout_ms() -> u64 {
 }
 fn default_snapshot_every() -> u64 {
     10_000
+}
+fn default_snapshot_log_ratio() -> f64 {
+    1.0
 }
 fn default_timezone() -> String {
     "UTC".into()
@@ -458,6 +468,12 @@ impl Config {
         }
         if self.cluster.snapshot_every_entries == 0 {
             return bad("cluster.snapshot_every_entries", "must be positive".into());
+        }
+        if !(0.0..=1000.0).contains(&self.cluster.snapshot_log_ratio) {
+            return bad(
+                "cluster.snapshot_log_ratio",
+                format!("{} is not a number from 0 to 1000", self.cluster.snapshot_log_ratio),
+            );
         }
         match self.cluster.quorum_loss_probe_ms {
             Some(ms) if ms > 0 && ms < 3 * self.cluster.election_timeout_ms => {

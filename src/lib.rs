@@ -8,6 +8,7 @@
 //! - [`model`] — tasks (and later runs and workers) and their validation; pure.
 //! - [`raft`] — openraft type config, the replicated commands, the deterministic `apply`.
 //! - [`storage`] — RocksDB: log store, state machine, snapshots, the state digest.
+//! - [`compaction`] — when a node snapshots its state and purges its log.
 //! - [`rpc`] — tarpc node-to-node service: Raft messages, forwarded writes, read index.
 //! - [`api`] — the REST API (axum), auth, the one error → status map, OpenAPI.
 //! - [`scheduler`] — schedule evaluation (cron, time zones); firing comes later.
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod certs;
 pub mod cli;
+pub mod compaction;
 pub mod config;
 pub mod metrics;
 pub mod model;

@@ -18,7 +18,7 @@ use crate::api::auth::Auth;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{HeartbeatAck, HeartbeatBody, Principal, Seen};
-use crate::raft::{Command, IdempotencyKey, NodeId, NodeInfo, Raft, Request, Response, SnapshotMeta, TypeConfig, Vote};
+use crate::raft::{Command, IdempotencyKey, NodeId, NodeInfo, Raft, Request, Response, TypeConfig};
 use crate::rpc::{self, context, Identity, MembershipOp, NodeStatus, PeerClients, RpcFailure, RpcServer};
 use crate::storage::{open_db, LogStore, StateMachine, Store};
 
@@ -83,8 +83,10 @@ pub struct NodeCore {
     pub started_at: Instant,
     pub http_addr: String,
     pub rpc_addr: String,
-    /// A snapshot arriving in chunks: (leader vote, meta, bytes so far).
-    pub incoming_snapshot: tokio::sync::Mutex<Option<(Vote, SnapshotMeta, Vec<u8>)>>,
+    /// A snapshot arriving in chunks, written to a file as they come.
+    pub incoming_snapshot: tokio::sync::Mutex<Option<crate::storage::IncomingSnapshot>>,
+    /// Where snapshot files live (`<data_dir>/snapshot`).
+    pub snapshot_dir: std::path::PathBuf,
     /// Set while this node's data dir is empty but the cluster remembers replicating to it:
     /// it must be removed and re-added, not silently rejoin (it may have voted before).
     pub quarantined: AtomicBool,
@@ -152,8 +154,9 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
     let security = member_security(&config, &secret)?;
     let db = open_db_retrying(&config.node.data_dir.join("db")).await?;
     let store = Store::new(db.clone());
-    let state_machine = StateMachine::new(store.clone(), config.node.data_dir.join("snapshot"))?;
-    let log_store = LogStore::new(db.clone());
+    let snapshot_dir = config.node.data_dir.join("snapshot");
+    let state_machine = StateMachine::new(store.clone(), snapshot_dir.clone())?;
+    let log_store = LogStore::new(db.clone()).counting_into(store.log_growth().clone())?;
     let pristine = log_store.is_pristine()?;
     let identity = Identity { id: config.node.id, store: store.clone() };
     let peers = PeerClients::new(security.clone());
@@ -165,7 +168,8 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
         // Randomized in [t, 1.5t): enough spread to avoid split votes, and a failover bound
         // of a few timeouts.
         election_timeout_max: config.cluster.election_timeout_ms * 3 / 2,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.cluster.snapshot_every_entries),
+        // crate::compaction decides, weighing the log's growth against the state's size.
+        snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: config.cluster.snapshot_every_entries.min(1000),
         install_snapshot_timeout: 10_000,
         quorum_loss_probe_interval: config.cluster.quorum_loss_probe(),
@@ -207,6 +211,7 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
         peers,
         started_at: Instant::now(),
         incoming_snapshot: tokio::sync::Mutex::new(None),
+        snapshot_dir,
         // A pristine node stays out of replication and elections until it knows it may
         // take part: its bootstrap initialized the cluster or found that the cluster never
         // replicated to it (static peers), or the leader admitted it (`POST
@@ -238,6 +243,7 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
         let core = core.clone();
         tasks.push(tokio::spawn(async move { core.record_replication().await }));
     }
+    tasks.push(tokio::spawn(crate::compaction::run(core.clone())));
     tasks.push(tokio::spawn(crate::scheduler::firing::run(core.clone())));
     tasks.push(tokio::spawn(crate::scheduler::workers::run(core.clone())));
     let (http_shutdown, rx) = watch::channel(false);

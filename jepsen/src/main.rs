@@ -131,6 +131,10 @@ struct RunArgs {
     /// The nodes' `snapshot_every_entries` (small values put snapshots under pressure).
     #[arg(long, default_value_t = 500)]
     snapshot_every: u64,
+    /// The nodes' `snapshot_log_ratio`: 0 (the default here) lets `--snapshot-every` alone
+    /// decide, so a small value keeps snapshots frequent however the state grows.
+    #[arg(long, default_value_t = 0.0)]
+    snapshot_log_ratio: f64,
     /// The nodes' `quorum_loss_probe_ms` (openraft's opt-in `quorum_loss_probe_interval`);
     /// 0 turns it off, unset keeps raftcron's default.
     #[arg(long)]
@@ -342,7 +346,11 @@ async fn run_inner(run_dir: PathBuf) -> anyhow::Result<bool> {
     let workloads = Workload::parse(&args.workload)?;
     let families = Family::parse(&args.nemesis)?;
     let lossy = args.lossyfs || families.iter().any(|f| f.needs_lossyfs());
-    let cfg = NodeConfig { snapshot_every: args.snapshot_every, quorum_loss_probe_ms: args.quorum_loss_probe_ms };
+    let cfg = NodeConfig {
+        snapshot_every: args.snapshot_every,
+        snapshot_log_ratio: args.snapshot_log_ratio,
+        quorum_loss_probe_ms: args.quorum_loss_probe_ms,
+    };
     let mut nodes = Vec::new();
     for id in 1..=args.nodes {
         nodes.push(Node::prepare(id, args.nodes, &run_dir, &cfg, lossy)?);

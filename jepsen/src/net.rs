@@ -137,6 +137,7 @@ pub const API_KEY: &str = "jepsen-admin-key";
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub snapshot_every: u64,
+    pub snapshot_log_ratio: f64,
     /// openraft's `quorum_loss_probe_interval`, when set.
     pub quorum_loss_probe_ms: Option<u64>,
 }
@@ -178,11 +179,12 @@ impl Node {
             format!(
                 "[node]\nid = {id}\ndata_dir = {:?}\nhttp_addr = \"{ip}:8080\"\nrpc_addr = \"{ip}:9080\"\n\n\
                  [cluster]\npeers = [{}]\n\
-                 snapshot_every_entries = {}\nsecret = \"jepsen-cluster-secret-0f3a\"\n{probe}\n\
+                 snapshot_every_entries = {}\nsnapshot_log_ratio = {:?}\nsecret = \"jepsen-cluster-secret-0f3a\"\n{probe}\n\
                  [scheduler]\nworker_timeout_s = 6\nrun_history_per_task = 100000\nmisfire_threshold_s = {misfire}\n",
                 dir.join("data"),
                 peers.join(", "),
                 cfg.snapshot_every,
+                cfg.snapshot_log_ratio,
                 ip = node_ip(id),
                 misfire = crate::checker::schedule::MISFIRE_THRESHOLD_S
             ),

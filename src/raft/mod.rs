@@ -43,7 +43,7 @@ pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
-pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>;
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, crate::storage::SnapshotData>;
 
 /// The version of every encoded thing that leaves this binary: log entries, snapshots,
 /// node-to-node messages, and the data dir itself. bincode is not self-describing, so a

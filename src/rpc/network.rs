@@ -45,6 +45,10 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 /// The cost: a connection that went dead silently is given up on after this long.
 const MIN_APPEND_DEADLINE: Duration = Duration::from_secs(2);
 
+/// How long the last chunk of a snapshot may take: the follower installs the whole state
+/// before it answers (a million tasks take tens of seconds on a small disk).
+const SNAPSHOT_INSTALL_DEADLINE: Duration = Duration::from_secs(300);
+
 pub struct PeerNetwork {
     target: NodeId,
     addr: String,
@@ -100,7 +104,7 @@ impl PeerNetwork {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerNetwork {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = crate::storage::SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -143,29 +147,30 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let send = async {
-            let data = &snapshot.snapshot;
-            let mut offset = 0usize;
+            use tokio::io::AsyncReadExt;
+            let io = |e: std::io::Error| CallError::Network(format!("cannot read the snapshot file: {e}"));
+            let total = snapshot.snapshot.size().map_err(io)?;
+            // The file is read a chunk at a time: memory is one chunk, whatever the state.
+            let mut file = tokio::fs::File::from_std(snapshot.snapshot.into_file().map_err(io)?);
+            let mut offset = 0u64;
             loop {
-                let end = (offset + SNAPSHOT_CHUNK).min(data.len());
-                let done = end == data.len();
-                let chunk = SnapshotChunk {
-                    vote,
-                    meta: snapshot.meta.clone(),
-                    offset: offset as u64,
-                    data: data[offset..end].to_vec(),
-                    done,
-                };
+                let want = (total - offset).min(SNAPSHOT_CHUNK as u64) as usize;
+                let mut data = vec![0u8; want];
+                file.read_exact(&mut data).await.map_err(io)?;
+                let done = offset + want as u64 == total;
+                let chunk = SnapshotChunk { vote, meta: snapshot.meta.clone(), offset, data, done };
                 let client = self.client().await?;
-                // A chunk may take a while to install on the last piece; give it the
-                // whole per-RPC budget, at least a few seconds.
-                let ttl = option.hard_ttl().max(Duration::from_secs(5));
+                // A chunk gets the whole per-RPC budget, at least a few seconds; the last
+                // one waits for the follower's install, which grows with the state.
+                let floor = if done { SNAPSHOT_INSTALL_DEADLINE } else { Duration::from_secs(5) };
+                let ttl = option.hard_ttl().max(floor);
                 let res = client.snapshot_chunk(context(ttl), self.identity.header(), chunk).await;
                 match self.finish(res).await? {
                     Some(resp) => return Ok(resp),
                     None if done => {
                         return Err(CallError::Network("peer did not answer the last snapshot chunk".into()))
                     }
-                    None => offset = end,
+                    None => offset += want as u64,
                 }
             }
         };

@@ -14,6 +14,7 @@ use crate::model::{HeartbeatAck, HeartbeatBody, Principal, Seen};
 use crate::node::NodeCore;
 use crate::raft::{NodeId, Request, Response, Snapshot, TypeConfig};
 use crate::scheduler::workers;
+use crate::storage::IncomingSnapshot;
 
 #[derive(Clone)]
 pub struct RpcServer {
@@ -94,24 +95,33 @@ impl ClusterService for RpcServer {
         self.check_raft(&hdr)?;
         let mut partial = self.core.incoming_snapshot.lock().await;
         if chunk.offset == 0 {
-            *partial = Some((chunk.vote, chunk.meta.clone(), Vec::new()));
+            // A new transfer replaces an unfinished one (whose file goes with it).
+            *partial = None;
+            let started = IncomingSnapshot::start(&self.core.snapshot_dir, chunk.vote, chunk.meta.clone());
+            *partial = Some(started.map_err(|e| RpcFailure::Unavailable(format!("cannot store the snapshot: {e}")))?);
         }
-        let Some((vote, meta, buf)) = partial.as_mut() else {
+        let Some(incoming) = partial.as_mut() else {
             return Err(RpcFailure::Unavailable("snapshot chunk without a start; resend from offset 0".into()));
         };
-        if *vote != chunk.vote || *meta != chunk.meta || buf.len() as u64 != chunk.offset {
+        if incoming.vote != chunk.vote || incoming.meta != chunk.meta || incoming.written() != chunk.offset {
             *partial = None;
             return Err(RpcFailure::Unavailable("snapshot chunk out of sequence; resend from offset 0".into()));
         }
-        buf.extend_from_slice(&chunk.data);
+        if let Err(e) = incoming.append(&chunk.data) {
+            *partial = None;
+            return Err(RpcFailure::Unavailable(format!("cannot store the snapshot: {e}")));
+        }
         if !chunk.done {
             return Ok(None);
         }
-        let (vote, meta, data) = partial.take().expect("checked above");
+        let incoming = partial.take().expect("checked above");
         drop(partial);
-        let resp =
-            self.core.raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await.map_err(unavailable)?;
-        Ok(Some(resp))
+        let (vote, meta, path) = (incoming.vote, incoming.meta.clone(), incoming.path().to_path_buf());
+        let data = incoming.finish().map_err(|e| RpcFailure::Unavailable(format!("cannot store the snapshot: {e}")))?;
+        let resp = self.core.raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await;
+        // Renamed to `current` by an install; still here if openraft had no use for it.
+        let _ = std::fs::remove_file(&path);
+        Ok(Some(resp.map_err(unavailable)?))
     }
 
     async fn transfer_leader(

@@ -11,7 +11,9 @@ use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use rocksdb::{ColumnFamily, Direction, IteratorMode, WriteBatch, DB};
 
-use super::{db_err, decode, decode_versioned, encode, encode_versioned, key_u64, u64_key, CF_RAFT_LOG, CF_RAFT_META};
+use super::{
+    db_err, decode, decode_versioned, encode, encode_versioned, key_u64, u64_key, LogGrowth, CF_RAFT_LOG, CF_RAFT_META,
+};
 use crate::raft::{Entry, LogId, TypeConfig, Vote};
 
 /// How the store makes what it wrote durable: RocksDB's `flush_wal(true)` (write and
@@ -22,11 +24,25 @@ type WalSync = Arc<dyn Fn(&DB) -> io::Result<()> + Send + Sync>;
 pub struct LogStore {
     db: Arc<DB>,
     sync: WalSync,
+    growth: Arc<LogGrowth>,
 }
 
 impl LogStore {
     pub fn new(db: Arc<DB>) -> Self {
-        LogStore { db, sync: Arc::new(|db: &DB| db.flush_wal(true).map_err(db_err)) }
+        LogStore { db, sync: Arc::new(|db: &DB| db.flush_wal(true).map_err(db_err)), growth: Arc::default() }
+    }
+
+    /// Counts appended bytes into `growth`, starting from the log on disk now (what the
+    /// last snapshot did not purge).
+    pub fn counting_into(mut self, growth: Arc<LogGrowth>) -> io::Result<Self> {
+        let mut bytes = 0u64;
+        for item in self.db.iterator_cf(self.cf_log(), IteratorMode::Start) {
+            let (_, v) = item.map_err(db_err)?;
+            bytes += v.len() as u64;
+        }
+        growth.appended(bytes);
+        self.growth = growth;
+        Ok(self)
     }
 
     fn cf_log(&self) -> &ColumnFamily {
@@ -142,9 +158,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::default();
+        let mut bytes = 0u64;
         for entry in entries {
-            batch.put_cf(self.cf_log(), u64_key(entry.index()), encode_versioned(&entry)?);
+            let value = encode_versioned(&entry)?;
+            bytes += value.len() as u64;
+            batch.put_cf(self.cf_log(), u64_key(entry.index()), value);
         }
+        self.growth.appended(bytes);
         // The entries must be readable when this returns; durability is reported through
         // the callback once the WAL is on disk.
         self.db.write(batch).map_err(db_err)?;

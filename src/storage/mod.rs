@@ -23,11 +23,19 @@
 //!
 //! Everything but `raft_log` and `raft_meta` is state-machine state: it is what snapshots
 //! carry and what [`Store::digest`] covers.
+//!
+//! The state machine lives in one of two sets of these column families: set 0 under the
+//! names above, set 1 under the same names with a `.1` suffix. `raft_meta`'s `sm_set`
+//! (absent = 0) names the live one; the other is empty except while a snapshot install
+//! fills it, and one synced batch that writes its `applied` and `membership` flips
+//! `sm_set` to it. So an install, however large and in however many batches, leaves
+//! after a crash either the old state or the new one, never a mix.
 
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)] // part of the deterministic apply path
 
 mod keys;
 mod log_store;
+mod snapshot_file;
 mod state_machine;
 mod tx;
 
@@ -42,6 +50,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use log_store::LogStore;
+pub use snapshot_file::{IncomingSnapshot, SnapshotData};
 pub use state_machine::StateMachine;
 pub use tx::Tx;
 
@@ -81,11 +90,87 @@ pub const SM_CFS: [&str; 13] = [
     CF_RUN_COUNTS,
 ];
 
+/// [`SM_CFS`] as named in set 1 (see the module's doc), in the same order.
+const SM_CFS_1: [&str; 13] = [
+    "sm_meta.1",
+    "tasks.1",
+    "task_names.1",
+    "idempotency.1",
+    "idempotency_expiry.1",
+    "runs.1",
+    "runs_by_task.1",
+    "run_queue.1",
+    "workers.1",
+    "assignments.1",
+    "run_delayed.1",
+    "run_deadlines.1",
+    "run_counts.1",
+];
+
+/// `raft_meta` key naming the live state-machine set (one byte, 0 or 1; absent = 0).
+const SM_SET_KEY: &[u8] = b"sm_set";
+
+/// Empties state-machine set `set` with range deletions, which (unlike deleting files)
+/// leave alone what an open RocksDB snapshot of it sees. Not synced: an interrupted clear
+/// is redone at the next start or install. Whether it held anything.
+fn clear_set(db: &DB, set: u8) -> io::Result<bool> {
+    let mut batch = WriteBatch::default();
+    for name in SM_CFS {
+        let cf = db.cf_handle(physical(set, name)).expect("column families are checked at open");
+        let Some((first, _)) = db.iterator_cf(cf, IteratorMode::Start).next().transpose().map_err(db_err)? else {
+            continue;
+        };
+        let (last, _) = db
+            .iterator_cf(cf, IteratorMode::End)
+            .next()
+            .transpose()
+            .map_err(db_err)?
+            .ok_or_else(|| io::Error::other(format!("{name} has a first key and no last")))?;
+        batch.delete_range_cf(cf, &first, &last);
+        batch.delete_cf(cf, &last);
+    }
+    if batch.is_empty() {
+        return Ok(false);
+    }
+    db.write(batch).map_err(db_err)?;
+    Ok(true)
+}
+
+/// Compacts set `set`'s column families: after [`clear_set`], this gives the disk back
+/// (unless a RocksDB snapshot still holds the data).
+fn compact_set(db: &DB, set: u8) {
+    for name in SM_CFS {
+        let cf = db.cf_handle(physical(set, name)).expect("column families are checked at open");
+        db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+    }
+}
+
 /// The Raft log's own column families (not state-machine state).
 const RAFT_CFS: [&str; 2] = [CF_RAFT_LOG, CF_RAFT_META];
 
 fn all_cfs() -> impl Iterator<Item = &'static str> {
-    RAFT_CFS.into_iter().chain(SM_CFS)
+    RAFT_CFS.into_iter().chain(SM_CFS).chain(SM_CFS_1)
+}
+
+/// The name column family `name` (one of [`SM_CFS`]) has in state-machine set `set`.
+fn physical(set: u8, name: &str) -> &'static str {
+    let i = SM_CFS.iter().position(|n| *n == name).expect("a state-machine column family");
+    if set == 0 {
+        SM_CFS[i]
+    } else {
+        SM_CFS_1[i]
+    }
+}
+
+/// Reads the live set's number through `get` (the database, or a snapshot of it).
+fn read_set(get: impl FnOnce(&[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error>) -> io::Result<u8> {
+    match get(SM_SET_KEY).map_err(db_err)?.as_deref() {
+        None => Ok(0),
+        Some([set @ (0 | 1)]) => Ok(*set),
+        Some(other) => {
+            Err(io::Error::new(io::ErrorKind::InvalidData, format!("raft_meta sm_set is corrupt: {other:?}")))
+        }
+    }
 }
 
 /// A stored answer to an idempotent write.
@@ -110,6 +195,10 @@ pub fn open_db(dir: &Path) -> io::Result<Arc<DB>> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
+    // One memtable budget for all column families together (each would otherwise take up
+    // to 2 x 64 MiB on its own): what RocksDB holds in memory does not grow with the
+    // number of column families nor with the size of a snapshot being installed.
+    opts.set_db_write_buffer_size(DB_WRITE_BUFFER_BYTES);
     let existing = DB::list_cf(&opts, dir).unwrap_or_default();
     if let Some(unknown) = existing.iter().find(|cf| *cf != "default" && !all_cfs().any(|known| known == cf.as_str())) {
         return Err(io::Error::new(
@@ -124,6 +213,7 @@ pub fn open_db(dir: &Path) -> io::Result<Arc<DB>> {
         db.cf_handle(name).ok_or_else(|| io::Error::other(format!("column family {name} missing after open")))?;
     }
     check_format(&db, dir)?;
+    read_set(|k| db.get_cf(db.cf_handle(CF_RAFT_META).expect("checked above"), k))?;
     Ok(Arc::new(db))
 }
 
@@ -160,6 +250,9 @@ fn check_format(db: &DB, dir: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// The memtables of all column families together; beyond it RocksDB flushes the largest.
+const DB_WRITE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 
 /// `raft_meta` key of the data dir's format version (one byte).
 const FORMAT_KEY: &[u8] = b"format";
@@ -276,19 +369,88 @@ impl TaskChanges {
     }
 }
 
+/// What the snapshot trigger weighs (not state: a restart recounts it): bytes appended to
+/// the Raft log since the last snapshot, and the size of that snapshot.
+#[derive(Debug, Default)]
+pub struct LogGrowth {
+    log_bytes: std::sync::atomic::AtomicU64,
+    snapshot_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl LogGrowth {
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.snapshot_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn appended(&self, bytes: u64) {
+        self.log_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A snapshot of `bytes` now stands for the log that had grown by `covered` when it
+    /// began (what came after still counts towards the next).
+    pub(crate) fn snapshotted(&self, covered: u64, bytes: u64) {
+        let _ = self.log_bytes.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |n| Some(n.saturating_sub(covered)),
+        );
+        self.snapshot_bytes.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Typed reads of the state machine, shared by `apply` and the API.
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
+    /// The live state-machine set (see the module's doc); changed by a snapshot install
+    /// alone, after the batch that flips it on disk.
+    set: Arc<std::sync::atomic::AtomicU8>,
     changes: Arc<TaskChanges>,
     /// Bumped after every committed batch that wrote a run or a worker: wakes placement
     /// on the leader and workers' long polls on every node.
     runs_changed: Arc<tokio::sync::watch::Sender<u64>>,
+    growth: Arc<LogGrowth>,
 }
 
 impl Store {
+    /// The store over a database from [`open_db`] (which checked the set pointer).
     pub fn new(db: Arc<DB>) -> Self {
-        Store { db, changes: Arc::default(), runs_changed: Arc::new(tokio::sync::watch::channel(0).0) }
+        let meta = db.cf_handle(CF_RAFT_META).expect("column families are checked at open");
+        let set = read_set(|k| db.get_cf(meta, k)).expect("the state-machine set pointer is checked at open");
+        Store {
+            db,
+            set: Arc::new(set.into()),
+            changes: Arc::default(),
+            runs_changed: Arc::new(tokio::sync::watch::channel(0).0),
+            growth: Arc::default(),
+        }
+    }
+
+    /// Log growth against the last snapshot, for the snapshot trigger; the log store
+    /// counts its appends into it ([`LogStore::counting_into`]).
+    pub fn log_growth(&self) -> &Arc<LogGrowth> {
+        &self.growth
+    }
+
+    /// The live state-machine set.
+    fn live_set(&self) -> u8 {
+        self.set.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The state-machine column family `name` of set `set`.
+    fn set_cf(&self, set: u8, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(physical(set, name)).expect("column families are checked at open")
+    }
+
+    /// The live set as a RocksDB snapshot of the database sees it: whoever reads a
+    /// consistent view must take the set from that view, not from [`Store::live_set`].
+    fn set_in(&self, view: &rocksdb::Snapshot<'_>) -> io::Result<u8> {
+        let meta = self.db.cf_handle(CF_RAFT_META).expect("column families are checked at open");
+        read_set(|k| view.get_cf(meta, k))
     }
 
     /// Changes whenever a committed batch wrote a run or a worker.
@@ -411,8 +573,9 @@ impl Store {
         &self.db
     }
 
+    /// The live set's column family `name` (one of [`SM_CFS`]).
     fn cf(&self, name: &str) -> &ColumnFamily {
-        self.db.cf_handle(name).expect("column families are checked at open")
+        self.set_cf(self.live_set(), name)
     }
 
     /// Commits one entry's batch and tells the watchers what it touched.
@@ -589,11 +752,12 @@ impl Store {
     /// changed nothing — a refused report, say — leaves the digest as it was.
     pub fn digest(&self) -> io::Result<String> {
         let snapshot = self.db.snapshot();
+        let set = self.set_in(&snapshot)?;
         let mut h = Sha256::new();
         for name in SM_CFS {
             h.update((name.len() as u64).to_be_bytes());
             h.update(name.as_bytes());
-            for item in snapshot.iterator_cf(self.cf(name), IteratorMode::Start) {
+            for item in snapshot.iterator_cf(self.set_cf(set, name), IteratorMode::Start) {
                 let (k, v) = item.map_err(db_err)?;
                 if name == CF_SM_META && &*k == b"applied" {
                     continue;

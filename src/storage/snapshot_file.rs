@@ -1,0 +1,412 @@
+//! The snapshot file: what `build_snapshot` writes, what travels to a follower byte for
+//! byte, and what `install_snapshot` reads back. Every step is a stream through a small
+//! buffer, so no step holds the state in memory, however large it is.
+//!
+//! Layout (integers little-endian):
+//!
+//! ```text
+//! FORMAT_VERSION (u8)  b"RCSNAP"  meta length (u32)  meta (bincode SnapshotMeta)
+//! record*:  column family (u8, its index in SM_CFS)  key length (u32)  key  value length (u32)  value
+//! 0xFF      SHA-256 of every byte before it (32 bytes)
+//! ```
+//!
+//! A reader checks the version and the magic first (a file from another version is
+//! refused naming both), and the checksum when it reaches the end: a caller must not act
+//! on the records before [`SnapshotReader::next_record`] returned `None`.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::{decode, encode, SM_CFS};
+use crate::raft::{SnapshotMeta, Vote, FORMAT_VERSION};
+
+const MAGIC: &[u8; 6] = b"RCSNAP";
+const END: u8 = 0xFF;
+/// No key or value is near this; a length beyond it is corruption, not a reason to
+/// allocate gigabytes.
+const MAX_FIELD: u32 = 256 * 1024 * 1024;
+const BUFFER: usize = 1024 * 1024;
+
+/// A snapshot on disk, open for reading from its start: openraft's `SnapshotData`.
+#[derive(Debug)]
+pub struct SnapshotData {
+    pub(crate) file: File,
+    /// Where the file was when it was opened (it may have been renamed or replaced since:
+    /// the handle still reads what was opened).
+    pub(crate) path: PathBuf,
+}
+
+impl SnapshotData {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        Ok(SnapshotData { file: File::open(path)?, path: path.to_path_buf() })
+    }
+
+    /// The file from its start, for the one reader that consumes this handle.
+    pub fn into_file(mut self) -> io::Result<File> {
+        self.file.rewind()?;
+        Ok(self.file)
+    }
+
+    /// The file's size in bytes.
+    pub fn size(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A snapshot arriving from the leader in chunks, written to a file of its own in the
+/// snapshot dir as they come (memory: one chunk). Dropped unfinished, the file goes too.
+pub struct IncomingSnapshot {
+    pub vote: Vote,
+    pub meta: SnapshotMeta,
+    path: PathBuf,
+    file: File,
+    written: u64,
+    finished: bool,
+}
+
+impl IncomingSnapshot {
+    pub fn start(snapshot_dir: &Path, vote: Vote, meta: SnapshotMeta) -> io::Result<Self> {
+        let path = snapshot_dir.join(super::state_machine::temp_name("incoming"));
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        Ok(IncomingSnapshot { vote, meta, path, file, written: 0, finished: false })
+    }
+
+    /// Bytes received so far: the offset the next chunk must carry.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file.write_all(data)?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// The whole file, synced, for openraft's install (which renames it to `current`).
+    /// Whoever installs it removes [`IncomingSnapshot::path`] afterwards if it is still
+    /// there (an install openraft skipped).
+    pub fn finish(mut self) -> io::Result<SnapshotData> {
+        self.file.sync_all()?;
+        let mut file = self.file.try_clone()?;
+        file.rewind()?;
+        self.finished = true;
+        Ok(SnapshotData { file, path: self.path.clone() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for IncomingSnapshot {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// One record: its column family's name (in [`SM_CFS`]), key and value.
+pub type Record = (&'static str, Vec<u8>, Vec<u8>);
+
+/// The pairs of one column family in the buffered layout [`upgrade_buffered`] reads.
+type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn corrupt(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// Writes a snapshot file record by record.
+pub struct SnapshotWriter {
+    out: BufWriter<File>,
+    hash: Sha256,
+}
+
+impl SnapshotWriter {
+    pub fn create(path: &Path, meta: &SnapshotMeta) -> io::Result<Self> {
+        let mut w = SnapshotWriter { out: BufWriter::with_capacity(BUFFER, File::create(path)?), hash: Sha256::new() };
+        let meta = encode(meta)?;
+        w.write(&[FORMAT_VERSION])?;
+        w.write(MAGIC)?;
+        w.write(&(meta.len() as u32).to_le_bytes())?;
+        w.write(&meta)?;
+        Ok(w)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.hash.update(bytes);
+        self.out.write_all(bytes)
+    }
+
+    pub fn record(&mut self, cf: u8, key: &[u8], value: &[u8]) -> io::Result<()> {
+        let field = |len: usize| -> io::Result<[u8; 4]> {
+            u32::try_from(len)
+                .ok()
+                .filter(|n| *n <= MAX_FIELD)
+                .map(u32::to_le_bytes)
+                .ok_or_else(|| corrupt(format!("a snapshot record field of {len} bytes is too large")))
+        };
+        self.write(&[cf])?;
+        self.write(&field(key.len())?)?;
+        self.write(key)?;
+        self.write(&field(value.len())?)?;
+        self.write(value)
+    }
+
+    /// Ends the file with its checksum and makes it durable.
+    pub fn finish(mut self) -> io::Result<File> {
+        self.write(&[END])?;
+        let sum = self.hash.finalize_reset();
+        self.out.write_all(&sum)?;
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(file)
+    }
+}
+
+/// Reads a snapshot file record by record, checking its checksum at the end.
+pub struct SnapshotReader<R> {
+    input: BufReader<R>,
+    hash: Sha256,
+    done: bool,
+}
+
+impl<R: Read> SnapshotReader<R> {
+    /// Reads the header; refuses a file of another version or no snapshot at all.
+    pub fn open(input: R) -> io::Result<(SnapshotMeta, Self)> {
+        let mut r = SnapshotReader { input: BufReader::with_capacity(BUFFER, input), hash: Sha256::new(), done: false };
+        let mut head = [0u8; 1 + MAGIC.len()];
+        r.read_exact(&mut head).map_err(|_| corrupt("snapshot file is shorter than its header".into()))?;
+        if &head[1..] != MAGIC {
+            return Err(corrupt("not a raftcron snapshot file (no RCSNAP header)".into()));
+        }
+        if head[0] != FORMAT_VERSION {
+            return Err(corrupt(format!(
+                "snapshot has format version {}, this binary reads version {FORMAT_VERSION}; upgrade this node",
+                head[0]
+            )));
+        }
+        let len = r.length("meta")?;
+        let mut meta = vec![0u8; len];
+        r.read_exact(&mut meta)?;
+        let meta = decode(&meta)?;
+        Ok((meta, r))
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.input.read_exact(buf)?;
+        self.hash.update(&*buf);
+        Ok(())
+    }
+
+    fn length(&mut self, what: &str) -> io::Result<usize> {
+        let mut n = [0u8; 4];
+        self.read_exact(&mut n).map_err(|_| corrupt(format!("snapshot file ends inside a {what} length")))?;
+        let n = u32::from_le_bytes(n);
+        if n > MAX_FIELD {
+            return Err(corrupt(format!("snapshot {what} length {n} is corrupt")));
+        }
+        Ok(n as usize)
+    }
+
+    /// The next record as (column family name, key, value); `None` once the end marker
+    /// and a matching checksum were read.
+    pub fn next_record(&mut self) -> io::Result<Option<Record>> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut cf = [0u8; 1];
+        self.read_exact(&mut cf).map_err(|_| corrupt("snapshot file is truncated (no end marker)".into()))?;
+        if cf[0] == END {
+            let mut sum = [0u8; 32];
+            self.input.read_exact(&mut sum).map_err(|_| corrupt("snapshot file is truncated (no checksum)".into()))?;
+            if sum[..] != self.hash.finalize_reset()[..] {
+                return Err(corrupt("snapshot file checksum mismatch: the file is corrupt".into()));
+            }
+            self.done = true;
+            return Ok(None);
+        }
+        let name = *SM_CFS
+            .get(cf[0] as usize)
+            .ok_or_else(|| corrupt(format!("snapshot record names unknown column family #{}", cf[0])))?;
+        let mut key = vec![0u8; self.length("key")?];
+        self.read_exact(&mut key).map_err(|_| corrupt("snapshot file is truncated inside a key".into()))?;
+        let mut value = vec![0u8; self.length("value")?];
+        self.read_exact(&mut value).map_err(|_| corrupt("snapshot file is truncated inside a value".into()))?;
+        Ok(Some((name, key, value)))
+    }
+}
+
+/// Rewrites a snapshot file of the layout before this one (one bincode value: the meta and
+/// the whole state as a byte buffer, written by earlier builds of format 2) in this layout,
+/// in place; a file already in this layout is left alone. Whether it rewrote the file.
+/// The old layout is read whole into memory, once.
+pub fn upgrade_buffered(path: &Path) -> io::Result<bool> {
+    #[derive(serde::Deserialize)]
+    struct Buffered {
+        meta: SnapshotMeta,
+        data: Vec<u8>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        cfs: Vec<(String, KvPairs)>,
+    }
+    let mut head = [0u8; 1 + MAGIC.len()];
+    let n = File::open(path)?.read(&mut head)?;
+    if n == head.len() && &head[1..] == MAGIC {
+        return Ok(false);
+    }
+    let bytes = std::fs::read(path)?;
+    let old: Buffered = super::decode_versioned("snapshot file", &bytes)?;
+    let body: Body = super::decode_versioned("snapshot", &old.data)?;
+    let tmp = path.with_extension("tmp.upgrade");
+    let mut out = SnapshotWriter::create(&tmp, &old.meta)?;
+    for (name, pairs) in &body.cfs {
+        let cf = SM_CFS
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| corrupt(format!("snapshot has unknown column family {name:?}")))?;
+        for (k, v) in pairs {
+            out.record(cf as u8, k, v)?;
+        }
+    }
+    out.finish()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(true)
+}
+
+/// The meta of the snapshot file at `path` (its header only).
+pub fn read_meta(path: &Path) -> io::Result<SnapshotMeta> {
+    SnapshotReader::open(File::open(path)?).map(|(meta, _)| meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::impls::leader_id_adv::LeaderId;
+
+    use super::*;
+
+    fn meta() -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(openraft::LogId::new(LeaderId { term: 3, node_id: 1 }, 42)),
+            last_membership: Default::default(),
+        }
+    }
+
+    fn write(path: &Path, records: &[(u8, &[u8], &[u8])]) {
+        let mut w = SnapshotWriter::create(path, &meta()).unwrap();
+        for (cf, k, v) in records {
+            w.record(*cf, k, v).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    fn read_all(path: &Path) -> io::Result<Vec<Record>> {
+        let (m, mut r) = SnapshotReader::open(File::open(path)?)?;
+        let mut out = Vec::new();
+        while let Some(rec) = r.next_record()? {
+            out.push(rec);
+        }
+        // Checked after the checksum, as an install does.
+        if m != meta() {
+            return Err(corrupt("another meta".into()));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn records_come_back_in_order_with_their_column_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        write(&path, &[(1, b"k1", b"v1"), (1, b"", b""), (12, b"k3", &[7u8; 5000])]);
+        let got = read_all(&path).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (SM_CFS[1], b"k1".to_vec(), b"v1".to_vec()),
+                (SM_CFS[1], vec![], vec![]),
+                (SM_CFS[12], b"k3".to_vec(), vec![7u8; 5000])
+            ]
+        );
+        assert_eq!(read_meta(&path).unwrap(), meta());
+    }
+
+    /// Every single flipped byte and every truncation is refused: none of them can pass
+    /// as a snapshot, so a damaged file never becomes state.
+    #[test]
+    fn any_damage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        write(&path, &[(1, b"key", b"value"), (2, b"other", b"x")]);
+        let good = std::fs::read(&path).unwrap();
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x01;
+            std::fs::write(&path, &bad).unwrap();
+            assert!(read_all(&path).is_err(), "a flipped bit at byte {i} went unnoticed");
+        }
+        for len in 0..good.len() {
+            std::fs::write(&path, &good[..len]).unwrap();
+            assert!(read_all(&path).is_err(), "a file cut at {len} bytes went unnoticed");
+        }
+    }
+
+    /// A snapshot file from before this layout is rewritten in it with the same content;
+    /// one in this layout is left alone.
+    #[test]
+    fn a_buffered_snapshot_file_is_upgraded_in_place() {
+        #[derive(serde::Serialize)]
+        struct Buffered {
+            meta: SnapshotMeta,
+            data: Vec<u8>,
+        }
+        #[derive(serde::Serialize)]
+        struct Body {
+            cfs: Vec<(String, KvPairs)>,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("current");
+        let body = Body {
+            cfs: vec![
+                (SM_CFS[0].into(), vec![(b"applied".to_vec(), b"x".to_vec())]),
+                (SM_CFS[1].into(), vec![(b"k1".to_vec(), b"v1".to_vec()), (b"k2".to_vec(), b"v2".to_vec())]),
+            ],
+        };
+        let data = super::super::encode_versioned(&body).unwrap();
+        std::fs::write(&path, super::super::encode_versioned(&Buffered { meta: meta(), data }).unwrap()).unwrap();
+        assert!(upgrade_buffered(&path).unwrap());
+        assert_eq!(
+            read_all(&path).unwrap(),
+            vec![
+                (SM_CFS[0], b"applied".to_vec(), b"x".to_vec()),
+                (SM_CFS[1], b"k1".to_vec(), b"v1".to_vec()),
+                (SM_CFS[1], b"k2".to_vec(), b"v2".to_vec())
+            ]
+        );
+        assert!(!upgrade_buffered(&path).unwrap(), "already upgraded");
+    }
+
+    #[test]
+    fn another_version_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        write(&path, &[]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] = FORMAT_VERSION + 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = read_meta(&path).unwrap_err().to_string();
+        assert!(err.contains(&format!("version {}", FORMAT_VERSION + 1)) && err.contains(&format!("{FORMAT_VERSION}")));
+        std::fs::write(&path, b"{\"not\": \"a snapshot\"}").unwrap();
+        assert!(read_meta(&path).unwrap_err().to_string().contains("not a raftcron snapshot"));
+    }
+}
