@@ -64,6 +64,11 @@ pub enum Cmd {
         #[command(subcommand)]
         command: ScheduleCmd,
     },
+    /// Inspect a node's data dir (the node must be stopped).
+    Debug {
+        #[command(subcommand)]
+        command: DebugCmd,
+    },
     /// The per-run supervisor a worker agent starts for each process run (internal).
     #[command(hide = true)]
     RunShim,
@@ -203,6 +208,17 @@ pub enum CertsCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum DebugCmd {
+    /// Recompute every maintained index and counter (task status and name indexes, task
+    /// and run counts) from the tasks and runs tables and report where they differ; exit 1
+    /// if anything does.
+    Verify {
+        /// The node's data dir (`node.data_dir`).
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ScheduleCmd {
     /// The next fire times of an expression (computed locally, as the scheduler does).
     Preview {
@@ -312,6 +328,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let token = create_token(config.as_deref(), &sets, role, &sub, &ttl, private_key.as_deref())?;
             println!("{token}");
             Ok(())
+        }
+        Cmd::Debug { command: DebugCmd::Verify { data_dir } } => {
+            let db_dir = data_dir.join("db");
+            if !db_dir.is_dir() {
+                anyhow::bail!("{} holds no database (is it a node's data_dir?)", data_dir.display());
+            }
+            let db = crate::storage::open_db(&db_dir).with_context(|| {
+                format!("cannot open {} (a running node holds it: stop it first)", db_dir.display())
+            })?;
+            let problems = crate::storage::Store::new(db).verify()?;
+            if problems.is_empty() {
+                println!("{}: every index and counter agrees with the tables", data_dir.display());
+                return Ok(());
+            }
+            for p in &problems {
+                println!("{p}");
+            }
+            anyhow::bail!("{} indexes or counters disagree with the tables", problems.len())
         }
         Cmd::Schedule { command: ScheduleCmd::Preview { expr, timezone, count, from } } => {
             let from = match from {

@@ -80,10 +80,13 @@ pub enum Command {
     /// the same instant): each a compare-and-set on its task's cursor and spec version,
     /// applied independently. Ticks are computed by the leader (cron and time zones never
     /// run in apply); apply only checks and records them. Each task's finished runs
-    /// beyond the newest `keep_runs` are pruned as it fires.
+    /// beyond the newest `keep_runs` are pruned as it fires. A tick of a `skip` task that
+    /// is more than `misfire_threshold_ms` old in the entry's command time is counted as
+    /// skipped, not run: the leader planned it on time, but the entry may commit later.
     Fire {
         fires: Vec<TaskFire>,
         keep_runs: u32,
+        misfire_threshold_ms: u64,
     },
     /// A manual run of a task (its history pruned to `keep_runs`, as for `Fire`).
     TriggerRun {

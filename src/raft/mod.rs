@@ -54,8 +54,10 @@ pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, crate::storage::Snap
 /// indexes, run counts kept by the storage layer, `next_run_at` no longer stored (computed
 /// on read), idempotency keys that say whether they are a client's, a worker's admin caps
 /// kept apart from its registration, task `environment` and `headers` values that may be
-/// secret (`model::EnvValue`, a tagged enum, plain values included). Format 2 was settled
-/// with the release that ships it; the commits between carry no compatibility promise. A node meets a data dir, entry, snapshot or
+/// secret (`model::EnvValue`, a tagged enum, plain values included). 3 — snapshots as a
+/// streamed file (`storage/snapshot_file.rs`), the state machine in two sets of column
+/// families, maintained counters and task indexes (status, name trigrams), `Fire`'s
+/// misfire threshold. A format is settled with the release that ships it; the commits between carry no compatibility promise. A node meets a data dir, entry, snapshot or
 /// message of another version with an error naming both versions; there is no in-place
 /// migration (see ARCHITECTURE.md, "Formats").
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;

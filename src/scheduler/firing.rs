@@ -249,7 +249,8 @@ async fn propose(core: &NodeCore, batch: Vec<TaskFire>, planned_at: DateTime<Utc
     let keep_runs = core.config.scheduler.run_history_per_task;
     let ids: Vec<u64> = batch.iter().map(|f| f.task_id).collect();
     let ticks: Vec<(u64, Vec<DateTime<Utc>>)> = batch.iter().map(|f| (f.skipped, f.fired.clone())).collect();
-    let fire = core.internal_request(Command::Fire { fires: batch, keep_runs });
+    let misfire_threshold_ms = core.config.scheduler.misfire_threshold_s.saturating_mul(1000);
+    let fire = core.internal_request(Command::Fire { fires: batch, keep_runs, misfire_threshold_ms });
     let resp = match core.propose_not_before(fire, planned_at).await {
         Ok(resp) => resp,
         Err(e) => {

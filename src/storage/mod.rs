@@ -20,6 +20,7 @@
 //! | `run_counts`         | task id BE                   | bincode u64: the task's stored runs |
 //! | `workers`            | worker id, UTF-8             | bincode [`Worker`]              |
 //! | `assignments`        | worker id, 0x00, run id BE   | empty: runs holding a slot      |
+//! | `counters`, `tasks_by_status`, `name_trigrams` | see `indexes.rs` | maintained counts and task indexes |
 //!
 //! Everything but `raft_log` and `raft_meta` is state-machine state: it is what snapshots
 //! carry and what [`Store::digest`] covers.
@@ -33,6 +34,7 @@
 
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)] // part of the deterministic apply path
 
+mod indexes;
 mod keys;
 mod log_store;
 mod snapshot_file;
@@ -49,6 +51,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use indexes::{Counter, TaskPage};
 pub use log_store::LogStore;
 pub use snapshot_file::{IncomingSnapshot, SnapshotData};
 pub use state_machine::StateMachine;
@@ -72,9 +75,12 @@ pub const CF_ASSIGNMENTS: &str = "assignments";
 pub const CF_RUN_DELAYED: &str = "run_delayed";
 pub const CF_RUN_DEADLINES: &str = "run_deadlines";
 pub const CF_RUN_COUNTS: &str = "run_counts";
+pub const CF_COUNTERS: &str = "counters";
+pub const CF_TASKS_BY_STATUS: &str = "tasks_by_status";
+pub const CF_NAME_TRIGRAMS: &str = "name_trigrams";
 
 /// The state-machine column families, in the fixed order snapshots and digests use.
-pub const SM_CFS: [&str; 13] = [
+pub const SM_CFS: [&str; 16] = [
     CF_SM_META,
     CF_TASKS,
     CF_TASK_NAMES,
@@ -88,10 +94,13 @@ pub const SM_CFS: [&str; 13] = [
     CF_RUN_DELAYED,
     CF_RUN_DEADLINES,
     CF_RUN_COUNTS,
+    CF_COUNTERS,
+    CF_TASKS_BY_STATUS,
+    CF_NAME_TRIGRAMS,
 ];
 
 /// [`SM_CFS`] as named in set 1 (see the module's doc), in the same order.
-const SM_CFS_1: [&str; 13] = [
+const SM_CFS_1: [&str; 16] = [
     "sm_meta.1",
     "tasks.1",
     "task_names.1",
@@ -105,6 +114,9 @@ const SM_CFS_1: [&str; 13] = [
     "run_delayed.1",
     "run_deadlines.1",
     "run_counts.1",
+    "counters.1",
+    "tasks_by_status.1",
+    "name_trigrams.1",
 ];
 
 /// `raft_meta` key naming the live state-machine set (one byte, 0 or 1; absent = 0).
@@ -800,7 +812,7 @@ mod tests {
             std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
         }
         let err = open_db(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("format version 1") && err.contains("format version 2"), "{err}");
+        assert!(err.contains("format version 1") && err.contains("format version 3"), "{err}");
         assert!(open_db(dir.path()).unwrap_err().to_string().contains("format version 1"), "still refused");
         // A fresh dir is marked and opens again.
         let fresh = tempfile::tempdir().unwrap();

@@ -116,9 +116,6 @@ impl Drop for IncomingSnapshot {
 /// One record: its column family's name (in [`SM_CFS`]), key and value.
 pub type Record = (&'static str, Vec<u8>, Vec<u8>);
 
-/// The pairs of one column family in the buffered layout [`upgrade_buffered`] reads.
-type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
-
 fn corrupt(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
@@ -244,47 +241,6 @@ impl<R: Read> SnapshotReader<R> {
     }
 }
 
-/// Rewrites a snapshot file of the layout before this one (one bincode value: the meta and
-/// the whole state as a byte buffer, written by earlier builds of format 2) in this layout,
-/// in place; a file already in this layout is left alone. Whether it rewrote the file.
-/// The old layout is read whole into memory, once.
-pub fn upgrade_buffered(path: &Path) -> io::Result<bool> {
-    #[derive(serde::Deserialize)]
-    struct Buffered {
-        meta: SnapshotMeta,
-        data: Vec<u8>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Body {
-        cfs: Vec<(String, KvPairs)>,
-    }
-    let mut head = [0u8; 1 + MAGIC.len()];
-    let n = File::open(path)?.read(&mut head)?;
-    if n == head.len() && &head[1..] == MAGIC {
-        return Ok(false);
-    }
-    let bytes = std::fs::read(path)?;
-    let old: Buffered = super::decode_versioned("snapshot file", &bytes)?;
-    let body: Body = super::decode_versioned("snapshot", &old.data)?;
-    let tmp = path.with_extension("tmp.upgrade");
-    let mut out = SnapshotWriter::create(&tmp, &old.meta)?;
-    for (name, pairs) in &body.cfs {
-        let cf = SM_CFS
-            .iter()
-            .position(|n| n == name)
-            .ok_or_else(|| corrupt(format!("snapshot has unknown column family {name:?}")))?;
-        for (k, v) in pairs {
-            out.record(cf as u8, k, v)?;
-        }
-    }
-    out.finish()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(true)
-}
-
 /// The meta of the snapshot file at `path` (its header only).
 pub fn read_meta(path: &Path) -> io::Result<SnapshotMeta> {
     SnapshotReader::open(File::open(path)?).map(|(meta, _)| meta)
@@ -359,41 +315,6 @@ mod tests {
             std::fs::write(&path, &good[..len]).unwrap();
             assert!(read_all(&path).is_err(), "a file cut at {len} bytes went unnoticed");
         }
-    }
-
-    /// A snapshot file from before this layout is rewritten in it with the same content;
-    /// one in this layout is left alone.
-    #[test]
-    fn a_buffered_snapshot_file_is_upgraded_in_place() {
-        #[derive(serde::Serialize)]
-        struct Buffered {
-            meta: SnapshotMeta,
-            data: Vec<u8>,
-        }
-        #[derive(serde::Serialize)]
-        struct Body {
-            cfs: Vec<(String, KvPairs)>,
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("current");
-        let body = Body {
-            cfs: vec![
-                (SM_CFS[0].into(), vec![(b"applied".to_vec(), b"x".to_vec())]),
-                (SM_CFS[1].into(), vec![(b"k1".to_vec(), b"v1".to_vec()), (b"k2".to_vec(), b"v2".to_vec())]),
-            ],
-        };
-        let data = super::super::encode_versioned(&body).unwrap();
-        std::fs::write(&path, super::super::encode_versioned(&Buffered { meta: meta(), data }).unwrap()).unwrap();
-        assert!(upgrade_buffered(&path).unwrap());
-        assert_eq!(
-            read_all(&path).unwrap(),
-            vec![
-                (SM_CFS[0], b"applied".to_vec(), b"x".to_vec()),
-                (SM_CFS[1], b"k1".to_vec(), b"v1".to_vec()),
-                (SM_CFS[1], b"k2".to_vec(), b"v2".to_vec())
-            ]
-        );
-        assert!(!upgrade_buffered(&path).unwrap(), "already upgraded");
     }
 
     #[test]

@@ -59,12 +59,6 @@ impl StateMachine {
             }
         }
         let current = snapshot_dir.join("current");
-        match super::snapshot_file::upgrade_buffered(&current) {
-            Ok(true) => tracing::info!(path = %current.display(), "rewrote the snapshot file in the streaming layout"),
-            Ok(false) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io::Error::new(e.kind(), format!("snapshot file {}: {e}", current.display()))),
-        }
         let saved = match read_meta(&current) {
             Ok(meta) => meta.last_log_id,
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -118,6 +112,7 @@ impl StateMachine {
 
     /// Writes a snapshot of the state machine as it is now; blocking.
     fn build(&self) -> io::Result<Snapshot> {
+        let started = std::time::Instant::now();
         let db = self.store.db().clone();
         let covered = self.store.log_growth().log_bytes();
         // Everything applied so far must be durable before the log behind it is purged.
@@ -151,7 +146,7 @@ impl StateMachine {
         let bytes = file.metadata()?.len();
         let path = if self.publish(&tmp, &meta)? { self.snapshot_path() } else { tmp };
         self.store.log_growth().snapshotted(covered, bytes);
-        tracing::info!(last_log_id = ?meta.last_log_id, bytes, "built snapshot");
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes, elapsed_ms = started.elapsed().as_millis() as u64, "built snapshot");
         Ok(Snapshot { meta, snapshot: SnapshotData { file, path } })
     }
 
@@ -305,8 +300,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let this = self.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let bytes = this.install(&meta, snapshot)?;
-            tracing::info!(last_log_id = ?meta.last_log_id, bytes, "installed snapshot");
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            tracing::info!(last_log_id = ?meta.last_log_id, bytes, elapsed_ms, "installed snapshot");
             Ok(())
         })
         .await

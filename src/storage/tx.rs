@@ -4,8 +4,9 @@
 //! Point reads through a `Tx` see the entry's own earlier writes (read-your-writes), so a
 //! command that changes the same task or run twice works from the latest version. Every
 //! index that follows a run (its task's run list, the placement queue, the delayed and
-//! deadline indexes, its worker's assignments, its task's run count) is maintained here
-//! and nowhere else: [`Tx::put_run`] replaces the old version's index entries with the new
+//! deadline indexes, its worker's assignments, its task's run count, the run counters of
+//! `indexes.rs`) is maintained here and nowhere else, and so are the task indexes
+//! ([`Tx::reindex_task`]): [`Tx::put_run`] replaces the old version's index entries with the new
 //! one's, so no command can leave an index disagreeing with the runs. Iteration still
 //! goes to the committed state ([`Tx::base`]): callers that iterate must not rely on
 //! seeing this entry's writes.
@@ -19,13 +20,14 @@ use rocksdb::WriteBatch;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::indexes::{in_progress, run_day, status_key, trigram_key, trigrams, Counter};
 use super::keys::{assignment_key, deadline_key, delayed_key, queue_key};
 use super::{
-    decode, encode, idempotency_key, u64_key, IdempotencyRecord, Store, CF_ASSIGNMENTS, CF_IDEMPOTENCY,
-    CF_IDEMPOTENCY_EXPIRY, CF_RUNS, CF_RUNS_BY_TASK, CF_RUN_COUNTS, CF_RUN_DEADLINES, CF_RUN_DELAYED, CF_RUN_QUEUE,
-    CF_SM_META, CF_TASKS, CF_TASK_NAMES, CF_WORKERS,
+    decode, encode, idempotency_key, u64_key, IdempotencyRecord, Store, CF_ASSIGNMENTS, CF_COUNTERS, CF_IDEMPOTENCY,
+    CF_IDEMPOTENCY_EXPIRY, CF_NAME_TRIGRAMS, CF_RUNS, CF_RUNS_BY_TASK, CF_RUN_COUNTS, CF_RUN_DEADLINES, CF_RUN_DELAYED,
+    CF_RUN_QUEUE, CF_SM_META, CF_TASKS, CF_TASKS_BY_STATUS, CF_TASK_NAMES, CF_WORKERS,
 };
-use crate::model::{Run, RunStatus, Task, Worker};
+use crate::model::{Run, RunStatus, Task, TaskStatus, Worker};
 
 pub struct Tx<'a> {
     store: &'a Store,
@@ -140,12 +142,91 @@ impl<'a> Tx<'a> {
         self.delete(CF_RUN_COUNTS, &u64_key(id));
     }
 
-    pub fn put_task_name(&mut self, name: &str, id: u64) {
-        self.put_bytes(CF_TASK_NAMES, name.as_bytes(), u64_key(id).to_vec());
+    /// Keeps the task indexes in step with a task's name and status going from `old` to
+    /// `new` (`None`: no task): name → id, the name trigrams, the status index and the
+    /// task counts. Creating or deleting a task, and every change of its name or status,
+    /// calls this (`raftcron debug verify` checks that they did).
+    pub fn reindex_task(
+        &mut self,
+        id: u64,
+        old: Option<(&str, TaskStatus)>,
+        new: Option<(&str, TaskStatus)>,
+    ) -> io::Result<()> {
+        let (old_name, old_status) = (old.map(|o| o.0), old.map(|o| o.1));
+        let (new_name, new_status) = (new.map(|n| n.0), new.map(|n| n.1));
+        if old_name != new_name {
+            // Deletes before puts: a trigram both names share ends up present.
+            if let Some(name) = old_name {
+                self.delete(CF_TASK_NAMES, name.as_bytes());
+                for g in trigrams(name) {
+                    self.delete(CF_NAME_TRIGRAMS, &trigram_key(g, id));
+                }
+            }
+            if let Some(name) = new_name {
+                self.put_bytes(CF_TASK_NAMES, name.as_bytes(), u64_key(id).to_vec());
+                for g in trigrams(name) {
+                    self.put_bytes(CF_NAME_TRIGRAMS, &trigram_key(g, id), Vec::new());
+                }
+            }
+        }
+        if old_status != new_status {
+            if let Some(s) = old_status {
+                self.delete(CF_TASKS_BY_STATUS, &status_key(s, id));
+                self.bump(Counter::Tasks(s), -1)?;
+            }
+            if let Some(s) = new_status {
+                self.put_bytes(CF_TASKS_BY_STATUS, &status_key(s, id), Vec::new());
+                self.bump(Counter::Tasks(s), 1)?;
+            }
+        }
+        Ok(())
     }
 
-    pub fn delete_task_name(&mut self, name: &str) {
-        self.delete(CF_TASK_NAMES, name.as_bytes());
+    /// Adds `delta` to a counter (absent = 0; one that reaches 0 is removed) and returns
+    /// its new value.
+    fn bump(&mut self, counter: Counter, delta: i64) -> io::Result<u64> {
+        let key = counter.key();
+        let now: u64 = self.get(CF_COUNTERS, &key)?.unwrap_or(0);
+        let next = now.checked_add_signed(delta).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("counter {counter:?} would go below zero"))
+        })?;
+        if next == 0 {
+            self.delete(CF_COUNTERS, &key);
+        } else {
+            self.put(CF_COUNTERS, &key, &next)?;
+        }
+        Ok(next)
+    }
+
+    /// Keeps the run counters in step with a run going from `old` to `new` (`None`: no
+    /// run): by status, by day of creation, in progress per task and tasks running.
+    fn count_run_change(&mut self, old: Option<&Run>, new: Option<&Run>) -> io::Result<()> {
+        let (old_status, new_status) = (old.map(|r| r.status), new.map(|r| r.status));
+        if old_status != new_status {
+            if let Some(s) = old_status {
+                self.bump(Counter::Runs(s), -1)?;
+            }
+            if let Some(s) = new_status {
+                self.bump(Counter::Runs(s), 1)?;
+            }
+        }
+        let (old_day, new_day) = (old.map(run_day), new.map(run_day));
+        if old_day != new_day {
+            if let Some(d) = old_day {
+                self.bump(Counter::RunsOnDay(d), -1)?;
+            }
+            if let Some(d) = new_day {
+                self.bump(Counter::RunsOnDay(d), 1)?;
+            }
+        }
+        let (was, is) = (old.is_some_and(in_progress), new.is_some_and(in_progress));
+        if let (true, Some(task)) = (was != is, old.or(new).map(|r| r.task_id)) {
+            let after = self.bump(Counter::InProgress(task), if is { 1 } else { -1 })?;
+            if (is && after == 1) || (!is && after == 0) {
+                self.bump(Counter::TasksRunning, if is { 1 } else { -1 })?;
+            }
+        }
+        Ok(())
     }
 
     /// Stores a run and keeps every index that follows it in step: its old version's
@@ -153,13 +234,15 @@ impl<'a> Tx<'a> {
     /// `runs_stored`.
     pub fn put_run(&mut self, run: &Run) -> io::Result<()> {
         self.touched_runs = true;
-        match self.run(run.id)? {
-            Some(old) => self.delete_run_indexes(&old),
+        let old = self.run(run.id)?;
+        match &old {
+            Some(old) => self.delete_run_indexes(old),
             None => {
                 self.adjust_runs_stored(run.task_id, 1)?;
                 self.put_bytes(CF_RUNS_BY_TASK, &run_by_task_key(run), Vec::new());
             }
         }
+        self.count_run_change(old.as_ref(), Some(run))?;
         self.put_run_indexes(run);
         self.put(CF_RUNS, &u64_key(run.id), run)
     }
@@ -169,6 +252,7 @@ impl<'a> Tx<'a> {
         let Some(old) = self.run(id)? else { return Ok(()) };
         self.touched_runs = true;
         self.delete_run_indexes(&old);
+        self.count_run_change(Some(&old), None)?;
         self.delete(CF_RUNS_BY_TASK, &run_by_task_key(&old));
         self.adjust_runs_stored(old.task_id, -1)?;
         self.delete(CF_RUNS, &u64_key(id));

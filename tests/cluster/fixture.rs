@@ -322,6 +322,11 @@ impl TestCluster {
             }
             let indexes: Vec<u64> = seen.values().map(|(i, _)| *i).collect();
             if indexes.windows(2).all(|w| w[0] == w[1]) {
+                // Every maintained index and counter agrees with the tables it follows.
+                for id in self.running_ids() {
+                    let problems = self.core(id).store.verify().expect("verify");
+                    assert!(problems.is_empty(), "node {id}'s indexes disagree with its tables: {problems:#?}");
+                }
                 return seen;
             }
             assert!(Instant::now() < deadline, "nodes did not converge within {within:?}: {seen:?}");

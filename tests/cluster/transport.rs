@@ -138,7 +138,7 @@ async fn the_leader_checks_a_forwarded_writes_caller_again() {
         killed: vec![],
         requeue_delay_ms: 0,
     };
-    let fire = Command::Fire { fires: vec![], keep_runs: 10 };
+    let fire = Command::Fire { fires: vec![], keep_runs: 10, misfire_threshold_ms: 60_000 };
     let cases = [
         (viewer, create_request("by-a-viewer")),
         (worker.clone(), create_request("by-a-worker")),

@@ -108,7 +108,10 @@ fn apply_command(tx: &mut Tx<'_>, command: &Command, now: DateTime<Utc>) -> io::
         Command::UpdateTask { id, fields, expected_version } => tasks::update(tx, *id, fields, *expected_version, now),
         Command::DeleteTask { id, expected_version } => tasks::delete(tx, *id, *expected_version),
         Command::SetTaskStatus { id, status, may_enable } => tasks::set_status(tx, *id, *status, *may_enable, now),
-        Command::Fire { fires, keep_runs } => tasks::fire(tx, fires, *keep_runs, now),
+        Command::Fire { fires, keep_runs, misfire_threshold_ms } => {
+            let threshold = chrono::Duration::milliseconds(i64::try_from(*misfire_threshold_ms).unwrap_or(i64::MAX));
+            tasks::fire(tx, fires, *keep_runs, threshold, now)
+        }
         Command::TriggerRun { task_id, keep_runs } => runs::trigger(tx, *task_id, *keep_runs, now),
         Command::CancelRun { run_id } => runs::cancel(tx, *run_id, now),
         Command::RegisterWorker { id, name, max_tasks, tags, max_lost_requeues, killed, requeue_delay_ms } => {

@@ -7,7 +7,7 @@ use chrono::TimeZone;
 use super::*;
 use crate::model::{EnvValue, Liveness, RunStatus, TaskField, TaskSpec, TaskStatus, REDACTED};
 use crate::raft::command::{Fired, IdempotencyKey, Response, RunReport, TaskFire};
-use crate::storage::{open_db, Store};
+use crate::storage::{open_db, Counter, Store};
 
 fn t(s: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, s).unwrap()
@@ -33,7 +33,7 @@ fn fire(expected: DateTime<Utc>, fired: &[DateTime<Utc>], new_cursor: DateTime<U
 
 /// Applies a `Fire` of one task (history kept far beyond what tests create).
 fn fire_at(store: &Store, at: DateTime<Utc>, fire: TaskFire) -> Result<Fired, Rejection> {
-    match apply(store, Command::Fire { fires: vec![fire], keep_runs: 1000 }, at).result {
+    match apply(store, Command::Fire { fires: vec![fire], keep_runs: 1000, misfire_threshold_ms: 60_000 }, at).result {
         Ok(Outcome::Fired(mut results)) if results.len() == 1 => results.remove(0),
         other => panic!("unexpected {other:?}"),
     }
@@ -142,7 +142,11 @@ fn firing_prunes_history_to_the_newest_and_every_unfinished_run() {
     }
     assert_eq!(store.queued_runs().unwrap(), 2, "only pending runs are queued");
     // The next tick, with a history of 2: the newest two (7, 6) stay, 4 is unfinished.
-    let r = apply(&store, Command::Fire { fires: vec![fire(t(6), &[t(7)], t(7), 1)], keep_runs: 2 }, t(7));
+    let r = apply(
+        &store,
+        Command::Fire { fires: vec![fire(t(6), &[t(7)], t(7), 1)], keep_runs: 2, misfire_threshold_ms: 60_000 },
+        t(7),
+    );
     assert!(r.result.is_ok());
     let (left, total) = store.runs_of_task(1, 0, 100).unwrap();
     let ids: Vec<u64> = left.iter().map(|r| r.id).collect();
@@ -166,7 +170,12 @@ fn a_batched_fire_applies_each_task_independently() {
     let second = TaskFire { task_id: 2, ..fire(t(0), &[t(1)], t(1), 1) };
     let missing = TaskFire { task_id: 9, ..fire(t(0), &[t(1)], t(1), 1) };
     let stale = fire(t(0), &[t(1)], t(1), 1);
-    let r = apply(&store, Command::Fire { fires: vec![stale, second, missing], keep_runs: 10 }, t(2)).result;
+    let r = apply(
+        &store,
+        Command::Fire { fires: vec![stale, second, missing], keep_runs: 10, misfire_threshold_ms: 60_000 },
+        t(2),
+    )
+    .result;
     let Ok(Outcome::Fired(results)) = r else { panic!("{r:?}") };
     assert_eq!(results[0], Err(Rejection::StaleFire(1)));
     assert!(matches!(results[1], Ok(Fired { ref runs, forbidden: 0 }) if runs.len() == 1));
@@ -525,4 +534,154 @@ fn an_update_with_a_redacted_secret_keeps_the_stored_one() {
     copy.environment.insert("DB_PASS".into(), EnvValue::Secret(REDACTED.into()));
     let r = apply(&store, Command::CreateTask { spec: Box::new(copy) }, t(4));
     assert!(matches!(&r.result, Err(Rejection::Invalid(e)) if e.field == "environment.DB_PASS"), "{r:?}");
+}
+
+/// A tick of a `skip` task planned on time but committed more than the misfire threshold
+/// later in command time is counted as skipped, never run; other policies run it.
+/// Regression test (chaos suite, seed 182073668): a clock strobe on the leader moved
+/// command time 30 s ahead while a `Fire` was in flight, and the run it made was
+/// created 32.5 s after its tick under `skip`.
+#[test]
+fn a_skip_tick_committed_past_the_threshold_is_skipped_not_run() {
+    for (policy, runs, skipped) in [("skip", 0, 1), ("fire_once", 1, 0), ("catch_up", 1, 0)] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(open_db(dir.path()).unwrap());
+        let fields = TaskField::parse_object(serde_json::json!({
+            "name": "late", "executor": "shell", "command": "true", "schedule": "* * * * * *", "misfire_policy": policy
+        }))
+        .unwrap();
+        apply(&store, Command::CreateTask { spec: Box::new(TaskSpec::from_fields(fields, "UTC").unwrap()) }, t(0));
+        // Planned at t(1) for the tick at t(1); committed at t(40), threshold 30 s.
+        let cmd =
+            Command::Fire { fires: vec![fire(t(0), &[t(1)], t(1), 1)], keep_runs: 10, misfire_threshold_ms: 30_000 };
+        assert!(apply(&store, cmd, t(40)).result.is_ok());
+        let task = store.task(1).unwrap().unwrap();
+        assert_eq!((task.fire_count, task.skipped_ticks, task.cursor), (runs, skipped, Some(t(1))), "{policy}");
+        // Within the threshold (25 s late at t(45)), `skip` runs it.
+        let cmd =
+            Command::Fire { fires: vec![fire(t(1), &[t(20)], t(20), 1)], keep_runs: 10, misfire_threshold_ms: 30_000 };
+        assert!(apply(&store, cmd, t(45)).result.is_ok());
+        assert_eq!(store.task(1).unwrap().unwrap().fire_count, runs + 1, "{policy}");
+    }
+}
+
+/// The maintained task indexes and counters follow every kind of change — create, rename
+/// (also to a name sharing trigrams, and a change of case), pause and resume, runs
+/// created, placed, started, finished, lost and re-queued, pruned, and tasks deleted with
+/// their runs — as `verify` recomputes them from the tables after each step; and the
+/// searches they serve answer what a scan answers.
+#[test]
+fn task_indexes_and_counters_follow_every_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(open_db(dir.path()).unwrap());
+    let check = |step: &str| {
+        let problems = store.verify().unwrap();
+        assert!(problems.is_empty(), "after {step}: {problems:#?}");
+    };
+    let create = |name: &str| {
+        let fields =
+            TaskField::parse_object(serde_json::json!({"name": name, "executor": "shell", "command": "true"})).unwrap();
+        match apply(&store, Command::CreateTask { spec: Box::new(TaskSpec::from_fields(fields, "UTC").unwrap()) }, t(1))
+            .result
+        {
+            Ok(Outcome::Task(task)) => task.id,
+            other => panic!("{other:?}"),
+        }
+    };
+    let rename = |id: u64, name: &str| {
+        let cmd = Command::UpdateTask { id, fields: vec![TaskField::Name(name.into())], expected_version: None };
+        assert!(apply(&store, cmd, t(2)).result.is_ok(), "rename {id} to {name}");
+    };
+    let status = |id: u64, status: TaskStatus| {
+        let cmd = Command::SetTaskStatus { id, status, may_enable: true };
+        assert!(apply(&store, cmd, t(2)).result.is_ok());
+    };
+    for name in ["backup-db", "Backup-Logs", "report", "rebuild-index", "ab"] {
+        create(name);
+    }
+    check("creates");
+    rename(1, "backup-database");
+    rename(2, "BACKUP-logs");
+    rename(3, "reports-weekly");
+    check("renames");
+    status(1, TaskStatus::Paused);
+    status(2, TaskStatus::Disabled);
+    status(2, TaskStatus::Active);
+    check("status changes");
+    assert_eq!(store.counter(Counter::Tasks(TaskStatus::Active)).unwrap(), 4);
+    assert_eq!(store.counter(Counter::Tasks(TaskStatus::Paused)).unwrap(), 1);
+
+    assert!(apply(&store, register_w(vec![]), t(3)).result.is_ok());
+    for task_id in [2, 3, 3, 3] {
+        assert!(apply(&store, Command::TriggerRun { task_id, keep_runs: 2 }, t(3)).result.is_ok());
+    }
+    check("triggers, with pruning");
+    let queued: Vec<u64> =
+        (1..=6).filter(|id| store.run(*id).unwrap().is_some_and(|r| r.status == RunStatus::Pending)).collect();
+    let assignments = queued.iter().map(|run| (*run, "w".to_string())).collect();
+    assert!(apply(&store, Command::AssignRuns { assignments, released: vec![], expired: vec![] }, t(4)).result.is_ok());
+    check("assignments");
+    assert_eq!(store.counter(Counter::TasksRunning).unwrap(), 2, "tasks 2 and 3 hold slots");
+    assert!(apply(&store, started(queued[0], 1), t(5)).result.is_ok());
+    let finished = Command::ReportRun {
+        run_id: queued[0],
+        attempt: 1,
+        worker_id: "w".into(),
+        epoch: 1,
+        report: RunReport::Finished {
+            status: RunStatus::Succeeded,
+            exit_code: Some(0),
+            http_status: None,
+            output: String::new(),
+            error: None,
+            duration_ms: 1,
+        },
+        retry_jitter_ms: 0,
+    };
+    assert!(apply(&store, finished, t(6)).result.is_ok());
+    check("a run started and finished");
+    let offline = Command::SetWorkerLiveness {
+        id: "w".into(),
+        liveness: Liveness::Offline,
+        max_lost_requeues: 3,
+        reason: "x".into(),
+    };
+    assert!(apply(&store, offline, t(7)).result.is_ok());
+    check("runs lost and re-queued");
+    assert_eq!(store.counter(Counter::TasksRunning).unwrap(), 0);
+    assert_eq!(store.counter(Counter::Runs(RunStatus::Succeeded)).unwrap(), 1);
+    assert!(store.counter(Counter::RunsOnDay(t(0).timestamp().div_euclid(86_400))).unwrap() >= 3);
+
+    // Searches agree with a scan, for needles shorter and longer than a trigram.
+    let mut all = Vec::new();
+    store
+        .scan_tasks(|task| {
+            all.push(task);
+            true
+        })
+        .unwrap();
+    for needle in ["backup", "back", "ba", "b", "-", "log", "rep", "reports-weekly", "zzz", "ckup-d", "abc"] {
+        for only in [None, Some(TaskStatus::Active), Some(TaskStatus::Paused)] {
+            let want: Vec<u64> = all
+                .iter()
+                .filter(|t| only.is_none_or(|s| t.spec.status == s) && t.spec.name.to_lowercase().contains(needle))
+                .map(|t| t.id)
+                .collect();
+            let (page, total) = store.search_tasks(needle, only, 0, 100).unwrap();
+            assert_eq!(page.iter().map(|t| t.id).collect::<Vec<_>>(), want, "search {needle:?} in {only:?}");
+            assert_eq!(total, want.len() as u64);
+            let (second, _) = store.search_tasks(needle, only, 1, 1).unwrap();
+            assert_eq!(
+                second.iter().map(|t| t.id).collect::<Vec<_>>(),
+                want.iter().skip(1).take(1).copied().collect::<Vec<_>>()
+            );
+        }
+    }
+    let (active, total) = store.tasks_with_status(TaskStatus::Active, 1, 2).unwrap();
+    assert_eq!((active.iter().map(|t| t.id).collect::<Vec<_>>(), total), (vec![3, 4], 4));
+
+    assert!(apply(&store, Command::DeleteTask { id: 3, expected_version: None }, t(8)).result.is_ok());
+    assert!(apply(&store, Command::DeleteTask { id: 1, expected_version: None }, t(8)).result.is_ok());
+    check("deletes with runs");
+    assert_eq!(store.search_tasks("rep", None, 0, 10).unwrap().1, 0);
 }
