@@ -313,6 +313,30 @@ async fn wait_healthy(nodes: &[Node], within: Duration) -> anyhow::Result<()> {
 }
 
 /// After healing: every node reports the same applied index and state digest.
+/// After the final reads: stops every node and runs `raftcron debug verify` on its data
+/// dir, which recomputes the maintained counters and indexes from the tables.
+fn verify_indexes(bin: &Path, nodes: &mut [Node]) -> Result<(), String> {
+    let mut failed = Vec::new();
+    for n in nodes.iter_mut() {
+        n.kill();
+        match std::process::Command::new(bin).arg("debug").arg("verify").arg(n.data()).output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => failed.push(format!(
+                "n{}: {}{}",
+                n.id,
+                String::from_utf8_lossy(&out.stdout).lines().take(5).collect::<Vec<_>>().join("; "),
+                String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+            )),
+            Err(e) => failed.push(format!("n{}: cannot run {}: {e}", n.id, bin.display())),
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("indexes disagree with the tables: {}", failed.join(" | ")))
+    }
+}
+
 async fn convergence(nodes: &[Node], within: Duration) -> Result<String, String> {
     let client = Client::new(nodes.iter().map(Node::http).collect());
     let deadline = Instant::now() + within;
@@ -505,6 +529,7 @@ async fn drive(
         schedule::final_reads(&client, &sched_tasks, &rec, runs::SETTLE).await;
     }
     let converged = convergence(nodes, Duration::from_secs(30)).await;
+    let indexes = verify_indexes(bin, nodes);
 
     let events: Vec<Event> = rec.events();
     history::write_jsonl(&run_dir.join("history.jsonl"), &events)?;
@@ -536,6 +561,9 @@ async fn drive(
     }
     if let Err(e) = &converged {
         verdict.push(Anomaly::new("convergence", e.clone(), Vec::new()));
+    }
+    if let Err(e) = &indexes {
+        verdict.push(Anomaly::new("indexes", e.clone(), Vec::new()));
     }
     let ops = events.iter().filter(|e| e.kind == history::Kind::Invoke).count();
     let results = json!({

@@ -151,7 +151,7 @@ impl Node {
         self.dir.join("faketime")
     }
 
-    fn data(&self) -> PathBuf {
+    pub fn data(&self) -> PathBuf {
         self.dir.join("data")
     }
 

@@ -209,6 +209,9 @@ pub struct Fired {
     pub runs: Vec<u64>,
     /// Ticks its concurrency policy (`forbid`) skipped.
     pub forbidden: u64,
+    /// Ticks of a `skip` task more than the misfire threshold old by the entry's command
+    /// time, skipped.
+    pub late: u64,
 }
 
 /// What applying a request produced. Stored with an idempotency key, so a retry returns

@@ -93,31 +93,46 @@ impl ClusterService for RpcServer {
         chunk: SnapshotChunk,
     ) -> Result<Option<SnapshotResponse<TypeConfig>>, RpcFailure> {
         self.check_raft(&hdr)?;
+        let stored = |e: std::io::Error| RpcFailure::Unavailable(format!("cannot store the snapshot: {e}"));
         let mut partial = self.core.incoming_snapshot.lock().await;
-        if chunk.offset == 0 {
-            // A new transfer replaces an unfinished one (whose file goes with it).
-            *partial = None;
-            let started = IncomingSnapshot::start(&self.core.snapshot_dir, chunk.vote, chunk.meta.clone());
-            *partial = Some(started.map_err(|e| RpcFailure::Unavailable(format!("cannot store the snapshot: {e}")))?);
-        }
-        let Some(incoming) = partial.as_mut() else {
-            return Err(RpcFailure::Unavailable("snapshot chunk without a start; resend from offset 0".into()));
+        // A transfer in progress leaves the slot while a chunk is written; one that fails
+        // a check is dropped (its file with it) and the leader starts again from 0.
+        let incoming = if chunk.offset == 0 {
+            // A new transfer replaces an unfinished one.
+            drop(partial.take());
+            IncomingSnapshot::start(&self.core.snapshot_dir, chunk.vote, chunk.meta.clone()).map_err(stored)?
+        } else {
+            partial
+                .take()
+                .ok_or_else(|| RpcFailure::Unavailable("snapshot chunk without a start; resend from offset 0".into()))?
         };
         if incoming.vote != chunk.vote || incoming.meta != chunk.meta || incoming.written() != chunk.offset {
-            *partial = None;
             return Err(RpcFailure::Unavailable("snapshot chunk out of sequence; resend from offset 0".into()));
         }
-        if let Err(e) = incoming.append(&chunk.data) {
-            *partial = None;
-            return Err(RpcFailure::Unavailable(format!("cannot store the snapshot: {e}")));
-        }
-        if !chunk.done {
-            return Ok(None);
-        }
-        let incoming = partial.take().expect("checked above");
-        drop(partial);
         let (vote, meta, path) = (incoming.vote, incoming.meta.clone(), incoming.path().to_path_buf());
-        let data = incoming.finish().map_err(|e| RpcFailure::Unavailable(format!("cannot store the snapshot: {e}")))?;
+        let (done, data) = (chunk.done, chunk.data);
+        // File work off the async workers: a chunk is 4 MiB, and the last one syncs and
+        // reads back the whole file.
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<Result<_, _>> {
+            let mut incoming = incoming;
+            incoming.append(&data)?;
+            if done {
+                incoming.finish().map(Err)
+            } else {
+                Ok(Ok(incoming))
+            }
+        })
+        .await
+        .map_err(|e| RpcFailure::Unavailable(format!("the snapshot writer failed: {e}")))?
+        .map_err(stored)?;
+        let data = match written {
+            Ok(incoming) => {
+                *partial = Some(incoming);
+                return Ok(None);
+            }
+            Err(data) => data,
+        };
+        drop(partial);
         let resp = self.core.raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await;
         // Renamed to `current` by an install; still here if openraft had no use for it.
         let _ = std::fs::remove_file(&path);

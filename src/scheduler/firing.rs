@@ -271,7 +271,7 @@ async fn propose(core: &NodeCore, batch: Vec<TaskFire>, planned_at: DateTime<Utc
         match result {
             Ok(f) => {
                 core.metrics.ticks_fired.inc_by(f.runs.len() as u64);
-                core.metrics.ticks_skipped.inc_by(skipped + f.forbidden);
+                core.metrics.ticks_skipped.inc_by(skipped + f.forbidden + f.late);
                 for t in &fired {
                     let lag = (applied_at - *t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
                     core.metrics.schedule_lag.observe(lag);

@@ -96,10 +96,19 @@ pub fn status_key(status: TaskStatus, id: u64) -> Vec<u8> {
     k
 }
 
-/// The distinct trigrams of a name, lowercased as a search lowercases it, in order.
+/// The key under which every task with a non-ASCII name is listed instead of its
+/// trigrams: such a name is a candidate for every search. (Unicode case mapping changes
+/// with the Unicode version of the toolchain, and replicated keys must not: ASCII case
+/// folding never changes. UTF-8 never holds 0xFF, so no real trigram is this.)
+pub const UNINDEXED: [u8; 3] = [0xFF; 3];
+
+/// The distinct trigrams a name is indexed under, in order: its ASCII-lowercased
+/// trigrams, or [`UNINDEXED`] alone for a name that is not all ASCII.
 pub fn trigrams(name: &str) -> BTreeSet<[u8; 3]> {
-    let lower = name.to_lowercase();
-    lower.as_bytes().windows(3).map(|w| [w[0], w[1], w[2]]).collect()
+    if !name.is_ascii() {
+        return BTreeSet::from([UNINDEXED]);
+    }
+    name.to_ascii_lowercase().as_bytes().windows(3).map(|w| [w[0], w[1], w[2]]).collect()
 }
 
 pub fn trigram_key(trigram: [u8; 3], id: u64) -> Vec<u8> {
@@ -135,9 +144,11 @@ impl Store {
     }
 
     /// Tasks whose lowercased name contains `needle` (already lowercased), and in
-    /// `status` when given, in id order: a page and the count. A needle of three bytes or
-    /// more walks the name trigram index, joining the needle's trigrams' lists by seeking
-    /// (the cost follows the shortest list); a shorter one reads every name (keys only).
+    /// `status` when given, in id order: a page and the count. An ASCII needle of three
+    /// bytes or more walks the name trigram index, joining the needle's trigrams' lists by
+    /// seeking (the cost follows the shortest list), plus every non-ASCII name; a
+    /// non-ASCII needle can match only non-ASCII names; a shorter one reads every name
+    /// (keys only). Every candidate's name is checked as a scan would.
     pub fn search_tasks(
         &self,
         needle: &str,
@@ -174,7 +185,22 @@ impl Store {
             }
             return Ok((items, total));
         }
-        for id in self.trigram_join(&grams)? {
+        let unindexed = self.trigram_join(&[UNINDEXED])?;
+        let indexed = if needle.is_ascii() { self.trigram_join(&grams)? } else { Vec::new() };
+        // Both ascending: merged, in id order.
+        let mut candidates = Vec::with_capacity(indexed.len() + unindexed.len());
+        let (mut a, mut b) = (indexed.into_iter().peekable(), unindexed.into_iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x <= y => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => break,
+            };
+            candidates.extend(next);
+        }
+        for id in candidates {
             if let Some(task) = self.task(id)? {
                 consider(task);
             }
@@ -217,80 +243,148 @@ impl Store {
         Ok(out)
     }
 
-    /// Recomputes every index and counter this file owns, and the run counts, from the
-    /// tasks and runs tables of one consistent view, and lists where the stored ones
-    /// differ (empty: consistent). Reads the whole state: for `raftcron debug verify` and
-    /// tests, not for a serving path.
+    /// Recomputes every index and counter this file owns, the run counts and the runs by
+    /// task from the tasks and runs tables of one consistent view, and lists where the
+    /// stored ones differ (empty: consistent; at most [`MAX_PROBLEMS`] listed). Memory stays
+    /// small whatever the state: each expected index key is looked up, and each index's
+    /// size compared with the number the tables account for (distinct expected keys, all
+    /// present, as many as stored: equal sets). Reads the whole state: for `raftcron debug
+    /// verify` and tests, not for a serving path.
     pub fn verify(&self) -> io::Result<Vec<String>> {
         let view = self.db.snapshot();
         let set = self.set_in(&view)?;
-        let read_cf = |name: &str| -> io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
-            view.iterator_cf(self.set_cf(set, name), IteratorMode::Start)
-                .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(db_err))
-                .collect()
-        };
-        let mut want_counters: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
-        let mut want_status = BTreeMap::new();
-        let mut want_grams = BTreeMap::new();
-        let mut want_names = BTreeMap::new();
-        let mut want_run_counts: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
-        let mut want_by_task = BTreeMap::new();
-        let bump = |m: &mut BTreeMap<Vec<u8>, u64>, k: Vec<u8>| *m.entry(k).or_insert(0) += 1;
-        for (_, v) in read_cf(super::CF_TASKS)? {
-            let task: Task = decode(&v)?;
-            bump(&mut want_counters, Counter::Tasks(task.spec.status).key());
-            want_status.insert(status_key(task.spec.status, task.id), Vec::new());
-            for g in trigrams(&task.spec.name) {
-                want_grams.insert(trigram_key(g, task.id), Vec::new());
-            }
-            want_names.insert(task.spec.name.as_bytes().to_vec(), u64_key(task.id).to_vec());
-        }
-        let mut running_tasks = BTreeSet::new();
-        for (_, v) in read_cf(super::CF_RUNS)? {
-            let run: Run = decode(&v)?;
-            bump(&mut want_counters, Counter::Runs(run.status).key());
-            bump(&mut want_counters, Counter::RunsOnDay(run_day(&run)).key());
-            if in_progress(&run) {
-                bump(&mut want_counters, Counter::InProgress(run.task_id).key());
-                running_tasks.insert(run.task_id);
-            }
-            bump(&mut want_run_counts, u64_key(run.task_id).to_vec());
-            let mut k = u64_key(run.task_id).to_vec();
-            k.extend_from_slice(&u64_key(run.id));
-            want_by_task.insert(k, Vec::new());
-        }
-        if !running_tasks.is_empty() {
-            want_counters.insert(Counter::TasksRunning.key(), running_tasks.len() as u64);
-        }
-        let encode_all = |m: BTreeMap<Vec<u8>, u64>| -> io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
-            m.into_iter().map(|(k, n)| Ok((k, super::encode(&n)?))).collect()
-        };
-        let mut problems = Vec::new();
-        let mut compare = |name: &str, want: BTreeMap<Vec<u8>, Vec<u8>>| -> io::Result<()> {
-            let have = read_cf(name)?;
-            for (k, v) in &want {
-                match have.get(k) {
-                    None => problems.push(format!("{name}: missing {}", hex::encode(k))),
-                    Some(h) if h != v => problems.push(format!(
-                        "{name}: {} holds {} where the tables say {}",
-                        hex::encode(k),
-                        hex::encode(h),
-                        hex::encode(v)
-                    )),
-                    Some(_) => {}
-                }
-            }
-            for k in have.keys().filter(|k| !want.contains_key(*k)) {
-                problems.push(format!("{name}: {} has no reason to be there", hex::encode(k)));
+        let cf = |name: &str| self.set_cf(set, name);
+        let mut problems = Problems::default();
+        let mut counters: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        let mut expected: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut expect = |problems: &mut Problems, name: &'static str, key: &[u8], value: &[u8]| -> io::Result<()> {
+            *expected.entry(name).or_insert(0) += 1;
+            match view.get_cf(cf(name), key).map_err(db_err)? {
+                None => problems.push(format!("{name}: missing {}", hex::encode(key))),
+                Some(v) if v != value => problems.push(format!(
+                    "{name}: {} holds {} where the tables say {}",
+                    hex::encode(key),
+                    hex::encode(&v),
+                    hex::encode(value)
+                )),
+                Some(_) => {}
             }
             Ok(())
         };
-        compare(super::CF_COUNTERS, encode_all(want_counters)?)?;
-        compare(CF_TASKS_BY_STATUS, want_status)?;
-        compare(CF_NAME_TRIGRAMS, want_grams)?;
-        compare(CF_TASK_NAMES, want_names)?;
-        compare(super::CF_RUN_COUNTS, encode_all(want_run_counts)?)?;
-        compare(super::CF_RUNS_BY_TASK, want_by_task)?;
-        Ok(problems)
+        for item in view.iterator_cf(cf(super::CF_TASKS), IteratorMode::Start) {
+            let (_, v) = item.map_err(db_err)?;
+            let task: Task = decode(&v)?;
+            *counters.entry(Counter::Tasks(task.spec.status).key()).or_insert(0) += 1;
+            expect(&mut problems, CF_TASKS_BY_STATUS, &status_key(task.spec.status, task.id), &[])?;
+            for g in trigrams(&task.spec.name) {
+                expect(&mut problems, CF_NAME_TRIGRAMS, &trigram_key(g, task.id), &[])?;
+            }
+            expect(&mut problems, CF_TASK_NAMES, task.spec.name.as_bytes(), &u64_key(task.id))?;
+        }
+        let mut running_tasks = BTreeSet::new();
+        for item in view.iterator_cf(cf(super::CF_RUNS), IteratorMode::Start) {
+            let (_, v) = item.map_err(db_err)?;
+            let run: Run = decode(&v)?;
+            *counters.entry(Counter::Runs(run.status).key()).or_insert(0) += 1;
+            *counters.entry(Counter::RunsOnDay(run_day(&run)).key()).or_insert(0) += 1;
+            if in_progress(&run) {
+                *counters.entry(Counter::InProgress(run.task_id).key()).or_insert(0) += 1;
+                running_tasks.insert(run.task_id);
+            }
+            let mut k = u64_key(run.task_id).to_vec();
+            k.extend_from_slice(&u64_key(run.id));
+            expect(&mut problems, super::CF_RUNS_BY_TASK, &k, &[])?;
+        }
+        if !running_tasks.is_empty() {
+            counters.insert(Counter::TasksRunning.key(), running_tasks.len() as u64);
+        }
+        for (name, want) in expected {
+            let have = view.iterator_cf(cf(name), IteratorMode::Start).count() as u64;
+            if have != want {
+                problems.push(format!("{name}: {have} entries where the tables account for {want}"));
+            }
+        }
+        // The counters: a few per status and day, one per task with a run in progress.
+        let mut stored = BTreeMap::new();
+        for item in view.iterator_cf(cf(super::CF_COUNTERS), IteratorMode::Start) {
+            let (k, v) = item.map_err(db_err)?;
+            stored.insert(k.to_vec(), decode::<u64>(&v)?);
+        }
+        for (k, want) in &counters {
+            let have = stored.remove(k).unwrap_or(0);
+            if have != *want {
+                problems.push(format!("counters: {} is {have} where the tables say {want}", hex::encode(k)));
+            }
+        }
+        for (k, have) in stored {
+            problems.push(format!("counters: {} is {have} with nothing to count", hex::encode(k)));
+        }
+        // Run counts against runs by task, both in task order: one pass over each.
+        let mut per_task = view.iterator_cf(cf(super::CF_RUNS_BY_TASK), IteratorMode::Start).peekable();
+        let mut counts = view.iterator_cf(cf(super::CF_RUN_COUNTS), IteratorMode::Start).peekable();
+        loop {
+            let next_listed = match per_task.peek() {
+                Some(Ok((k, _))) => Some(key_u64(&k[..8])?),
+                Some(Err(_)) => return Err(db_err(per_task.next().expect("peeked").expect_err("an error"))),
+                None => None,
+            };
+            let next_counted = match counts.peek() {
+                Some(Ok((k, _))) => Some(key_u64(k)?),
+                Some(Err(_)) => return Err(db_err(counts.next().expect("peeked").expect_err("an error"))),
+                None => None,
+            };
+            let task = match (next_listed, next_counted) {
+                (None, None) => break,
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+            };
+            let mut listed = 0u64;
+            while let Some(Ok((k, _))) = per_task.peek() {
+                if key_u64(&k[..8])? != task {
+                    break;
+                }
+                listed += 1;
+                per_task.next();
+            }
+            let counted = match counts.peek() {
+                Some(Ok((k, v))) if key_u64(k)? == task => {
+                    let n = decode::<u64>(v)?;
+                    counts.next();
+                    n
+                }
+                _ => 0,
+            };
+            if listed != counted {
+                problems.push(format!("run_counts: task {task} counts {counted} runs, {listed} are stored"));
+            }
+        }
+        Ok(problems.finish())
+    }
+}
+
+/// At most this many problems are listed one by one; the rest are counted.
+pub const MAX_PROBLEMS: usize = 100;
+
+#[derive(Default)]
+struct Problems {
+    listed: Vec<String>,
+    more: u64,
+}
+
+impl Problems {
+    fn push(&mut self, p: String) {
+        if self.listed.len() < MAX_PROBLEMS {
+            self.listed.push(p);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        if self.more > 0 {
+            self.listed.push(format!("... and {} more", self.more));
+        }
+        self.listed
     }
 }

@@ -46,7 +46,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
+use rocksdb::{ColumnFamily, IteratorMode, Options, WriteBatch, DB};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -206,7 +206,6 @@ pub fn open_db(dir: &Path) -> io::Result<Arc<DB>> {
     std::fs::create_dir_all(dir)?;
     let mut opts = Options::default();
     opts.create_if_missing(true);
-    opts.create_missing_column_families(true);
     // One memtable budget for all column families together (each would otherwise take up
     // to 2 x 64 MiB on its own): what RocksDB holds in memory does not grow with the
     // number of column families nor with the size of a snapshot being installed.
@@ -218,33 +217,45 @@ pub fn open_db(dir: &Path) -> io::Result<Arc<DB>> {
             format!("data dir {} has column family {unknown:?} that this version does not know; was it written by a newer raftcron?", dir.display()),
         ));
     }
-    let cfs = all_cfs().map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-    let db = DB::open_cf_descriptors(&opts, dir, cfs)
+    // What is there first, and its format checked before anything is added: a column
+    // family of this format created in a dir of another would make the release that wrote
+    // the dir refuse it in turn.
+    let mut db = DB::open_cf(&opts, dir, &existing)
         .map_err(|e| io::Error::other(format!("cannot open database in {}: {e}", dir.display())))?;
+    let fresh = check_format(&db, dir)?;
     for name in all_cfs() {
-        db.cf_handle(name).ok_or_else(|| io::Error::other(format!("column family {name} missing after open")))?;
+        if db.cf_handle(name).is_none() {
+            db.create_cf(name, &Options::default()).map_err(|e| {
+                io::Error::other(format!("cannot create column family {name} in {}: {e}", dir.display()))
+            })?;
+        }
     }
-    check_format(&db, dir)?;
-    read_set(|k| db.get_cf(db.cf_handle(CF_RAFT_META).expect("checked above"), k))?;
+    let meta = db.cf_handle(CF_RAFT_META).expect("created above");
+    if fresh {
+        let mut sync = rocksdb::WriteOptions::default();
+        sync.set_sync(true);
+        db.put_cf_opt(meta, FORMAT_KEY, [crate::raft::FORMAT_VERSION], &sync).map_err(db_err)?;
+    }
+    read_set(|k| db.get_cf(meta, k))?;
     Ok(Arc::new(db))
 }
 
-/// Refuses a data dir written in another format; marks a new one with this binary's. Data
-/// dirs of format 1 predate the marker: one that holds anything at all is format 1.
-fn check_format(db: &DB, dir: &Path) -> io::Result<()> {
-    let meta = db.cf_handle(CF_RAFT_META).expect("checked above");
-    let found = match db.get_cf(meta, FORMAT_KEY).map_err(db_err)? {
+/// Refuses a data dir written in another format; whether it is new (nothing written:
+/// the caller marks it with this binary's format). Data dirs of format 1 predate the
+/// marker: one that holds anything at all is format 1.
+fn check_format(db: &DB, dir: &Path) -> io::Result<bool> {
+    let marked = match db.cf_handle(CF_RAFT_META) {
+        Some(meta) => db.get_cf(meta, FORMAT_KEY).map_err(db_err)?,
+        None => None,
+    };
+    let found = match marked {
         Some(bytes) => bytes.first().copied().unwrap_or(0),
         None => {
-            let written = all_cfs().any(|name| {
-                let cf = db.cf_handle(name).expect("checked above");
-                db.iterator_cf(cf, IteratorMode::Start).next().is_some()
-            });
+            let written = all_cfs()
+                .filter_map(|name| db.cf_handle(name))
+                .any(|cf| db.iterator_cf(cf, IteratorMode::Start).next().is_some());
             if !written {
-                let mut opts = rocksdb::WriteOptions::default();
-                opts.set_sync(true);
-                db.put_cf_opt(meta, FORMAT_KEY, [crate::raft::FORMAT_VERSION], &opts).map_err(db_err)?;
-                return Ok(());
+                return Ok(true);
             }
             1
         }
@@ -260,7 +271,7 @@ fn check_format(db: &DB, dir: &Path) -> io::Result<()> {
             ),
         ));
     }
-    Ok(())
+    Ok(false)
 }
 
 /// The memtables of all column families together; beyond it RocksDB flushes the largest.
@@ -713,15 +724,22 @@ impl Store {
     }
 
     /// One page of tasks in id order, and the number of tasks; only the page is decoded.
+    /// `limit` tasks after the first `skip`, in id order, and how many there are (from the
+    /// task counters: no scan). The skip walks the keys before the page.
     pub fn task_page(&self, skip: u64, limit: u64) -> io::Result<(Vec<Task>, u64)> {
-        let mut tasks = Vec::new();
         let mut total = 0u64;
-        for item in self.db.iterator_cf(self.cf(CF_TASKS), IteratorMode::Start) {
+        for status in
+            [crate::model::TaskStatus::Active, crate::model::TaskStatus::Paused, crate::model::TaskStatus::Disabled]
+        {
+            total += self.counter(Counter::Tasks(status))?;
+        }
+        let mut tasks = Vec::new();
+        let iter = self.db.iterator_cf(self.cf(CF_TASKS), IteratorMode::Start);
+        for item in
+            iter.skip(usize::try_from(skip).unwrap_or(usize::MAX)).take(usize::try_from(limit).unwrap_or(usize::MAX))
+        {
             let (_, v) = item.map_err(db_err)?;
-            if total >= skip && (tasks.len() as u64) < limit {
-                tasks.push(decode(&v)?);
-            }
-            total += 1;
+            tasks.push(decode(&v)?);
         }
         Ok((tasks, total))
     }
@@ -811,8 +829,12 @@ mod tests {
             let entry = entry.unwrap();
             std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
         }
+        let before = DB::list_cf(&Options::default(), dir.path()).unwrap();
         let err = open_db(dir.path()).unwrap_err().to_string();
         assert!(err.contains("format version 1") && err.contains("format version 3"), "{err}");
+        // Refused without a trace: no column family of this format was added, so the
+        // release that wrote the dir still opens it.
+        assert_eq!(DB::list_cf(&Options::default(), dir.path()).unwrap(), before);
         assert!(open_db(dir.path()).unwrap_err().to_string().contains("format version 1"), "still refused");
         // A fresh dir is marked and opens again.
         let fresh = tempfile::tempdir().unwrap();

@@ -89,12 +89,23 @@ impl IncomingSnapshot {
         Ok(())
     }
 
-    /// The whole file, synced, for openraft's install (which renames it to `current`).
+    /// The whole file, synced and checked (its checksum, and a header covering the log id
+    /// the leader announced), for openraft's install (which renames it to `current`); a
+    /// damaged transfer fails here, before openraft sees it. Blocking: reads the file.
     /// Whoever installs it removes [`IncomingSnapshot::path`] afterwards if it is still
     /// there (an install openraft skipped).
     pub fn finish(mut self) -> io::Result<SnapshotData> {
         self.file.sync_all()?;
         let mut file = self.file.try_clone()?;
+        file.rewind()?;
+        let (meta, mut records) = SnapshotReader::open(&file)?;
+        while records.next_record()?.is_some() {}
+        if meta.last_log_id != self.meta.last_log_id {
+            return Err(corrupt(format!(
+                "the snapshot file covers {:?}, the leader announced {:?}",
+                meta.last_log_id, self.meta.last_log_id
+            )));
+        }
         file.rewind()?;
         self.finished = true;
         Ok(SnapshotData { file, path: self.path.clone() })

@@ -111,6 +111,7 @@ impl StateMachine {
     }
 
     /// Writes a snapshot of the state machine as it is now; blocking.
+    #[allow(clippy::disallowed_methods, clippy::disallowed_types, reason = "times the log line; no state reads it")]
     fn build(&self) -> io::Result<Snapshot> {
         let started = std::time::Instant::now();
         let db = self.store.db().clone();
@@ -144,31 +145,33 @@ impl StateMachine {
             }
         };
         let bytes = file.metadata()?.len();
-        let path = if self.publish(&tmp, &meta)? { self.snapshot_path() } else { tmp };
-        self.store.log_growth().snapshotted(covered, bytes);
+        let path = if self.publish(&tmp, &meta)? {
+            // A build a newer file overtook stands for nothing: the trigger keeps counting.
+            self.store.log_growth().snapshotted(covered, bytes);
+            self.snapshot_path()
+        } else {
+            tmp
+        };
         tracing::info!(last_log_id = ?meta.last_log_id, bytes, elapsed_ms = started.elapsed().as_millis() as u64, "built snapshot");
         Ok(Snapshot { meta, snapshot: SnapshotData { file, path } })
     }
 
-    /// Installs the snapshot file `data` covering `meta`; blocking. The file is made
-    /// durable as `current` first, then the state loads into the other set, and one synced
-    /// batch flips to it: a crash anywhere leaves the old state (with a newer file, which
-    /// openraft installs from at start-up) or the new one.
+    /// Installs the snapshot file `data` covering `meta`; blocking. The records load into
+    /// the idle set (the checksum and the header checked on the way), then the file is made
+    /// durable as `current`, then one synced batch flips to the new set. A crash before
+    /// the file is saved leaves the old state and the old file (the leader sends again); a
+    /// crash after it leaves a file ahead of the state, which openraft installs from at
+    /// start-up; after the flip, the new state. A file that fails its checks never
+    /// replaces `current`.
     fn install(&self, meta: &SnapshotMeta, data: SnapshotData) -> io::Result<u64> {
-        // The file first, durable, then the state: a crash between the two leaves a file
-        // ahead of the state machine, which openraft restores from at startup. The other
-        // order left a state machine ahead of every durable snapshot and of the log, which
-        // openraft "cleans" at startup by purging past the snapshot and then refuses
-        // ("purge_upto <= snapshot_last_log_id"; chaos suite, power-all).
+        // Never the other order (state before file): a state machine ahead of every
+        // durable snapshot and of the log is what openraft "cleans" at startup by purging
+        // past the snapshot, and then refuses ("purge_upto <= snapshot_last_log_id"; chaos
+        // suite, power-all).
         let covered = self.store.log_growth().log_bytes();
         let path = data.path.clone();
         let file = data.into_file()?;
         let bytes = file.metadata()?.len();
-        if path != self.snapshot_path() {
-            file.sync_all()?;
-            self.publish(&path, meta)?;
-        }
-        self.step("file saved")?;
 
         let _sets = self.sets.lock().expect("state-machine set lock poisoned");
         let store = &self.store;
@@ -176,7 +179,7 @@ impl StateMachine {
         let old = store.live_set();
         let new = 1 - old;
         clear_set(db, new)?;
-        let (file_meta, mut records) = SnapshotReader::open(file)?;
+        let (file_meta, mut records) = SnapshotReader::open(&file)?;
         let mut batch = WriteBatch::default();
         while let Some((name, k, v)) = records.next_record()? {
             batch.put_cf(store.set_cf(new, name), k, v);
@@ -200,6 +203,11 @@ impl StateMachine {
         // The records' batches were not synced; syncing the WAL makes them all durable
         // before the flip that makes them the state.
         db.flush_wal(true).map_err(db_err)?;
+        if path != self.snapshot_path() {
+            file.sync_all()?;
+            self.publish(&path, meta)?;
+        }
+        self.step("file saved")?;
         let mut flip = WriteBatch::default();
         // The snapshot's own meta is authoritative for what it covers.
         let sm_meta = store.set_cf(new, CF_SM_META);
@@ -296,6 +304,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
+    #[allow(clippy::disallowed_methods, clippy::disallowed_types, reason = "times the log line; no state reads it")]
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
         let this = self.clone();
         let meta = meta.clone();
@@ -522,17 +531,20 @@ mod tests {
 
     /// A crash at every step of an install (simulated by stopping there and reopening the
     /// database) restarts with the old state or the new one, never a mix, and never with
-    /// the idle set holding anything; from the old, installing the `current` file again
-    /// (as openraft does at start-up when the file is newer) reaches the new.
+    /// the idle set holding anything; `current` is the old file until the new one's records
+    /// are all in, and the new file from then on. What openraft and the leader do next —
+    /// install `current` at start-up when it is newer than the state, or send the snapshot
+    /// again — reaches the new state.
     #[tokio::test]
     async fn a_crash_at_any_step_of_an_install_leaves_the_old_state_or_the_new() {
         let a = tempfile::tempdir().unwrap();
         // 12 MiB: the records take several install batches.
         let newer = state_seeded(a.path(), 12 * 1024, 30, b'n').build_snapshot().await.unwrap();
         let new_digest = newer_digest(&newer).await;
-        for step in ["file saved", "batch written", "records written", "flipped"] {
+        for step in ["batch written", "records written", "file saved", "flipped"] {
             let b = tempfile::tempdir().unwrap();
             let mut sm = state_seeded(b.path(), 6 * 1024, 20, b'o');
+            let old_file = std::fs::read(&sm.build_snapshot().await.unwrap().snapshot.path).unwrap();
             let old_digest = sm.store.digest().unwrap();
             *sm.crash_at.lock().unwrap() = Some(step);
             let incoming = as_incoming(&newer, &sm.snapshot_dir);
@@ -550,15 +562,53 @@ mod tests {
                 other => panic!("{step}: applied {other:?}"),
             }
             assert_eq!(applied.map(|l| l.index) == Some(30), step == "flipped", "{step}: which state survived");
-            // openraft's start-up: the durable file is newer than the state, so it installs it.
-            let current = sm.get_current_snapshot().await.unwrap().expect("the file was saved first");
-            assert_eq!(current.meta.last_log_id, Some(log_id(30)), "{step}");
-            if current.meta.last_log_id > applied {
-                sm.install_snapshot(&current.meta, current.snapshot).await.unwrap();
+            let saved = matches!(step, "file saved" | "flipped");
+            let current = sm.get_current_snapshot().await.unwrap().expect("a snapshot file");
+            assert_eq!(current.meta.last_log_id, Some(log_id(if saved { 30 } else { 20 })), "{step}");
+            if !saved {
+                assert_eq!(std::fs::read(sm.snapshot_path()).unwrap(), old_file, "{step}: the old file changed");
             }
-            assert_eq!(store.digest().unwrap(), new_digest, "{step}: after the start-up install");
+            if current.meta.last_log_id > applied {
+                // openraft's start-up: the durable file is newer than the state.
+                sm.install_snapshot(&current.meta, current.snapshot).await.unwrap();
+            } else if applied < Some(log_id(30)) {
+                // The leader sends it again.
+                let again = as_incoming(&newer, &sm.snapshot_dir);
+                sm.install_snapshot(&again.meta, again.snapshot).await.unwrap();
+            }
+            assert_eq!(store.digest().unwrap(), new_digest, "{step}: in the end");
             assert_eq!(std::fs::read(sm.snapshot_path()).unwrap(), std::fs::read(&newer.snapshot.path).unwrap());
         }
+    }
+
+    /// A received snapshot that fails its checks (here, one flipped byte) is refused before
+    /// it replaces anything: `current` and the state stay as they were (before, the file
+    /// became `current` first and the node could not start again).
+    #[tokio::test]
+    async fn a_damaged_snapshot_replaces_neither_the_file_nor_the_state() {
+        let a = tempfile::tempdir().unwrap();
+        let newer = state_seeded(a.path(), 300, 30, b'n').build_snapshot().await.unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let mut sm = state_seeded(b.path(), 100, 20, b'o');
+        let old_file = std::fs::read(&sm.build_snapshot().await.unwrap().snapshot.path).unwrap();
+        let old_digest = sm.store.digest().unwrap();
+        let incoming = as_incoming(&newer, &sm.snapshot_dir);
+        let mut bytes = std::fs::read(&incoming.snapshot.path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        std::fs::write(&incoming.snapshot.path, &bytes).unwrap();
+        let damaged =
+            Snapshot { meta: incoming.meta.clone(), snapshot: SnapshotData::open(&incoming.snapshot.path).unwrap() };
+        let err = sm.install_snapshot(&damaged.meta, damaged.snapshot).await.unwrap_err();
+        assert!(err.to_string().contains("checksum") || err.to_string().contains("corrupt"), "{err}");
+        assert_eq!(std::fs::read(sm.snapshot_path()).unwrap(), old_file, "current was replaced");
+        assert_eq!(sm.store.digest().unwrap(), old_digest);
+        assert_eq!(sm.store.applied().unwrap(), Some(log_id(20)));
+        // A file whose header covers another index than openraft installs is refused too.
+        let other = as_incoming(&newer, &sm.snapshot_dir);
+        let err = sm.install_snapshot(&meta(31), other.snapshot).await.unwrap_err();
+        assert!(err.to_string().contains("covers"), "{err}");
+        assert_eq!(std::fs::read(sm.snapshot_path()).unwrap(), old_file, "current was replaced");
     }
 
     /// Reads this process's peak resident set (VmHWM) in KiB after resetting it, or the

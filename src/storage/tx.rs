@@ -183,13 +183,16 @@ impl<'a> Tx<'a> {
     }
 
     /// Adds `delta` to a counter (absent = 0; one that reaches 0 is removed) and returns
-    /// its new value.
+    /// its new value. A counter that would go below zero stays at zero, loudly: failing
+    /// the entry instead would stop every replica at it, for good (apply is deterministic),
+    /// over a wrong count that `raftcron debug verify` can name.
     fn bump(&mut self, counter: Counter, delta: i64) -> io::Result<u64> {
         let key = counter.key();
         let now: u64 = self.get(CF_COUNTERS, &key)?.unwrap_or(0);
-        let next = now.checked_add_signed(delta).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("counter {counter:?} would go below zero"))
-        })?;
+        let next = now.checked_add_signed(delta).unwrap_or_else(|| {
+            tracing::error!(?counter, now, delta, "a counter would go below zero: kept at 0 (raftcron debug verify)");
+            0
+        });
         if next == 0 {
             self.delete(CF_COUNTERS, &key);
         } else {
@@ -264,6 +267,11 @@ impl<'a> Tx<'a> {
         let next = now.checked_add_signed(delta).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidData, format!("run count of task {task_id} would go below zero"))
         })?;
+        // A task without runs has no count (as `debug verify` expects).
+        if next == 0 {
+            self.delete(CF_RUN_COUNTS, &u64_key(task_id));
+            return Ok(());
+        }
         self.put(CF_RUN_COUNTS, &u64_key(task_id), &next)
     }
 

@@ -230,7 +230,7 @@ fn apply_fire(
     }
     prune_runs(tx, &mut task, keep_runs, runs.len())?;
     tx.put_task(&task)?;
-    Ok(Ok(Fired { runs, forbidden }))
+    Ok(Ok(Fired { runs, forbidden, late: too_late }))
 }
 
 /// Deletes the task's finished runs beyond the newest `keep`, once it stores a tenth more

@@ -178,7 +178,7 @@ fn a_batched_fire_applies_each_task_independently() {
     .result;
     let Ok(Outcome::Fired(results)) = r else { panic!("{r:?}") };
     assert_eq!(results[0], Err(Rejection::StaleFire(1)));
-    assert!(matches!(results[1], Ok(Fired { ref runs, forbidden: 0 }) if runs.len() == 1));
+    assert!(matches!(results[1], Ok(Fired { ref runs, forbidden: 0, .. }) if runs.len() == 1));
     assert_eq!(results[2], Err(Rejection::TaskNotFound(9)));
     assert_eq!(scheduled_ticks(&store), vec![t(1), t(1)], "one run per task for the tick");
 }
@@ -596,7 +596,7 @@ fn task_indexes_and_counters_follow_every_change() {
         let cmd = Command::SetTaskStatus { id, status, may_enable: true };
         assert!(apply(&store, cmd, t(2)).result.is_ok());
     };
-    for name in ["backup-db", "Backup-Logs", "report", "rebuild-index", "ab"] {
+    for name in ["backup-db", "Backup-Logs", "report", "rebuild-index", "ab", "Été-backup", "ΣΥΝ-report"] {
         create(name);
     }
     check("creates");
@@ -608,7 +608,7 @@ fn task_indexes_and_counters_follow_every_change() {
     status(2, TaskStatus::Disabled);
     status(2, TaskStatus::Active);
     check("status changes");
-    assert_eq!(store.counter(Counter::Tasks(TaskStatus::Active)).unwrap(), 4);
+    assert_eq!(store.counter(Counter::Tasks(TaskStatus::Active)).unwrap(), 6);
     assert_eq!(store.counter(Counter::Tasks(TaskStatus::Paused)).unwrap(), 1);
 
     assert!(apply(&store, register_w(vec![]), t(3)).result.is_ok());
@@ -660,7 +660,23 @@ fn task_indexes_and_counters_follow_every_change() {
             true
         })
         .unwrap();
-    for needle in ["backup", "back", "ba", "b", "-", "log", "rep", "reports-weekly", "zzz", "ckup-d", "abc"] {
+    for needle in [
+        "backup",
+        "back",
+        "ba",
+        "b",
+        "-",
+        "log",
+        "rep",
+        "reports-weekly",
+        "zzz",
+        "ckup-d",
+        "abc",
+        "été",
+        "é",
+        "συν",
+        "-re",
+    ] {
         for only in [None, Some(TaskStatus::Active), Some(TaskStatus::Paused)] {
             let want: Vec<u64> = all
                 .iter()
@@ -678,10 +694,10 @@ fn task_indexes_and_counters_follow_every_change() {
         }
     }
     let (active, total) = store.tasks_with_status(TaskStatus::Active, 1, 2).unwrap();
-    assert_eq!((active.iter().map(|t| t.id).collect::<Vec<_>>(), total), (vec![3, 4], 4));
+    assert_eq!((active.iter().map(|t| t.id).collect::<Vec<_>>(), total), (vec![3, 4], 6));
 
     assert!(apply(&store, Command::DeleteTask { id: 3, expected_version: None }, t(8)).result.is_ok());
     assert!(apply(&store, Command::DeleteTask { id: 1, expected_version: None }, t(8)).result.is_ok());
     check("deletes with runs");
-    assert_eq!(store.search_tasks("rep", None, 0, 10).unwrap().1, 0);
+    assert_eq!(store.search_tasks("weekly", None, 0, 10).unwrap().1, 0, "a deleted task is not found");
 }
