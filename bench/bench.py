@@ -12,6 +12,10 @@ Measures, in one run on this machine, and writes bench/results/<date>.md with SV
   runs      3 `raftcron serve` + 2 `raftcron worker` processes: trigger->start one at a
             time, runs/s of a burst, beside the rate at which this machine forks and execs
             /bin/sh alone (`cargo bench --bench spawn`, the current build)
+  scale     3 `raftcron serve` processes loaded with N tasks through the API (wrk): each
+            node's RSS over the load, write rate empty and full, list/search/status
+            latencies, then a 4th node added empty catching up (a snapshot and the log
+            after it) while writes go on: its time, its peak RSS, the leader's write p99
 
 A build is a (name, source dir, target dir) triple: `--build after=.:/var/tmp/t` and, for
 before/after tables, `--build before=/var/tmp/wt:/var/tmp/t-before` (scripts/bench.sh
@@ -108,29 +112,32 @@ class Processes:
 class Raftcron(Processes):
     """A 3-node `raftcron serve` cluster on loopback, data in a temp dir."""
 
-    def __init__(self, build, workdir, n=3):
+    def __init__(self, build, workdir, n=3, spares=0, log_filter="warn"):
         self.build, self.dir = build, Path(tempfile.mkdtemp(prefix=f"rc-{build.name}-", dir=workdir))
-        ports = free_ports(2 * n)
-        self.http = [f"127.0.0.1:{p}" for p in ports[:n]]
-        rpc = ports[n:]
-        peers = ", ".join(f'"{i + 1}=127.0.0.1:{p}"' for i, p in enumerate(rpc))
-        self.procs = [None] * n
+        self.log_filter = log_filter
+        ports = free_ports(2 * (n + spares))
+        self.http = [f"127.0.0.1:{p}" for p in ports[:n + spares]]
+        self.rpc = [f"127.0.0.1:{p}" for p in ports[n + spares:]]
+        peers = ", ".join(f'"{i + 1}={self.rpc[i]}"' for i in range(n))
+        self.procs = [None] * (n + spares)
         self.configs = []
-        for i in range(n):
+        for i in range(n + spares):
             cfg = self.dir / f"node{i + 1}.toml"
+            # A spare starts with no peers: it waits, empty, until the cluster adds it.
             cfg.write_text(
                 f'[node]\nid = {i + 1}\ndata_dir = "{self.dir}/data{i + 1}"\n'
-                f'http_addr = "{self.http[i]}"\nrpc_addr = "127.0.0.1:{rpc[i]}"\n'
-                f'[cluster]\npeers = [{peers}]\nsecret = "{SECRET}"\n'
+                f'http_addr = "{self.http[i]}"\nrpc_addr = "{self.rpc[i]}"\n'
+                f'[cluster]\npeers = [{peers if i < n else ""}]\nsecret = "{SECRET}"\n'
                 # Every run of the runs phase stays readable until it is measured.
                 f"[scheduler]\nrun_history_per_task = 10000\n"
             )
             self.configs.append(cfg)
         for i in range(n):
             self.start(i)
+        self.http, self.spare_http = self.http[:n], self.http[n:]
 
     def start(self, i):
-        env = dict(os.environ, RAFTCRON_API_KEY=KEY, RUST_LOG="warn")
+        env = dict(os.environ, RAFTCRON_API_KEY=KEY, RUST_LOG=self.log_filter)
         out = open(self.dir / f"node{i + 1}.log", "ab")
         self.procs[i] = subprocess.Popen(
             [str(self.build.binary), "serve", "--config", str(self.configs[i])],
@@ -227,13 +234,7 @@ WRK_SCRIPT = r"""
 -- One unique key per request: thread number and counter. An etcd key is sent as base64:
 -- any run of [A-Za-z0-9] whose length is a multiple of 4 is valid base64, and distinct
 -- runs decode to distinct keys, so the key is written in that form directly.
-local counter = 0
-local threads = 0
-function setup(thread)
-  thread:set("tid", threads)
-  threads = threads + 1
-end
-function request()
+%(thread_ids)sfunction request()
   counter = counter + 1
   local id = string.format("%(prefix)sT%%03dN%%010d", tid, counter)
   local headers = {["Content-Type"] = "application/json"}
@@ -246,6 +247,15 @@ function request()
     body = '{"name":"' .. id .. '","executor":"shell","command":"echo %(pad)s"}'
   end
   return wrk.format("POST", nil, headers, body)
+end
+"""
+
+# Each wrk thread's number (`tid`) and request counter, shared by both scripts.
+LUA_THREAD_IDS = """local counter = 0
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
 end
 """
 
@@ -274,7 +284,8 @@ def wrk_row(system, url, conns, seconds, prefix, workdir):
     # task's command pads its JSON to about as many bytes beyond the other fields.
     value = base64.b64encode(b"v" * VALUE_BYTES).decode()
     pad = "x" * (VALUE_BYTES - 50)
-    script.write_text(WRK_SCRIPT % {"pad": pad, "prefix": prefix, "system": system, "key": KEY, "value": value})
+    script.write_text(WRK_SCRIPT % {"pad": pad, "prefix": prefix, "system": system, "key": KEY, "value": value,
+                                    "thread_ids": LUA_THREAD_IDS})
     threads = min(conns, 2)
     out = subprocess.run(
         ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", "--timeout", "10s", "--latency",
@@ -551,6 +562,208 @@ def bench_runs(builds, args, workdir):
     return rows
 
 
+# ---------------------------------------------------------------- scale
+
+SCALE_WRK = r"""
+-- Loads tasks named job-teamNN-<n>: every 100th paused, so searches and status filters
+-- have 1% and single-match answers to find. Each thread stops after its share.
+%(thread_ids)sfunction init(args)
+  quota = tonumber(args[1])
+end
+function request()
+  counter = counter + 1
+  local n = tid * quota + counter
+  local status = ""
+  if n %% 100 == 0 then status = ',"status":"paused"' end
+  local body = string.format('{"name":"job-team%%02d-%%08d","executor":"shell","command":"echo %(pad)s"%%s}',
+    n %% 100, n, status)
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json", ["Authorization"] = "Bearer %(key)s"}, body)
+end
+function response(status, headers, body)
+  if counter >= quota then wrk.thread:stop() end
+end
+"""
+
+
+def rss_kib(pid, field="VmRSS"):
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class RssSampler(threading.Thread):
+    """Samples the RSS of the given processes once a second until stopped."""
+
+    def __init__(self, procs):
+        super().__init__(daemon=True)
+        self.procs, self.samples, self.halt = procs, [], threading.Event()
+        self.t0 = time.monotonic()
+
+    def run(self):
+        while not self.halt.wait(1.0):
+            self.samples.append((time.monotonic() - self.t0, [rss_kib(p.pid) if p and p.poll() is None else None for p in self.procs]))
+
+    def stop(self):
+        self.halt.set()
+        self.join(5)
+
+
+def timed_gets(addr, path, count, limit_s):
+    """Latencies (ms) of sequential GETs, at most `count` and at most `limit_s` seconds."""
+    out, deadline = [], time.monotonic() + limit_s
+    for _ in range(count):
+        t = time.monotonic()
+        status, _ = request(addr, "GET", path, timeout=30)
+        if status != 200:
+            raise RuntimeError(f"GET {path}: {status}")
+        out.append((time.monotonic() - t) * 1000)
+        if time.monotonic() > deadline:
+            break
+    return sorted(out)
+
+
+def snapshot_log_lines(c):
+    """(built, installed) snapshot log lines of every node: bytes and, when logged, ms."""
+    built, installed = [], []
+    for f in sorted(c.dir.glob("node*.log")):
+        for line in f.read_text(errors="replace").splitlines():
+            m = re.search(r"bytes=(\d+)(?:.*?elapsed_ms=(\d+))?", line)
+            if not m:
+                continue
+            row = {"node": f.stem, "bytes": int(m.group(1)), "ms": int(m.group(2)) if m.group(2) else None}
+            if "built snapshot" in line:
+                built.append(row)
+            elif "installed snapshot" in line:
+                installed.append(row)
+    return built, installed
+
+
+def scale_once(build, tasks, args, workdir):
+    c = Raftcron(build, workdir, spares=1, log_filter="warn,raftcron::storage=info")
+    sampler = None
+    try:
+        lead, _ = c.leader()
+        c.caught_up()
+        follower = (lead + 1) % 3
+        via = c.http[follower]
+        url = c.write_url(follower)
+        empty = wrk_row("raftcron", url, 16, args.scale_row_s, f"E{int(time.time()) % 100000}", workdir)
+        script = Path(workdir) / "scale.lua"
+        script.write_text(SCALE_WRK % {"pad": "x" * (VALUE_BYTES - 50), "key": KEY, "thread_ids": LUA_THREAD_IDS})
+        rss_empty = [rss_kib(p.pid) or 0 for p in c.procs[:3]]
+        sampler = RssSampler(c.procs[:3])
+        sampler.start()
+        _, body = request(via, "GET", "/api/tasks?size=1&consistency=local", timeout=120)
+        target = body["data"]["total"] + tasks
+        t0 = time.monotonic()
+        conns, threads = 16, 2
+        # Each thread stops sending after its share (wrk itself runs out its duration, so
+        # the load ends when the follower counts every task, or at the time limit).
+        wrk = subprocess.Popen(
+            ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{args.scale_limit_s}s", "--timeout", "30s",
+             "-s", str(script), url, "--", str(tasks // threads)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        while wrk.poll() is None:
+            time.sleep(1.0)
+            _, body = request(via, "GET", "/api/tasks?size=1&consistency=local", timeout=120)
+            if body and body.get("data") and body["data"]["total"] >= target - tasks // 1000:
+                break
+        load_s = time.monotonic() - t0
+        wrk.kill()
+        wrk.wait()
+        sampler.stop()
+        c.caught_up(120)
+        rss_loaded = [rss_kib(p.pid) or 0 for p in c.procs[:3]]
+        _, body = request(via, "GET", "/api/tasks?size=1", timeout=120)
+        loaded = body["data"]["total"]
+        full = wrk_row("raftcron", url, 16, args.scale_row_s, f"F{int(time.time()) % 100000}", workdir)
+        lat = {}
+        n = args.scale_gets
+        for name, path in [
+            ("status", "/api/system/status"),
+            ("first page", "/api/tasks?page=1&size=100"),
+            ("deep page", f"/api/tasks?page={max(1, loaded // 200)}&size=100"),
+            ("status=paused", "/api/tasks?status=paused&size=100"),
+            ("search 1%", "/api/tasks?search=team42-&size=100"),
+            ("search 1 match", f"/api/tasks?search={min(loaded, 4242):08d}&size=100"),
+            ("search 1 char", "/api/tasks?search=j&size=100"),
+        ]:
+            ms = timed_gets(via, path, n, args.scale_get_limit_s)
+            lat[name] = {"p50": percentile(ms, 0.5), "p99": percentile(ms, 0.99), "n": len(ms)}
+            log(f"scale {build.name} {loaded}: {name:<15} p50 {lat[name]['p50']:.2f} ms p99 {lat[name]['p99']:.2f} ms ({len(ms)})")
+        # A 4th node, empty, added while writes go on: the leader sends it its snapshot
+        # (if the log behind it is purged) and the entries after.
+        base = wrk_row("raftcron", url, 16, args.scale_row_s, f"B{int(time.time()) % 100000}", workdir)
+        c.start(3)
+        spare = c.procs[3]
+        up = time.monotonic() + 20
+        while request(c.spare_http[0], "GET", "/api/health", timeout=1)[0] == 0 and time.monotonic() < up:
+            time.sleep(0.1)
+        target = c.health(lead)[3] or 0
+        t1 = time.monotonic()
+        result = {}
+
+        def add():
+            result["add"] = request(c.http[lead], "POST", "/api/cluster/nodes",
+                                    {"id": 4, "rpc_addr": c.rpc[3], "http_addr": c.spare_http[0]}, timeout=60)
+        adder = threading.Thread(target=add)
+        adder.start()
+        during = {}
+        writer = threading.Thread(target=lambda: during.update(
+            wrk_row("raftcron", url, 16, args.scale_row_s, f"J{int(time.time()) % 100000}", workdir)))
+        writer.start()
+        caught = None
+        peak_leader = 0
+        while time.monotonic() - t1 < args.scale_limit_s:
+            peak_leader = max(peak_leader, rss_kib(c.procs[lead].pid) or 0)
+            s, h = request(c.spare_http[0], "GET", "/api/health", timeout=2)
+            applied = ((h or {}).get("data") or {}).get("raft", {}).get("applied_index") or 0
+            if applied >= target:
+                caught = time.monotonic() - t1
+                break
+            time.sleep(0.2)
+        writer.join(args.scale_row_s + 60)
+        adder.join(60)
+        status, body = result.get("add", (None, None))
+        log(f"scale {build.name}: adding node 4 answered {status} {(body or {}).get('message', '')}; caught up in {caught} s")
+        built, installed = snapshot_log_lines(c)
+        peaks = [max((s[1][i] or 0) for s in sampler.samples) if sampler.samples else None for i in range(3)]
+        row = {
+            "build": build.name, "tasks": tasks, "loaded": loaded, "load_s": load_s,
+            "load_rps": loaded / load_s if load_s else None,
+            "rss_empty_mib": [round(s / 1024) for s in rss_empty],
+            "rss_peak_mib": [round(p / 1024) if p else None for p in peaks],
+            "rss_loaded_mib": [round(s / 1024) for s in rss_loaded],
+            "rss_series": sampler.samples,
+            "write_empty": empty, "write_full": full, "write_before_join": base, "write_during_join": during,
+            "latency": lat, "join_s": caught, "join_target": target,
+            "joiner_peak_mib": round((rss_kib(spare.pid, "VmHWM") or 0) / 1024),
+            "leader_peak_during_join_mib": round(peak_leader / 1024),
+            "snapshots_built": len(built), "snapshot_max_mib": round(max((b["bytes"] for b in built), default=0) / 2**20),
+            "build_ms_max": max((b["ms"] for b in built if b["ms"] is not None), default=None),
+            "installed": installed,
+        }
+        log(f"scale {build.name}: {json.dumps({k: v for k, v in row.items() if k != 'rss_series'})}")
+        return row
+    finally:
+        if sampler:
+            sampler.stop()
+        c.stop()
+
+
+def bench_scale(builds, args, workdir):
+    rows = []
+    for tasks in args.scale:
+        for b in builds:
+            rows.append(scale_once(b, tasks, args, workdir))
+    return rows
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -563,13 +776,13 @@ def fmt(v, spec=".0f"):
     return "—" if v is None else format(v, spec)
 
 
-def report(args, machine, writes, failover, firing_and_cdfs, runs, out_dir):
+def report(args, machine, writes, failover, firing_and_cdfs, runs, out_dir, scale=()):
     """Writes <date>.md (tables), <date>.json (every row) and the SVG plots; returns the .md path.
     A build without lag samples (an older bench) has table rows but no CDF line."""
     firing, cdfs = firing_and_cdfs
     date = datetime.date.today().isoformat() + ("-quick" if args.quick else "")
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = plot(writes, failover, cdfs, out_dir, date)
+    plots = plot(writes, failover, cdfs, out_dir, date, scale)
     md = [f"# raftcron benchmarks, {date}", "",
           f"`scripts/bench.sh{' --quick' if args.quick else ''}` on {machine}. Every number below comes from this one run; "
           "how to read them and the physical limits: [bench/README.md](../README.md).", ""]
@@ -621,14 +834,53 @@ def report(args, machine, writes, failover, firing_and_cdfs, runs, out_dir):
                       f"{fmt(r.get('burst'), 'd')} | {fmt(r.get('runs_per_s'))} | {fmt(r.get('anchor'))} | "
                       f"{fmt(ratio, '.0%')} | {r.get('failed')} |")
         md.append("")
+    if scale:
+        md += scale_tables(scale, plots)
     path = out_dir / f"{date}.md"
     path.write_text("\n".join(md) + "\n")
     (out_dir / f"{date}.json").write_text(json.dumps(
-        {"writes": writes, "failover": failover, "firing": firing, "runs": runs}, indent=1))
+        {"writes": writes, "failover": failover, "firing": firing, "runs": runs, "scale": list(scale)}, indent=1))
     return path
 
 
-def plot(writes, failover, firing_cdfs, out_dir, date):
+def scale_tables(scale, plots):
+    md = ["## State at scale: tasks loaded through a follower (3 `serve` processes, wrk, 16 connections)", "",
+          "RSS in MiB, the largest of the 3 nodes; writes/s from 16-connection wrk rows of new tasks on the "
+          "empty cluster and once loaded.", "",
+          "| build | tasks | load s | load writes/s | writes/s empty → loaded | RSS empty | RSS peak | RSS loaded | "
+          "RSS/task beyond empty, B | snapshots built | largest MiB | slowest build ms |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in scale:
+        empty, end = max(r["rss_empty_mib"] or [0]), max(r["rss_loaded_mib"] or [0])
+        per_task = (end - empty) * 2**20 / r["loaded"] if r["loaded"] else None
+        md.append(f"| {r['build']} | {r['loaded']} | {r['load_s']:.0f} | {fmt(r['load_rps'])} | "
+                  f"{fmt(r['write_empty']['rps'])} → {fmt(r['write_full']['rps'])} "
+                  f"({fmt(r['write_full']['rps'] / r['write_empty']['rps'], '.2f')}×) | {empty} | "
+                  f"{max(p or 0 for p in r['rss_peak_mib'])} | {end} | {fmt(per_task)} | {r['snapshots_built']} | "
+                  f"{r['snapshot_max_mib']} | {fmt(r['build_ms_max'], 'd')} |")
+    names = list(scale[0]["latency"])
+    md += ["", "Reads through a follower (linearizable), sequential: p50 / p99 ms.", "",
+           "| build | tasks | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for r in scale:
+        md.append(f"| {r['build']} | {r['loaded']} | " + " | ".join(
+            f"{fmt(r['latency'][n]['p50'], '.1f')} / {fmt(r['latency'][n]['p99'], '.1f')}" for n in names) + " |")
+    md += ["", "A 4th node added empty while 16 connections write: catch-up until it applied what the leader "
+           "had applied when it was added; the leader's write p99 in a row before and during.", "",
+           "| build | tasks | catch-up s | joiner peak RSS MiB | leader RSS MiB during | write p99 before → during ms | "
+           "snapshot installs (MiB, ms) |", "|---|---|---|---|---|---|---|"]
+    for r in scale:
+        installs = ", ".join(f"{i['bytes'] / 2**20:.0f}" + (f" in {i['ms']}" if i["ms"] is not None else "")
+                             for i in r["installed"]) or "none"
+        md.append(f"| {r['build']} | {r['loaded']} | {fmt(r['join_s'], '.1f')} | {r['joiner_peak_mib']} | "
+                  f"{r['leader_peak_during_join_mib']} | {fmt(r['write_before_join']['p99'], '.1f')} → "
+                  f"{fmt((r['write_during_join'] or {}).get('p99'), '.1f')} | {installs} |")
+    if "scale" in plots:
+        md += ["", f"![RSS during the load]({plots['scale']})"]
+    md.append("")
+    return md
+
+
+def plot(writes, failover, firing_cdfs, out_dir, date, scale=()):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -671,6 +923,17 @@ def plot(writes, failover, firing_cdfs, out_dir, date):
         ax.grid(alpha=0.3)
         ax.legend()
         out["firing"] = save(fig, out_dir, f"{date}-firing-lag.svg")
+    if scale:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        for r in scale:
+            xs = [t for t, _ in r["rss_series"]]
+            ys = [max(v or 0 for v in vs) / 1024 for _, vs in r["rss_series"]]
+            ax.plot(xs, ys, label=f"{r['build']}, {r['loaded']} tasks")
+        ax.set_xlabel("seconds into the load")
+        ax.set_ylabel("largest node RSS, MiB")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        out["scale"] = save(fig, out_dir, f"{date}-scale-rss.svg")
     return out
 
 
@@ -693,14 +956,18 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--build", action="append", required=True, help="NAME=SRC_DIR:TARGET_DIR (release built)")
     p.add_argument("--quick", action="store_true", help="a few seconds per row: proves the script, not the numbers")
-    p.add_argument("--only", default="writes,failover,firing,runs")
+    p.add_argument("--only", default="writes,failover,firing,runs,scale")
+    p.add_argument("--scale", default=None, help="task counts of the scale phase, e.g. 100000,1000000")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = p.parse_args()
     a.conns = [1, 16, 64]
     if a.quick:
         a.seconds, a.rounds, a.failover_trials, a.firing, a.sequential, a.burst = 2, 1, 2, [2000], 20, 300
+        a.scale_row_s, a.scale_gets, a.scale_get_limit_s, a.scale_limit_s, scale = 2, 10, 5, 60, "2000"
     else:
         a.seconds, a.rounds, a.failover_trials, a.firing, a.sequential, a.burst = 8, 2, 20, [10000, 100000], 200, 2000
+        a.scale_row_s, a.scale_gets, a.scale_get_limit_s, a.scale_limit_s, scale = 8, 100, 30, 900, "100000"
+    a.scale = [int(x) for x in (a.scale or scale).split(",")]
     builds = [Build(s) for s in a.build]
     only = set(a.only.split(","))
     workdir = tempfile.mkdtemp(prefix="raftcron-bench-", dir="/var/tmp")
@@ -710,7 +977,8 @@ def main():
         failover = bench_failover(builds, a, workdir) if "failover" in only else []
         firing, cdfs = bench_firing(builds, a, workdir) if "firing" in only else ([], {})
         runs = bench_runs(builds, a, workdir) if "runs" in only else []
-        path = report(a, machine(), writes, failover, (firing, cdfs), runs, Path(a.out))
+        scale = bench_scale(builds, a, workdir) if "scale" in only else []
+        path = report(a, machine(), writes, failover, (firing, cdfs), runs, Path(a.out), scale)
         print(path.read_text())
         log(f"wrote {path} in {time.monotonic() - started:.0f} s")
     finally:

@@ -7,7 +7,8 @@
 #   scripts/bench.sh --quick            a few seconds per row (CI: proves the script works)
 #   scripts/bench.sh --baseline REV     also build REV (a git worktree, its own target dir)
 #                                       and measure it in the same run: before/after tables
-#   scripts/bench.sh --only writes,failover   a subset (writes, failover, firing, runs)
+#   scripts/bench.sh --only writes,failover   a subset (writes, failover, firing, runs, scale)
+#   scripts/bench.sh --only scale --scale 100000,1000000   task counts of the scale phase
 #
 # Needs root or sudo for the Debian packages (etcd-server, wrk, haproxy) on first use.
 # All traffic stays on 127.0.0.1; every phase is bounded in count and time.

@@ -201,27 +201,24 @@ impl<'a> Tx<'a> {
         Ok(next)
     }
 
+    /// Moves one count from `from` to `to` (`None`: nothing there) unless they are the same.
+    fn move_count(&mut self, from: Option<Counter>, to: Option<Counter>) -> io::Result<()> {
+        if from != to {
+            if let Some(c) = from {
+                self.bump(c, -1)?;
+            }
+            if let Some(c) = to {
+                self.bump(c, 1)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Keeps the run counters in step with a run going from `old` to `new` (`None`: no
     /// run): by status, by day of creation, in progress per task and tasks running.
     fn count_run_change(&mut self, old: Option<&Run>, new: Option<&Run>) -> io::Result<()> {
-        let (old_status, new_status) = (old.map(|r| r.status), new.map(|r| r.status));
-        if old_status != new_status {
-            if let Some(s) = old_status {
-                self.bump(Counter::Runs(s), -1)?;
-            }
-            if let Some(s) = new_status {
-                self.bump(Counter::Runs(s), 1)?;
-            }
-        }
-        let (old_day, new_day) = (old.map(run_day), new.map(run_day));
-        if old_day != new_day {
-            if let Some(d) = old_day {
-                self.bump(Counter::RunsOnDay(d), -1)?;
-            }
-            if let Some(d) = new_day {
-                self.bump(Counter::RunsOnDay(d), 1)?;
-            }
-        }
+        self.move_count(old.map(|r| Counter::Runs(r.status)), new.map(|r| Counter::Runs(r.status)))?;
+        self.move_count(old.map(|r| Counter::RunsOnDay(run_day(r))), new.map(|r| Counter::RunsOnDay(run_day(r))))?;
         let (was, is) = (old.is_some_and(in_progress), new.is_some_and(in_progress));
         if let (true, Some(task)) = (was != is, old.or(new).map(|r| r.task_id)) {
             let after = self.bump(Counter::InProgress(task), if is { 1 } else { -1 })?;

@@ -276,21 +276,7 @@ fn lost_runs_are_requeued_a_bounded_number_of_times_and_stale_reports_are_fenced
     assert_eq!(r, Ok(Outcome::Lost { lost: vec![2], requeued: vec![] }));
     // The first attempt's holder reports late: refused, and the state is untouched.
     let digest = store.digest().unwrap();
-    let late = Command::ReportRun {
-        run_id: 1,
-        attempt: 1,
-        worker_id: "w".into(),
-        epoch: 1,
-        report: RunReport::Finished {
-            status: RunStatus::Succeeded,
-            exit_code: Some(0),
-            http_status: None,
-            output: String::new(),
-            error: None,
-            duration_ms: 5,
-        },
-        retry_jitter_ms: 0,
-    };
+    let late = succeeded(1, 1);
     assert!(matches!(apply(&store, late, t(7)).result, Err(Rejection::StaleAttempt { .. })));
     assert_eq!(store.digest().unwrap(), digest);
     assert!(store.assignments_of("w").unwrap().is_empty());
@@ -330,6 +316,25 @@ fn losing_several_runs_of_one_task_in_one_entry_counts_every_requeued_run() {
     let (_, stored) = store.runs_of_task(1, 0, usize::MAX).unwrap();
     assert_eq!(stored, 6);
     assert_eq!(store.runs_stored(1).unwrap(), stored, "the counter matches the runs stored");
+}
+
+/// Worker `w`'s report that attempt 1 of `run_id` succeeded, under registration `epoch`.
+fn succeeded(run_id: u64, epoch: u64) -> Command {
+    Command::ReportRun {
+        run_id,
+        attempt: 1,
+        worker_id: "w".into(),
+        epoch,
+        report: RunReport::Finished {
+            status: RunStatus::Succeeded,
+            exit_code: Some(0),
+            http_status: None,
+            output: String::new(),
+            error: None,
+            duration_ms: 5,
+        },
+        retry_jitter_ms: 0,
+    }
 }
 
 fn register_w(killed: Vec<crate::model::RunAttempt>) -> Command {
@@ -623,22 +628,7 @@ fn task_indexes_and_counters_follow_every_change() {
     check("assignments");
     assert_eq!(store.counter(Counter::TasksRunning).unwrap(), 2, "tasks 2 and 3 hold slots");
     assert!(apply(&store, started(queued[0], 1), t(5)).result.is_ok());
-    let finished = Command::ReportRun {
-        run_id: queued[0],
-        attempt: 1,
-        worker_id: "w".into(),
-        epoch: 1,
-        report: RunReport::Finished {
-            status: RunStatus::Succeeded,
-            exit_code: Some(0),
-            http_status: None,
-            output: String::new(),
-            error: None,
-            duration_ms: 1,
-        },
-        retry_jitter_ms: 0,
-    };
-    assert!(apply(&store, finished, t(6)).result.is_ok());
+    assert!(apply(&store, succeeded(queued[0], 1), t(6)).result.is_ok());
     check("a run started and finished");
     let offline = Command::SetWorkerLiveness {
         id: "w".into(),
