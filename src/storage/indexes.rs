@@ -11,14 +11,14 @@
 //! |-------------------|---------------------------------------|-------------|
 //! | `counters`        | see [`Counter`]                       | bincode u64 (absent = 0) |
 //! | `tasks_by_status` | status code, task id BE               | empty       |
-//! | `name_trigrams`   | 3 bytes of the lowercased name, task id BE | empty  |
+//! | `name_trigrams`   | 3 bytes of the ASCII-lowercased name, task id BE; or 0xFFFFFF, task id BE for a name not all ASCII | empty; the name for 0xFFFFFF |
 
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)] // part of the deterministic apply path
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
-use rocksdb::{Direction, IteratorMode};
+use rocksdb::IteratorMode;
 
 use super::{db_err, decode, key_u64, u64_key, Store, CF_NAME_TRIGRAMS, CF_TASKS_BY_STATUS, CF_TASK_NAMES};
 use crate::model::{Run, RunStatus, Task, TaskStatus};
@@ -111,6 +111,16 @@ pub fn trigrams(name: &str) -> BTreeSet<[u8; 3]> {
     name.to_ascii_lowercase().as_bytes().windows(3).map(|w| [w[0], w[1], w[2]]).collect()
 }
 
+/// What a trigram key holds: nothing, but the name itself under [`UNINDEXED`] (a search
+/// checks it there without decoding the task).
+pub fn trigram_value(trigram: [u8; 3], name: &str) -> Vec<u8> {
+    if trigram == UNINDEXED {
+        name.as_bytes().to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
 pub fn trigram_key(trigram: [u8; 3], id: u64) -> Vec<u8> {
     let mut k = trigram.to_vec();
     k.extend_from_slice(&u64_key(id));
@@ -129,26 +139,33 @@ impl Store {
     pub fn tasks_with_status(&self, status: TaskStatus, skip: u64, limit: u64) -> io::Result<TaskPage> {
         let total = self.counter(Counter::Tasks(status))?;
         let prefix = [task_status_code(status)];
-        let mut items = Vec::new();
-        let iter = self.db.iterator_cf(self.cf(CF_TASKS_BY_STATUS), IteratorMode::From(&prefix, Direction::Forward));
-        for item in iter.skip(skip as usize) {
-            let (k, _) = item.map_err(db_err)?;
-            if k[0] != prefix[0] || items.len() as u64 >= limit {
+        // A raw iterator: skipping copies nothing.
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_TASKS_BY_STATUS));
+        it.seek(prefix);
+        let (mut passed, mut items) = (0u64, Vec::new());
+        while let Some(k) = it.key() {
+            if k.first() != Some(&prefix[0]) || items.len() as u64 >= limit {
                 break;
             }
-            if let Some(task) = self.task(key_u64(&k[1..])?)? {
-                items.push(task);
+            if passed >= skip {
+                if let Some(task) = self.task(key_u64(&k[1..])?)? {
+                    items.push(task);
+                }
             }
+            passed += 1;
+            it.next();
         }
+        it.status().map_err(db_err)?;
         Ok((items, total))
     }
 
     /// Tasks whose lowercased name contains `needle` (already lowercased), and in
     /// `status` when given, in id order: a page and the count. An ASCII needle of three
     /// bytes or more walks the name trigram index, joining the needle's trigrams' lists by
-    /// seeking (the cost follows the shortest list), plus every non-ASCII name; a
-    /// non-ASCII needle can match only non-ASCII names; a shorter one reads every name
-    /// (keys only). Every candidate's name is checked as a scan would.
+    /// seeking (the cost follows the shortest list), plus every non-ASCII name (listed
+    /// with the name itself); a non-ASCII needle can match only non-ASCII names; a shorter
+    /// one reads every name (keys only). A candidate the index cannot vouch for has its
+    /// name checked as a scan would; only the page's tasks are decoded otherwise.
     pub fn search_tasks(
         &self,
         needle: &str,
@@ -156,53 +173,61 @@ impl Store {
         skip: u64,
         limit: u64,
     ) -> io::Result<TaskPage> {
-        let mut total = 0u64;
-        let mut items = Vec::new();
-        let mut consider = |task: Task| {
-            if status.is_some_and(|s| task.spec.status != s) || !task.spec.name.to_lowercase().contains(needle) {
-                return;
-            }
-            if total >= skip && (items.len() as u64) < limit {
-                items.push(task);
-            }
-            total += 1;
-        };
+        let contains = |name: &[u8]| String::from_utf8_lossy(name).to_lowercase().contains(needle);
         let grams: Vec<[u8; 3]> =
             needle.as_bytes().windows(3).map(|w| [w[0], w[1], w[2]]).collect::<BTreeSet<_>>().into_iter().collect();
+        // (id, whether its name is known to match), ascending.
+        let mut candidates: Vec<(u64, bool)> = Vec::new();
         if grams.is_empty() {
-            let mut ids = Vec::new();
             for item in self.db.iterator_cf(self.cf(CF_TASK_NAMES), IteratorMode::Start) {
                 let (name, id) = item.map_err(db_err)?;
-                if String::from_utf8_lossy(&name).to_lowercase().contains(needle) {
-                    ids.push(key_u64(&id)?);
+                if contains(&name) {
+                    candidates.push((key_u64(&id)?, true));
                 }
             }
-            ids.sort_unstable();
-            for id in ids {
-                if let Some(task) = self.task(id)? {
-                    consider(task);
+        } else {
+            let mut it = self.db.raw_iterator_cf(self.cf(CF_NAME_TRIGRAMS));
+            it.seek(UNINDEXED);
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                if k.len() != 11 || k[..3] != UNINDEXED {
+                    break;
                 }
+                if contains(v) {
+                    candidates.push((key_u64(&k[3..])?, true));
+                }
+                it.next();
             }
-            return Ok((items, total));
+            it.status().map_err(db_err)?;
+            if needle.is_ascii() {
+                candidates.extend(self.trigram_join(&grams)?.into_iter().map(|id| (id, false)));
+            }
         }
-        let unindexed = self.trigram_join(&[UNINDEXED])?;
-        let indexed = if needle.is_ascii() { self.trigram_join(&grams)? } else { Vec::new() };
-        // Both ascending: merged, in id order.
-        let mut candidates = Vec::with_capacity(indexed.len() + unindexed.len());
-        let (mut a, mut b) = (indexed.into_iter().peekable(), unindexed.into_iter().peekable());
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if x <= y => a.next(),
-                (Some(_), Some(_)) => b.next(),
-                (Some(_), None) => a.next(),
-                (None, Some(_)) => b.next(),
-                (None, None) => break,
-            };
-            candidates.extend(next);
-        }
-        for id in candidates {
-            if let Some(task) = self.task(id)? {
-                consider(task);
+        candidates.sort_unstable();
+        let (mut total, mut items) = (0u64, Vec::new());
+        for (id, name_matches) in candidates {
+            let in_page = total >= skip && (items.len() as u64) < limit;
+            if name_matches {
+                if let Some(s) = status {
+                    if self.db.get_pinned_cf(self.cf(CF_TASKS_BY_STATUS), status_key(s, id)).map_err(db_err)?.is_none()
+                    {
+                        continue;
+                    }
+                }
+                if in_page {
+                    match self.task(id)? {
+                        Some(task) => items.push(task),
+                        None => continue,
+                    }
+                }
+                total += 1;
+            } else if let Some(task) = self.task(id)? {
+                if status.is_some_and(|s| task.spec.status != s) || !task.spec.name.to_lowercase().contains(needle) {
+                    continue;
+                }
+                if in_page {
+                    items.push(task);
+                }
+                total += 1;
             }
         }
         Ok((items, total))
@@ -256,7 +281,9 @@ impl Store {
         let cf = |name: &str| self.set_cf(set, name);
         let mut problems = Problems::default();
         let mut counters: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
-        let mut expected: BTreeMap<&str, u64> = BTreeMap::new();
+        // Every index is size-checked, also one the tables expect nothing in.
+        let mut expected: BTreeMap<&str, u64> =
+            [CF_TASKS_BY_STATUS, CF_NAME_TRIGRAMS, CF_TASK_NAMES, super::CF_RUNS_BY_TASK].map(|n| (n, 0)).into();
         let mut expect = |problems: &mut Problems, name: &'static str, key: &[u8], value: &[u8]| -> io::Result<()> {
             *expected.entry(name).or_insert(0) += 1;
             match view.get_cf(cf(name), key).map_err(db_err)? {
@@ -277,7 +304,7 @@ impl Store {
             *counters.entry(Counter::Tasks(task.spec.status).key()).or_insert(0) += 1;
             expect(&mut problems, CF_TASKS_BY_STATUS, &status_key(task.spec.status, task.id), &[])?;
             for g in trigrams(&task.spec.name) {
-                expect(&mut problems, CF_NAME_TRIGRAMS, &trigram_key(g, task.id), &[])?;
+                expect(&mut problems, CF_NAME_TRIGRAMS, &trigram_key(g, task.id), &trigram_value(g, &task.spec.name))?;
             }
             expect(&mut problems, CF_TASK_NAMES, task.spec.name.as_bytes(), &u64_key(task.id))?;
         }
@@ -299,7 +326,11 @@ impl Store {
             counters.insert(Counter::TasksRunning.key(), running_tasks.len() as u64);
         }
         for (name, want) in expected {
-            let have = view.iterator_cf(cf(name), IteratorMode::Start).count() as u64;
+            let mut have = 0u64;
+            for item in view.iterator_cf(cf(name), IteratorMode::Start) {
+                item.map_err(db_err)?;
+                have += 1;
+            }
             if have != want {
                 problems.push(format!("{name}: {have} entries where the tables account for {want}"));
             }
@@ -324,7 +355,7 @@ impl Store {
         let mut counts = view.iterator_cf(cf(super::CF_RUN_COUNTS), IteratorMode::Start).peekable();
         loop {
             let next_listed = match per_task.peek() {
-                Some(Ok((k, _))) => Some(key_u64(&k[..8])?),
+                Some(Ok((k, _))) => Some(key_u64(k.get(..8).unwrap_or(k))?),
                 Some(Err(_)) => return Err(db_err(per_task.next().expect("peeked").expect_err("an error"))),
                 None => None,
             };
@@ -341,7 +372,7 @@ impl Store {
             };
             let mut listed = 0u64;
             while let Some(Ok((k, _))) = per_task.peek() {
-                if key_u64(&k[..8])? != task {
+                if key_u64(k.get(..8).unwrap_or(k))? != task {
                     break;
                 }
                 listed += 1;

@@ -733,14 +733,21 @@ impl Store {
         {
             total += self.counter(Counter::Tasks(status))?;
         }
-        let mut tasks = Vec::new();
-        let iter = self.db.iterator_cf(self.cf(CF_TASKS), IteratorMode::Start);
-        for item in
-            iter.skip(usize::try_from(skip).unwrap_or(usize::MAX)).take(usize::try_from(limit).unwrap_or(usize::MAX))
-        {
-            let (_, v) = item.map_err(db_err)?;
-            tasks.push(decode(&v)?);
+        // A raw iterator: skipping copies nothing.
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_TASKS));
+        it.seek_to_first();
+        let (mut passed, mut tasks) = (0u64, Vec::new());
+        while let Some(v) = it.value() {
+            if tasks.len() as u64 >= limit {
+                break;
+            }
+            if passed >= skip {
+                tasks.push(decode(v)?);
+            }
+            passed += 1;
+            it.next();
         }
+        it.status().map_err(db_err)?;
         Ok((tasks, total))
     }
 

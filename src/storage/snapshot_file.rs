@@ -37,17 +37,35 @@ pub struct SnapshotData {
     /// Where the file was when it was opened (it may have been renamed or replaced since:
     /// the handle still reads what was opened).
     pub(crate) path: PathBuf,
+    /// A received file nobody consumed is removed when dropped (a transfer whose RPC was
+    /// cancelled after the file was complete would otherwise stay until a restart).
+    remove_unconsumed: bool,
+}
+
+impl Drop for SnapshotData {
+    fn drop(&mut self) {
+        if self.remove_unconsumed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl SnapshotData {
     pub fn open(path: &Path) -> io::Result<Self> {
-        Ok(SnapshotData { file: File::open(path)?, path: path.to_path_buf() })
+        Ok(SnapshotData::new(File::open(path)?, path.to_path_buf()))
     }
 
-    /// The file from its start, for the one reader that consumes this handle.
+    pub(crate) fn new(file: File, path: PathBuf) -> Self {
+        SnapshotData { file, path, remove_unconsumed: false }
+    }
+
+    /// The file from its start, for the one reader that consumes this handle (which then
+    /// owns the file's fate: an install renames it, or leaves it to its caller).
     pub fn into_file(mut self) -> io::Result<File> {
-        self.file.rewind()?;
-        Ok(self.file)
+        self.remove_unconsumed = false;
+        let mut file = self.file.try_clone()?;
+        file.rewind()?;
+        Ok(file)
     }
 
     /// The file's size in bytes.
@@ -108,7 +126,7 @@ impl IncomingSnapshot {
         }
         file.rewind()?;
         self.finished = true;
-        Ok(SnapshotData { file, path: self.path.clone() })
+        Ok(SnapshotData { file, path: self.path.clone(), remove_unconsumed: true })
     }
 
     pub fn path(&self) -> &Path {

@@ -153,7 +153,7 @@ impl StateMachine {
             tmp
         };
         tracing::info!(last_log_id = ?meta.last_log_id, bytes, elapsed_ms = started.elapsed().as_millis() as u64, "built snapshot");
-        Ok(Snapshot { meta, snapshot: SnapshotData { file, path } })
+        Ok(Snapshot { meta, snapshot: SnapshotData::new(file, path) })
     }
 
     /// Installs the snapshot file `data` covering `meta`; blocking. The records load into

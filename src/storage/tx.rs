@@ -20,7 +20,7 @@ use rocksdb::WriteBatch;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::indexes::{in_progress, run_day, status_key, trigram_key, trigrams, Counter};
+use super::indexes::{in_progress, run_day, status_key, trigram_key, trigram_value, trigrams, Counter};
 use super::keys::{assignment_key, deadline_key, delayed_key, queue_key};
 use super::{
     decode, encode, idempotency_key, u64_key, IdempotencyRecord, Store, CF_ASSIGNMENTS, CF_COUNTERS, CF_IDEMPOTENCY,
@@ -165,7 +165,7 @@ impl<'a> Tx<'a> {
             if let Some(name) = new_name {
                 self.put_bytes(CF_TASK_NAMES, name.as_bytes(), u64_key(id).to_vec());
                 for g in trigrams(name) {
-                    self.put_bytes(CF_NAME_TRIGRAMS, &trigram_key(g, id), Vec::new());
+                    self.put_bytes(CF_NAME_TRIGRAMS, &trigram_key(g, id), trigram_value(g, name));
                 }
             }
         }
@@ -261,9 +261,11 @@ impl<'a> Tx<'a> {
 
     fn adjust_runs_stored(&mut self, task_id: u64, delta: i64) -> io::Result<()> {
         let now = self.runs_stored(task_id)?;
-        let next = now.checked_add_signed(delta).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("run count of task {task_id} would go below zero"))
-        })?;
+        // As for the counters: kept at zero, loudly, rather than failing every replica.
+        let next = now.checked_add_signed(delta).unwrap_or_else(|| {
+            tracing::error!(task_id, now, delta, "a run count would go below zero: kept at 0 (raftcron debug verify)");
+            0
+        });
         // A task without runs has no count (as `debug verify` expects).
         if next == 0 {
             self.delete(CF_RUN_COUNTS, &u64_key(task_id));
