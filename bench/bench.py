@@ -631,6 +631,7 @@ def snapshot_log_lines(c):
     built, installed = [], []
     for f in sorted(c.dir.glob("node*.log")):
         for line in f.read_text(errors="replace").splitlines():
+            line = re.sub(r"\x1b\[[0-9;]*m", "", line)  # the text log's colours
             m = re.search(r"bytes=(\d+)(?:.*?elapsed_ms=(\d+))?", line)
             if not m:
                 continue

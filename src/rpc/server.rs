@@ -95,8 +95,9 @@ impl ClusterService for RpcServer {
         self.check_raft(&hdr)?;
         let stored = |e: std::io::Error| RpcFailure::Unavailable(format!("cannot store the snapshot: {e}"));
         let mut partial = self.core.incoming_snapshot.lock().await;
-        // A transfer in progress leaves the slot while a chunk is written; one that fails
-        // a check is dropped (its file with it) and the leader starts again from 0.
+        // The transfer is taken out of the slot while its chunk is written (the lock held
+        // all along, so chunks never interleave); one that fails a check is dropped, its
+        // file with it, and the leader starts again from offset 0.
         let incoming = if chunk.offset == 0 {
             // A new transfer replaces an unfinished one.
             drop(partial.take());

@@ -763,9 +763,13 @@ impl Store {
     }
 
     /// Up to `limit` idempotency expiry index entries at or before `now_ms`.
-    pub fn expired_idempotency(&self, now_ms: i64, limit: usize) -> io::Result<Vec<ExpiredIdempotency>> {
+    /// Up to `limit` entries of the expiry index that expire from `from_ms` to `now_ms`, in
+    /// order (the seek to `from_ms` steps over nothing before it, tombstones included).
+    pub fn expired_idempotency(&self, from_ms: i64, now_ms: i64, limit: usize) -> io::Result<Vec<ExpiredIdempotency>> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_IDEMPOTENCY_EXPIRY), IteratorMode::Start) {
+        let from = from_ms.to_be_bytes();
+        let mode = IteratorMode::From(&from, rocksdb::Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_IDEMPOTENCY_EXPIRY), mode) {
             let (k, _) = item.map_err(db_err)?;
             if k.len() < 8 || out.len() >= limit {
                 break;
