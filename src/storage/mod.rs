@@ -165,13 +165,14 @@ fn all_cfs() -> impl Iterator<Item = &'static str> {
 }
 
 /// The name column family `name` (one of [`SM_CFS`]) has in state-machine set `set`.
-fn physical(set: u8, name: &str) -> &'static str {
-    let i = SM_CFS.iter().position(|n| *n == name).expect("a state-machine column family");
+/// Set 0 keeps the plain names, so the lookup by position (on every read and write of
+/// apply) happens only while set 1 is live.
+fn physical(set: u8, name: &str) -> &str {
     if set == 0 {
-        SM_CFS[i]
-    } else {
-        SM_CFS_1[i]
+        return name;
     }
+    let i = SM_CFS.iter().position(|n| *n == name).expect("a state-machine column family");
+    SM_CFS_1[i]
 }
 
 /// Reads the live set's number through `get` (the database, or a snapshot of it).

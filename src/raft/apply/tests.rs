@@ -88,12 +88,17 @@ fn fire_is_a_compare_and_set_on_the_cursor() {
 }
 
 fn store_with_task(policy: &str) -> (tempfile::TempDir, Store) {
+    store_with_per_second_task("concurrency_policy", policy)
+}
+
+/// A store holding task 1, "c", a per-second shell task with `field` set to `value`.
+fn store_with_per_second_task(field: &str, value: &str) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::new(open_db(dir.path()).unwrap());
-    let fields = TaskField::parse_object(serde_json::json!({
-        "name": "c", "executor": "shell", "command": "true", "schedule": "* * * * * *", "concurrency_policy": policy
-    }))
-    .unwrap();
+    let mut fields =
+        serde_json::json!({"name": "c", "executor": "shell", "command": "true", "schedule": "* * * * * *"});
+    fields[field] = serde_json::Value::String(value.into());
+    let fields = TaskField::parse_object(fields).unwrap();
     apply(&store, Command::CreateTask { spec: Box::new(TaskSpec::from_fields(fields, "UTC").unwrap()) }, t(0));
     (dir, store)
 }
@@ -549,13 +554,7 @@ fn an_update_with_a_redacted_secret_keeps_the_stored_one() {
 #[test]
 fn a_skip_tick_committed_past_the_threshold_is_skipped_not_run() {
     for (policy, runs, skipped) in [("skip", 0, 1), ("fire_once", 1, 0), ("catch_up", 1, 0)] {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(open_db(dir.path()).unwrap());
-        let fields = TaskField::parse_object(serde_json::json!({
-            "name": "late", "executor": "shell", "command": "true", "schedule": "* * * * * *", "misfire_policy": policy
-        }))
-        .unwrap();
-        apply(&store, Command::CreateTask { spec: Box::new(TaskSpec::from_fields(fields, "UTC").unwrap()) }, t(0));
+        let (_dir, store) = store_with_per_second_task("misfire_policy", policy);
         // Planned at t(1) for the tick at t(1); committed at t(40), threshold 30 s.
         let cmd =
             Command::Fire { fires: vec![fire(t(0), &[t(1)], t(1), 1)], keep_runs: 10, misfire_threshold_ms: 30_000 };
