@@ -112,7 +112,9 @@ class Processes:
 class Raftcron(Processes):
     """A 3-node `raftcron serve` cluster on loopback, data in a temp dir."""
 
-    def __init__(self, build, workdir, n=3, spares=0, log_filter="warn"):
+    def __init__(self, build, workdir, n=3, spares=0, log_filter="warn", seed=None):
+        """With `seed` (a snapshot file), node 1 is restored from it (`raftcron snapshot
+        restore`) and the others start empty: `join_seeded` adds them."""
         self.build, self.dir = build, Path(tempfile.mkdtemp(prefix=f"rc-{build.name}-", dir=workdir))
         self.log_filter = log_filter
         ports = free_ports(2 * (n + spares))
@@ -132,9 +134,31 @@ class Raftcron(Processes):
                 f"[scheduler]\nrun_history_per_task = 10000\n"
             )
             self.configs.append(cfg)
+        self.restore_s = None
+        if seed:
+            t = time.monotonic()
+            subprocess.run([str(build.binary), "snapshot", "restore", str(seed), "--data-dir", str(self.dir / "data1"),
+                            "--node-id", "1", "--rpc-addr", self.rpc[0], "--http-addr", self.http[0]],
+                           check=True, stdout=subprocess.DEVNULL)
+            self.restore_s = time.monotonic() - t
         for i in range(n):
             self.start(i)
         self.http, self.spare_http = self.http[:n], self.http[n:]
+
+    def join_seeded(self, limit):
+        """Adds nodes 2..n to the restored node 1 (each catches up from its snapshot, the
+        adds repeated until each is a voter); the seconds it took."""
+        t = time.monotonic()
+        for i in range(1, len(self.http)):
+            while True:
+                status, body = request(self.http[0], "POST", "/api/cluster/nodes",
+                                       {"id": i + 1, "rpc_addr": self.rpc[i], "http_addr": self.http[i]}, timeout=60)
+                if status == 200:
+                    break
+                if time.monotonic() - t > limit:
+                    raise RuntimeError(f"node {i + 1} did not join within {limit}s: {status} {body}")
+                time.sleep(1.0)
+        return time.monotonic() - t
 
     def start(self, i):
         env = dict(os.environ, RAFTCRON_API_KEY=KEY, RUST_LOG=self.log_filter)
@@ -643,6 +667,51 @@ def snapshot_log_lines(c):
     return built, installed
 
 
+def empty_write_row(build, args, workdir):
+    """Creates/s through a follower of an empty cluster, and its nodes' RSS before."""
+    c = Raftcron(build, workdir)
+    try:
+        lead, _ = c.leader()
+        c.caught_up()
+        rss = [rss_kib(p.pid) or 0 for p in c.procs[:3]]
+        row = wrk_row("raftcron", c.write_url((lead + 1) % 3), 16, args.scale_row_s, f"E{int(time.time()) % 100000}", workdir)
+        return row, rss
+    finally:
+        c.stop()
+
+
+def scale_seeded(build, tasks, args, workdir):
+    """The scale phase from a generated state: `raftcron debug generate` writes N tasks
+    (and runs) as a snapshot file, node 1 is restored from it, nodes 2 and 3 join and
+    catch up from node 1's snapshot; then the same measurements as after a load."""
+    empty, rss_empty = empty_write_row(build, args, workdir)
+    seed = Path(workdir) / f"seed-{build.name}-{tasks}.rcsnap"
+    t = time.monotonic()
+    out = subprocess.run([str(build.binary), "debug", "generate", "--out", str(seed), "--tasks", str(tasks),
+                          "--runs-per-task", str(args.scale_runs_per_task)], check=True, capture_output=True, text=True)
+    generate_s = time.monotonic() - t
+    log(f"scale {build.name}: {out.stdout.strip()}")
+    c = Raftcron(build, workdir, spares=1, log_filter="warn,raftcron::storage=info", seed=seed)
+    sampler = None
+    try:
+        sampler = RssSampler(c.procs[:3])
+        sampler.start()
+        lead, _ = c.leader(limit=120)
+        join_s = c.join_seeded(args.scale_limit_s)
+        c.caught_up(args.scale_limit_s)
+        log(f"scale {build.name}: generated {tasks} tasks in {generate_s:.1f} s, restored node 1 in {c.restore_s:.1f} s, "
+            f"nodes 2 and 3 joined in {join_s:.1f} s ({seed.stat().st_size / 2**20:.0f} MiB snapshot)")
+        seed.unlink()
+        row = measure_scale(c, build, tasks, args, workdir, sampler, empty, rss_empty)
+        row.update({"seeded": True, "generate_s": generate_s, "restore_s": c.restore_s, "seed_join_s": join_s,
+                    "runs_per_task": args.scale_runs_per_task, "load_s": None, "load_rps": None})
+        return row
+    finally:
+        if sampler:
+            sampler.stop()
+        c.stop()
+
+
 def scale_once(build, tasks, args, workdir):
     c = Raftcron(build, workdir, spares=1, log_filter="warn,raftcron::storage=info")
     sampler = None
@@ -677,79 +746,8 @@ def scale_once(build, tasks, args, workdir):
         load_s = time.monotonic() - t0
         wrk.kill()
         wrk.wait()
-        sampler.stop()
-        c.caught_up(120)
-        rss_loaded = [rss_kib(p.pid) or 0 for p in c.procs[:3]]
-        _, body = request(via, "GET", "/api/tasks?size=1", timeout=120)
-        loaded = body["data"]["total"]
-        full = wrk_row("raftcron", url, 16, args.scale_row_s, f"F{int(time.time()) % 100000}", workdir)
-        lat = {}
-        n = args.scale_gets
-        for name, path in [
-            ("status", "/api/system/status"),
-            ("first page", "/api/tasks?page=1&size=100"),
-            ("deep page", f"/api/tasks?page={max(1, loaded // 200)}&size=100"),
-            ("status=paused", "/api/tasks?status=paused&size=100"),
-            ("search 1%", "/api/tasks?search=team42-&size=100"),
-            ("search 1 match", f"/api/tasks?search={min(loaded, 4242):08d}&size=100"),
-            ("search 1 char", "/api/tasks?search=j&size=100"),
-        ]:
-            ms = timed_gets(via, path, n, args.scale_get_limit_s)
-            lat[name] = {"p50": percentile(ms, 0.5), "p99": percentile(ms, 0.99), "n": len(ms)}
-            log(f"scale {build.name} {loaded}: {name:<15} p50 {lat[name]['p50']:.2f} ms p99 {lat[name]['p99']:.2f} ms ({len(ms)})")
-        # A 4th node, empty, added while writes go on: the leader sends it its snapshot
-        # (if the log behind it is purged) and the entries after.
-        base = wrk_row("raftcron", url, 16, args.scale_row_s, f"B{int(time.time()) % 100000}", workdir)
-        c.start(3)
-        spare = c.procs[3]
-        up = time.monotonic() + 20
-        while request(c.spare_http[0], "GET", "/api/health", timeout=1)[0] == 0 and time.monotonic() < up:
-            time.sleep(0.1)
-        target = c.health(lead)[3] or 0
-        t1 = time.monotonic()
-        result = {}
-
-        def add():
-            result["add"] = request(c.http[lead], "POST", "/api/cluster/nodes",
-                                    {"id": 4, "rpc_addr": c.rpc[3], "http_addr": c.spare_http[0]}, timeout=60)
-        adder = threading.Thread(target=add)
-        adder.start()
-        during = {}
-        writer = threading.Thread(target=lambda: during.update(
-            wrk_row("raftcron", url, 16, args.scale_row_s, f"J{int(time.time()) % 100000}", workdir)))
-        writer.start()
-        caught = None
-        peak_leader = 0
-        while time.monotonic() - t1 < args.scale_limit_s:
-            peak_leader = max(peak_leader, rss_kib(c.procs[lead].pid) or 0)
-            s, h = request(c.spare_http[0], "GET", "/api/health", timeout=2)
-            applied = ((h or {}).get("data") or {}).get("raft", {}).get("applied_index") or 0
-            if applied >= target:
-                caught = time.monotonic() - t1
-                break
-            time.sleep(0.2)
-        writer.join(args.scale_row_s + 60)
-        adder.join(60)
-        status, body = result.get("add", (None, None))
-        log(f"scale {build.name}: adding node 4 answered {status} {(body or {}).get('message', '')}; caught up in {caught} s")
-        built, installed = snapshot_log_lines(c)
-        peaks = [max((s[1][i] or 0) for s in sampler.samples) if sampler.samples else None for i in range(3)]
-        row = {
-            "build": build.name, "tasks": tasks, "loaded": loaded, "load_s": load_s,
-            "load_rps": loaded / load_s if load_s else None,
-            "rss_empty_mib": [round(s / 1024) for s in rss_empty],
-            "rss_peak_mib": [round(p / 1024) if p else None for p in peaks],
-            "rss_loaded_mib": [round(s / 1024) for s in rss_loaded],
-            "rss_series": sampler.samples,
-            "write_empty": empty, "write_full": full, "write_before_join": base, "write_during_join": during,
-            "latency": lat, "join_s": caught, "join_target": target,
-            "joiner_peak_mib": round((rss_kib(spare.pid, "VmHWM") or 0) / 1024),
-            "leader_peak_during_join_mib": round(peak_leader / 1024),
-            "snapshots_built": len(built), "snapshot_max_mib": round(max((b["bytes"] for b in built), default=0) / 2**20),
-            "build_ms_max": max((b["ms"] for b in built if b["ms"] is not None), default=None),
-            "installed": installed,
-        }
-        log(f"scale {build.name}: {json.dumps({k: v for k, v in row.items() if k != 'rss_series'})}")
+        row = measure_scale(c, build, tasks, args, workdir, sampler, empty, rss_empty)
+        row.update({"load_s": load_s, "load_rps": row["loaded"] / load_s if load_s else None})
         return row
     finally:
         if sampler:
@@ -757,11 +755,93 @@ def scale_once(build, tasks, args, workdir):
         c.stop()
 
 
+def measure_scale(c, build, tasks, args, workdir, sampler, empty, rss_empty):
+    """Everything the scale phase measures once the cluster holds its tasks."""
+    lead, _ = c.leader()
+    follower = (lead + 1) % 3
+    via = c.http[follower]
+    url = c.write_url(follower)
+    sampler.stop()
+    c.caught_up(120)
+    rss_loaded = [rss_kib(p.pid) or 0 for p in c.procs[:3]]
+    _, body = request(via, "GET", "/api/tasks?size=1", timeout=120)
+    loaded = body["data"]["total"]
+    full = wrk_row("raftcron", url, 16, args.scale_row_s, f"F{int(time.time()) % 100000}", workdir)
+    lat = {}
+    n = args.scale_gets
+    for name, path in [
+        ("status", "/api/system/status"),
+        ("first page", "/api/tasks?page=1&size=100"),
+        ("deep page", f"/api/tasks?page={max(1, loaded // 200)}&size=100"),
+        ("status=paused", "/api/tasks?status=paused&size=100"),
+        ("search 1%", "/api/tasks?search=team42-&size=100"),
+        ("search 1 match", f"/api/tasks?search={min(loaded, 4242):08d}&size=100"),
+        ("search 1 char", "/api/tasks?search=j&size=100"),
+    ]:
+        ms = timed_gets(via, path, n, args.scale_get_limit_s)
+        lat[name] = {"p50": percentile(ms, 0.5), "p99": percentile(ms, 0.99), "n": len(ms)}
+        log(f"scale {build.name} {loaded}: {name:<15} p50 {lat[name]['p50']:.2f} ms p99 {lat[name]['p99']:.2f} ms ({len(ms)})")
+    # A 4th node, empty, added while writes go on: the leader sends it its snapshot
+    # (if the log behind it is purged) and the entries after.
+    base = wrk_row("raftcron", url, 16, args.scale_row_s, f"B{int(time.time()) % 100000}", workdir)
+    c.start(3)
+    spare = c.procs[3]
+    up = time.monotonic() + 20
+    while request(c.spare_http[0], "GET", "/api/health", timeout=1)[0] == 0 and time.monotonic() < up:
+        time.sleep(0.1)
+    target = c.health(lead)[3] or 0
+    t1 = time.monotonic()
+    result = {}
+
+    def add():
+        result["add"] = request(c.http[lead], "POST", "/api/cluster/nodes",
+                                {"id": 4, "rpc_addr": c.rpc[3], "http_addr": c.spare_http[0]}, timeout=60)
+    adder = threading.Thread(target=add)
+    adder.start()
+    during = {}
+    writer = threading.Thread(target=lambda: during.update(
+        wrk_row("raftcron", url, 16, args.scale_row_s, f"J{int(time.time()) % 100000}", workdir)))
+    writer.start()
+    caught = None
+    peak_leader = 0
+    while time.monotonic() - t1 < args.scale_limit_s:
+        peak_leader = max(peak_leader, rss_kib(c.procs[lead].pid) or 0)
+        s, h = request(c.spare_http[0], "GET", "/api/health", timeout=2)
+        applied = ((h or {}).get("data") or {}).get("raft", {}).get("applied_index") or 0
+        if applied >= target:
+            caught = time.monotonic() - t1
+            break
+        time.sleep(0.2)
+    writer.join(args.scale_row_s + 60)
+    adder.join(60)
+    status, body = result.get("add", (None, None))
+    log(f"scale {build.name}: adding node 4 answered {status} {(body or {}).get('message', '')}; caught up in {caught} s")
+    built, installed = snapshot_log_lines(c)
+    peaks = [max((s[1][i] or 0) for s in sampler.samples) if sampler.samples else None for i in range(3)]
+    row = {
+        "build": build.name, "tasks": tasks, "loaded": loaded,
+        "rss_empty_mib": [round(s / 1024) if s is not None else None for s in rss_empty],
+        "rss_peak_mib": [round(p / 1024) if p else None for p in peaks],
+        "rss_loaded_mib": [round(s / 1024) for s in rss_loaded],
+        "rss_series": sampler.samples,
+        "write_empty": empty, "write_full": full, "write_before_join": base, "write_during_join": during,
+        "latency": lat, "join_s": caught, "join_target": target,
+        "joiner_peak_mib": round((rss_kib(spare.pid, "VmHWM") or 0) / 1024),
+        "leader_peak_during_join_mib": round(peak_leader / 1024),
+        "snapshots_built": len(built), "snapshot_max_mib": round(max((b["bytes"] for b in built), default=0) / 2**20),
+        "build_ms_max": max((b["ms"] for b in built if b["ms"] is not None), default=None),
+        "installed": installed,
+    }
+    log(f"scale {build.name}: {json.dumps({k: v for k, v in row.items() if k != 'rss_series'})}")
+    return row
+
+
 def bench_scale(builds, args, workdir):
     rows = []
     for tasks in args.scale:
-        for b in builds:
-            rows.append(scale_once(b, tasks, args, workdir))
+        for seed in args.scale_seeds:
+            for b in builds:
+                rows.append(scale_once(b, tasks, args, workdir) if seed == "api" else scale_seeded(b, tasks, args, workdir))
     return rows
 
 
@@ -854,7 +934,10 @@ def scale_tables(scale, plots):
     for r in scale:
         empty, end = max(r["rss_empty_mib"] or [0]), max(r["rss_loaded_mib"] or [0])
         per_task = (end - empty) * 2**20 / r["loaded"] if r["loaded"] else None
-        md.append(f"| {r['build']} | {r['loaded']} | {r['load_s']:.0f} | {fmt(r['load_rps'])} | "
+        # A generated state: its generation and restore in place of the load.
+        load = (f"{r['load_s']:.0f} | {fmt(r['load_rps'])}" if not r.get("seeded") else
+                f"generated {r['generate_s']:.0f} + restored {r['restore_s']:.0f} + 2 nodes joined {r['seed_join_s']:.0f} | —")
+        md.append(f"| {r['build']} | {r['loaded']} | {load} | "
                   f"{fmt(r['write_empty']['rps'])} → {fmt(r['write_full']['rps'])} "
                   f"({fmt(r['write_full']['rps'] / r['write_empty']['rps'], '.2f')}×) | {empty} | "
                   f"{max(p or 0 for p in r['rss_peak_mib'])} | {end} | {fmt(per_task)} | {r['snapshots_built']} | "
@@ -959,6 +1042,12 @@ def main():
     p.add_argument("--quick", action="store_true", help="a few seconds per row: proves the script, not the numbers")
     p.add_argument("--only", default="writes,failover,firing,runs,scale")
     p.add_argument("--scale", default=None, help="task counts of the scale phase, e.g. 100000,1000000")
+    p.add_argument("--scale-seed", default=None,
+                   help="api and/or snapshot, comma-separated: load the scale phase's tasks through the API (wrk), "
+                        "or generate them as a snapshot and restore it (raftcron debug generate + snapshot restore: "
+                        "a million tasks in minutes). Default api; --quick runs both")
+    p.add_argument("--scale-runs-per-task", type=int, default=None,
+                   help="finished runs per generated task (--scale-seed snapshot); default 0, 2 with --quick")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = p.parse_args()
     a.conns = [1, 16, 64]
@@ -969,6 +1058,11 @@ def main():
         a.seconds, a.rounds, a.failover_trials, a.firing, a.sequential, a.burst = 8, 2, 20, [10000, 100000], 200, 2000
         a.scale_row_s, a.scale_gets, a.scale_get_limit_s, a.scale_limit_s, scale = 8, 100, 30, 900, "100000"
     a.scale = [int(x) for x in (a.scale or scale).split(",")]
+    if a.scale_runs_per_task is None:
+        a.scale_runs_per_task = 2 if a.quick else 0
+    a.scale_seeds = (a.scale_seed or ("api,snapshot" if a.quick else "api")).split(",")
+    if not set(a.scale_seeds) <= {"api", "snapshot"}:
+        p.error(f"--scale-seed: {a.scale_seed!r} is not api and/or snapshot")
     builds = [Build(s) for s in a.build]
     only = set(a.only.split(","))
     workdir = tempfile.mkdtemp(prefix="raftcron-bench-", dir="/var/tmp")

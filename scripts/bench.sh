@@ -9,6 +9,9 @@
 #                                       and measure it in the same run: before/after tables
 #   scripts/bench.sh --only writes,failover   a subset (writes, failover, firing, runs, scale)
 #   scripts/bench.sh --only scale --scale 100000,1000000   task counts of the scale phase
+#   scripts/bench.sh --only scale --scale 1000000 --scale-seed snapshot --scale-runs-per-task 10
+#                                       the scale phase from a generated state (raftcron debug
+#                                       generate + snapshot restore) instead of loading via the API
 #
 # Needs root or sudo for the Debian packages (etcd-server, wrk, haproxy) on first use.
 # All traffic stays on 127.0.0.1; every phase is bounded in count and time.

@@ -87,6 +87,8 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/api/cluster/nodes", Access::Role(Role::Admin)),
     ("DELETE", "/api/cluster/nodes/{node_id}", Access::Role(Role::Admin)),
     ("POST", "/api/cluster/transfer-leader", Access::Role(Role::Admin)),
+    // A backup holds every task secret.
+    ("GET", "/api/cluster/snapshot", Access::Role(Role::Admin)),
 ];
 
 /// The rule for a matched route.

@@ -26,6 +26,7 @@ pub fn routes() -> OpenApiRouter<Arc<NodeCore>> {
         .routes(routes!(add_node))
         .routes(routes!(remove_node))
         .routes(routes!(transfer_leader))
+        .routes(routes!(save_snapshot))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -184,4 +185,51 @@ async fn transfer_leader(
     let req: TransferLeaderRequest = typed_json_body(body)?;
     core.change_membership(MembershipOp::TransferLeader { to: req.to }).await?;
     Ok(Reply::ok(req.to).message(format!("node {} is the leader", req.to)))
+}
+
+/// One snapshot export at a time per node: each reads the whole state and writes it out.
+static EXPORTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// The whole state as a snapshot file (the format a node sends a joining node: header,
+/// records, SHA-256), consistent as of a linearizable read through this node: a backup,
+/// which `raftcron snapshot restore` seeds a new cluster from. It holds every task secret.
+/// `X-Raftcron-Cluster-Id` and `X-Raftcron-Last-Log-Index` say what it covers.
+#[utoipa::path(
+    get, path = "/api/cluster/snapshot", tag = "cluster",
+    responses(
+        (status = 200, description = "the snapshot file", content_type = "application/octet-stream"),
+        (status = 401), (status = 403), (status = 503, description = "no quorum, or an export is already running on this node"),
+    ),
+    security(("bearer" = []))
+)]
+async fn save_snapshot(State(core): State<Arc<NodeCore>>) -> Result<axum::response::Response, ApiError> {
+    let _one = EXPORTS.try_acquire().map_err(|_| {
+        ApiError::Unavailable("a snapshot export is already running on this node; retry when it is done".into())
+    })?;
+    core.linearize().await?;
+    let (store, path) = (core.store.clone(), core.snapshot_dir.join(crate::storage::temp_name("export")));
+    let (file, meta) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let (_, meta) = crate::storage::write_snapshot_file(&store, &path)?;
+        // Open to read, then unlink: the response streams from the open file, and nothing
+        // is left behind however the download ends.
+        let file = std::fs::File::open(&path);
+        std::fs::remove_file(&path)?;
+        Ok((file?, meta))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("snapshot export: {e}")))??;
+    let len = file.metadata()?.len();
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        tokio::fs::File::from_std(file),
+        1 << 20,
+    ));
+    let mut resp = axum::response::Response::new(body);
+    let headers = resp.headers_mut();
+    headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/octet-stream"));
+    headers.insert(axum::http::header::CONTENT_LENGTH, len.into());
+    if let Some(id) = core.store.cluster_id()?.and_then(|id| axum::http::HeaderValue::from_str(&id).ok()) {
+        headers.insert("x-raftcron-cluster-id", id);
+    }
+    headers.insert("x-raftcron-last-log-index", meta.last_log_id.map_or(0, |l| l.index).into());
+    Ok(resp)
 }

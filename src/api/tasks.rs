@@ -33,7 +33,12 @@ pub fn routes() -> OpenApiRouter<Arc<NodeCore>> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TaskPage {
     pub items: Vec<TaskView>,
+    /// Tasks that match; with `total_exact` false, at least this many (a search stops
+    /// counting 1,000 matches past the page it returns).
     pub total: u64,
+    /// Whether `total` is the exact count: always, but for a search with more than 1,000
+    /// matches past its page.
+    pub total_exact: bool,
     pub page: u64,
     pub size: u64,
 }
@@ -138,13 +143,20 @@ async fn list_tasks(
     let skip = (page - 1).saturating_mul(size);
     // Unfiltered: count and skip by key; by status: the status index and its counter; a
     // search: the name trigram index (storage/indexes.rs). Only the page is decoded.
-    let (tasks, total) = match (status, search) {
-        (None, None) => core.store.task_page(skip, size)?,
-        (Some(status), None) => core.store.tasks_with_status(status, skip, size)?,
-        (status, Some(needle)) => core.store.search_tasks(&needle, status, skip, size)?,
+    let (tasks, total, total_exact) = match (status, search) {
+        (None, None) => with_exact(core.store.task_page(skip, size)?),
+        (Some(status), None) => with_exact(core.store.tasks_with_status(status, skip, size)?),
+        (status, Some(needle)) => {
+            let found = core.store.search_tasks(&needle, status, skip, size)?;
+            (found.items, found.total, found.exact)
+        }
     };
     let items = tasks.into_iter().map(view).collect();
-    Ok(Reply::ok(TaskPage { items, total, page, size }))
+    Ok(Reply::ok(TaskPage { items, total, total_exact, page, size }))
+}
+
+fn with_exact((tasks, total): crate::storage::TaskPage) -> (Vec<crate::model::Task>, u64, bool) {
+    (tasks, total, true)
 }
 
 /// Get one task.

@@ -57,7 +57,8 @@ pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, crate::storage::Snap
 /// secret (`model::EnvValue`, a tagged enum, plain values included). 3 — snapshots as a
 /// streamed file (`storage/snapshot_file.rs`), the state machine in two sets of column
 /// families, maintained counters and task indexes (status, name trigrams), `Fire`'s
-/// misfire threshold. A format is settled with the release that ships it; the commits between carry no compatibility promise. A node meets a data dir, entry, snapshot or
+/// misfire threshold. 4 — tasks counted per bucket of ids (`Counter::TaskBucket`), so a
+/// deep page seeks to where it starts. A format is settled with the release that ships it; the commits between carry no compatibility promise. A node meets a data dir, entry, snapshot or
 /// message of another version with an error naming both versions; there is no in-place
 /// migration (see ARCHITECTURE.md, "Formats").
-pub const FORMAT_VERSION: u8 = 3;
+pub const FORMAT_VERSION: u8 = 4;

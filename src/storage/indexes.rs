@@ -1,6 +1,8 @@
 //! The task indexes and counters that keep lists, searches and `/api/system/status` from
 //! scanning the tables: tasks by status, name trigrams, and counts of tasks by status and
-//! of stored runs by status, by day of creation and in progress per task. [`super::Tx`]
+//! of stored runs by status, by day of creation and in progress per task, and of tasks per
+//! bucket of ids (so a deep page starts where it should without walking what comes
+//! before it). [`super::Tx`]
 //! maintains them in the same batch as the change they follow (`reindex_task`, and
 //! `put_run`/`delete_run` for runs); this file owns their keys, the reads over them, and
 //! [`Store::verify`], which recomputes every one from the tables.
@@ -11,7 +13,7 @@
 //! |-------------------|---------------------------------------|-------------|
 //! | `counters`        | see [`Counter`]                       | bincode u64 (absent = 0) |
 //! | `tasks_by_status` | status code, task id BE               | empty       |
-//! | `name_trigrams`   | 3 bytes of the ASCII-lowercased name, task id BE; or 0xFFFFFF, task id BE for a name not all ASCII | empty; the name for 0xFFFFFF |
+//! | `name_trigrams`   | 3 bytes of the ASCII-lowercased name and two NULs, task id BE; or 0xFFFFFF, task id BE for a name not all ASCII | empty; the name for 0xFFFFFF |
 
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)] // part of the deterministic apply path
 
@@ -36,6 +38,19 @@ pub enum Counter {
     InProgress(u64),
     /// Tasks with at least one run in progress.
     TasksRunning,
+    /// Tasks (in this status, or all of them for `None`) whose id falls in this bucket of
+    /// [`PAGE_BUCKET`] ids: a deep page sums these to find where it starts, then skips
+    /// less than a bucket of keys (O(tasks / PAGE_BUCKET + PAGE_BUCKET), not O(skip)).
+    TaskBucket(Option<TaskStatus>, u64),
+}
+
+/// Ids per [`Counter::TaskBucket`]. Ids are handed out in sequence, so a million tasks
+/// fill about a thousand buckets: the counters a deep page reads.
+pub const PAGE_BUCKET: u64 = 1024;
+
+/// The bucket of a task id in [`Counter::TaskBucket`].
+pub fn page_bucket(id: u64) -> u64 {
+    id / PAGE_BUCKET
 }
 
 impl Counter {
@@ -55,7 +70,20 @@ impl Counter {
                 k
             }
             Counter::TasksRunning => vec![b'A'],
+            Counter::TaskBucket(status, bucket) => {
+                let mut k = bucket_prefix(status);
+                k.extend_from_slice(&u64_key(bucket));
+                k
+            }
         }
+    }
+}
+
+/// The key prefix of one list's [`Counter::TaskBucket`]s.
+fn bucket_prefix(status: Option<TaskStatus>) -> Vec<u8> {
+    match status {
+        None => vec![b'b'],
+        Some(s) => vec![b'B', task_status_code(s)],
     }
 }
 
@@ -102,13 +130,17 @@ pub fn status_key(status: TaskStatus, id: u64) -> Vec<u8> {
 /// folding never changes. UTF-8 never holds 0xFF, so no real trigram is this.)
 pub const UNINDEXED: [u8; 3] = [0xFF; 3];
 
-/// The distinct trigrams a name is indexed under, in order: its ASCII-lowercased
-/// trigrams, or [`UNINDEXED`] alone for a name that is not all ASCII.
+/// The distinct trigrams a name is indexed under, in order: those of its ASCII-lowercased
+/// bytes followed by two NULs (a name holds no control character), so every position
+/// of the name starts one — a needle of one or two bytes finds every name it occurs in
+/// among the trigrams it begins; or [`UNINDEXED`] alone for a name that is not all ASCII.
 pub fn trigrams(name: &str) -> BTreeSet<[u8; 3]> {
     if !name.is_ascii() {
         return BTreeSet::from([UNINDEXED]);
     }
-    name.to_ascii_lowercase().as_bytes().windows(3).map(|w| [w[0], w[1], w[2]]).collect()
+    let mut bytes = name.to_ascii_lowercase().into_bytes();
+    bytes.extend_from_slice(&[0, 0]);
+    bytes.windows(3).map(|w| [w[0], w[1], w[2]]).collect()
 }
 
 /// What a trigram key holds: nothing, but the name itself under [`UNINDEXED`] (a search
@@ -130,18 +162,70 @@ pub fn trigram_key(trigram: [u8; 3], id: u64) -> Vec<u8> {
 /// A task list's page and the number of all matches.
 pub type TaskPage = (Vec<Task>, u64);
 
+/// A search counts this many matches past the end of its page, then stops counting: a
+/// search that matches 1% of a million names would otherwise check ten thousand of them
+/// for every page (the way search engines bound `total`; see `total_exact` in the API).
+pub const SEARCH_COUNT_AHEAD: u64 = 1_000;
+
+/// A search's page of tasks, and how many match: all of them when `exact`, else at least.
+#[derive(Debug)]
+pub struct SearchPage {
+    pub items: Vec<Task>,
+    pub total: u64,
+    pub exact: bool,
+}
+
 impl Store {
     pub fn counter(&self, c: Counter) -> io::Result<u64> {
         Ok(self.get(super::CF_COUNTERS, &c.key())?.unwrap_or(0))
     }
 
+    /// A task's name, read from the front of its record without decoding the rest.
+    pub fn task_name(&self, id: u64) -> io::Result<Option<String>> {
+        match self.db.get_pinned_cf(self.cf(super::CF_TASKS), u64_key(id)).map_err(db_err)? {
+            Some(bytes) => {
+                let (stored_id, name): (u64, String) = super::decode_prefix(&bytes)?;
+                debug_assert_eq!(stored_id, id, "a task record starts with its id");
+                Ok(Some(name))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Where the task list (in `status`, or all tasks for `None`) goes on after its first
+    /// `skip` tasks: the first id of the bucket the page starts in, and how many of that
+    /// bucket's tasks to pass over; `None` when the list is not that long. Reads the
+    /// list's [`Counter::TaskBucket`]s, one per [`PAGE_BUCKET`] ids in use.
+    pub fn page_start(&self, status: Option<TaskStatus>, skip: u64) -> io::Result<Option<(u64, u64)>> {
+        let prefix = bucket_prefix(status);
+        let mut it = self.db.raw_iterator_cf(self.cf(super::CF_COUNTERS));
+        it.seek(&prefix);
+        let mut passed = 0u64;
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if k.len() != prefix.len() + 8 || !k.starts_with(&prefix) {
+                break;
+            }
+            let in_bucket: u64 = decode(v)?;
+            if passed + in_bucket > skip {
+                return Ok(Some((key_u64(&k[prefix.len()..])?.saturating_mul(PAGE_BUCKET), skip - passed)));
+            }
+            passed += in_bucket;
+            it.next();
+        }
+        it.status().map_err(db_err)?;
+        Ok(None)
+    }
+
     /// Tasks in `status`, in id order: `limit` of them after the first `skip`, and the count.
     pub fn tasks_with_status(&self, status: TaskStatus, skip: u64, limit: u64) -> io::Result<TaskPage> {
         let total = self.counter(Counter::Tasks(status))?;
+        let Some((from_id, skip)) = self.page_start(Some(status), skip)? else {
+            return Ok((Vec::new(), total));
+        };
         let prefix = [task_status_code(status)];
         // A raw iterator: skipping copies nothing.
         let mut it = self.db.raw_iterator_cf(self.cf(CF_TASKS_BY_STATUS));
-        it.seek(prefix);
+        it.seek(status_key(status, from_id));
         let (mut passed, mut items) = (0u64, Vec::new());
         while let Some(k) = it.key() {
             if k.first() != Some(&prefix[0]) || items.len() as u64 >= limit {
@@ -160,112 +244,97 @@ impl Store {
     }
 
     /// Tasks whose lowercased name contains `needle` (already lowercased), and in
-    /// `status` when given, in id order: a page and the count. An ASCII needle of three
-    /// bytes or more walks the name trigram index, joining the needle's trigrams' lists by
-    /// seeking (the cost follows the shortest list), plus every non-ASCII name (listed
-    /// with the name itself); a non-ASCII needle can match only non-ASCII names; a shorter
-    /// one reads every name (keys only). A candidate the index cannot vouch for has its
-    /// name checked as a scan would; only the page's tasks are decoded otherwise.
+    /// `status` when given, in id order: the page after the first `skip`, and the count of
+    /// matches — exact up to [`SEARCH_COUNT_AHEAD`] matches past the page, a lower bound
+    /// (`exact: false`) when the search stopped counting there.
+    ///
+    /// An ASCII needle of three bytes or more joins its trigrams' lists in id order (the
+    /// cost follows the shortest list and stops with the count); a shorter one merges
+    /// the lists of every trigram it begins; every non-ASCII name (listed with the name
+    /// itself) is checked too, and a non-ASCII needle can match only those. A candidate the
+    /// index cannot vouch for (a needle longer than one trigram) has its name checked;
+    /// only the page's tasks are decoded.
     pub fn search_tasks(
         &self,
         needle: &str,
         status: Option<TaskStatus>,
         skip: u64,
         limit: u64,
-    ) -> io::Result<TaskPage> {
+    ) -> io::Result<SearchPage> {
+        let mut page = SearchPage { items: Vec::new(), total: 0, exact: true };
+        if needle.chars().any(char::is_control) {
+            return Ok(page); // No name holds one (`TaskSpec::validate`).
+        }
+        if needle.is_empty() {
+            let (items, total) = match status {
+                None => self.task_page(skip, limit)?,
+                Some(s) => self.tasks_with_status(s, skip, limit)?,
+            };
+            return Ok(SearchPage { items, total, exact: true });
+        }
         let contains = |name: &[u8]| String::from_utf8_lossy(name).to_lowercase().contains(needle);
         let grams: Vec<[u8; 3]> =
             needle.as_bytes().windows(3).map(|w| [w[0], w[1], w[2]]).collect::<BTreeSet<_>>().into_iter().collect();
-        // (id, whether its name is known to match), ascending.
-        let mut candidates: Vec<(u64, bool)> = Vec::new();
-        if grams.is_empty() {
-            for item in self.db.iterator_cf(self.cf(CF_TASK_NAMES), IteratorMode::Start) {
-                let (name, id) = item.map_err(db_err)?;
-                if contains(&name) {
-                    candidates.push((key_u64(&id)?, true));
-                }
+        // Ids whose name is known to match, ascending: the non-ASCII names (listed with
+        // the name itself), the only ones a non-ASCII needle can match.
+        let mut vouched: Vec<u64> = Vec::new();
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_NAME_TRIGRAMS));
+        it.seek(UNINDEXED);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if k.len() != 11 || k[..3] != UNINDEXED {
+                break;
             }
-        } else {
-            let mut it = self.db.raw_iterator_cf(self.cf(CF_NAME_TRIGRAMS));
-            it.seek(UNINDEXED);
-            while let (Some(k), Some(v)) = (it.key(), it.value()) {
-                if k.len() != 11 || k[..3] != UNINDEXED {
-                    break;
-                }
-                if contains(v) {
-                    candidates.push((key_u64(&k[3..])?, true));
-                }
-                it.next();
+            if contains(v) {
+                vouched.push(key_u64(&k[3..])?);
             }
-            it.status().map_err(db_err)?;
-            if needle.is_ascii() {
-                candidates.extend(self.trigram_join(&grams)?.into_iter().map(|id| (id, false)));
-            }
+            it.next();
         }
-        candidates.sort_unstable();
-        let (mut total, mut items) = (0u64, Vec::new());
-        for (id, name_matches) in candidates {
-            let in_page = total >= skip && (items.len() as u64) < limit;
-            if name_matches {
-                if let Some(s) = status {
-                    if self.db.get_pinned_cf(self.cf(CF_TASKS_BY_STATUS), status_key(s, id)).map_err(db_err)?.is_none()
-                    {
-                        continue;
-                    }
-                }
-                if in_page {
-                    match self.task(id)? {
-                        Some(task) => items.push(task),
-                        None => continue,
-                    }
-                }
-                total += 1;
-            } else if let Some(task) = self.task(id)? {
-                if status.is_some_and(|s| task.spec.status != s) || !task.spec.name.to_lowercase().contains(needle) {
+        it.status().map_err(db_err)?;
+        let mut join = match (needle.is_ascii(), grams.is_empty()) {
+            (false, _) => Candidates::None,
+            (true, false) => Candidates::Join(TrigramJoin::new(self, &grams)),
+            (true, true) => Candidates::Union(TrigramUnion::new(self, needle.as_bytes())?),
+        };
+        // A needle of exactly one trigram matches exactly the names listed under it; one
+        // shorter, exactly the names listed under a trigram it begins.
+        let join_vouches = needle.len() <= 3;
+        let count_to = skip.saturating_add(limit).saturating_add(SEARCH_COUNT_AHEAD);
+        let mut vouched = vouched.into_iter().peekable();
+        let mut joined = None;
+        loop {
+            if joined.is_none() {
+                joined = join.next()?;
+            }
+            // The smaller id of the two ascending streams (a non-ASCII name is in one only).
+            let (id, name_matches) = match (vouched.peek().copied(), joined) {
+                (None, None) => break,
+                (Some(v), Some(j)) if j < v => (joined.take().expect("some"), join_vouches),
+                (Some(_), _) => (vouched.next().expect("peeked"), true),
+                (None, Some(_)) => (joined.take().expect("some"), join_vouches),
+            };
+            if page.total >= count_to {
+                page.exact = false;
+                break;
+            }
+            let in_page = page.total >= skip && (page.items.len() as u64) < limit;
+            // A name the index cannot vouch for is read (alone) and checked.
+            if !name_matches && !self.task_name(id)?.is_some_and(|name| name.to_lowercase().contains(needle)) {
+                continue;
+            }
+            if let Some(s) = status {
+                if self.db.get_pinned_cf(self.cf(CF_TASKS_BY_STATUS), status_key(s, id)).map_err(db_err)?.is_none() {
                     continue;
                 }
-                if in_page {
-                    items.push(task);
-                }
-                total += 1;
             }
+            if in_page {
+                match self.task(id)? {
+                    Some(task) => page.items.push(task),
+                    None => continue,
+                }
+            }
+            page.total += 1;
         }
-        Ok((items, total))
-    }
-
-    /// The ids (ascending) listed under every one of `grams`: a leapfrog join, each list
-    /// an iterator that seeks to the largest id any other list is at.
-    fn trigram_join(&self, grams: &[[u8; 3]]) -> io::Result<Vec<u64>> {
-        let cf = self.cf(CF_NAME_TRIGRAMS);
-        let mut lists: Vec<_> = grams.iter().map(|g| (*g, self.db.raw_iterator_cf(cf))).collect();
-        let mut out = Vec::new();
-        let mut target = 0u64;
-        'outer: loop {
-            let mut all_at_target = true;
-            for (gram, it) in lists.iter_mut() {
-                it.seek(trigram_key(*gram, target));
-                let id = match it.key() {
-                    Some(k) if k.len() == 11 && k[..3] == gram[..] => key_u64(&k[3..])?,
-                    _ => {
-                        it.status().map_err(db_err)?;
-                        break 'outer; // This list is exhausted: no more common ids.
-                    }
-                };
-                if id != target {
-                    target = id;
-                    all_at_target = false;
-                    break;
-                }
-            }
-            if all_at_target {
-                out.push(target);
-                match target.checked_add(1) {
-                    Some(next) => target = next,
-                    None => break,
-                }
-            }
-        }
-        Ok(out)
+        Ok(page)
     }
 
     /// Recomputes every index and counter this file owns, the run counts and the runs by
@@ -301,7 +370,13 @@ impl Store {
         for item in view.iterator_cf(cf(super::CF_TASKS), IteratorMode::Start) {
             let (_, v) = item.map_err(db_err)?;
             let task: Task = decode(&v)?;
-            *counters.entry(Counter::Tasks(task.spec.status).key()).or_insert(0) += 1;
+            for c in [
+                Counter::Tasks(task.spec.status),
+                Counter::TaskBucket(None, page_bucket(task.id)),
+                Counter::TaskBucket(Some(task.spec.status), page_bucket(task.id)),
+            ] {
+                *counters.entry(c.key()).or_insert(0) += 1;
+            }
             expect(&mut problems, CF_TASKS_BY_STATUS, &status_key(task.spec.status, task.id), &[])?;
             for g in trigrams(&task.spec.name) {
                 expect(&mut problems, CF_NAME_TRIGRAMS, &trigram_key(g, task.id), &trigram_value(g, &task.spec.name))?;
@@ -417,5 +492,152 @@ impl Problems {
             self.listed.push(format!("... and {} more", self.more));
         }
         self.listed
+    }
+}
+
+/// The ids listed under every one of a needle's trigrams, ascending, one at a time: a
+/// leapfrog join, each list an iterator that moves to the largest id another list is at —
+/// by a few steps when that is near (a step costs a fraction of a seek), else by a seek.
+struct TrigramJoin<'a> {
+    lists: Vec<PostingList<'a>>,
+    /// The smallest id the next match may have; `None` once a list is exhausted.
+    target: Option<u64>,
+}
+
+/// One trigram's list of task ids, read forward.
+struct PostingList<'a> {
+    gram: [u8; 3],
+    it: rocksdb::DBRawIteratorWithThreadMode<'a, rocksdb::DB>,
+    positioned: bool,
+}
+
+/// Steps a posting list takes towards a target before it seeks instead.
+const STEPS_BEFORE_SEEK: usize = 4;
+
+impl PostingList<'_> {
+    /// The id the iterator is at, `None` past the list's end.
+    fn current(&self) -> io::Result<Option<u64>> {
+        match self.it.key() {
+            Some(k) if k.len() == 11 && k[..3] == self.gram[..] => Ok(Some(key_u64(&k[3..])?)),
+            _ => {
+                self.it.status().map_err(db_err)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Moves to the smallest id at or after `target`; `None` when there is none.
+    fn advance_to(&mut self, target: u64) -> io::Result<Option<u64>> {
+        if self.positioned {
+            // The iterator sits at the smallest id at or after an earlier, smaller target.
+            for _ in 0..STEPS_BEFORE_SEEK {
+                match self.current()? {
+                    Some(id) if id < target => self.it.next(),
+                    other => return Ok(other),
+                }
+            }
+        }
+        self.it.seek(trigram_key(self.gram, target));
+        self.positioned = true;
+        self.current()
+    }
+}
+
+impl<'a> TrigramJoin<'a> {
+    fn new(store: &'a Store, grams: &[[u8; 3]]) -> Self {
+        let cf = store.cf(CF_NAME_TRIGRAMS);
+        let lists =
+            grams.iter().map(|g| PostingList { gram: *g, it: store.db.raw_iterator_cf(cf), positioned: false }).collect();
+        TrigramJoin { lists, target: Some(0) }
+    }
+
+    fn next(&mut self) -> io::Result<Option<u64>> {
+        'search: while let Some(target) = self.target {
+            for list in self.lists.iter_mut() {
+                let Some(id) = list.advance_to(target)? else {
+                    self.target = None; // This list is exhausted: no more common ids.
+                    break 'search;
+                };
+                if id != target {
+                    self.target = Some(id);
+                    continue 'search;
+                }
+            }
+            self.target = target.checked_add(1);
+            return Ok(Some(target));
+        }
+        Ok(None)
+    }
+}
+
+/// Where a search's index candidates come from.
+enum Candidates<'a> {
+    None,
+    Join(TrigramJoin<'a>),
+    Union(TrigramUnion<'a>),
+}
+
+impl Candidates<'_> {
+    fn next(&mut self) -> io::Result<Option<u64>> {
+        match self {
+            Candidates::None => Ok(None),
+            Candidates::Join(j) => j.next(),
+            Candidates::Union(u) => u.next(),
+        }
+    }
+}
+
+/// The ids listed under any trigram that begins with a prefix of one or two bytes,
+/// ascending and each once: a merge of those trigrams' lists.
+struct TrigramUnion<'a> {
+    heads: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize)>>,
+    lists: Vec<PostingList<'a>>,
+    last: Option<u64>,
+}
+
+impl<'a> TrigramUnion<'a> {
+    fn new(store: &'a Store, prefix: &[u8]) -> io::Result<Self> {
+        let cf = store.cf(CF_NAME_TRIGRAMS);
+        // The distinct trigrams under the prefix, one seek each past the previous one's
+        // list (ids are 8 bytes: a key of the trigram and eight 0xFF bytes is its last).
+        let mut grams = Vec::new();
+        let mut it = store.db.raw_iterator_cf(cf);
+        it.seek(prefix);
+        while let Some(k) = it.key() {
+            if k.len() != 11 || !k.starts_with(prefix) || k[..3] == UNINDEXED {
+                break;
+            }
+            let gram = [k[0], k[1], k[2]];
+            grams.push(gram);
+            it.seek(trigram_key(gram, u64::MAX));
+            if it.key().is_some_and(|k| k == trigram_key(gram, u64::MAX)) {
+                it.next();
+            }
+        }
+        it.status().map_err(db_err)?;
+        let mut union = TrigramUnion { heads: Default::default(), lists: Vec::new(), last: None };
+        for gram in grams {
+            let mut list = PostingList { gram, it: store.db.raw_iterator_cf(cf), positioned: false };
+            if let Some(id) = list.advance_to(0)? {
+                union.heads.push(std::cmp::Reverse((id, union.lists.len())));
+            }
+            union.lists.push(list);
+        }
+        Ok(union)
+    }
+
+    fn next(&mut self) -> io::Result<Option<u64>> {
+        while let Some(std::cmp::Reverse((id, i))) = self.heads.pop() {
+            let list = &mut self.lists[i];
+            list.it.next();
+            if let Some(following) = list.current()? {
+                self.heads.push(std::cmp::Reverse((following, i)));
+            }
+            if self.last != Some(id) {
+                self.last = Some(id);
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
     }
 }

@@ -37,6 +37,7 @@
 mod indexes;
 mod keys;
 mod log_store;
+mod restore;
 mod snapshot_file;
 mod state_machine;
 mod tx;
@@ -51,10 +52,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use indexes::{Counter, TaskPage};
+pub use indexes::{Counter, SearchPage, TaskPage, PAGE_BUCKET, SEARCH_COUNT_AHEAD};
 pub use log_store::LogStore;
-pub use snapshot_file::{IncomingSnapshot, SnapshotData};
-pub use state_machine::StateMachine;
+pub use snapshot_file::{check_file as check_snapshot_file, IncomingSnapshot, SnapshotData};
+pub use restore::{recover, restore, Recovered, Restored};
+pub use state_machine::{temp_name, write_snapshot_file, StateMachine};
 pub use tx::Tx;
 
 use crate::model::{Run, Task, Worker, WorkerLoad};
@@ -306,6 +308,15 @@ pub(crate) fn encode_versioned<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
 }
 
 /// Decodes a [`encode_versioned`] value, refusing an unknown version with a clear error.
+/// Decodes the leading fields of a bincode value as `T`, ignoring the rest: bincode
+/// writes a struct's fields in order, nested structs inline, so `(u64, String)` reads a
+/// [`Task`]'s id and name without the rest of it.
+pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    bincode::serde::decode_from_slice(bytes, bincode_config())
+        .map(|(value, _)| value)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 pub(crate) fn decode_versioned<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> io::Result<T> {
     match bytes.first() {
         Some(&v) if v == crate::raft::FORMAT_VERSION => decode(&bytes[1..]),
@@ -724,9 +735,9 @@ impl Store {
         Ok(())
     }
 
-    /// One page of tasks in id order, and the number of tasks; only the page is decoded.
     /// `limit` tasks after the first `skip`, in id order, and how many there are (from the
-    /// task counters: no scan). The skip walks the keys before the page.
+    /// task counters: no scan). Only the page is decoded; the skip starts from the page's
+    /// bucket ([`Store::page_start`]), so a deep page costs about what the first one does.
     pub fn task_page(&self, skip: u64, limit: u64) -> io::Result<(Vec<Task>, u64)> {
         let mut total = 0u64;
         for status in
@@ -734,9 +745,12 @@ impl Store {
         {
             total += self.counter(Counter::Tasks(status))?;
         }
+        let Some((from_id, skip)) = self.page_start(None, skip)? else {
+            return Ok((Vec::new(), total));
+        };
         // A raw iterator: skipping copies nothing.
         let mut it = self.db.raw_iterator_cf(self.cf(CF_TASKS));
-        it.seek_to_first();
+        it.seek(u64_key(from_id));
         let (mut passed, mut tasks) = (0u64, Vec::new());
         while let Some(v) = it.value() {
             if tasks.len() as u64 >= limit {
@@ -793,6 +807,17 @@ impl Store {
     /// The applied log id itself is left out (it is compared on its own), so an entry that
     /// changed nothing — a refused report, say — leaves the digest as it was.
     pub fn digest(&self) -> io::Result<String> {
+        self.digest_without(&[b"applied"])
+    }
+
+    /// [`Store::digest`] without what names the cluster rather than its state: the
+    /// membership, the cluster id and the members replicated to. Equal between a cluster
+    /// and one restored from its backup (`raftcron snapshot restore`), at the backup's index.
+    pub fn content_digest(&self) -> io::Result<String> {
+        self.digest_without(&[b"applied", b"membership", b"cluster_id", b"replicated"])
+    }
+
+    fn digest_without(&self, meta_keys: &[&[u8]]) -> io::Result<String> {
         let snapshot = self.db.snapshot();
         let set = self.set_in(&snapshot)?;
         let mut h = Sha256::new();
@@ -801,7 +826,7 @@ impl Store {
             h.update(name.as_bytes());
             for item in snapshot.iterator_cf(self.set_cf(set, name), IteratorMode::Start) {
                 let (k, v) = item.map_err(db_err)?;
-                if name == CF_SM_META && &*k == b"applied" {
+                if name == CF_SM_META && meta_keys.contains(&&*k) {
                     continue;
                 }
                 h.update((k.len() as u64).to_be_bytes());
@@ -843,7 +868,8 @@ mod tests {
         }
         let before = DB::list_cf(&Options::default(), dir.path()).unwrap();
         let err = open_db(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("format version 1") && err.contains("format version 3"), "{err}");
+        let ours = format!("format version {}", crate::raft::FORMAT_VERSION);
+        assert!(err.contains("format version 1") && err.contains(&ours), "{err}");
         // Refused without a trace: no column family of this format was added, so the
         // release that wrote the dir still opens it.
         assert_eq!(DB::list_cf(&Options::default(), dir.path()).unwrap(), before);

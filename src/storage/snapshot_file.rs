@@ -197,6 +197,18 @@ impl SnapshotWriter {
     }
 }
 
+/// Reads the whole snapshot file at `path` and checks it (header, records, checksum):
+/// its meta and how many records it holds. What `raftcron snapshot save` does to what it
+/// received before it calls it a backup.
+pub fn check_file(path: &Path) -> io::Result<(SnapshotMeta, u64)> {
+    let (meta, mut records) = SnapshotReader::open(File::open(path)?)?;
+    let mut n = 0u64;
+    while records.next_record()?.is_some() {
+        n += 1;
+    }
+    Ok((meta, n))
+}
+
 /// Reads a snapshot file record by record, checking its checksum at the end.
 pub struct SnapshotReader<R> {
     input: BufReader<R>,

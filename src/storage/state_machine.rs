@@ -44,7 +44,7 @@ pub struct StateMachine {
 }
 
 /// Names a temp file in the snapshot dir that no other writer uses.
-pub(super) fn temp_name(kind: &str) -> String {
+pub fn temp_name(kind: &str) -> String {
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     format!("{kind}.tmp.{}", WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
@@ -114,36 +114,9 @@ impl StateMachine {
     #[allow(clippy::disallowed_methods, clippy::disallowed_types, reason = "times the log line; no state reads it")]
     fn build(&self) -> io::Result<Snapshot> {
         let started = std::time::Instant::now();
-        let db = self.store.db().clone();
         let covered = self.store.log_growth().log_bytes();
-        // Everything applied so far must be durable before the log behind it is purged.
-        db.flush_wal(true).map_err(db_err)?;
-        let view = db.snapshot();
-        let set = self.store.set_in(&view)?;
-        let sm_meta = self.store.set_cf(set, CF_SM_META);
-        let applied: Option<LogId> =
-            view.get_cf(sm_meta, "applied").map_err(db_err)?.map(|v| decode(&v)).transpose()?;
-        let membership: StoredMembership =
-            view.get_cf(sm_meta, "membership").map_err(db_err)?.map(|v| decode(&v)).transpose()?.unwrap_or_default();
-        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
         let tmp = self.snapshot_dir.join(temp_name("current"));
-        let written = (|| {
-            let mut out = SnapshotWriter::create(&tmp, &meta)?;
-            for (i, name) in SM_CFS.iter().enumerate() {
-                for item in view.iterator_cf(self.store.set_cf(set, name), IteratorMode::Start) {
-                    let (k, v) = item.map_err(db_err)?;
-                    out.record(i as u8, &k, &v)?;
-                }
-            }
-            out.finish()
-        })();
-        let file = match written {
-            Ok(file) => file,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
+        let (file, meta) = write_snapshot_file(&self.store, &tmp)?;
         let bytes = file.metadata()?.len();
         let path = if self.publish(&tmp, &meta)? {
             // A build a newer file overtook stands for nothing: the trigger keeps counting.
@@ -179,15 +152,7 @@ impl StateMachine {
         let old = store.live_set();
         let new = 1 - old;
         clear_set(db, new)?;
-        let (file_meta, mut records) = SnapshotReader::open(&file)?;
-        let mut batch = WriteBatch::default();
-        while let Some((name, k, v)) = records.next_record()? {
-            batch.put_cf(store.set_cf(new, name), k, v);
-            if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
-                db.write(std::mem::take(&mut batch)).map_err(db_err)?;
-                self.step("batch written")?;
-            }
-        }
+        let file_meta = load_into_set(store, new, &file, || self.step("batch written"))?;
         // The checksum matched: the records are the file's. Now the header can be trusted.
         if file_meta.last_log_id != meta.last_log_id {
             return Err(io::Error::new(
@@ -198,7 +163,6 @@ impl StateMachine {
                 ),
             ));
         }
-        db.write(batch).map_err(db_err)?;
         self.step("records written")?;
         // The records' batches were not synced; syncing the WAL makes them all durable
         // before the flip that makes them the state.
@@ -227,6 +191,12 @@ impl StateMachine {
         drop(_sets);
         self.clear_later(old);
         Ok(bytes)
+    }
+
+    /// Writes the `current` snapshot of the state as it is now (a restored data dir's
+    /// first one). Blocking.
+    pub(super) fn build_current(&self) -> io::Result<()> {
+        self.build().map(|_| ())
     }
 
     /// Clears the replaced set after [`OLD_SET_GRACE`], unless an install made it live
@@ -259,6 +229,82 @@ impl StateMachine {
     }
 }
 
+/// Writes a snapshot of the state as it is now to `path` (a new file, synced; removed
+/// again if the write fails): what a build publishes as `current`, and what `raftcron
+/// snapshot save` sends. Blocking.
+pub fn write_snapshot_file(store: &Store, path: &Path) -> io::Result<(std::fs::File, SnapshotMeta)> {
+    let db = store.db().clone();
+    // Everything applied so far must be durable before the log behind it is purged.
+    db.flush_wal(true).map_err(db_err)?;
+    let view = db.snapshot();
+    let set = store.set_in(&view)?;
+    let sm_meta = store.set_cf(set, CF_SM_META);
+    let applied: Option<LogId> =
+        view.get_cf(sm_meta, "applied").map_err(db_err)?.map(|v| decode(&v)).transpose()?;
+    let membership: StoredMembership =
+        view.get_cf(sm_meta, "membership").map_err(db_err)?.map(|v| decode(&v)).transpose()?.unwrap_or_default();
+    let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };
+    let written = (|| {
+        let mut out = SnapshotWriter::create(path, &meta)?;
+        for (i, name) in SM_CFS.iter().enumerate() {
+            for item in view.iterator_cf(store.set_cf(set, name), IteratorMode::Start) {
+                let (k, v) = item.map_err(db_err)?;
+                out.record(i as u8, &k, &v)?;
+            }
+        }
+        out.finish()
+    })();
+    match written {
+        Ok(file) => Ok((file, meta)),
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            Err(e)
+        }
+    }
+}
+
+/// Applies one log entry in one batch with its log id as `applied`: a command through
+/// [`apply_request`], a membership as the stored membership, a blank as nothing.
+pub(super) fn apply_entry(store: &Store, entry: &crate::raft::Entry) -> io::Result<Response> {
+    let log_id = entry.log_id();
+    let mut tx = Tx::new(store);
+    let response = match &entry.payload {
+        EntryPayload::Blank => Response::ok(Outcome::Done),
+        EntryPayload::Normal(req) => apply_request(&mut tx, req)?,
+        EntryPayload::Membership(m) => {
+            tx.put_meta("membership", &StoredMembership::new(Some(log_id), m.clone()))?;
+            Response::ok(Outcome::Done)
+        }
+    };
+    tx.put_meta("applied", &log_id)?;
+    tx.commit()?;
+    Ok(response)
+}
+
+/// Streams the records of the snapshot file `file` into state-machine set `set` (which
+/// should be empty) in batches of about [`INSTALL_BATCH_BYTES`], calling `after_batch`
+/// after each but the last, and returns the file's meta once its checksum has matched.
+/// Nothing is synced, and nothing makes `set` the live one.
+pub(super) fn load_into_set(
+    store: &Store,
+    set: u8,
+    file: &std::fs::File,
+    mut after_batch: impl FnMut() -> io::Result<()>,
+) -> io::Result<SnapshotMeta> {
+    let db = store.db();
+    let (file_meta, mut records) = SnapshotReader::open(file)?;
+    let mut batch = WriteBatch::default();
+    while let Some((name, k, v)) = records.next_record()? {
+        batch.put_cf(store.set_cf(set, name), k, v);
+        if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+            db.write(std::mem::take(&mut batch)).map_err(db_err)?;
+            after_batch()?;
+        }
+    }
+    db.write(batch).map_err(db_err)?;
+    Ok(file_meta)
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
 
@@ -281,18 +327,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
-            let log_id = entry.log_id();
-            let mut tx = Tx::new(&self.store);
-            let response = match &entry.payload {
-                EntryPayload::Blank => Response::ok(Outcome::Done),
-                EntryPayload::Normal(req) => apply_request(&mut tx, req)?,
-                EntryPayload::Membership(m) => {
-                    tx.put_meta("membership", &StoredMembership::new(Some(log_id), m.clone()))?;
-                    Response::ok(Outcome::Done)
-                }
-            };
-            tx.put_meta("applied", &log_id)?;
-            tx.commit()?;
+            let response = apply_entry(&self.store, &entry)?;
             if let Some(responder) = responder {
                 responder.send(response);
             }

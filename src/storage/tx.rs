@@ -20,7 +20,7 @@ use rocksdb::WriteBatch;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::indexes::{in_progress, run_day, status_key, trigram_key, trigram_value, trigrams, Counter};
+use super::indexes::{in_progress, page_bucket, run_day, status_key, trigram_key, trigram_value, trigrams, Counter};
 use super::keys::{assignment_key, deadline_key, delayed_key, queue_key};
 use super::{
     decode, encode, idempotency_key, u64_key, IdempotencyRecord, Store, CF_ASSIGNMENTS, CF_COUNTERS, CF_IDEMPOTENCY,
@@ -170,14 +170,21 @@ impl<'a> Tx<'a> {
             }
         }
         if old_status != new_status {
+            let bucket = page_bucket(id);
             if let Some(s) = old_status {
                 self.delete(CF_TASKS_BY_STATUS, &status_key(s, id));
                 self.bump(Counter::Tasks(s), -1)?;
+                self.bump(Counter::TaskBucket(Some(s), bucket), -1)?;
             }
             if let Some(s) = new_status {
                 self.put_bytes(CF_TASKS_BY_STATUS, &status_key(s, id), Vec::new());
                 self.bump(Counter::Tasks(s), 1)?;
+                self.bump(Counter::TaskBucket(Some(s), bucket), 1)?;
             }
+            self.move_count(
+                old_status.map(|_| Counter::TaskBucket(None, bucket)),
+                new_status.map(|_| Counter::TaskBucket(None, bucket)),
+            )?;
         }
         Ok(())
     }

@@ -86,10 +86,18 @@ async fn manual_trigger_through_a_follower_is_idempotent_and_runs_can_be_cancell
     assert_eq!(a.data()["status"], "cancelled");
     let a = c.call(f, Method::POST, &format!("/api/runs/{run_id}/cancel"), None, &[]).await;
     assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
-    // The queue-depth gauge counts the one run still pending.
-    let m = c.http.get(c.url(f, "/metrics")).send().await.unwrap().text().await.unwrap();
-    let line = m.lines().find(|l| l.starts_with("raftcron_runs_pending")).expect("runs_pending gauge");
-    assert!(line.ends_with(" 1"), "{line}");
+    // The queue-depth gauge counts the one run still pending. It reads this node's own
+    // state, which a write forwarded through it reaches a moment after the leader answered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = c.http.get(c.url(f, "/metrics")).send().await.unwrap().text().await.unwrap();
+        let line = m.lines().find(|l| l.starts_with("raftcron_runs_pending")).expect("runs_pending gauge").to_string();
+        if line.ends_with(" 1") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{line}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     assert_eq!(c.get(f, "/api/runs/424242").await.status, StatusCode::NOT_FOUND);
     assert_eq!(c.call(f, Method::POST, "/api/tasks/424242/trigger", None, &[]).await.status, StatusCode::NOT_FOUND);

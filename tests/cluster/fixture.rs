@@ -231,6 +231,30 @@ impl TestCluster {
         self.nodes.insert(id, TestNode { running: Some(running), http, rpc, dir });
     }
 
+    /// A cluster of one: node `id` seeded from the snapshot file `backup` by
+    /// `raftcron::storage::restore` (as `raftcron snapshot restore` does) under
+    /// `cluster_id`, then started. More nodes join with [`TestCluster::start_extra`].
+    pub async fn start_restored(id: u64, backup: &std::path::Path, cluster_id: &str, opts: Opts) -> TestCluster {
+        let listeners = Listeners {
+            http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            rpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let (http, rpc) = (listeners.http.local_addr().unwrap(), listeners.rpc.local_addr().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let info = raftcron::raft::NodeInfo { rpc_addr: rpc.to_string(), http_addr: http.to_string() };
+        raftcron::storage::restore(backup, dir.path(), id, info, cluster_id).expect("restore");
+        let config = config_for(id, &dir, &[], &opts);
+        let running = node::start(config, listeners, &[KEY.to_string()]).await.expect("restored node starts");
+        let mut cluster = TestCluster {
+            nodes: BTreeMap::new(),
+            opts,
+            peers: Vec::new(),
+            http: reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap(),
+        };
+        cluster.nodes.insert(id, TestNode { running: Some(running), http, rpc, dir });
+        cluster
+    }
+
     pub fn running_ids(&self) -> Vec<u64> {
         self.nodes.iter().filter(|(_, n)| n.running.is_some()).map(|(id, _)| *id).collect()
     }

@@ -6,6 +6,7 @@ mod support;
 
 mod agent;
 mod auth;
+mod backup;
 mod bad_input;
 mod failover;
 mod firing;

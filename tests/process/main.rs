@@ -4,6 +4,7 @@
 mod fixture;
 
 mod auth;
+mod backup;
 mod clock;
 mod durability;
 mod fencing;

@@ -574,6 +574,16 @@ fn a_skip_tick_committed_past_the_threshold_is_skipped_not_run() {
 /// created, placed, started, finished, lost and re-queued, pruned, and tasks deleted with
 /// their runs — as `verify` recomputes them from the tables after each step; and the
 /// searches they serve answer what a scan answers.
+fn create_named(store: &Store, name: &str) -> u64 {
+    let fields =
+        TaskField::parse_object(serde_json::json!({"name": name, "executor": "shell", "command": "true"})).unwrap();
+    match apply(store, Command::CreateTask { spec: Box::new(TaskSpec::from_fields(fields, "UTC").unwrap()) }, t(1)).result
+    {
+        Ok(Outcome::Task(task)) => task.id,
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn task_indexes_and_counters_follow_every_change() {
     let dir = tempfile::tempdir().unwrap();
@@ -582,16 +592,7 @@ fn task_indexes_and_counters_follow_every_change() {
         let problems = store.verify().unwrap();
         assert!(problems.is_empty(), "after {step}: {problems:#?}");
     };
-    let create = |name: &str| {
-        let fields =
-            TaskField::parse_object(serde_json::json!({"name": name, "executor": "shell", "command": "true"})).unwrap();
-        match apply(&store, Command::CreateTask { spec: Box::new(TaskSpec::from_fields(fields, "UTC").unwrap()) }, t(1))
-            .result
-        {
-            Ok(Outcome::Task(task)) => task.id,
-            other => panic!("{other:?}"),
-        }
-    };
+    let create = |name: &str| create_named(&store, name);
     let rename = |id: u64, name: &str| {
         let cmd = Command::UpdateTask { id, fields: vec![TaskField::Name(name.into())], expected_version: None };
         assert!(apply(&store, cmd, t(2)).result.is_ok(), "rename {id} to {name}");
@@ -665,6 +666,12 @@ fn task_indexes_and_counters_follow_every_change() {
         "é",
         "συν",
         "-re",
+        "s",
+        "gs",
+        "y",
+        "xq",
+        "ab",
+        "a",
     ] {
         for only in [None, Some(TaskStatus::Active), Some(TaskStatus::Paused)] {
             let want: Vec<u64> = all
@@ -672,10 +679,10 @@ fn task_indexes_and_counters_follow_every_change() {
                 .filter(|t| only.is_none_or(|s| t.spec.status == s) && t.spec.name.to_lowercase().contains(needle))
                 .map(|t| t.id)
                 .collect();
-            let (page, total) = store.search_tasks(needle, only, 0, 100).unwrap();
-            assert_eq!(page.iter().map(|t| t.id).collect::<Vec<_>>(), want, "search {needle:?} in {only:?}");
-            assert_eq!(total, want.len() as u64);
-            let (second, _) = store.search_tasks(needle, only, 1, 1).unwrap();
+            let found = store.search_tasks(needle, only, 0, 100).unwrap();
+            assert_eq!(found.items.iter().map(|t| t.id).collect::<Vec<_>>(), want, "search {needle:?} in {only:?}");
+            assert_eq!((found.total, found.exact), (want.len() as u64, true));
+            let second = store.search_tasks(needle, only, 1, 1).unwrap().items;
             assert_eq!(
                 second.iter().map(|t| t.id).collect::<Vec<_>>(),
                 want.iter().skip(1).take(1).copied().collect::<Vec<_>>()
@@ -688,7 +695,84 @@ fn task_indexes_and_counters_follow_every_change() {
     assert!(apply(&store, Command::DeleteTask { id: 3, expected_version: None }, t(8)).result.is_ok());
     assert!(apply(&store, Command::DeleteTask { id: 1, expected_version: None }, t(8)).result.is_ok());
     check("deletes with runs");
-    assert_eq!(store.search_tasks("weekly", None, 0, 10).unwrap().1, 0, "a deleted task is not found");
+    assert_eq!(store.search_tasks("weekly", None, 0, 10).unwrap().total, 0, "a deleted task is not found");
+}
+
+/// A page starts from the counts of tasks per bucket of ids: across bucket boundaries,
+/// with buckets thinned by deletes and status changes, with a bucket left empty, and past
+/// the end, every page of every list is the one a scan gives.
+#[test]
+fn deep_pages_start_in_the_right_bucket() {
+    use crate::storage::PAGE_BUCKET;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(open_db(dir.path()).unwrap());
+    let n = 3 * PAGE_BUCKET + 10;
+    for i in 1..=n {
+        assert_eq!(create_named(&store, &format!("job-{i}")), i);
+    }
+    let set = |id: u64, status: TaskStatus| {
+        let cmd = Command::SetTaskStatus { id, status, may_enable: true };
+        assert!(apply(&store, cmd, t(2)).result.is_ok());
+    };
+    for id in (1..=n).filter(|id| id % 7 == 0) {
+        set(id, TaskStatus::Paused);
+    }
+    for id in (1..=n).filter(|id| id % 11 == 0) {
+        set(id, TaskStatus::Disabled);
+    }
+    // The whole second bucket goes, and some of the third.
+    for id in (PAGE_BUCKET..2 * PAGE_BUCKET).chain((2 * PAGE_BUCKET..3 * PAGE_BUCKET).step_by(3)) {
+        assert!(apply(&store, Command::DeleteTask { id, expected_version: None }, t(3)).result.is_ok());
+    }
+    let problems = store.verify().unwrap();
+    assert!(problems.is_empty(), "{problems:#?}");
+    let mut all = Vec::new();
+    store
+        .scan_tasks(|task| {
+            all.push((task.id, task.spec.status));
+            true
+        })
+        .unwrap();
+    for only in [None, Some(TaskStatus::Active), Some(TaskStatus::Paused), Some(TaskStatus::Disabled)] {
+        let want: Vec<u64> = all.iter().filter(|(_, s)| only.is_none_or(|o| *s == o)).map(|(id, _)| *id).collect();
+        for skip in [0, 1, 145, PAGE_BUCKET - 1, PAGE_BUCKET, PAGE_BUCKET + 1, 1500, (want.len() as u64).saturating_sub(3), 99_999] {
+            let (page, total) = match only {
+                None => store.task_page(skip, 5).unwrap(),
+                Some(s) => store.tasks_with_status(s, skip, 5).unwrap(),
+            };
+            let expect: Vec<u64> = want.iter().skip(skip as usize).take(5).copied().collect();
+            assert_eq!(page.iter().map(|t| t.id).collect::<Vec<_>>(), expect, "{only:?} from {skip}");
+            assert_eq!(total, want.len() as u64);
+        }
+    }
+}
+
+/// A search counts its matches exactly up to `SEARCH_COUNT_AHEAD` past its page, then
+/// stops and says its total is a lower bound; below that it is exact, whatever the page.
+#[test]
+fn a_search_stops_counting_past_its_limit_and_says_so() {
+    use crate::storage::SEARCH_COUNT_AHEAD;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(open_db(dir.path()).unwrap());
+    let matching = SEARCH_COUNT_AHEAD + 150;
+    for i in 0..matching {
+        create_named(&store, &format!("nightly-{i}"));
+        if i % 10 == 0 {
+            create_named(&store, &format!("hourly-{i}"));
+        }
+    }
+    // One trigram (vouched by the index), longer needles (names checked), and shorter
+    // ones (the lists of the trigrams they begin).
+    for needle in ["nig", "nightly-", "ly-", "ni", "y"] {
+        let all = if ["ly-", "y"].contains(&needle) { matching + matching.div_ceil(10) } else { matching };
+        let first = store.search_tasks(needle, None, 0, 100).unwrap();
+        assert_eq!((first.items.len(), first.total, first.exact), (100, 100 + SEARCH_COUNT_AHEAD, false), "{needle}");
+        let last = store.search_tasks(needle, None, all - 60, 100).unwrap();
+        assert_eq!((last.items.len() as u64, last.total, last.exact), (60, all, true), "{needle}");
+    }
+    let few = store.search_tasks("hourly", None, 0, 100).unwrap();
+    assert_eq!((few.total, few.exact), (matching.div_ceil(10), true));
+    assert!(few.items.iter().all(|t| t.spec.name.starts_with("hourly-")));
 }
 
 /// The sweep reads the expiry index from where its last removal reached (its cost is in

@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod snapshot;
+
+pub use snapshot::generate_state;
+
 use crate::config::Config;
 use crate::node::{self, Listeners};
 use crate::worker::{self, AgentConfig, RunningAgent};
@@ -64,7 +68,31 @@ pub enum Cmd {
         #[command(subcommand)]
         command: ScheduleCmd,
     },
-    /// Inspect a node's data dir (the node must be stopped).
+    /// Back up a running cluster's state, and seed a new cluster from a backup.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCmd,
+    },
+    /// Disaster recovery when a quorum is lost for good: turn one stopped survivor's data
+    /// dir into the only voter of a new cluster (every entry in its log applied, a new
+    /// cluster id), then start it and add new nodes. Nodes of the old cluster are refused.
+    Recover {
+        /// Required: this discards the old cluster's membership for good.
+        #[arg(long, required = true)]
+        force_new_cluster: bool,
+        /// The survivor's data dir (`node.data_dir`); the node must be stopped.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The survivor's node id (`node.id`).
+        #[arg(long)]
+        node_id: u64,
+        /// Its RPC address, if not the one the old membership lists for it.
+        #[arg(long)]
+        rpc_addr: Option<String>,
+        #[arg(long, default_value = "", requires = "rpc_addr")]
+        http_addr: String,
+    },
+    /// Inspect a node's data dir (the node must be stopped), or generate a state.
     Debug {
         #[command(subcommand)]
         command: DebugCmd,
@@ -216,6 +244,50 @@ pub enum DebugCmd {
         /// The node's data dir (`node.data_dir`).
         data_dir: PathBuf,
     },
+    /// Build a synthetic state through the real apply path and write it as a snapshot
+    /// file, for `raftcron snapshot restore`: tasks named `job-teamNN-<n>` (every 100th
+    /// paused) with finished runs. How the scale bench starts from a million tasks.
+    Generate {
+        /// Where to write the snapshot file.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        tasks: u64,
+        /// Finished runs stored per task.
+        #[arg(long, default_value_t = 0)]
+        runs_per_task: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// Save a consistent snapshot of the cluster's whole state (as of a linearizable
+    /// read) to FILE, through any node's API (admin). The file holds every task secret:
+    /// keep it as you keep the nodes' data dirs.
+    Save {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Where to write it (`-` for stdout).
+        file: PathBuf,
+    },
+    /// Seed a new node's data dir from a snapshot file: the node starts as the only voter
+    /// of a new cluster (a new cluster id) holding the snapshot's state; add more nodes
+    /// with `raftcron cluster add-node`, and they catch up from it.
+    Restore {
+        file: PathBuf,
+        /// The new node's data dir; it must not exist or be empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The node id the node will be started with (`node.id`).
+        #[arg(long)]
+        node_id: u64,
+        /// The address other nodes reach it at (`node.rpc_addr`, or its advertised address).
+        #[arg(long)]
+        rpc_addr: String,
+        /// Its REST address, as the cluster view shows it.
+        #[arg(long, default_value = "")]
+        http_addr: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -328,6 +400,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let token = create_token(config.as_deref(), &sets, role, &sub, &ttl, private_key.as_deref())?;
             println!("{token}");
             Ok(())
+        }
+        Cmd::Snapshot { command: SnapshotCmd::Save { client, file } } => snapshot::save(client, &file).await,
+        Cmd::Snapshot { command: SnapshotCmd::Restore { file, data_dir, node_id, rpc_addr, http_addr } } => {
+            snapshot::restore(&file, &data_dir, node_id, crate::raft::NodeInfo { rpc_addr, http_addr })
+        }
+        Cmd::Recover { force_new_cluster: _, data_dir, node_id, rpc_addr, http_addr } => {
+            snapshot::recover(&data_dir, node_id, rpc_addr.map(|rpc_addr| crate::raft::NodeInfo { rpc_addr, http_addr }))
+        }
+        Cmd::Debug { command: DebugCmd::Generate { out, tasks, runs_per_task } } => {
+            snapshot::generate(&out, tasks, runs_per_task)
         }
         Cmd::Debug { command: DebugCmd::Verify { data_dir } } => {
             let db_dir = data_dir.join("db");
