@@ -203,26 +203,30 @@ static EXPORTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
     security(("bearer" = []))
 )]
 async fn save_snapshot(State(core): State<Arc<NodeCore>>) -> Result<axum::response::Response, ApiError> {
-    let _one = EXPORTS.try_acquire().map_err(|_| {
+    // Held until the body is sent or dropped (and by the file's write if the client
+    // leaves before it is done): the unlinked file of an export holds disk until then.
+    let permit = EXPORTS.try_acquire().map_err(|_| {
         ApiError::Unavailable("a snapshot export is already running on this node; retry when it is done".into())
     })?;
     core.linearize().await?;
     let (store, path) = (core.store.clone(), core.snapshot_dir.join(crate::storage::temp_name("export")));
-    let (file, meta) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-        let (_, meta) = crate::storage::write_snapshot_file(&store, &path)?;
+    let (file, meta, permit) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let written = crate::storage::write_snapshot_file(&store, &path);
         // Open to read, then unlink: the response streams from the open file, and nothing
         // is left behind however the download ends.
-        let file = std::fs::File::open(&path);
-        std::fs::remove_file(&path)?;
-        Ok((file?, meta))
+        let file = written.and_then(|(_, meta)| Ok((std::fs::File::open(&path)?, meta)));
+        let _ = std::fs::remove_file(&path);
+        let (file, meta) = file?;
+        Ok((file, meta, permit))
     })
     .await
     .map_err(|e| ApiError::Internal(format!("snapshot export: {e}")))??;
     let len = file.metadata()?.len();
-    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-        tokio::fs::File::from_std(file),
-        1 << 20,
-    ));
+    let chunks = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 1 << 20);
+    let body = axum::body::Body::from_stream(futures::StreamExt::map(chunks, move |chunk| {
+        let _held = &permit;
+        chunk
+    }));
     let mut resp = axum::response::Response::new(body);
     let headers = resp.headers_mut();
     headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/octet-stream"));

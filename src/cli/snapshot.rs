@@ -41,23 +41,26 @@ pub async fn save(client: ClientArgs, file: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     let tmp = PathBuf::from(format!("{}.partial", file.display()));
-    let mut out = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let mut bytes = 0u64;
-    while let Some(chunk) = resp.chunk().await.context("the snapshot stream broke off")? {
-        out.write_all(&chunk)?;
-        bytes += chunk.len() as u64;
-    }
-    out.sync_all()?;
-    let checked = tokio::task::spawn_blocking({
+    let received = async {
+        let mut out = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut bytes = 0u64;
+        while let Some(chunk) = resp.chunk().await.context("the snapshot stream broke off")? {
+            out.write_all(&chunk)?;
+            bytes += chunk.len() as u64;
+        }
+        out.sync_all()?;
         let tmp = tmp.clone();
-        move || check_snapshot_file(&tmp)
-    })
-    .await?;
-    let (meta, records) = match checked {
+        let (meta, records) = tokio::task::spawn_blocking(move || check_snapshot_file(&tmp))
+            .await?
+            .context("the snapshot received is not whole")?;
+        anyhow::Ok((bytes, meta, records))
+    }
+    .await;
+    let (bytes, meta, records) = match received {
         Ok(ok) => ok,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
-            bail!("the snapshot received is not whole ({e}); nothing was saved");
+            return Err(e.context(format!("nothing was saved to {}", file.display())));
         }
     };
     std::fs::rename(&tmp, file)?;

@@ -292,8 +292,13 @@ impl Store {
         it.status().map_err(db_err)?;
         let mut join = match (needle.is_ascii(), grams.is_empty()) {
             (false, _) => Candidates::None,
-            (true, false) => Candidates::Join(TrigramJoin::new(self, &grams)),
-            (true, true) => Candidates::Union(TrigramUnion::new(self, needle.as_bytes())?),
+            (true, false) => Candidates::Join(TrigramJoin::new(self, &grams, needle.len() > 3)?),
+            (true, true) => match TrigramUnion::new(self, needle.as_bytes())? {
+                Some(union) => Candidates::Union(union),
+                // Under that many trigrams the needle is common: names in id order meet
+                // the page and the count bound soon.
+                None => Candidates::Scan(NameScan::new(self, needle)),
+            },
         };
         // A needle of exactly one trigram matches exactly the names listed under it; one
         // shorter, exactly the names listed under a trigram it begins.
@@ -301,22 +306,23 @@ impl Store {
         let count_to = skip.saturating_add(limit).saturating_add(SEARCH_COUNT_AHEAD);
         let mut vouched = vouched.into_iter().peekable();
         let mut joined = None;
+        let mut last = None;
         loop {
             if joined.is_none() {
                 joined = join.next()?;
             }
-            // The smaller id of the two ascending streams (a non-ASCII name is in one only).
+            // The smaller id of the two ascending streams.
             let (id, name_matches) = match (vouched.peek().copied(), joined) {
                 (None, None) => break,
                 (Some(v), Some(j)) if j < v => (joined.take().expect("some"), join_vouches),
                 (Some(_), _) => (vouched.next().expect("peeked"), true),
                 (None, Some(_)) => (joined.take().expect("some"), join_vouches),
             };
-            if page.total >= count_to {
-                page.exact = false;
-                break;
+            // A task renamed between non-ASCII and ASCII while the streams were read can
+            // be in both: once is enough.
+            if last.replace(id) == Some(id) {
+                continue;
             }
-            let in_page = page.total >= skip && (page.items.len() as u64) < limit;
             // A name the index cannot vouch for is read (alone) and checked.
             if !name_matches && !self.task_name(id)?.is_some_and(|name| name.to_lowercase().contains(needle)) {
                 continue;
@@ -326,7 +332,11 @@ impl Store {
                     continue;
                 }
             }
-            if in_page {
+            if page.total >= count_to {
+                page.exact = false; // One more match than counted: stop here.
+                break;
+            }
+            if page.total >= skip && (page.items.len() as u64) < limit {
                 match self.task(id)? {
                     Some(task) => page.items.push(task),
                     None => continue,
@@ -543,12 +553,47 @@ impl PostingList<'_> {
     }
 }
 
+/// A search whose candidates' names are checked anyway joins only this many of its
+/// needle's trigram lists, the sparsest: a list that most names are on (`job` in a fleet
+/// of `job-*` tasks) narrows nothing and would cost a seek per candidate.
+const LISTS_JOINED: usize = 2;
+
+/// Entries a list's density is sampled over, from its start.
+const DENSITY_SAMPLE: usize = 16;
+
 impl<'a> TrigramJoin<'a> {
-    fn new(store: &'a Store, grams: &[[u8; 3]]) -> Self {
+    /// The join of `grams`' lists; with `narrowing_only` (every candidate's name is
+    /// checked after), of the [`LISTS_JOINED`] sparsest ones by a sample of each.
+    fn new(store: &'a Store, grams: &[[u8; 3]], narrowing_only: bool) -> io::Result<Self> {
         let cf = store.cf(CF_NAME_TRIGRAMS);
-        let lists =
+        let mut lists: Vec<PostingList<'a>> =
             grams.iter().map(|g| PostingList { gram: *g, it: store.db.raw_iterator_cf(cf), positioned: false }).collect();
-        TrigramJoin { lists, target: Some(0) }
+        if narrowing_only && lists.len() > LISTS_JOINED {
+            // The id span of a list's first entries: the wider, the sparser the list (a
+            // list shorter than the sample is the sparsest of all).
+            let mut spans = Vec::with_capacity(lists.len());
+            for list in lists.iter_mut() {
+                let first = list.advance_to(0)?;
+                let mut last = first;
+                for _ in 1..DENSITY_SAMPLE {
+                    if last.is_none() {
+                        break;
+                    }
+                    list.it.next();
+                    last = list.current()?;
+                }
+                spans.push(match (first, last) {
+                    (Some(a), Some(b)) => b - a,
+                    _ => u64::MAX,
+                });
+                list.positioned = false;
+            }
+            let mut order: Vec<usize> = (0..lists.len()).collect();
+            order.sort_by_key(|i| std::cmp::Reverse(spans[*i]));
+            let keep: BTreeSet<usize> = order.into_iter().take(LISTS_JOINED).collect();
+            lists = lists.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, l)| l).collect();
+        }
+        Ok(TrigramJoin { lists, target: Some(0) })
     }
 
     fn next(&mut self) -> io::Result<Option<u64>> {
@@ -575,6 +620,7 @@ enum Candidates<'a> {
     None,
     Join(TrigramJoin<'a>),
     Union(TrigramUnion<'a>),
+    Scan(NameScan<'a>),
 }
 
 impl Candidates<'_> {
@@ -583,9 +629,42 @@ impl Candidates<'_> {
             Candidates::None => Ok(None),
             Candidates::Join(j) => j.next(),
             Candidates::Union(u) => u.next(),
+            Candidates::Scan(s) => s.next(),
         }
     }
 }
+
+/// The ids, ascending, of the ASCII names that contain a needle, read from the front of
+/// every task record in id order (non-ASCII names are searched apart).
+struct NameScan<'a> {
+    it: rocksdb::DBRawIteratorWithThreadMode<'a, rocksdb::DB>,
+    needle: Vec<u8>,
+}
+
+impl<'a> NameScan<'a> {
+    fn new(store: &'a Store, needle: &str) -> Self {
+        let mut it = store.db.raw_iterator_cf(store.cf(super::CF_TASKS));
+        it.seek_to_first();
+        NameScan { it, needle: needle.as_bytes().to_vec() }
+    }
+
+    fn next(&mut self) -> io::Result<Option<u64>> {
+        while let Some(v) = self.it.value() {
+            let (id, name): (u64, String) = super::decode_prefix(v)?;
+            self.it.next();
+            let name = name.into_bytes();
+            if name.is_ascii() && name.to_ascii_lowercase().windows(self.needle.len()).any(|w| w == self.needle) {
+                return Ok(Some(id));
+            }
+        }
+        self.it.status().map_err(db_err)?;
+        Ok(None)
+    }
+}
+
+/// A short needle merges at most this many trigram lists (an iterator each); beyond, its
+/// candidates come from a [`NameScan`].
+const MAX_UNION_LISTS: usize = 128;
 
 /// The ids listed under any trigram that begins with a prefix of one or two bytes,
 /// ascending and each once: a merge of those trigrams' lists.
@@ -596,7 +675,8 @@ struct TrigramUnion<'a> {
 }
 
 impl<'a> TrigramUnion<'a> {
-    fn new(store: &'a Store, prefix: &[u8]) -> io::Result<Self> {
+    /// `None` when more than [`MAX_UNION_LISTS`] trigrams begin with `prefix`.
+    fn new(store: &'a Store, prefix: &[u8]) -> io::Result<Option<Self>> {
         let cf = store.cf(CF_NAME_TRIGRAMS);
         // The distinct trigrams under the prefix, one seek each past the previous one's
         // list (ids are 8 bytes: a key of the trigram and eight 0xFF bytes is its last).
@@ -608,6 +688,9 @@ impl<'a> TrigramUnion<'a> {
                 break;
             }
             let gram = [k[0], k[1], k[2]];
+            if grams.len() == MAX_UNION_LISTS {
+                return Ok(None);
+            }
             grams.push(gram);
             it.seek(trigram_key(gram, u64::MAX));
             if it.key().is_some_and(|k| k == trigram_key(gram, u64::MAX)) {
@@ -623,7 +706,7 @@ impl<'a> TrigramUnion<'a> {
             }
             union.lists.push(list);
         }
-        Ok(union)
+        Ok(Some(union))
     }
 
     fn next(&mut self) -> io::Result<Option<u64>> {

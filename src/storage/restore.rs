@@ -68,12 +68,10 @@ fn seed(source: &std::fs::File, data_dir: &Path, node: NodeId, info: NodeInfo, c
         io::Error::new(io::ErrorKind::InvalidData, "the snapshot covers no log entry: there is nothing to restore")
     })?;
     let old_cluster_id = store.cluster_id()?;
-    become_sole_voter(&store, last_log_id, None, node, info, cluster_id)?;
+    let sm = super::StateMachine::new(store.clone(), data_dir.join("snapshot"))?;
+    become_sole_voter(&store, &sm, last_log_id, None, node, info, cluster_id)?;
     let tasks = task_count(&store)?;
-    // The node's own snapshot, of the state as restored (membership and cluster id
-    // included): what a joining node installs.
-    super::StateMachine::new(store, data_dir.join("snapshot"))?.build_current()?;
-    drop(db);
+    drop((sm, store, db));
     Ok(Restored { last_log_id, old_cluster_id, cluster_id: cluster_id.to_string(), tasks, bytes })
 }
 
@@ -85,12 +83,15 @@ fn task_count(store: &Store) -> io::Result<u64> {
 }
 
 /// Makes `store`'s state, applied up to `last`, that of a cluster whose only voter is
-/// `node` at `info`, under `cluster_id`: the membership, cluster id and the record of
-/// members replicated to rewritten, the log
-/// empty and starting after `last` (committed there), a vote of at least `last`'s term
-/// (and of `vote_term`). One synced batch.
+/// `node` at `info`, under `cluster_id`, in an order that a failure at any step leaves
+/// startable or recoverable again: first the state (membership, cluster id, the record of
+/// members replicated to cleared; synced), then `sm`'s `current` snapshot of it (it must
+/// become `current`), and only then the log: empty, starting after `last` (committed
+/// there), with a vote of at least `last`'s term and of `vote_term` (synced). The log is
+/// never purged past the snapshot on disk, which openraft would refuse at start.
 fn become_sole_voter(
     store: &Store,
+    sm: &super::StateMachine,
     last: LogId,
     vote_term: Option<u64>,
     node: NodeId,
@@ -101,26 +102,31 @@ fn become_sole_voter(
     let voters = Membership::new(vec![BTreeSet::from([node])], BTreeMap::from([(node, info)]))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let membership = StoredMembership::new(Some(last), voters);
-    let mut batch = WriteBatch::default();
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    let mut state = WriteBatch::default();
     let sm_meta = store.set_cf(store.live_set(), CF_SM_META);
-    batch.put_cf(sm_meta, "applied", encode(&last)?);
-    batch.put_cf(sm_meta, "membership", encode(&membership)?);
-    batch.put_cf(sm_meta, "cluster_id", encode(&cluster_id.to_string())?);
+    state.put_cf(sm_meta, "applied", encode(&last)?);
+    state.put_cf(sm_meta, "membership", encode(&membership)?);
+    state.put_cf(sm_meta, "cluster_id", encode(&cluster_id.to_string())?);
     // Which members the old cluster replicated to says nothing about the new one's: a
     // node added under an old member's id is a new, empty node.
-    batch.delete_cf(sm_meta, "replicated");
+    state.delete_cf(sm_meta, "replicated");
+    db.write_opt(state, &opts).map_err(db_err)?;
+    // The node's own snapshot, of the state as it now is (membership and cluster id
+    // included): what a joining node installs.
+    sm.build_current()?;
+    let mut log = WriteBatch::default();
     let raft_log = db.cf_handle(CF_RAFT_LOG).expect("column families are checked at open");
-    batch.delete_range_cf(raft_log, u64_key(0), u64_key(last.index.saturating_add(1)));
+    log.delete_range_cf(raft_log, u64_key(0), u64_key(last.index.saturating_add(1)));
     let raft_meta = db.cf_handle(CF_RAFT_META).expect("column families are checked at open");
     // The log starts after `last`; the vote carries its term, so the node's first
     // election is for a later one.
-    batch.put_cf(raft_meta, "purged", encode(&last)?);
-    batch.put_cf(raft_meta, "committed", encode(&Some(last))?);
+    log.put_cf(raft_meta, "purged", encode(&last)?);
+    log.put_cf(raft_meta, "committed", encode(&Some(last))?);
     let term = vote_term.unwrap_or(0).max(last.leader_id.term);
-    batch.put_cf(raft_meta, "vote", encode(&Vote::new(term, node))?);
-    let mut opts = WriteOptions::default();
-    opts.set_sync(true);
-    db.write_opt(batch, &opts).map_err(db_err)
+    log.put_cf(raft_meta, "vote", encode(&Vote::new(term, node))?);
+    db.write_opt(log, &opts).map_err(db_err)
 }
 
 /// What a forced recovery did.
@@ -160,6 +166,11 @@ pub fn recover(data_dir: &Path, node: NodeId, info: Option<NodeInfo>, cluster_id
             ))
         }
     };
+    // Checks the snapshot file is readable before anything changes; a file ahead of the
+    // state (a crash during an install, after the file was saved) is installed first, as
+    // openraft would at start, or it would undo the recovery then.
+    let sm = super::StateMachine::new(store.clone(), data_dir.join("snapshot"))?;
+    sm.install_current_if_ahead()?;
     let raft_log = db.cf_handle(CF_RAFT_LOG).expect("column families are checked at open");
     let from = store.applied()?.map_or(0, |l| l.index + 1);
     let mut replayed = 0u64;
@@ -178,10 +189,9 @@ pub fn recover(data_dir: &Path, node: NodeId, info: Option<NodeInfo>, cluster_id
         Ok(None) => None,
         Err(e) => return Err(db_err(e)),
     };
-    become_sole_voter(&store, last_log_id, vote.map(|v| v.leader_id().term), node, info, cluster_id)?;
+    become_sole_voter(&store, &sm, last_log_id, vote.map(|v| v.leader_id().term), node, info, cluster_id)?;
     let tasks = task_count(&store)?;
-    super::StateMachine::new(store, data_dir.join("snapshot"))?.build_current()?;
-    drop(db);
+    drop((sm, store, db));
     Ok(Recovered { replayed, last_log_id, old_cluster_id, cluster_id: cluster_id.to_string(), tasks })
 }
 
@@ -329,5 +339,29 @@ mod tests {
         drop((store, log, db));
         let err = recover(dir.path(), 9, None, "again").unwrap_err();
         assert!(err.to_string().contains("node 9 is not in"), "{err}");
+    }
+
+    /// A survivor that crashed during a snapshot install — the file saved as `current`, the
+    /// state not flipped to it yet — holds a snapshot ahead of its state. openraft would
+    /// install that file at start, with the old cluster's membership and id, undoing the
+    /// recovery; so the recovery installs it first and builds the new identity on top.
+    #[test]
+    fn a_recovery_installs_a_snapshot_file_ahead_of_the_state_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = source(dir.path(), 3);
+        drop(store);
+        let other = tempfile::tempdir().unwrap();
+        let (ahead, _) = source(other.path(), 30);
+        std::fs::create_dir_all(dir.path().join("snapshot")).unwrap();
+        let current = dir.path().join("snapshot").join("current");
+        write_snapshot_file(&ahead, &current).unwrap();
+        let r = recover(dir.path(), 2, Some(NodeInfo { rpc_addr: "c:3".into(), http_addr: String::new() }), "new").unwrap();
+        assert_eq!((r.last_log_id.index, r.tasks), (31, 30), "{r:?}");
+        let meta = crate::storage::check_snapshot_file(&current).unwrap().0;
+        assert_eq!(meta.last_log_id, Some(r.last_log_id));
+        assert_eq!(meta.last_membership.membership().voter_ids().collect::<Vec<_>>(), vec![2]);
+        let store = Store::new(open_db(&dir.path().join("db")).unwrap());
+        assert_eq!(store.content_digest().unwrap(), ahead.content_digest().unwrap());
+        assert!(store.verify().unwrap().is_empty());
     }
 }

@@ -196,7 +196,31 @@ impl StateMachine {
     /// Writes the `current` snapshot of the state as it is now (a restored data dir's
     /// first one). Blocking.
     pub(super) fn build_current(&self) -> io::Result<()> {
-        self.build().map(|_| ())
+        let snap = self.build()?;
+        if snap.snapshot.path != self.snapshot_path() {
+            return Err(io::Error::other(format!(
+                "the snapshot file {} is ahead of the state ({:?}) and was kept",
+                self.snapshot_path().display(),
+                snap.meta.last_log_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Installs the `current` snapshot file when it covers more than the state machine
+    /// applied (a crash between saving it and flipping to it); whether it did. Blocking.
+    pub(super) fn install_current_if_ahead(&self) -> io::Result<bool> {
+        let path = self.snapshot_path();
+        let meta = match read_meta(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if meta.last_log_id <= self.store.applied()? {
+            return Ok(false);
+        }
+        self.install(&meta, SnapshotData::open(&path)?)?;
+        Ok(true)
     }
 
     /// Clears the replaced set after [`OLD_SET_GRACE`], unless an install made it live

@@ -110,12 +110,21 @@ async fn a_lone_survivor_recovers_into_a_new_cluster() {
     assert_eq!(store.cluster_id().unwrap().as_deref(), Some("recovered-cluster"));
     let term = c.core(survivor).status(false).term;
 
-    // An old node comes back with its old data: refused by cluster id, it changes nothing.
+    // An old node comes back with its old data: the survivor refuses it by cluster id,
+    // and it changes nothing.
     c.restart(lost[0]).await;
+    let old = c.core(lost[0]);
+    let client = old.peers.get(survivor, &c.nodes[&survivor].rpc.to_string()).await.expect("a connection");
+    let asked = client.node_status(raftcron::rpc::context(Duration::from_secs(2)), old.identity.header(), false).await;
+    match asked {
+        Ok(Err(raftcron::rpc::RpcFailure::Refused(why))) => {
+            assert!(why.contains("recovered-cluster") && why.contains(&old_cluster), "{why}")
+        }
+        other => panic!("the survivor answered a node of the old cluster: {other:?}"),
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(c.core(survivor).leader(), Some(survivor));
-    assert_eq!(c.core(survivor).status(false).term, term, "the old node's elections did not reach the survivor");
-    assert_ne!(c.core(lost[0]).leader(), Some(survivor));
+    assert_eq!(c.core(survivor).status(false).term, term, "the old node's elections changed nothing");
     c.kill(lost[0]).await;
     c.nodes.remove(&lost[0]);
     c.nodes.remove(&lost[1]);
