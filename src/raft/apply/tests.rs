@@ -2,6 +2,8 @@
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types, reason = "tests may use the clock")]
 
+use std::collections::BTreeSet;
+
 use chrono::TimeZone;
 
 use super::*;
@@ -773,6 +775,37 @@ fn a_search_stops_counting_past_its_limit_and_says_so() {
     let few = store.search_tasks("hourly", None, 0, 100).unwrap();
     assert_eq!((few.total, few.exact), (matching.div_ceil(10), true));
     assert!(few.items.iter().all(|t| t.spec.name.starts_with("hourly-")));
+}
+
+/// A needle of one or two bytes that begins more trigrams than a search merges lists of
+/// is searched by reading names in id order: the same answer as the merge would give.
+#[test]
+fn a_short_needle_of_many_trigrams_reads_names_in_id_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(open_db(dir.path()).unwrap());
+    let letters: Vec<char> = ('a'..='z').chain('0'..='9').collect();
+    let mut names = Vec::new();
+    for (i, x) in letters.iter().enumerate() {
+        for y in letters.iter().skip(i % 5).step_by(5) {
+            names.push(format!("q{x}{y}-{}", names.len()));
+        }
+    }
+    names.push("Quatre-été".to_string());
+    names.push("no match".to_string());
+    for name in &names {
+        create_named(&store, name);
+    }
+    let distinct_q: BTreeSet<String> =
+        names.iter().filter(|n| n.is_ascii()).map(|n| n.to_lowercase()[..3].to_string()).collect();
+    assert!(distinct_q.len() > 128, "{} trigrams begin with q: the scan is not reached", distinct_q.len());
+    for needle in ["q", "qa", "-1", "é"] {
+        let want: Vec<u64> = (1..=names.len() as u64)
+            .filter(|id| names[*id as usize - 1].to_lowercase().contains(needle))
+            .collect();
+        let found = store.search_tasks(needle, None, 0, 100).unwrap();
+        assert_eq!(found.items.iter().map(|t| t.id).collect::<Vec<_>>(), want.iter().take(100).copied().collect::<Vec<_>>(), "{needle}");
+        assert_eq!((found.total, found.exact), (want.len() as u64, true), "{needle}");
+    }
 }
 
 /// The sweep reads the expiry index from where its last removal reached (its cost is in
