@@ -696,7 +696,12 @@ def scale_seeded(build, tasks, args, workdir):
     try:
         sampler = RssSampler(c.procs[:3])
         sampler.start()
-        lead, _ = c.leader(limit=120)
+        # Node 1 alone leads; nodes 2 and 3 know no leader until they are added.
+        deadline = time.monotonic() + 120
+        while (c.health(0) or (None, None))[1] != 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the restored node 1 did not lead within 120 s; logs in {c.dir}")
+            time.sleep(0.1)
         join_s = c.join_seeded(args.scale_limit_s)
         c.caught_up(args.scale_limit_s)
         log(f"scale {build.name}: generated {tasks} tasks in {generate_s:.1f} s, restored node 1 in {c.restore_s:.1f} s, "

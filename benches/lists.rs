@@ -45,9 +45,7 @@ fn main() {
             store.tasks_with_status(TaskStatus::Paused, n / 200, size).expect("page").0.len()
         });
         time("search 1% (team42-)", || store.search_tasks("team42-", None, 0, size).expect("search").items.len());
-        time("search 1%, deep", || {
-            store.search_tasks("team42-", None, n / 200, size).expect("search").items.len()
-        });
+        time("search 1%, deep", || store.search_tasks("team42-", None, n / 200, size).expect("search").items.len());
         time("search 1 match", || {
             store.search_tasks(&format!("{:08}", n.min(4242)), None, 0, size).expect("search").items.len()
         });

@@ -2,7 +2,8 @@
 
 use openraft::async_runtime::WatchReceiver;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::raft::Raft;
@@ -29,6 +30,14 @@ pub struct Metrics {
     pub runs_lost: IntCounter,
     pub quarantine_refusals: IntCounter,
     pub rpc_refused: IntCounterVec,
+    pub leader_out_of_touch: IntGauge,
+    // Read from the state and the process at each scrape (`api::system::metrics`).
+    pub tasks: IntGaugeVec,
+    pub runs: IntGaugeVec,
+    pub workers: IntGaugeVec,
+    pub resident_memory: IntGauge,
+    pub data_dir_bytes: IntGauge,
+    pub disk_available: IntGauge,
 }
 
 const LATENCY_BUCKETS: [f64; 14] =
@@ -46,6 +55,11 @@ impl Metrics {
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("static metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric");
             registry.register(Box::new(g.clone())).expect("unique metric");
             g
         };
@@ -91,7 +105,7 @@ impl Metrics {
         )
         .expect("static metric");
         registry.register(Box::new(schedule_lag.clone())).expect("unique metric");
-        Metrics {
+        let metrics = Metrics {
             ticks_fired: counter("ticks_fired_total", "Schedule ticks that created a run."),
             ticks_skipped: counter("ticks_skipped_total", "Schedule ticks skipped by a misfire policy."),
             fires_deduplicated: counter(
@@ -111,8 +125,24 @@ impl Metrics {
             ),
             rpc_refused: counter_vec(
                 "rpc_connections_refused_total",
-                "Node-to-node connections refused before their first frame, by reason (secret, tls, protocol, timeout, connection cap).",
+                "Node-to-node connections refused before their first frame, by reason (secret, tls, protocol, timeout, connection cap, handshake cap).",
                 &["reason"],
+            ),
+            tasks: gauge_vec("tasks", "Tasks by status, as this node has applied them.", &["status"]),
+            runs: gauge_vec("runs", "Stored runs by status, as this node has applied them.", &["status"]),
+            workers: gauge_vec("workers", "Registered workers by liveness, as this node has applied them.", &["liveness"]),
+            resident_memory: gauge("resident_memory_bytes", "Resident memory of this node's process."),
+            leader_out_of_touch: gauge(
+                "raft_leader_out_of_touch",
+                "1 when this node leads but has not heard from a quorum for an election timeout (it cannot commit).",
+            ),
+            data_dir_bytes: gauge(
+                "data_dir_bytes",
+                "Bytes of the files in this node's data dir: RocksDB (SST files, WAL) and snapshot files.",
+            ),
+            disk_available: gauge(
+                "disk_available_bytes",
+                "Bytes available to this node on the file system of its data dir.",
             ),
             http_requests,
             http_latency,
@@ -130,6 +160,16 @@ impl Metrics {
             proposal_latency,
             forwarded_writes,
             registry,
+        };
+        metrics.init_labels();
+        metrics
+    }
+
+    /// The label values a counter vector is known to take, set to zero, so a dashboard or
+    /// an alert finds the series before the first event (and `increase` sees the first one).
+    fn init_labels(&self) {
+        for reason in ["secret", "tls", "protocol", "timeout", "connection cap", "handshake cap"] {
+            self.rpc_refused.with_label_values(&[reason]);
         }
     }
 

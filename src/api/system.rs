@@ -95,11 +95,76 @@ async fn health(State(core): State<Arc<NodeCore>>) -> Response {
 /// Prometheus text format; no credential needed (scrapers poll it).
 #[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain")))]
 async fn metrics(State(core): State<Arc<NodeCore>>) -> Response {
-    match core.store.counter(Counter::Runs(RunStatus::Pending)) {
-        Ok(n) => core.metrics.runs_pending.set(n as i64),
-        Err(e) => tracing::warn!(error = %e, "cannot count pending runs"),
+    // Point reads, a walk of the data dir and a few system calls: off the async workers.
+    let refreshed = core.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || refresh_state_gauges(&refreshed)).await {
+        tracing::warn!(error = %e, "the /metrics refresh failed");
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], core.metrics.render()).into_response()
+}
+
+/// The gauges read at each scrape, each on its own (one that cannot be read keeps its
+/// last value, with a warning): counts kept by apply (no scan), the registered workers
+/// (one record per agent), the process's memory, the data dir's size and free disk.
+fn refresh_state_gauges(core: &NodeCore) {
+    let (m, store) = (&core.metrics, &core.store);
+    m.leader_out_of_touch.set(i64::from(core.leader_out_of_touch().is_some()));
+    let warn = |what: &str, e: &dyn std::fmt::Display| tracing::warn!(error = %e, "/metrics: cannot read {what}");
+    match store.counter(Counter::Runs(RunStatus::Pending)) {
+        Ok(n) => m.runs_pending.set(n as i64),
+        Err(e) => warn("the pending runs", &e),
+    }
+    for status in [TaskStatus::Active, TaskStatus::Paused, TaskStatus::Disabled] {
+        match store.counter(Counter::Tasks(status)) {
+            Ok(n) => m.tasks.with_label_values(&[status.as_str()]).set(n as i64),
+            Err(e) => warn("the task counts", &e),
+        }
+    }
+    for status in RunStatus::ALL {
+        match store.counter(Counter::Runs(status)) {
+            Ok(n) => m.runs.with_label_values(&[status.as_str()]).set(n as i64),
+            Err(e) => warn("the run counts", &e),
+        }
+    }
+    match store.workers() {
+        Ok(workers) => {
+            let online = workers.iter().filter(|w| w.liveness == Liveness::Online).count() as i64;
+            m.workers.with_label_values(&["online"]).set(online);
+            m.workers.with_label_values(&["offline"]).set(workers.len() as i64 - online);
+        }
+        Err(e) => warn("the workers", &e),
+    }
+    let rss = std::fs::read_to_string("/proc/self/status").map(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+    });
+    match rss {
+        Ok(Some(kib)) => m.resident_memory.set(kib * 1024),
+        Ok(None) => warn("the resident memory", &"no VmRSS in /proc/self/status"),
+        Err(e) => warn("the resident memory", &e),
+    }
+    let Some(data_dir) = core.snapshot_dir.parent() else { return };
+    m.data_dir_bytes.set(dir_bytes(data_dir) as i64);
+    match nix::sys::statvfs::statvfs(&data_dir.join("db")) {
+        Ok(fs) => m.disk_available.set(fs.blocks_available().saturating_mul(fs.fragment_size()) as i64),
+        Err(e) => warn("the free disk", &e),
+    }
+}
+
+/// The bytes of the files under `dir` (the database's SST files, WAL and manifests, the
+/// snapshot files); what cannot be read counts as nothing.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }
 
 #[derive(Debug, Default, Serialize, ToSchema)]

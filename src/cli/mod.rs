@@ -405,9 +405,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Snapshot { command: SnapshotCmd::Restore { file, data_dir, node_id, rpc_addr, http_addr } } => {
             snapshot::restore(&file, &data_dir, node_id, crate::raft::NodeInfo { rpc_addr, http_addr })
         }
-        Cmd::Recover { force_new_cluster: _, data_dir, node_id, rpc_addr, http_addr } => {
-            snapshot::recover(&data_dir, node_id, rpc_addr.map(|rpc_addr| crate::raft::NodeInfo { rpc_addr, http_addr }))
-        }
+        Cmd::Recover { force_new_cluster: _, data_dir, node_id, rpc_addr, http_addr } => snapshot::recover(
+            &data_dir,
+            node_id,
+            rpc_addr.map(|rpc_addr| crate::raft::NodeInfo { rpc_addr, http_addr }),
+        ),
         Cmd::Debug { command: DebugCmd::Generate { out, tasks, runs_per_task } } => {
             snapshot::generate(&out, tasks, runs_per_task)
         }

@@ -180,6 +180,29 @@ impl Store {
         Ok(self.get(super::CF_COUNTERS, &c.key())?.unwrap_or(0))
     }
 
+    /// The ids, ascending and each once, listed under any trigram that begins with
+    /// `prefix` (one or two bytes: every name it occurs in, see [`trigrams`]), read in one
+    /// pass over those lists; `None` past `budget` entries.
+    fn ids_under_prefix(&self, prefix: &[u8], budget: usize) -> io::Result<Option<Vec<u64>>> {
+        let mut ids = Vec::new();
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_NAME_TRIGRAMS));
+        it.seek(prefix);
+        while let Some(k) = it.key() {
+            if k.len() != 11 || !k.starts_with(prefix) || k[..3] == UNINDEXED {
+                break;
+            }
+            if ids.len() == budget {
+                return Ok(None);
+            }
+            ids.push(key_u64(&k[3..])?);
+            it.next();
+        }
+        it.status().map_err(db_err)?;
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(Some(ids))
+    }
+
     /// A task's name, read from the front of its record without decoding the rest.
     pub fn task_name(&self, id: u64) -> io::Result<Option<String>> {
         match self.db.get_pinned_cf(self.cf(super::CF_TASKS), u64_key(id)).map_err(db_err)? {
@@ -249,8 +272,9 @@ impl Store {
     /// (`exact: false`) when the search stopped counting there.
     ///
     /// An ASCII needle of three bytes or more joins its trigrams' lists in id order (the
-    /// cost follows the shortest list and stops with the count); a shorter one merges
-    /// the lists of every trigram it begins; every non-ASCII name (listed with the name
+    /// cost follows the shortest list and stops with the count); a shorter one collects
+    /// the lists of every trigram it begins, or reads names in id order when it occurs
+    /// too often for that; every non-ASCII name (listed with the name
     /// itself) is checked too, and a non-ASCII needle can match only those. A candidate the
     /// index cannot vouch for (a needle longer than one trigram) has its name checked;
     /// only the page's tasks are decoded.
@@ -293,10 +317,10 @@ impl Store {
         let mut join = match (needle.is_ascii(), grams.is_empty()) {
             (false, _) => Candidates::None,
             (true, false) => Candidates::Join(TrigramJoin::new(self, &grams, needle.len() > 3)?),
-            (true, true) => match TrigramUnion::new(self, needle.as_bytes())? {
-                Some(union) => Candidates::Union(union),
-                // Under that many trigrams the needle is common: names in id order meet
-                // the page and the count bound soon.
+            (true, true) => match self.ids_under_prefix(needle.as_bytes(), MAX_PREFIX_IDS)? {
+                Some(ids) => Candidates::Ids(ids.into_iter()),
+                // The needle occurs that often: names in id order meet the page and the
+                // count bound soon.
                 None => Candidates::Scan(NameScan::new(self, needle)),
             },
         };
@@ -566,8 +590,10 @@ impl<'a> TrigramJoin<'a> {
     /// checked after), of the [`LISTS_JOINED`] sparsest ones by a sample of each.
     fn new(store: &'a Store, grams: &[[u8; 3]], narrowing_only: bool) -> io::Result<Self> {
         let cf = store.cf(CF_NAME_TRIGRAMS);
-        let mut lists: Vec<PostingList<'a>> =
-            grams.iter().map(|g| PostingList { gram: *g, it: store.db.raw_iterator_cf(cf), positioned: false }).collect();
+        let mut lists: Vec<PostingList<'a>> = grams
+            .iter()
+            .map(|g| PostingList { gram: *g, it: store.db.raw_iterator_cf(cf), positioned: false })
+            .collect();
         if narrowing_only && lists.len() > LISTS_JOINED {
             // The id span of a list's first entries: the wider, the sparser the list (a
             // list shorter than the sample is the sparsest of all).
@@ -619,7 +645,7 @@ impl<'a> TrigramJoin<'a> {
 enum Candidates<'a> {
     None,
     Join(TrigramJoin<'a>),
-    Union(TrigramUnion<'a>),
+    Ids(std::vec::IntoIter<u64>),
     Scan(NameScan<'a>),
 }
 
@@ -628,7 +654,7 @@ impl Candidates<'_> {
         match self {
             Candidates::None => Ok(None),
             Candidates::Join(j) => j.next(),
-            Candidates::Union(u) => u.next(),
+            Candidates::Ids(ids) => Ok(ids.next()),
             Candidates::Scan(s) => s.next(),
         }
     }
@@ -662,65 +688,7 @@ impl<'a> NameScan<'a> {
     }
 }
 
-/// A short needle merges at most this many trigram lists (an iterator each); beyond, its
-/// candidates come from a [`NameScan`].
-const MAX_UNION_LISTS: usize = 128;
-
-/// The ids listed under any trigram that begins with a prefix of one or two bytes,
-/// ascending and each once: a merge of those trigrams' lists.
-struct TrigramUnion<'a> {
-    heads: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize)>>,
-    lists: Vec<PostingList<'a>>,
-    last: Option<u64>,
-}
-
-impl<'a> TrigramUnion<'a> {
-    /// `None` when more than [`MAX_UNION_LISTS`] trigrams begin with `prefix`.
-    fn new(store: &'a Store, prefix: &[u8]) -> io::Result<Option<Self>> {
-        let cf = store.cf(CF_NAME_TRIGRAMS);
-        // The distinct trigrams under the prefix, one seek each past the previous one's
-        // list (ids are 8 bytes: a key of the trigram and eight 0xFF bytes is its last).
-        let mut grams = Vec::new();
-        let mut it = store.db.raw_iterator_cf(cf);
-        it.seek(prefix);
-        while let Some(k) = it.key() {
-            if k.len() != 11 || !k.starts_with(prefix) || k[..3] == UNINDEXED {
-                break;
-            }
-            let gram = [k[0], k[1], k[2]];
-            if grams.len() == MAX_UNION_LISTS {
-                return Ok(None);
-            }
-            grams.push(gram);
-            it.seek(trigram_key(gram, u64::MAX));
-            if it.key().is_some_and(|k| k == trigram_key(gram, u64::MAX)) {
-                it.next();
-            }
-        }
-        it.status().map_err(db_err)?;
-        let mut union = TrigramUnion { heads: Default::default(), lists: Vec::new(), last: None };
-        for gram in grams {
-            let mut list = PostingList { gram, it: store.db.raw_iterator_cf(cf), positioned: false };
-            if let Some(id) = list.advance_to(0)? {
-                union.heads.push(std::cmp::Reverse((id, union.lists.len())));
-            }
-            union.lists.push(list);
-        }
-        Ok(Some(union))
-    }
-
-    fn next(&mut self) -> io::Result<Option<u64>> {
-        while let Some(std::cmp::Reverse((id, i))) = self.heads.pop() {
-            let list = &mut self.lists[i];
-            list.it.next();
-            if let Some(following) = list.current()? {
-                self.heads.push(std::cmp::Reverse((following, i)));
-            }
-            if self.last != Some(id) {
-                self.last = Some(id);
-                return Ok(Some(id));
-            }
-        }
-        Ok(None)
-    }
-}
+/// A needle of one or two bytes collects at most this many entries of the trigram lists
+/// it begins (8 bytes each, read in one pass); beyond, it occurs often enough that a
+/// [`NameScan`] meets the page and the count bound sooner.
+const MAX_PREFIX_IDS: usize = 20_000;

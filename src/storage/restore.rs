@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::Path;
 
+use openraft::entry::RaftEntry;
 use openraft::Membership;
 use rocksdb::{WriteBatch, WriteOptions};
 
@@ -59,7 +60,13 @@ pub fn restore(file: &Path, data_dir: &Path, node: NodeId, info: NodeInfo, clust
     restored
 }
 
-fn seed(source: &std::fs::File, data_dir: &Path, node: NodeId, info: NodeInfo, cluster_id: &str) -> io::Result<Restored> {
+fn seed(
+    source: &std::fs::File,
+    data_dir: &Path,
+    node: NodeId,
+    info: NodeInfo,
+    cluster_id: &str,
+) -> io::Result<Restored> {
     let bytes = source.metadata()?.len();
     let db = open_db(&data_dir.join("db"))?;
     let store = Store::new(db.clone());
@@ -87,7 +94,8 @@ fn task_count(store: &Store) -> io::Result<u64> {
 /// startable or recoverable again: first the state (membership, cluster id, the record of
 /// members replicated to cleared; synced), then `sm`'s `current` snapshot of it (it must
 /// become `current`), and only then the log: empty, starting after `last` (committed
-/// there), with a vote of at least `last`'s term and of `vote_term` (synced). The log is
+/// there, every entry gone), with a vote of at least `last`'s term and of `vote_term`
+/// (synced). The log is
 /// never purged past the snapshot on disk, which openraft would refuse at start.
 fn become_sole_voter(
     store: &Store,
@@ -118,7 +126,8 @@ fn become_sole_voter(
     sm.build_current()?;
     let mut log = WriteBatch::default();
     let raft_log = db.cf_handle(CF_RAFT_LOG).expect("column families are checked at open");
-    log.delete_range_cf(raft_log, u64_key(0), u64_key(last.index.saturating_add(1)));
+    // The whole log: what comes after `last` was not applied and must not be either.
+    log.delete_range_cf(raft_log, u64_key(0), u64_key(u64::MAX));
     let raft_meta = db.cf_handle(CF_RAFT_META).expect("column families are checked at open");
     // The log starts after `last`; the vote carries its term, so the node's first
     // election is for a later one.
@@ -156,8 +165,12 @@ pub fn recover(data_dir: &Path, node: NodeId, info: Option<NodeInfo>, cluster_id
     }
     let db = open_db(&db_dir)?;
     let store = Store::new(db.clone());
-    let old_membership = store.membership()?;
-    let info = match info.or_else(|| old_membership.membership().get_node(&node).cloned()) {
+    // Checks the snapshot file is readable before anything changes; a file ahead of the
+    // state (a crash during an install, after the file was saved) is installed first, as
+    // openraft would at start, or it would undo the recovery then.
+    let sm = super::StateMachine::new(store.clone(), data_dir.join("snapshot"))?;
+    sm.install_current_if_ahead()?;
+    let info = match info.or_else(|| store.membership().ok()?.membership().get_node(&node).cloned()) {
         Some(info) => info,
         None => {
             return Err(io::Error::new(
@@ -166,18 +179,26 @@ pub fn recover(data_dir: &Path, node: NodeId, info: Option<NodeInfo>, cluster_id
             ))
         }
     };
-    // Checks the snapshot file is readable before anything changes; a file ahead of the
-    // state (a crash during an install, after the file was saved) is installed first, as
-    // openraft would at start, or it would undo the recovery then.
-    let sm = super::StateMachine::new(store.clone(), data_dir.join("snapshot"))?;
-    sm.install_current_if_ahead()?;
+    // The entries that continue what is applied: the next index each, of a term no older.
+    // A gap, or an older term (entries of a deposed leader that a snapshot overtook), ends
+    // the replay; the log is then dropped whole.
     let raft_log = db.cf_handle(CF_RAFT_LOG).expect("column families are checked at open");
-    let from = store.applied()?.map_or(0, |l| l.index + 1);
+    let mut prev = store.applied()?;
+    let from = prev.map_or(0, |l| l.index + 1);
     let mut replayed = 0u64;
     for item in db.iterator_cf(raft_log, IteratorMode::From(&u64_key(from), Direction::Forward)) {
         let (_, v) = item.map_err(db_err)?;
         let entry: Entry = decode_versioned("log entry", &v)?;
+        let id = entry.log_id();
+        let continues = match prev {
+            Some(p) => id.index == p.index + 1 && id.leader_id.term >= p.leader_id.term,
+            None => true,
+        };
+        if !continues {
+            break;
+        }
         apply_entry(&store, &entry)?;
+        prev = Some(id);
         replayed += 1;
     }
     let last_log_id = store.applied()?.ok_or_else(|| {
@@ -204,6 +225,28 @@ mod tests {
     use crate::raft::{Command, Request};
     use crate::storage::{write_snapshot_file, LogStore, Tx};
 
+    /// Writes log entry `index` of `term`: a create of a task named `name`, or a blank.
+    fn put_entry(db: &rocksdb::DB, term: u64, index: u64, name: Option<&str>) {
+        let log_id = LogId::new(LeaderId { term, node_id: 2 }, index);
+        let entry = match name {
+            Some(name) => {
+                let fields = crate::model::TaskField::parse_object(
+                    serde_json::json!({"name": name, "executor": "shell", "command": "true"}),
+                )
+                .unwrap();
+                let spec = crate::model::TaskSpec::from_fields(fields, "UTC").unwrap();
+                let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+                Entry::new_normal(
+                    log_id,
+                    Request { issued_at: at, idempotency: None, command: Command::CreateTask { spec: Box::new(spec) } },
+                )
+            }
+            None => Entry::new_blank(log_id),
+        };
+        let cf = db.cf_handle(CF_RAFT_LOG).unwrap();
+        db.put_cf(cf, u64_key(index), crate::storage::encode_versioned(&entry).unwrap()).unwrap();
+    }
+
     /// A store with `n` tasks applied as entries 1..=n of term 3, and its snapshot file.
     fn source(dir: &Path, n: u64) -> (Store, std::path::PathBuf) {
         let store = Store::new(open_db(&dir.join("db")).unwrap());
@@ -221,7 +264,10 @@ mod tests {
             .unwrap();
             let spec = crate::model::TaskSpec::from_fields(fields, "UTC").unwrap();
             let command = Command::CreateTask { spec: Box::new(spec) };
-            assert!(apply_request(&mut tx, &Request { issued_at: at, idempotency: None, command }).unwrap().result.is_ok());
+            assert!(apply_request(&mut tx, &Request { issued_at: at, idempotency: None, command })
+                .unwrap()
+                .result
+                .is_ok());
         }
         tx.put_meta("applied", &LogId::new(LeaderId { term: 3, node_id: 2 }, n + 1)).unwrap();
         tx.commit().unwrap();
@@ -286,32 +332,16 @@ mod tests {
 
     /// A recovery applies every entry of the survivor's log that its state machine had
     /// not applied yet (here two creates and a blank), then makes the node the only voter
-    /// of the new cluster: log emptied up to the last entry, a vote of at least the term
+    /// of the new cluster: log emptied, a vote of at least the term
     /// it had, the record of members replicated to cleared, a snapshot of the result.
     #[tokio::test]
     async fn a_recovery_applies_the_whole_log_then_stands_alone() {
-        use openraft::entry::RaftEntry;
         use openraft::storage::{RaftLogReader, RaftLogStorage};
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = source(dir.path(), 3);
         let db = store.db().clone();
-        let cf = db.cf_handle(CF_RAFT_LOG).unwrap();
-        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         for (index, name) in [(5u64, Some("late-1")), (6, None), (7, Some("late-2"))] {
-            let log_id = LogId::new(LeaderId { term: 4, node_id: 2 }, index);
-            let entry = match name {
-                Some(name) => {
-                    let fields = crate::model::TaskField::parse_object(
-                        serde_json::json!({"name": name, "executor": "shell", "command": "true"}),
-                    )
-                    .unwrap();
-                    let spec = crate::model::TaskSpec::from_fields(fields, "UTC").unwrap();
-                    let req = Request { issued_at: at, idempotency: None, command: Command::CreateTask { spec: Box::new(spec) } };
-                    Entry::new_normal(log_id, req)
-                }
-                None => Entry::new_blank(log_id),
-            };
-            db.put_cf(cf, u64_key(index), crate::storage::encode_versioned(&entry).unwrap()).unwrap();
+            put_entry(&db, 4, index, name);
         }
         let meta = db.cf_handle(CF_RAFT_META).unwrap();
         db.put_cf(meta, "vote", encode(&Vote::new(6, 3)).unwrap()).unwrap();
@@ -320,7 +350,8 @@ mod tests {
         tx.commit().unwrap();
         drop((store, db));
 
-        let r = recover(dir.path(), 1, Some(NodeInfo { rpc_addr: "b:2".into(), http_addr: String::new() }), "fresh").unwrap();
+        let r = recover(dir.path(), 1, Some(NodeInfo { rpc_addr: "b:2".into(), http_addr: String::new() }), "fresh")
+            .unwrap();
         assert_eq!((r.replayed, r.last_log_id.index, r.tasks, r.old_cluster_id.as_deref()), (3, 7, 5, Some("old")));
         let db = open_db(&dir.path().join("db")).unwrap();
         let store = Store::new(db.clone());
@@ -349,19 +380,29 @@ mod tests {
     fn a_recovery_installs_a_snapshot_file_ahead_of_the_state_first() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = source(dir.path(), 3);
+        // Entries of a deposed leader (term 2) past the snapshot's index: the snapshot
+        // (term 3) overtook them; they must not be applied on top of it.
+        for index in [32, 33] {
+            put_entry(store.db(), 2, index, Some("stale"));
+        }
         drop(store);
         let other = tempfile::tempdir().unwrap();
         let (ahead, _) = source(other.path(), 30);
         std::fs::create_dir_all(dir.path().join("snapshot")).unwrap();
         let current = dir.path().join("snapshot").join("current");
         write_snapshot_file(&ahead, &current).unwrap();
-        let r = recover(dir.path(), 2, Some(NodeInfo { rpc_addr: "c:3".into(), http_addr: String::new() }), "new").unwrap();
+        let r =
+            recover(dir.path(), 2, Some(NodeInfo { rpc_addr: "c:3".into(), http_addr: String::new() }), "new").unwrap();
         assert_eq!((r.last_log_id.index, r.tasks), (31, 30), "{r:?}");
         let meta = crate::storage::check_snapshot_file(&current).unwrap().0;
         assert_eq!(meta.last_log_id, Some(r.last_log_id));
         assert_eq!(meta.last_membership.membership().voter_ids().collect::<Vec<_>>(), vec![2]);
-        let store = Store::new(open_db(&dir.path().join("db")).unwrap());
+        assert_eq!(r.replayed, 0, "{r:?}");
+        let db = open_db(&dir.path().join("db")).unwrap();
+        assert_eq!(db.iterator_cf(db.cf_handle(CF_RAFT_LOG).unwrap(), rocksdb::IteratorMode::Start).count(), 0);
+        let store = Store::new(db);
         assert_eq!(store.content_digest().unwrap(), ahead.content_digest().unwrap());
+        assert!(store.task_id_by_name("stale").unwrap().is_none());
         assert!(store.verify().unwrap().is_empty());
     }
 }

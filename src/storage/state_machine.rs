@@ -263,8 +263,7 @@ pub fn write_snapshot_file(store: &Store, path: &Path) -> io::Result<(std::fs::F
     let view = db.snapshot();
     let set = store.set_in(&view)?;
     let sm_meta = store.set_cf(set, CF_SM_META);
-    let applied: Option<LogId> =
-        view.get_cf(sm_meta, "applied").map_err(db_err)?.map(|v| decode(&v)).transpose()?;
+    let applied: Option<LogId> = view.get_cf(sm_meta, "applied").map_err(db_err)?.map(|v| decode(&v)).transpose()?;
     let membership: StoredMembership =
         view.get_cf(sm_meta, "membership").map_err(db_err)?.map(|v| decode(&v)).transpose()?.unwrap_or_default();
     let meta = SnapshotMeta { last_log_id: applied, last_membership: membership };

@@ -39,9 +39,11 @@ async fn a_backup_restored_into_a_new_cluster_holds_the_same_state() {
     std::fs::write(&file, &bytes).unwrap();
     let source_content = c.core(follower).store.content_digest().unwrap();
     assert!(
-        std::fs::read_dir(c.nodes[&follower].dir.path().join("snapshot"))
+        std::fs::read_dir(c.nodes[&follower].dir.path().join("snapshot")).unwrap().all(|e| !e
             .unwrap()
-            .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with("export")),
+            .file_name()
+            .to_string_lossy()
+            .starts_with("export")),
         "the export left its file behind"
     );
     c.shutdown().await;
@@ -51,7 +53,10 @@ async fn a_backup_restored_into_a_new_cluster_holds_the_same_state() {
     assert_eq!(r.core(1).store.content_digest().unwrap(), source_content);
     assert_eq!(r.core(1).store.cluster_id().unwrap().as_deref(), Some("restored-cluster"));
     let list = r.get(1, "/api/tasks?size=100").await;
-    assert_eq!((list.data()["total"].as_u64(), list.data()["items"][0]["name"].as_str()), (Some(30), Some("backup-00")));
+    assert_eq!(
+        (list.data()["total"].as_u64(), list.data()["items"][0]["name"].as_str()),
+        (Some(30), Some("backup-00"))
+    );
     let paused = r.get(1, "/api/tasks?status=paused").await;
     assert_eq!(paused.data()["items"][0]["id"], 7, "{}", paused.body);
     // New writes continue the ids where the backup left them.

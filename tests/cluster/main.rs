@@ -13,6 +13,7 @@ mod firing;
 mod idempotency;
 mod linearizability;
 mod membership;
+mod metrics;
 mod openapi;
 mod placement;
 mod replication;

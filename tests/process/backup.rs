@@ -23,7 +23,13 @@ async fn a_backup_saved_from_the_cli_restores_into_a_new_cluster() {
     let mut c = Cluster::start(3);
     c.wait_healthy(Duration::from_secs(20)).await;
     for i in 0..12 {
-        let v = c.post(1, "/api/tasks", Some(json!({"name": format!("nightly-{i}"), "executor": "shell", "command": "true"}))).await;
+        let v = c
+            .post(
+                1,
+                "/api/tasks",
+                Some(json!({"name": format!("nightly-{i}"), "executor": "shell", "command": "true"})),
+            )
+            .await;
         assert_eq!(v["success"], true, "{v}");
     }
     let names = c.task_names(2).await;
@@ -47,7 +53,15 @@ async fn a_backup_saved_from_the_cli_restores_into_a_new_cluster() {
     let rpc = format!("127.0.0.1:{}", r.nodes[0].rpc_port);
     let restore = |data: &std::path::Path| {
         raftcron(&[
-            "snapshot", "restore", file_arg, "--data-dir", data.to_str().unwrap(), "--node-id", "1", "--rpc-addr", &rpc,
+            "snapshot",
+            "restore",
+            file_arg,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--node-id",
+            "1",
+            "--rpc-addr",
+            &rpc,
         ])
     };
     let restored = restore(&data);
@@ -58,7 +72,8 @@ async fn a_backup_saved_from_the_cli_restores_into_a_new_cluster() {
     r.spawn(0);
     r.wait_healthy(Duration::from_secs(20)).await;
     assert_eq!(r.task_names(0).await, names);
-    let v = r.post(0, "/api/tasks", Some(json!({"name": "after-restore", "executor": "shell", "command": "true"}))).await;
+    let v =
+        r.post(0, "/api/tasks", Some(json!({"name": "after-restore", "executor": "shell", "command": "true"}))).await;
     assert_eq!(v["data"]["id"], 13, "{v}");
     r.kill(0);
     let verify = raftcron(&["debug", "verify", data.to_str().unwrap()]);
@@ -75,12 +90,29 @@ fn a_generated_state_restores_and_verifies() {
     assert!(text(&generated).contains("generated 2500 tasks and 7500 runs"), "{}", text(&generated));
     let data = dir.path().join("node");
     let restored = raftcron(&[
-        "snapshot", "restore", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--node-id", "3",
-        "--rpc-addr", "127.0.0.1:1",
+        "snapshot",
+        "restore",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--node-id",
+        "3",
+        "--rpc-addr",
+        "127.0.0.1:1",
     ]);
     assert!(restored.status.success(), "{}", text(&restored));
     let verify = raftcron(&["debug", "verify", data.to_str().unwrap()]);
     assert!(verify.status.success(), "{}", text(&verify));
-    let bad = raftcron(&["snapshot", "restore", "/nonexistent/file", "--data-dir", "/tmp/x", "--node-id", "1", "--rpc-addr", "a:1"]);
+    let bad = raftcron(&[
+        "snapshot",
+        "restore",
+        "/nonexistent/file",
+        "--data-dir",
+        "/tmp/x",
+        "--node-id",
+        "1",
+        "--rpc-addr",
+        "a:1",
+    ]);
     assert!(!bad.status.success() && text(&bad).contains("/nonexistent/file"), "{}", text(&bad));
 }
