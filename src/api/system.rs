@@ -114,7 +114,7 @@ fn refresh_state_gauges(core: &NodeCore) {
         Ok(n) => m.runs_pending.set(n as i64),
         Err(e) => warn("the pending runs", &e),
     }
-    for status in [TaskStatus::Active, TaskStatus::Paused, TaskStatus::Disabled] {
+    for status in TaskStatus::ALL {
         match store.counter(Counter::Tasks(status)) {
             Ok(n) => m.tasks.with_label_values(&[status.as_str()]).set(n as i64),
             Err(e) => warn("the task counts", &e),

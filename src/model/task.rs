@@ -73,6 +73,8 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    pub const ALL: [TaskStatus; 3] = [TaskStatus::Active, TaskStatus::Paused, TaskStatus::Disabled];
+
     /// The name the API uses.
     pub fn as_str(self) -> &'static str {
         match self {

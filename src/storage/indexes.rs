@@ -180,6 +180,11 @@ impl Store {
         Ok(self.get(super::CF_COUNTERS, &c.key())?.unwrap_or(0))
     }
 
+    /// How many tasks there are, from the counters.
+    pub fn task_count(&self) -> io::Result<u64> {
+        TaskStatus::ALL.into_iter().map(|s| self.counter(Counter::Tasks(s))).sum()
+    }
+
     /// The ids, ascending and each once, listed under any trigram that begins with
     /// `prefix` (one or two bytes: every name it occurs in, see [`trigrams`]), read in one
     /// pass over those lists; `None` past `budget` entries.

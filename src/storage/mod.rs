@@ -739,12 +739,7 @@ impl Store {
     /// task counters: no scan). Only the page is decoded; the skip starts from the page's
     /// bucket ([`Store::page_start`]), so a deep page costs about what the first one does.
     pub fn task_page(&self, skip: u64, limit: u64) -> io::Result<(Vec<Task>, u64)> {
-        let mut total = 0u64;
-        for status in
-            [crate::model::TaskStatus::Active, crate::model::TaskStatus::Paused, crate::model::TaskStatus::Disabled]
-        {
-            total += self.counter(Counter::Tasks(status))?;
-        }
+        let total = self.task_count()?;
         let Some((from_id, skip)) = self.page_start(None, skip)? else {
             return Ok((Vec::new(), total));
         };

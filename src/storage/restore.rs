@@ -77,16 +77,9 @@ fn seed(
     let old_cluster_id = store.cluster_id()?;
     let sm = super::StateMachine::new(store.clone(), data_dir.join("snapshot"))?;
     become_sole_voter(&store, &sm, last_log_id, None, node, info, cluster_id)?;
-    let tasks = task_count(&store)?;
+    let tasks = store.task_count()?;
     drop((sm, store, db));
     Ok(Restored { last_log_id, old_cluster_id, cluster_id: cluster_id.to_string(), tasks, bytes })
-}
-
-fn task_count(store: &Store) -> io::Result<u64> {
-    [crate::model::TaskStatus::Active, crate::model::TaskStatus::Paused, crate::model::TaskStatus::Disabled]
-        .into_iter()
-        .map(|s| store.counter(super::Counter::Tasks(s)))
-        .sum()
 }
 
 /// Makes `store`'s state, applied up to `last`, that of a cluster whose only voter is
@@ -211,7 +204,7 @@ pub fn recover(data_dir: &Path, node: NodeId, info: Option<NodeInfo>, cluster_id
         Err(e) => return Err(db_err(e)),
     };
     become_sole_voter(&store, &sm, last_log_id, vote.map(|v| v.leader_id().term), node, info, cluster_id)?;
-    let tasks = task_count(&store)?;
+    let tasks = store.task_count()?;
     drop((sm, store, db));
     Ok(Recovered { replayed, last_log_id, old_cluster_id, cluster_id: cluster_id.to_string(), tasks })
 }
