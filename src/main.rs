@@ -20,7 +20,7 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(raftcron::cli::exit_code(&e))
         }
     }
 }

@@ -6,8 +6,12 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod client;
+mod resources;
 mod snapshot;
 
+pub use client::{exit_code, ClientArgs, Exit};
+pub use resources::{RunCmd, TaskCmd, WorkerCmd};
 pub use snapshot::generate_state;
 
 use crate::config::Config;
@@ -48,7 +52,8 @@ pub enum Cmd {
     },
     /// Run one cluster node.
     Serve(ServeArgs),
-    /// Run a worker agent against any node (or the load balancer).
+    /// Run a worker agent against any node (or the load balancer); or, with a
+    /// subcommand, list, show or update workers through the REST API.
     Worker(WorkerArgs),
     /// Exit 0 when the local node answers `/api/health` with 200 (a container HEALTHCHECK
     /// that needs no curl).
@@ -117,6 +122,33 @@ pub enum Cmd {
         #[command(subcommand)]
         command: ClusterCmd,
     },
+    /// Tasks through any node's REST API: create, list, get, update, delete, pause,
+    /// resume, trigger (`--wait` follows the run), runs.
+    Task {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: TaskCmd,
+    },
+    /// Runs: get, cancel, logs.
+    Run {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: RunCmd,
+    },
+    /// Print a shell completion script: `source <(raftcron completion bash)`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+impl Cmd {
+    /// A short-lived client of a cluster or a tool, not a long-running node or agent.
+    pub fn is_client(&self) -> bool {
+        !matches!(self, Cmd::Dev { .. } | Cmd::Serve(_) | Cmd::RunShim | Cmd::Worker(WorkerArgs { command: None, .. }))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -155,20 +187,24 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(subcommand_negates_reqs = true)]
 pub struct WorkerArgs {
+    /// Without one, this process is a worker agent.
+    #[command(subcommand)]
+    pub command: Option<WorkerCmd>,
     /// Base URL of any node or the load balancer; or several, comma-separated, to fail
     /// over between nodes without a load balancer.
     #[arg(long, env = "RAFTCRON_SERVER", default_value = "http://127.0.0.1:8080")]
     pub server: String,
     /// This worker's id (letters, digits, `.`, `_`, `-`); a `worker`-role key must be
     /// named after it.
-    #[arg(long, env = "RAFTCRON_WORKER_ID")]
-    pub id: String,
+    #[arg(long, env = "RAFTCRON_WORKER_ID", required = true)]
+    pub id: Option<String>,
     #[arg(long)]
     pub name: Option<String>,
     /// API key: a `worker`-role key named after `--id`, or an admin key.
-    #[arg(long, env = "RAFTCRON_WORKER_KEY", hide_env_values = true)]
-    pub key: String,
+    #[arg(long, env = "RAFTCRON_WORKER_KEY", hide_env_values = true, required = true)]
+    pub key: Option<String>,
     /// Runs executed at once.
     #[arg(long, default_value_t = 4)]
     pub max_tasks: u32,
@@ -193,22 +229,6 @@ pub struct WorkerArgs {
     pub state_dir: Option<PathBuf>,
     /// PEM file of the CA that issued the nodes' HTTPS certificates.
     #[arg(long, env = "RAFTCRON_CA_FILE")]
-    pub ca_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-pub struct ClientArgs {
-    /// Base URL of any node or the load balancer.
-    #[arg(long, env = "RAFTCRON_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
-    pub server: String,
-    /// API key (or JWT).
-    #[arg(long, env = "RAFTCRON_API_KEY", global = true, hide_env_values = true)]
-    pub api_key: Option<String>,
-    /// Print the raw JSON envelope.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// PEM file of the CA that issued the nodes' HTTPS certificates.
-    #[arg(long, env = "RAFTCRON_CA_FILE", global = true)]
     pub ca_file: Option<PathBuf>,
 }
 
@@ -370,17 +390,27 @@ fn process_env() -> BTreeMap<String, String> {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    if matches!(cli.command, Cmd::Dev { .. } | Cmd::Serve(_) | Cmd::Worker(_)) {
+    if !cli.command.is_client() {
         // These hold credentials (API keys, the cluster secret) and may start jobs.
         worker::protect_process_memory();
     }
     match cli.command {
         Cmd::Dev { data_dir, http, no_worker, run_as } => run_dev(data_dir, http, !no_worker, run_as).await,
         Cmd::Serve(args) => run_serve(args).await,
+        Cmd::Worker(WorkerArgs { command: Some(command), .. }) => resources::worker(command).await,
         Cmd::Worker(args) => run_worker(args).await,
         Cmd::Healthcheck { addr, https } => healthcheck(addr, https).await,
         Cmd::RunShim => bail!("run-shim runs before the async runtime starts (see main.rs)"),
-        Cmd::Cluster { client, command } => run_cluster(client, command).await,
+        Cmd::Cluster { client, command } => run_cluster(&client.connect()?, command).await,
+        Cmd::Task { client, command } => resources::task(&client.connect()?, command).await,
+        Cmd::Run { client, command } => resources::run(&client.connect()?, command).await,
+        Cmd::Completion { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "raftcron", &mut script);
+            client::out!("{}", String::from_utf8_lossy(&script));
+            Ok(())
+        }
         Cmd::Certs { command: CertsCmd::Init { dir, nodes, hosts, days } } => {
             let hosts: Vec<String> =
                 hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(String::from).collect();
@@ -519,15 +549,18 @@ async fn healthcheck(addr: Option<String>, https: bool) -> anyhow::Result<()> {
 }
 
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
-    crate::model::worker::validate_worker_id(&args.id).map_err(|e| anyhow::anyhow!("--id: {}", e.reason))?;
+    let (Some(id), Some(key)) = (args.id, args.key) else {
+        return Err(Exit::usage("the worker agent needs --id and --key"));
+    };
+    crate::model::worker::validate_worker_id(&id).map_err(|e| anyhow::anyhow!("--id: {}", e.reason))?;
     crate::model::worker::validate_slots(args.max_tasks).map_err(|e| anyhow::anyhow!("--max-tasks: {}", e.reason))?;
     let tags: Vec<String> = args.tags.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect();
-    let state_dir = args.state_dir.unwrap_or_else(|| PathBuf::from(format!(".raftcron-worker-{}", args.id)));
+    let state_dir = args.state_dir.unwrap_or_else(|| PathBuf::from(format!(".raftcron-worker-{id}")));
     let agent = worker::start(AgentConfig {
         server: args.server,
-        id: args.id,
+        id,
         name: args.name,
-        api_key: args.key,
+        api_key: key,
         max_tasks: args.max_tasks,
         tags,
         work_dir: args.work_dir,
@@ -678,73 +711,47 @@ async fn wait_for_shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-async fn run_cluster(client: ClientArgs, cmd: ClusterCmd) -> anyhow::Result<()> {
-    let http = worker::trusting(reqwest::Client::builder(), client.ca_file.as_deref())?.build()?;
-    let base = client.server.trim_end_matches('/').to_string();
-    let auth = |rb: reqwest::RequestBuilder| match &client.api_key {
-        Some(k) => rb.bearer_auth(k),
-        None => rb,
-    };
-    let resp = match &cmd {
-        ClusterCmd::Status => auth(http.get(format!("{base}/api/cluster"))).send().await,
+async fn run_cluster(client: &client::Client, cmd: ClusterCmd) -> anyhow::Result<()> {
+    let answer = match &cmd {
+        ClusterCmd::Status => client.get("/api/cluster").await?,
         ClusterCmd::AddNode { id, rpc_addr, http_addr } => {
-            auth(http.post(format!("{base}/api/cluster/nodes")))
-                .json(&serde_json::json!({"id": id, "rpc_addr": rpc_addr, "http_addr": http_addr}))
-                .send()
-                .await
+            let body = serde_json::json!({"id": id, "rpc_addr": rpc_addr, "http_addr": http_addr});
+            client.post("/api/cluster/nodes", Some(&body)).await?
         }
-        ClusterCmd::RemoveNode { id } => auth(http.delete(format!("{base}/api/cluster/nodes/{id}"))).send().await,
+        ClusterCmd::RemoveNode { id } => {
+            client.send(client.request(reqwest::Method::DELETE, &format!("/api/cluster/nodes/{id}"))).await?
+        }
         ClusterCmd::TransferLeader { to } => {
-            auth(http.post(format!("{base}/api/cluster/transfer-leader")))
-                .json(&serde_json::json!({"to": to}))
-                .send()
-                .await
+            client.post("/api/cluster/transfer-leader", Some(&serde_json::json!({"to": to}))).await?
         }
-    }
-    .with_context(|| format!("cannot reach {base}"))?;
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    if client.json || text.is_empty() {
-        println!("{text}");
-    } else if status.is_success() {
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        print_cluster(&cmd, &v);
-    }
-    if !status.is_success() {
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        bail!("{} ({})", v["message"].as_str().unwrap_or("request failed"), status);
+    };
+    match (client.json(), &cmd) {
+        (true, _) => client.print_json(&answer.data),
+        (false, ClusterCmd::Status) => print_cluster_status(&answer.data),
+        (false, _) => client::outln!("{}", if answer.message.is_empty() { "ok" } else { &answer.message }),
     }
     Ok(())
 }
 
-fn print_cluster(cmd: &ClusterCmd, v: &serde_json::Value) {
-    match cmd {
-        ClusterCmd::Status => {
-            let d = &v["data"];
-            println!(
-                "cluster {}  leader {}  term {}",
-                d["cluster_id"].as_str().unwrap_or("-"),
-                d["leader_id"],
-                d["term"]
-            );
-            println!(
-                "{:<4} {:<8} {:<10} {:<22} {:<22} {:>8} {:>8}",
-                "id", "member", "role", "http", "rpc", "commit", "applied"
-            );
-            for m in d["members"].as_array().into_iter().flatten() {
-                let s = &m["status"];
-                println!(
-                    "{:<4} {:<8} {:<10} {:<22} {:<22} {:>8} {:>8}",
-                    m["id"].to_string(),
-                    m["membership"].as_str().unwrap_or("-"),
-                    s["role"].as_str().unwrap_or("unreachable"),
-                    m["http_addr"].as_str().unwrap_or("-"),
-                    m["rpc_addr"].as_str().unwrap_or("-"),
-                    s["commit_index"].to_string(),
-                    s["applied_index"].to_string(),
-                );
-            }
-        }
-        _ => println!("{}", v["message"].as_str().unwrap_or("ok")),
-    }
+fn print_cluster_status(d: &serde_json::Value) {
+    use client::cell;
+    client::outln!("cluster {}  leader {}  term {}", cell(&d["cluster_id"]), d["leader_id"], d["term"]);
+    let rows: Vec<Vec<String>> = d["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let s = &m["status"];
+            vec![
+                cell(&m["id"]),
+                cell(&m["membership"]),
+                s["role"].as_str().unwrap_or("unreachable").to_string(),
+                cell(&m["http_addr"]),
+                cell(&m["rpc_addr"]),
+                cell(&s["commit_index"]),
+                cell(&s["applied_index"]),
+            ]
+        })
+        .collect();
+    client::print_table(&["ID", "MEMBER", "ROLE", "HTTP", "RPC", "COMMIT", "APPLIED"], &rows);
 }

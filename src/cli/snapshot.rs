@@ -13,22 +13,18 @@ use crate::model::{Run, RunStatus, RunTrigger, TaskField, TaskSpec};
 use crate::raft::apply::apply_request;
 use crate::raft::{Command, LogId, NodeInfo, Outcome, Request};
 use crate::storage::{check_snapshot_file, open_db, write_snapshot_file, Store, Tx};
-use crate::worker;
 
 /// Streams `GET /api/cluster/snapshot` into `file` (through a temp file beside it, synced
 /// and checked whole before it takes the name), or to stdout for `-`.
 pub async fn save(client: ClientArgs, file: &Path) -> anyhow::Result<()> {
-    let http = worker::trusting(reqwest::Client::builder(), client.ca_file.as_deref())?.build()?;
-    let base = client.server.trim_end_matches('/');
-    let mut rb = http.get(format!("{base}/api/cluster/snapshot"));
-    if let Some(k) = &client.api_key {
-        rb = rb.bearer_auth(k);
-    }
-    let mut resp = rb.send().await.with_context(|| format!("cannot reach {base}"))?;
+    let client = client.connect()?;
+    let rb = client.stream(reqwest::Method::GET, "/api/cluster/snapshot");
+    let mut resp = rb.send().await.map_err(|e| client.unreachable(e))?;
     if !resp.status().is_success() {
         let status = resp.status();
         let v: serde_json::Value = resp.json().await.unwrap_or_default();
-        bail!("{} ({status})", v["message"].as_str().unwrap_or("request failed"));
+        let why = v["message"].as_str().unwrap_or("request failed");
+        return Err(super::Exit::error(super::Exit::API, format!("{why} ({status})")));
     }
     let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("?").to_string();
     let (cluster_id, index) = (header("x-raftcron-cluster-id"), header("x-raftcron-last-log-index"));

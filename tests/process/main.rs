@@ -5,6 +5,7 @@ mod fixture;
 
 mod auth;
 mod backup;
+mod cli;
 mod clock;
 mod durability;
 mod fencing;
