@@ -138,6 +138,17 @@ pub struct AuthConfig {
     /// JSON Web Tokens, accepted beside the API keys when set.
     #[serde(default)]
     pub jwt: Option<JwtConfig>,
+    /// Requests per second one credential (an API key's or a token subject's name) may
+    /// make to this node, on average; beyond it the node answers 429 with `Retry-After`.
+    /// 0 (the default) turns the limit off. Worker credentials are not limited (their
+    /// agents pace themselves). Each node counts on its own: behind a load balancer over
+    /// N nodes a client may reach N times this.
+    #[serde(default)]
+    pub rate_limit_per_s: u32,
+    /// Requests a credential may make at once before the rate applies (default: one
+    /// second's worth).
+    #[serde(default)]
+    pub rate_limit_burst: Option<u32>,
 }
 
 /// How this node verifies JWTs. The algorithm is this setting, never the token's `alg`.
@@ -257,6 +268,14 @@ pub struct SchedulerConfig {
     /// How many times one run may be re-queued after losing its worker.
     #[serde(default = "default_max_lost_requeues")]
     pub max_lost_requeues: u32,
+    /// Admission: runs waiting for a worker (`pending`) in the whole cluster. At the cap a
+    /// manual trigger is answered 429 and a schedule tick is skipped (counted in the
+    /// task's `skipped_ticks` and `raftcron_ticks_skipped_total{reason="pending_cap"}`).
+    #[serde(default = "default_max_pending_runs")]
+    pub max_pending_runs: u64,
+    /// The same, per task.
+    #[serde(default = "default_max_pending_runs_per_task")]
+    pub max_pending_runs_per_task: u64,
 }
 
 /// The embedded worker of `raftcron serve --worker` (a standalone `raftcron worker` takes
@@ -286,8 +305,18 @@ impl Default for SchedulerConfig {
             run_history_per_task: default_run_history(),
             worker_timeout_s: default_worker_timeout(),
             max_lost_requeues: default_max_lost_requeues(),
+            max_pending_runs: default_max_pending_runs(),
+            max_pending_runs_per_task: default_max_pending_runs_per_task(),
         }
     }
+}
+
+fn default_max_pending_runs() -> u64 {
+    1_000_000
+}
+
+fn default_max_pending_runs_per_task() -> u64 {
+    1_000
 }
 
 fn default_misfire_threshold() -> u64 {
@@ -459,6 +488,12 @@ impl Config {
         let peers = self.peers()?;
         if !peers.is_empty() && !peers.iter().any(|p| p.id == self.node.id) {
             return bad("cluster.peers", format!("does not list this node (id {})", self.node.id));
+        }
+        if self.scheduler.max_pending_runs == 0 || self.scheduler.max_pending_runs_per_task == 0 {
+            return bad("scheduler.max_pending_runs", "the pending caps must be positive".into());
+        }
+        if self.auth.rate_limit_burst == Some(0) {
+            return bad("auth.rate_limit_burst", "must be positive".into());
         }
         if self.cluster.heartbeat_ms == 0 {
             return bad("cluster.heartbeat_ms", "must be positive".into());

@@ -22,7 +22,8 @@ pub struct Metrics {
     pub proposal_latency: Histogram,
     pub forwarded_writes: IntCounter,
     pub ticks_fired: IntCounter,
-    pub ticks_skipped: IntCounter,
+    pub ticks_skipped: IntCounterVec,
+    pub admission_rejected: IntCounterVec,
     pub fires_deduplicated: IntCounter,
     pub schedule_lag: Histogram,
     pub runs_pending: IntGauge,
@@ -107,7 +108,16 @@ impl Metrics {
         registry.register(Box::new(schedule_lag.clone())).expect("unique metric");
         let metrics = Metrics {
             ticks_fired: counter("ticks_fired_total", "Schedule ticks that created a run."),
-            ticks_skipped: counter("ticks_skipped_total", "Schedule ticks skipped by a misfire policy."),
+            ticks_skipped: counter_vec(
+                "ticks_skipped_total",
+                "Schedule ticks accounted for without a run, by reason: misfire (the misfire policy, or ticks while paused), concurrency (forbid), late (skip policy, past the threshold at commit), pending_cap (admission).",
+                &["reason"],
+            ),
+            admission_rejected: counter_vec(
+                "admission_rejected_total",
+                "Requests answered 429, by reason: rate_limit (per credential), pending_cap, task_pending_cap (manual triggers).",
+                &["reason"],
+            ),
             fires_deduplicated: counter(
                 "fires_deduplicated_total",
                 "Fire proposals refused by the cursor compare-and-set (already accounted for).",
@@ -170,6 +180,12 @@ impl Metrics {
     fn init_labels(&self) {
         for reason in ["secret", "tls", "protocol", "timeout", "connection cap", "handshake cap"] {
             self.rpc_refused.with_label_values(&[reason]);
+        }
+        for reason in ["misfire", "concurrency", "late", "pending_cap"] {
+            self.ticks_skipped.with_label_values(&[reason]);
+        }
+        for reason in ["rate_limit", "pending_cap", "task_pending_cap"] {
+            self.admission_rejected.with_label_values(&[reason]);
         }
     }
 

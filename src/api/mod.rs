@@ -3,6 +3,7 @@
 //! parsing, and the router with its OpenAPI document.
 
 pub mod access;
+pub mod admission;
 pub mod auth;
 mod cluster;
 pub mod contract;
@@ -124,6 +125,9 @@ pub enum ApiError {
     IdempotencyKeyReused(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// Nothing was done: the caller is over its rate, or too many runs wait for a worker.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: std::time::Duration },
     /// Nothing was done; retry later (no leader, no quorum).
     #[error("{0}")]
     Unavailable(String),
@@ -148,6 +152,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::IdempotencyKeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Indeterminate(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -168,6 +173,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::IdempotencyKeyReused(_) => "idempotency_key_reused",
+            ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Indeterminate(_) => "outcome_unknown",
             ApiError::Internal(_) => "internal",
@@ -188,6 +194,11 @@ impl IntoResponse for ApiError {
         let mut resp = (status, Json(body)).into_response();
         if matches!(self, ApiError::Unavailable(_)) {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            // Whole seconds, rounded up: a client that waits this long is admitted.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         if matches!(self, ApiError::Unauthorized(_)) {
             resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -440,9 +451,10 @@ pub fn router(core: Arc<NodeCore>) -> Router {
     let (protected, open, doc) = api_routes();
     let doc = Arc::new(contract::document(&doc));
     // The last layer added runs first: audit (so refusals, 401s included, are audited),
-    // authenticate, then authorize by the route table.
+    // authenticate, limit the caller's rate, then authorize by the route table.
     let protected = protected
         .route_layer(middleware::from_fn_with_state(core.clone(), access::authorize))
+        .route_layer(middleware::from_fn_with_state(core.clone(), admission::rate_limit))
         .route_layer(middleware::from_fn_with_state(core.clone(), auth::require_auth))
         .route_layer(middleware::from_fn(audit_writes));
     let open = open.route(

@@ -70,7 +70,9 @@ fn run_reply(core: &NodeCore, resp: Response) -> Result<RunView, ApiError> {
     params(("task_id" = u64, Path), ("Idempotency-Key" = Option<String>, Header, description = "one run per key")),
     responses(
         (status = 201, body = Envelope<RunView>), (status = 400), (status = 401), (status = 403), (status = 404),
-        (status = 409, description = "the task is disabled"), (status = 422), (status = 503), (status = 504),
+        (status = 409, description = "the task is disabled"), (status = 422),
+        (status = 429, description = "too many runs are waiting for a worker, or the caller is over its rate; see Retry-After"),
+        (status = 503), (status = 504),
     ),
     security(("bearer" = []))
 )]
@@ -83,6 +85,10 @@ async fn trigger_task(
 ) -> Result<Reply<RunView>, ApiError> {
     let task_id = parse_id("task", &task_id)?;
     let idem = idempotency_key(&headers, &caller, &method, &format!("/api/tasks/{task_id}/trigger"), b"")?;
+    // An unknown task is left to the write (it answers 404 with the leader's view).
+    if let Some(task) = core.store.task(task_id)? {
+        super::admission::admit_trigger(&core, &task)?;
+    }
     let resp = core
         .write(
             &caller.principal(),

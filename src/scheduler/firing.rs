@@ -214,25 +214,51 @@ async fn wake(core: &Arc<NodeCore>, index: &mut Option<DueIndex>) -> io::Result<
         None => Utc::now(),
     };
     let mut fires = Vec::new();
+    // Admission: ticks beyond the room for pending runs are skipped, each counted.
+    let cfg = &core.config.scheduler;
+    let mut room = super::admission::global_room(&core.store, cfg)?;
+    let mut capped_ticks = 0u64;
     for id in index.due(now, TASKS_PER_WAKE) {
         let Some(task) = core.store.task(id)? else {
             index.set(id, None);
             continue;
         };
         match plan(&task, now, threshold) {
-            Some(p) => fires.push(TaskFire {
-                task_id: id,
-                spec_version: task.version,
-                expected_cursor: task.cursor,
-                fired: p.fired,
-                skipped: p.skipped,
-                new_cursor: p.new_cursor,
-            }),
+            Some(mut p) => {
+                let task_room = match p.fired.is_empty() {
+                    true => 0,
+                    false => super::admission::task_room(&core.store, &task, cfg, false)?,
+                };
+                let admitted = room.min(task_room).min(p.fired.len() as u64) as usize;
+                let capped = (p.fired.len() - admitted) as u64;
+                p.fired.truncate(admitted);
+                room -= admitted as u64;
+                capped_ticks += capped;
+                fires.push(Planned {
+                    fire: TaskFire {
+                        task_id: id,
+                        spec_version: task.version,
+                        expected_cursor: task.cursor,
+                        fired: p.fired,
+                        skipped: p.skipped + capped,
+                        new_cursor: p.new_cursor,
+                    },
+                    capped,
+                })
+            }
             // The index was behind the task (e.g. its schedule changed): correct it.
             None => index.set(id, due_at(&task)),
         }
     }
-    let batches: Vec<Vec<TaskFire>> = fires.chunks(TASKS_PER_FIRE).map(<[TaskFire]>::to_vec).collect();
+    if capped_ticks > 0 {
+        tracing::warn!(
+            ticks = capped_ticks,
+            pending_cap = cfg.max_pending_runs,
+            task_pending_cap = cfg.max_pending_runs_per_task,
+            "too many runs wait for a worker: schedule ticks skipped (counted in each task's skipped_ticks)"
+        );
+    }
+    let batches: Vec<Vec<Planned>> = fires.chunks(TASKS_PER_FIRE).map(<[Planned]>::to_vec).collect();
     let results = futures::future::join_all(batches.into_iter().map(|batch| propose(core, batch, now))).await;
     // A task whose fire did not commit (or was refused for a reason other than a race) is
     // retried a little later; the others are re-indexed through the change set.
@@ -243,12 +269,22 @@ async fn wake(core: &Arc<NodeCore>, index: &mut Option<DueIndex>) -> io::Result<
     Ok(until_due.map_or(MAX_SLEEP, |d| d.min(MAX_SLEEP)))
 }
 
+/// One task's fire as planned, and how many of its due ticks admission skipped (they are
+/// in `fire.skipped` too, which is what the task counts).
+#[derive(Clone)]
+struct Planned {
+    fire: TaskFire,
+    capped: u64,
+}
+
 /// Proposes one `Fire` batch, planned at `planned_at` (its command time is at least that),
 /// and records its metrics; returns the tasks to retry.
-async fn propose(core: &NodeCore, batch: Vec<TaskFire>, planned_at: DateTime<Utc>) -> Vec<u64> {
+async fn propose(core: &NodeCore, batch: Vec<Planned>, planned_at: DateTime<Utc>) -> Vec<u64> {
     let keep_runs = core.config.scheduler.run_history_per_task;
-    let ids: Vec<u64> = batch.iter().map(|f| f.task_id).collect();
-    let ticks: Vec<(u64, Vec<DateTime<Utc>>)> = batch.iter().map(|f| (f.skipped, f.fired.clone())).collect();
+    let ids: Vec<u64> = batch.iter().map(|p| p.fire.task_id).collect();
+    let ticks: Vec<(u64, u64, Vec<DateTime<Utc>>)> =
+        batch.iter().map(|p| (p.fire.skipped - p.capped, p.capped, p.fire.fired.clone())).collect();
+    let batch: Vec<TaskFire> = batch.into_iter().map(|p| p.fire).collect();
     let misfire_threshold_ms = core.config.scheduler.misfire_threshold_s.saturating_mul(1000);
     let fire = core.internal_request(Command::Fire { fires: batch, keep_runs, misfire_threshold_ms });
     let resp = match core.propose_not_before(fire, planned_at).await {
@@ -267,11 +303,15 @@ async fn propose(core: &NodeCore, batch: Vec<TaskFire>, planned_at: DateTime<Utc
     };
     let applied_at = Utc::now();
     let mut retry = Vec::new();
-    for ((id, (skipped, fired)), result) in ids.into_iter().zip(ticks).zip(results) {
+    for ((id, (misfired, capped, fired)), result) in ids.into_iter().zip(ticks).zip(results) {
         match result {
             Ok(f) => {
                 core.metrics.ticks_fired.inc_by(f.runs.len() as u64);
-                core.metrics.ticks_skipped.inc_by(skipped + f.forbidden + f.late);
+                let skipped = &core.metrics.ticks_skipped;
+                skipped.with_label_values(&["misfire"]).inc_by(misfired);
+                skipped.with_label_values(&["concurrency"]).inc_by(f.forbidden);
+                skipped.with_label_values(&["late"]).inc_by(f.late);
+                skipped.with_label_values(&["pending_cap"]).inc_by(capped);
                 for t in &fired {
                     let lag = (applied_at - *t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
                     core.metrics.schedule_lag.observe(lag);

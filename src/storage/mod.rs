@@ -59,7 +59,7 @@ pub use snapshot_file::{check_file as check_snapshot_file, IncomingSnapshot, Sna
 pub use state_machine::{temp_name, write_snapshot_file, StateMachine};
 pub use tx::Tx;
 
-use crate::model::{Run, Task, Worker, WorkerLoad};
+use crate::model::{Run, RunStatus, Task, Worker, WorkerLoad};
 use crate::raft::{LogId, Response, StoredMembership};
 
 pub const CF_RAFT_LOG: &str = "raft_log";
@@ -722,6 +722,28 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// How many of the task's runs are `pending`, counting no further than `limit`. Reads
+    /// the task's stored runs (its finished history and what is unfinished).
+    pub fn pending_runs_of_task(&self, task_id: u64, limit: u64) -> io::Result<u64> {
+        let prefix = u64_key(task_id);
+        let mut pending = 0;
+        for item in
+            self.db.iterator_cf(self.cf(CF_RUNS_BY_TASK), IteratorMode::From(&prefix, rocksdb::Direction::Forward))
+        {
+            let (k, _) = item.map_err(db_err)?;
+            if k.len() != 16 || k[..8] != prefix {
+                break;
+            }
+            if self.run(key_u64(&k[8..])?)?.is_some_and(|r| r.status == RunStatus::Pending) {
+                pending += 1;
+                if pending >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(pending)
     }
 
     /// Visits runs in id order until `visit` returns false.

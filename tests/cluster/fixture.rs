@@ -40,6 +40,8 @@ pub struct Opts {
     pub misfire_threshold_s: u64,
     pub run_history_per_task: u32,
     pub worker_timeout_s: u64,
+    /// More `section.key=value` settings for every node.
+    pub sets: Vec<String>,
 }
 
 impl Default for Opts {
@@ -51,6 +53,7 @@ impl Default for Opts {
             misfire_threshold_s: 60,
             run_history_per_task: 100,
             worker_timeout_s: 30,
+            sets: Vec::new(),
         }
     }
 }
@@ -83,7 +86,7 @@ impl Answer {
 }
 
 pub fn config_for(id: u64, dir: &TempDir, peers: &[String], opts: &Opts) -> Config {
-    let sets = vec![
+    let mut sets = vec![
         format!("node.id={id}"),
         format!("node.data_dir={:?}", dir.path().to_string_lossy()),
         "node.http_addr=\"127.0.0.1:0\"".into(),
@@ -106,6 +109,7 @@ pub fn config_for(id: u64, dir: &TempDir, peers: &[String], opts: &Opts) -> Conf
             "auth.jwt={{algorithm=\"HS256\", secret=\"{JWT_SECRET}\", issuer=\"raftcron-test\", audience=\"raftcron\", leeway_s=5}}"
         ),
     ];
+    sets.extend(opts.sets.iter().cloned());
     Config::load(None, &BTreeMap::new(), &sets).expect("test config is valid")
 }
 

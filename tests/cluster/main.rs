@@ -4,6 +4,7 @@
 mod fixture;
 mod support;
 
+mod admission;
 mod agent;
 mod auth;
 mod backup;

@@ -1,0 +1,34 @@
+//! Admission control for runs: how many more `pending` runs the cluster (and one task)
+//! may take now, under `scheduler.max_pending_runs` and `max_pending_runs_per_task`. The
+//! leader's firing loop skips ticks beyond the room (counted, never silently dropped) and
+//! the trigger API answers 429. Read from this node's applied state, so the caps hold up to
+//! the writes in flight; never consulted by `apply` (its caps are not replicated).
+
+use std::io;
+
+use crate::config::SchedulerConfig;
+use crate::model::{RunStatus, Task};
+use crate::storage::{Counter, Store};
+
+/// Room for new pending runs in the whole cluster.
+pub fn global_room(store: &Store, cfg: &SchedulerConfig) -> io::Result<u64> {
+    Ok(cfg.max_pending_runs.saturating_sub(store.counter(Counter::Runs(RunStatus::Pending))?))
+}
+
+/// Room for new pending runs of `task`. With `exact` false (the firing loop, which asks
+/// for every task due) the runs are counted only when the task's newest run is still
+/// pending — runs are placed oldest first, so a task whose newest run left the queue has
+/// no backlog — and the answer costs one point read otherwise.
+pub fn task_room(store: &Store, task: &Task, cfg: &SchedulerConfig, exact: bool) -> io::Result<u64> {
+    let cap = cfg.max_pending_runs_per_task;
+    if !exact {
+        let newest_pending = match task.last_run {
+            Some(id) => store.run(id)?.is_some_and(|r| r.status == RunStatus::Pending),
+            None => false,
+        };
+        if !newest_pending {
+            return Ok(cap);
+        }
+    }
+    Ok(cap.saturating_sub(store.pending_runs_of_task(task.id, cap)?))
+}
