@@ -5,6 +5,7 @@
 #                          Dockerfile's base, so FROM finds it without pulling
 #   raftcron:local         the Dockerfile's `prebuilt` target around the host-built binary
 #   raftcron-haproxy:local a debootstrap rootfs with Debian's haproxy
+#   raftcron-prometheus:local  one with Debian's prometheus (the compose `monitoring` profile)
 # Base images are cached: an existing tag is reused (REBUILD_BASE=1 forces a rebuild).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -41,6 +42,13 @@ import_rootfs "$work/base" librocksdb7.8,ca-certificates debian:bookworm-slim \
 import_rootfs "$work/haproxy" haproxy,ca-certificates raftcron-haproxy:local \
   --change 'USER haproxy' \
   --change 'CMD ["haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]'
+# /var/lib/prometheus comes with the package, owned by its user: the compose volume
+# mounted there starts from it, writable.
+import_rootfs "$work/prometheus" prometheus,ca-certificates raftcron-prometheus:local \
+  --change 'USER prometheus' \
+  --change 'WORKDIR /var/lib/prometheus' \
+  --change 'ENTRYPOINT ["/usr/bin/prometheus"]' \
+  --change 'CMD ["--config.file=/etc/prometheus/prometheus.yml"]'
 echo "base images ready in $((SECONDS - t0))s"
 
 scripts/build-release.sh dist

@@ -27,7 +27,7 @@ cleanup() {
     echo "--- smoke test failed (exit $rc); container logs:"
     compose logs --tail=30 2>&1 | tail -150 || true
   fi
-  compose down -v --remove-orphans >/dev/null 2>&1 || true
+  compose --profile monitoring down -v --remove-orphans >/dev/null 2>&1 || true
   exit $rc
 }
 trap cleanup EXIT
@@ -60,6 +60,20 @@ echo "container user id: $uid"
 [ "$uid" != "0" ]
 
 tmp=$(mktemp -d)
+# The monitoring profile: Prometheus scrapes all three nodes and loads the alert rules.
+compose --profile monitoring up -d prometheus
+prom=http://127.0.0.1:9090
+targets_up() {
+  curl -sf "$prom/api/v1/targets" -o "$tmp/targets.json" &&
+    [ "$(field "$tmp/targets.json" 'sum(t["health"] == "up" for t in d["data"]["activeTargets"])')" = 3 ]
+}
+wait_for 90 "Prometheus to scrape the three nodes" targets_up
+curl -sf "$prom/api/v1/rules" -o "$tmp/rules.json"
+rules=$(field "$tmp/rules.json" 'sum(len(g["rules"]) for g in d["data"]["groups"])')
+field "$tmp/rules.json" '[r["name"] for g in d["data"]["groups"] for r in g["rules"]]' | grep -q RaftcronNoLeader
+[ "$(grep -c 'alert:' prometheus/alerts.yml)" = "$rules" ]
+echo "=== prometheus: 3 targets up, $rules alert rules loaded at $((SECONDS - t0))s"
+
 # The seed's examples.
 curl -sf -X POST "$api/api/tasks" "${auth[@]}" "${json[@]}" -o "$tmp/create.json" -d '{
     "name": "database_backup",

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod client;
+mod crypto;
 mod resources;
 mod snapshot;
 
@@ -289,7 +290,17 @@ pub enum SnapshotCmd {
         client: ClientArgs,
         /// Where to write it (`-` for stdout).
         file: PathBuf,
+        /// Encrypt it (age, X25519) to this public key (`age1...`, from `snapshot keygen`
+        /// or `age-keygen`); repeatable. The machine taking backups needs no secret key.
+        #[arg(long = "recipient", value_name = "AGE_PUBLIC_KEY")]
+        recipients: Vec<String>,
+        /// Encrypt it to the public keys of this age identity file.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
+    /// Make a key for encrypted backups: an age identity file (mode 0600, never over an
+    /// existing file); prints its public key for `snapshot save --recipient`.
+    Keygen { file: PathBuf },
     /// Seed a new node's data dir from a snapshot file: the node starts as the only voter
     /// of a new cluster (a new cluster id) holding the snapshot's state; add more nodes
     /// with `raftcron cluster add-node`, and they catch up from it.
@@ -307,6 +318,9 @@ pub enum SnapshotCmd {
         /// Its REST address, as the cluster view shows it.
         #[arg(long, default_value = "")]
         http_addr: String,
+        /// The age identity file an encrypted backup was encrypted to.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
 }
 
@@ -431,9 +445,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Cmd::Snapshot { command: SnapshotCmd::Save { client, file } } => snapshot::save(client, &file).await,
-        Cmd::Snapshot { command: SnapshotCmd::Restore { file, data_dir, node_id, rpc_addr, http_addr } } => {
-            snapshot::restore(&file, &data_dir, node_id, crate::raft::NodeInfo { rpc_addr, http_addr })
+        Cmd::Snapshot { command: SnapshotCmd::Save { client, file, recipients, key_file } } => {
+            let recipients = crypto::recipients(&recipients, key_file.as_deref())?;
+            snapshot::save(client, &file, recipients).await
+        }
+        Cmd::Snapshot { command: SnapshotCmd::Keygen { file } } => {
+            let public = crypto::keygen(&file)?;
+            eprintln!("wrote {} (keep it secret; restores need it); its public key:", file.display());
+            client::outln!("{public}");
+            Ok(())
+        }
+        Cmd::Snapshot { command: SnapshotCmd::Restore { file, data_dir, node_id, rpc_addr, http_addr, key_file } } => {
+            let info = crate::raft::NodeInfo { rpc_addr, http_addr };
+            snapshot::restore(&file, &data_dir, node_id, info, key_file.as_deref())
         }
         Cmd::Recover { force_new_cluster: _, data_dir, node_id, rpc_addr, http_addr } => snapshot::recover(
             &data_dir,

@@ -8,15 +8,22 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use chrono::{TimeZone, Utc};
 
+use super::crypto;
 use super::ClientArgs;
 use crate::model::{Run, RunStatus, RunTrigger, TaskField, TaskSpec};
 use crate::raft::apply::apply_request;
 use crate::raft::{Command, LogId, NodeInfo, Outcome, Request};
-use crate::storage::{check_snapshot_file, open_db, write_snapshot_file, Store, Tx};
+use crate::storage::{check_snapshot_stream, open_db, write_snapshot_file, Store, Tx};
 
-/// Streams `GET /api/cluster/snapshot` into `file` (through a temp file beside it, synced
-/// and checked whole before it takes the name), or to stdout for `-`.
-pub async fn save(client: ClientArgs, file: &Path) -> anyhow::Result<()> {
+/// Streams `GET /api/cluster/snapshot` into `file` (through `FILE.partial`, synced, and
+/// renamed only once whole), or to stdout for `-`; encrypted to `recipients` when there
+/// are any. The plaintext is checked as it arrives (header, every record, the checksum)
+/// on a thread of its own, so an encrypted backup is verified without being decrypted.
+pub async fn save(
+    client: ClientArgs,
+    file: &Path,
+    recipients: Vec<Box<dyn age::Recipient + Send>>,
+) -> anyhow::Result<()> {
     let client = client.connect()?;
     let rb = client.stream(reqwest::Method::GET, "/api/cluster/snapshot");
     let mut resp = rb.send().await.map_err(|e| client.unreachable(e))?;
@@ -28,50 +35,155 @@ pub async fn save(client: ClientArgs, file: &Path) -> anyhow::Result<()> {
     }
     let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("?").to_string();
     let (cluster_id, index) = (header("x-raftcron-cluster-id"), header("x-raftcron-last-log-index"));
-    if file == Path::new("-") {
-        let mut out = std::io::stdout().lock();
-        while let Some(chunk) = resp.chunk().await? {
-            out.write_all(&chunk)?;
-        }
-        out.flush()?;
-        return Ok(());
-    }
+    let to_stdout = file == Path::new("-");
     let tmp = PathBuf::from(format!("{}.partial", file.display()));
+    let encrypted = !recipients.is_empty();
     let received = async {
-        let mut out = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let out: Box<dyn Output> = match to_stdout {
+            true => Box::new(std::io::stdout()),
+            false => Box::new(std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?),
+        };
+        let mut sink = Sink::new(out, &recipients)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
+        let checker = std::thread::spawn(move || check_snapshot_stream(ChunkReader { rx, chunk: Vec::new(), at: 0 }));
         let mut bytes = 0u64;
-        while let Some(chunk) = resp.chunk().await.context("the snapshot stream broke off")? {
-            out.write_all(&chunk)?;
-            bytes += chunk.len() as u64;
+        let streamed = async {
+            while let Some(chunk) = resp.chunk().await.context("the snapshot stream broke off")? {
+                sink.write_all(&chunk)?;
+                bytes += chunk.len() as u64;
+                if tx.send(chunk.to_vec()).is_err() {
+                    break; // The checker stopped at a fault; it says which below.
+                }
+            }
+            drop(tx);
+            anyhow::Ok(())
         }
-        out.sync_all()?;
-        let tmp = tmp.clone();
-        let (meta, records) = tokio::task::spawn_blocking(move || check_snapshot_file(&tmp))
-            .await?
-            .context("the snapshot received is not whole")?;
+        .await;
+        let checked = checker.join().map_err(|_| anyhow::anyhow!("the snapshot checker panicked"))?;
+        streamed?;
+        let (meta, records) = checked.context("the snapshot received is not whole")?;
+        sink.finish()?;
         anyhow::Ok((bytes, meta, records))
     }
     .await;
     let (bytes, meta, records) = match received {
         Ok(ok) => ok,
+        Err(e) if to_stdout => return Err(e),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
             return Err(e.context(format!("nothing was saved to {}", file.display())));
         }
     };
-    std::fs::rename(&tmp, file)?;
-    println!(
-        "saved {} ({bytes} bytes, {records} records, checksum verified): cluster {cluster_id}, up to log index {index} ({:?})",
-        file.display(),
+    let what = if encrypted { format!("encrypted to {} key(s), ", recipients.len()) } else { String::new() };
+    let report = format!(
+        "({bytes} bytes, {records} records, {what}checksum verified): cluster {cluster_id}, up to log index {index} ({:?})",
         meta.last_log_id
     );
+    if to_stdout {
+        eprintln!("saved to stdout {report}");
+        return Ok(());
+    }
+    std::fs::rename(&tmp, file)?;
+    println!("saved {} {report}", file.display());
     Ok(())
 }
 
-/// `raftcron snapshot restore`: see [`crate::storage::restore`].
-pub fn restore(file: &Path, data_dir: &Path, node_id: u64, info: NodeInfo) -> anyhow::Result<()> {
+/// Where a backup goes: a file (synced when done) or stdout.
+trait Output: Write {
+    fn sync(&mut self) -> std::io::Result<()>;
+}
+
+impl Output for std::fs::File {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.sync_all()
+    }
+}
+
+impl Output for std::io::Stdout {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.flush()
+    }
+}
+
+/// The output, through an age encryptor when there are recipients.
+enum Sink {
+    Plain(Box<dyn Output>),
+    Encrypted(age::stream::StreamWriter<Box<dyn Output>>),
+}
+
+impl Sink {
+    fn new(out: Box<dyn Output>, recipients: &[Box<dyn age::Recipient + Send>]) -> anyhow::Result<Sink> {
+        if recipients.is_empty() {
+            return Ok(Sink::Plain(out));
+        }
+        let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r.as_ref() as &dyn age::Recipient))
+            .map_err(|e| anyhow::anyhow!("cannot encrypt to these keys: {e}"))?;
+        Ok(Sink::Encrypted(encryptor.wrap_output(out)?))
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(out) => out.write_all(bytes),
+            Sink::Encrypted(out) => out.write_all(bytes),
+        }
+    }
+
+    /// Writes the encryption's last chunk, if any, and syncs the output.
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(mut out) => out.sync(),
+            Sink::Encrypted(out) => out.finish()?.sync(),
+        }
+    }
+}
+
+/// The chunks of a download, as a `Read` for the checker's thread.
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(chunk) => (self.chunk, self.at) = (chunk, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// `raftcron snapshot restore`: see [`crate::storage::restore`]; an age-encrypted file is
+/// decrypted with `key_file` as it is read.
+pub fn restore(
+    file: &Path,
+    data_dir: &Path,
+    node_id: u64,
+    info: NodeInfo,
+    key_file: Option<&Path>,
+) -> anyhow::Result<()> {
     let cluster_id = uuid::Uuid::new_v4().to_string();
-    let r = crate::storage::restore(file, data_dir, node_id, info, &cluster_id)?;
+    let encrypted = crypto::is_encrypted(file).map_err(|e| anyhow::anyhow!("snapshot file {}: {e}", file.display()))?;
+    let r = match (encrypted, key_file) {
+        (true, None) => {
+            return Err(super::Exit::usage(format!(
+                "{} is encrypted: give --key-file, the age identity it was encrypted to",
+                file.display()
+            )))
+        }
+        (true, Some(key)) => {
+            let bytes = std::fs::metadata(file)?.len();
+            let plaintext = crypto::decrypting_reader(file, key)?;
+            crate::storage::restore_from(plaintext, bytes, data_dir, node_id, info, &cluster_id)?
+        }
+        (false, _) => crate::storage::restore(file, data_dir, node_id, info, &cluster_id)?,
+    };
     println!(
         "restored {} tasks up to log index {} into {} as node {node_id}, the only voter of cluster {} (the snapshot came from cluster {}); start the node, then add the others",
         r.tasks,

@@ -54,8 +54,10 @@ use sha2::{Digest, Sha256};
 
 pub use indexes::{Counter, SearchPage, TaskPage, PAGE_BUCKET, SEARCH_COUNT_AHEAD};
 pub use log_store::LogStore;
-pub use restore::{recover, restore, Recovered, Restored};
-pub use snapshot_file::{check_file as check_snapshot_file, IncomingSnapshot, SnapshotData};
+pub use restore::{recover, restore, restore_from, Recovered, Restored};
+pub use snapshot_file::{
+    check_file as check_snapshot_file, check_stream as check_snapshot_stream, IncomingSnapshot, SnapshotData,
+};
 pub use state_machine::{temp_name, write_snapshot_file, StateMachine};
 pub use tx::Tx;
 

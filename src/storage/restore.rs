@@ -10,7 +10,7 @@
 //! identity (membership, cluster id, log, vote) after applying the log it finds.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io;
+use std::io::{self, Read};
 use std::path::Path;
 
 use openraft::entry::RaftEntry;
@@ -42,16 +42,30 @@ pub struct Restored {
 /// log's start and the vote are synced before this returns, and the node's own first
 /// snapshot is written, so the node can send its state to the nodes that join it.
 pub fn restore(file: &Path, data_dir: &Path, node: NodeId, info: NodeInfo, cluster_id: &str) -> io::Result<Restored> {
+    let source = std::fs::File::open(file)
+        .map_err(|e| io::Error::new(e.kind(), format!("snapshot file {}: {e}", file.display())))?;
+    let bytes = source.metadata()?.len();
+    restore_from(source, bytes, data_dir, node, info, cluster_id)
+}
+
+/// [`restore`] from a stream of the snapshot file's bytes (`bytes` long on disk, for the
+/// report): e.g. a backup decrypted as it is read.
+pub fn restore_from(
+    source: impl Read,
+    bytes: u64,
+    data_dir: &Path,
+    node: NodeId,
+    info: NodeInfo,
+    cluster_id: &str,
+) -> io::Result<Restored> {
     if std::fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             format!("data dir {} is not empty: a restore seeds a new node only", data_dir.display()),
         ));
     }
-    let source = std::fs::File::open(file)
-        .map_err(|e| io::Error::new(e.kind(), format!("snapshot file {}: {e}", file.display())))?;
     std::fs::create_dir_all(data_dir)?;
-    let restored = seed(&source, data_dir, node, info, cluster_id);
+    let restored = seed(source, bytes, data_dir, node, info, cluster_id);
     if restored.is_err() {
         // The dir was empty: what is in it now is this restore's half-done work.
         let _ = std::fs::remove_dir_all(data_dir.join("db"));
@@ -61,13 +75,13 @@ pub fn restore(file: &Path, data_dir: &Path, node: NodeId, info: NodeInfo, clust
 }
 
 fn seed(
-    source: &std::fs::File,
+    source: impl Read,
+    bytes: u64,
     data_dir: &Path,
     node: NodeId,
     info: NodeInfo,
     cluster_id: &str,
 ) -> io::Result<Restored> {
-    let bytes = source.metadata()?.len();
     let db = open_db(&data_dir.join("db"))?;
     let store = Store::new(db.clone());
     let meta = load_into_set(&store, 0, source, || Ok(()))?;

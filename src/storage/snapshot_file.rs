@@ -201,7 +201,12 @@ impl SnapshotWriter {
 /// its meta and how many records it holds. What `raftcron snapshot save` does to what it
 /// received before it calls it a backup.
 pub fn check_file(path: &Path) -> io::Result<(SnapshotMeta, u64)> {
-    let (meta, mut records) = SnapshotReader::open(File::open(path)?)?;
+    check_stream(File::open(path)?)
+}
+
+/// [`check_file`] on a stream: a download checked as it arrives.
+pub fn check_stream(input: impl Read) -> io::Result<(SnapshotMeta, u64)> {
+    let (meta, mut records) = SnapshotReader::open(input)?;
     let mut n = 0u64;
     while records.next_record()?.is_some() {
         n += 1;

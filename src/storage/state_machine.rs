@@ -311,7 +311,7 @@ pub(super) fn apply_entry(store: &Store, entry: &crate::raft::Entry) -> io::Resu
 pub(super) fn load_into_set(
     store: &Store,
     set: u8,
-    file: &std::fs::File,
+    file: impl std::io::Read,
     mut after_batch: impl FnMut() -> io::Result<()>,
 ) -> io::Result<SnapshotMeta> {
     let db = store.db();
