@@ -7,12 +7,13 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
+use super::access::{access_of, Access};
 use super::auth::Caller;
 use super::ApiError;
 use crate::config::{AuthConfig, Role};
@@ -47,9 +48,14 @@ impl RateLimiter {
 }
 
 /// After authentication: a caller over its rate gets 429. Workers' agents pace themselves
-/// (heartbeats, polls, reports) and are never limited.
+/// and are never limited: neither a worker credential, nor the agent routes (register,
+/// heartbeat, assignments, report) under any credential — an embedded or `dev` worker
+/// speaks with an admin key, and a throttled heartbeat would cost its lease and its runs.
 pub async fn rate_limit(State(core): State<Arc<NodeCore>>, req: Request, next: Next) -> Response {
-    if let Some(caller) = req.extensions().get::<Caller>().filter(|c| c.role != Role::Worker) {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str()).unwrap_or_default();
+    let agent_route = access_of(req.method().as_str(), route) == Some(Access::Worker);
+    let caller = req.extensions().get::<Caller>().filter(|c| c.role != Role::Worker && !agent_route);
+    if let Some(caller) = caller {
         if let Err(wait) = core.rate_limiter.check(&caller.scope()) {
             core.metrics.admission_rejected.with_label_values(&["rate_limit"]).inc();
             return ApiError::TooManyRequests {
@@ -66,8 +72,22 @@ pub async fn rate_limit(State(core): State<Arc<NodeCore>>, req: Request, next: N
 }
 
 /// A manual run of `task` is admitted while the cluster and the task have room for one
-/// more pending run (as this node has applied the state).
-pub fn admit_trigger(core: &NodeCore, task: &crate::model::Task) -> Result<(), ApiError> {
+/// more pending run (as this node has applied the state). Not judged here, but by the
+/// write: a retry of a trigger whose `Idempotency-Key` is already recorded (it replays
+/// the first answer, whose run exists), and a disabled task (409).
+pub fn admit_trigger(
+    core: &NodeCore,
+    task: &crate::model::Task,
+    idempotency: Option<&crate::raft::IdempotencyKey>,
+) -> Result<(), ApiError> {
+    if task.spec.status == crate::model::TaskStatus::Disabled {
+        return Ok(());
+    }
+    if let Some(k) = idempotency {
+        if core.store.idempotency(&k.scope, &k.key)?.is_some() {
+            return Ok(());
+        }
+    }
     let cfg = &core.config.scheduler;
     let refuse = |reason: &str, message: String| {
         core.metrics.admission_rejected.with_label_values(&[reason]).inc();

@@ -87,7 +87,7 @@ async fn trigger_task(
     let idem = idempotency_key(&headers, &caller, &method, &format!("/api/tasks/{task_id}/trigger"), b"")?;
     // An unknown task is left to the write (it answers 404 with the leader's view).
     if let Some(task) = core.store.task(task_id)? {
-        super::admission::admit_trigger(&core, &task)?;
+        super::admission::admit_trigger(&core, &task, idem.as_ref())?;
     }
     let resp = core
         .write(

@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use serde_json::Value;
@@ -24,6 +23,8 @@ use crate::worker;
 pub struct Exit {
     pub code: u8,
     pub message: String,
+    /// The HTTP status of an API refusal.
+    pub status: Option<u16>,
 }
 
 impl Exit {
@@ -34,7 +35,7 @@ impl Exit {
     pub const WAIT_TIMEOUT: u8 = 5;
 
     pub fn error(code: u8, message: impl Into<String>) -> anyhow::Error {
-        anyhow::Error::new(Exit { code, message: message.into() })
+        anyhow::Error::new(Exit { code, message: message.into(), status: None })
     }
 
     pub fn usage(message: impl Into<String>) -> anyhow::Error {
@@ -78,6 +79,12 @@ macro_rules! out {
 
 pub(crate) use {out, outln};
 
+/// Whether a failed request may succeed if repeated: no answer, an overloaded or leaderless
+/// cluster (429, 503), or an outcome not known yet (504).
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Exit>().is_some_and(|x| x.code == Exit::UNREACHABLE || matches!(x.status, Some(429 | 503 | 504)))
+}
+
 /// The exit code of a failed command: an [`Exit`]'s own, else 1.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     e.downcast_ref::<Exit>().map_or(Exit::API, |x| x.code)
@@ -95,15 +102,17 @@ pub enum Output {
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Base URL of any node or the load balancer [default: the context's, else
-    /// http://127.0.0.1:8080].
-    #[arg(long, env = "RAFTCRON_SERVER", global = true)]
+    /// Base URL of any node or the load balancer [env: RAFTCRON_SERVER; default: the
+    /// context's, else http://127.0.0.1:8080].
+    #[arg(long, global = true)]
     pub server: Option<String>,
-    /// API key (or JWT) [default: the context's].
-    #[arg(long, env = "RAFTCRON_API_KEY", global = true, hide_env_values = true)]
+    /// API key (or JWT) [env: RAFTCRON_API_KEY; default: the context's].
+    #[arg(long, global = true)]
     pub api_key: Option<String>,
-    /// A context of the client config file (default: its `current_context`).
-    #[arg(long, env = "RAFTCRON_CONTEXT", global = true)]
+    /// A context of the client config file [env: RAFTCRON_CONTEXT; default: its
+    /// `current_context`]. A named context is used whole: RAFTCRON_SERVER and
+    /// RAFTCRON_API_KEY do not mix into it (flags still do).
+    #[arg(long, global = true)]
     pub context: Option<String>,
     /// Print the answer's data as JSON (the same as `-o json`).
     #[arg(long, global = true)]
@@ -111,8 +120,9 @@ pub struct ClientArgs {
     /// How to print answers.
     #[arg(short = 'o', long = "output", value_enum, global = true)]
     pub output: Option<Output>,
-    /// PEM file of the CA that issued the nodes' HTTPS certificates.
-    #[arg(long, env = "RAFTCRON_CA_FILE", global = true)]
+    /// PEM file of the CA that issued the nodes' HTTPS certificates [env:
+    /// RAFTCRON_CA_FILE; default: the context's].
+    #[arg(long, global = true)]
     pub ca_file: Option<PathBuf>,
 }
 
@@ -176,38 +186,61 @@ impl ClientArgs {
         }
     }
 
-    /// Server, credential and CA: each from its flag or variable, else the context's.
+    /// Server, credential and CA. Each flag wins; the rest comes from one source, never a
+    /// mix of two (a key must not travel to another source's server): a context named by
+    /// `--context` or RAFTCRON_CONTEXT, else the variables RAFTCRON_SERVER,
+    /// RAFTCRON_API_KEY and RAFTCRON_CA_FILE when any of them is set, else the config
+    /// file's `current_context`.
     pub fn resolve(&self) -> anyhow::Result<(String, Option<String>, Option<PathBuf>)> {
-        let context = match config_path() {
-            Some((path, named)) => {
-                let config = load_config(&path, named || self.context.is_some())?;
-                match self.context.as_ref().or(config.current_context.as_ref()) {
-                    Some(name) => config.contexts.get(name).cloned().ok_or_else(|| {
-                        let known: Vec<&str> = config.contexts.keys().map(String::as_str).collect();
-                        Exit::usage(format!(
-                            "no context {name:?} in {} (it has: {})",
-                            path.display(),
-                            if known.is_empty() { "none".to_string() } else { known.join(", ") }
-                        ))
-                    })?,
-                    None => ContextEntry::default(),
-                }
-            }
-            None if self.context.is_some() => {
-                return Err(Exit::usage("--context needs a client config file (set HOME or RAFTCRON_CLIENT_CONFIG)"))
-            }
-            None => ContextEntry::default(),
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let named = self.context.clone().or_else(|| var("RAFTCRON_CONTEXT"));
+        let from_env = ContextEntry {
+            server: var("RAFTCRON_SERVER"),
+            api_key: var("RAFTCRON_API_KEY"),
+            api_key_file: None,
+            ca_file: var("RAFTCRON_CA_FILE").map(PathBuf::from),
         };
-        let server = self
-            .server
-            .clone()
-            .or(context.server)
-            .unwrap_or_else(|| "http://127.0.0.1:8080".into())
-            .trim_end_matches('/')
-            .to_string();
-        let key = match (&self.api_key, &context.api_key, &context.api_key_file) {
+        let env_set = from_env.server.is_some() || from_env.api_key.is_some() || from_env.ca_file.is_some();
+        let source = match (named, env_set) {
+            (Some(name), _) => {
+                let Some((path, _)) = config_path() else {
+                    return Err(Exit::usage(
+                        "--context needs a client config file (set HOME or RAFTCRON_CLIENT_CONFIG)",
+                    ));
+                };
+                let config = load_config(&path, true)?;
+                config.contexts.get(&name).cloned().ok_or_else(|| {
+                    let known: Vec<&str> = config.contexts.keys().map(String::as_str).collect();
+                    Exit::usage(format!(
+                        "no context {name:?} in {} (it has: {})",
+                        path.display(),
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    ))
+                })?
+            }
+            (None, true) => from_env,
+            (None, false) => match config_path() {
+                Some((path, named_file)) => {
+                    let config = load_config(&path, named_file)?;
+                    match config.current_context {
+                        Some(name) => config.contexts.get(&name).cloned().ok_or_else(|| {
+                            Exit::usage(format!("current_context {name:?} is not a context of {}", path.display()))
+                        })?,
+                        None => ContextEntry::default(),
+                    }
+                }
+                None => ContextEntry::default(),
+            },
+        };
+        let server = self.server.clone().or(source.server).unwrap_or_else(|| "http://127.0.0.1:8080".into());
+        let server = server.trim_end_matches('/').to_string();
+        match reqwest::Url::parse(&server) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+            _ => return Err(Exit::usage(format!("server {server:?} is not an http:// or https:// URL"))),
+        }
+        let key = match (&self.api_key, source.api_key, &source.api_key_file) {
             (Some(k), _, _) => Some(k.clone()),
-            (None, Some(k), _) => Some(k.clone()),
+            (None, Some(k), _) => Some(k),
             (None, None, Some(file)) => Some(
                 std::fs::read_to_string(file)
                     .map_err(|e| Exit::usage(format!("api_key_file {}: {e}", file.display())))?
@@ -216,7 +249,7 @@ impl ClientArgs {
             ),
             (None, None, None) => None,
         };
-        Ok((server, key, self.ca_file.clone().or(context.ca_file)))
+        Ok((server, key, self.ca_file.clone().or(source.ca_file)))
     }
 
     pub fn connect(&self) -> anyhow::Result<Client> {
@@ -269,12 +302,20 @@ impl Client {
         let text = resp.text().await.map_err(|e| self.unreachable(e))?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let message = v["message"].as_str().unwrap_or_default().to_string();
+        if v.is_null() && matches!(status.as_u16(), 502..=504) {
+            // Not raftcron's answer: a load balancer with no node behind it.
+            return Err(Exit::error(
+                Exit::UNREACHABLE,
+                format!("{} answered {status}: no node behind it answers", self.base),
+            ));
+        }
         if !status.is_success() {
             let why = match message.is_empty() {
                 true => text.chars().take(200).collect::<String>().replace('\n', " "),
                 false => message,
             };
-            return Err(Exit::error(Exit::API, format!("{why} ({status})")));
+            let message = format!("{why} ({status})");
+            return Err(anyhow::Error::new(Exit { code: Exit::API, message, status: Some(status.as_u16()) }));
         }
         if v.is_null() && !text.is_empty() {
             return Err(Exit::error(
@@ -330,7 +371,7 @@ impl Client {
 /// is a subset of).
 pub fn read_document(file: &Path) -> anyhow::Result<Value> {
     let text = match file == Path::new("-") {
-        true => std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?,
+        true => std::io::read_to_string(std::io::stdin()).map_err(|e| Exit::usage(format!("-f -: {e}")))?,
         false => std::fs::read_to_string(file).map_err(|e| Exit::usage(format!("-f {}: {e}", file.display())))?,
     };
     let json = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));

@@ -188,7 +188,7 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(subcommand_negates_reqs = true)]
+#[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 pub struct WorkerArgs {
     /// Without one, this process is a worker agent.
     #[command(subcommand)]

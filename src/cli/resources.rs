@@ -10,7 +10,8 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 
 use super::client::{
-    cell, fields_from_sets, out, outln, print_fields, print_table, read_document, when, Client, ClientArgs, Exit,
+    cell, fields_from_sets, is_transient, out, outln, print_fields, print_table, read_document, when, Client,
+    ClientArgs, Exit,
 };
 
 #[derive(Debug, Subcommand)]
@@ -133,7 +134,8 @@ pub enum WorkerCmd {
 
 /// Path segments are ids: refuse what would change the path before sending it.
 fn segment(what: &str, id: &str) -> anyhow::Result<String> {
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+    let allowed = id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !allowed || id.bytes().all(|b| b == b'.') {
         return Err(Exit::usage(format!("{what} id {id:?}: letters, digits, '.', '_' and '-' only")));
     }
     Ok(id.to_string())
@@ -327,13 +329,17 @@ fn run_row(r: &Value, wide: bool) -> Vec<String> {
 const FINAL: [&str; 5] = ["succeeded", "failed", "timed_out", "cancelled", "lost"];
 
 /// `trigger --wait`: polls the run (and the retry that replaces a failed attempt) until it
-/// ends, printing each status change; a spinner line on a terminal.
+/// ends, printing each status change; a spinner line on a terminal. Polls back off from
+/// 250 ms to 2 s while nothing changes; a request that may succeed later (no answer, 429,
+/// 503, 504: an election, the caller's own rate) is repeated until `timeout`.
 async fn follow(client: &Client, mut run: Value, timeout: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal() && !client.json();
     let spin = ['|', '/', '-', '\\'];
     let mut shown = String::new();
     let mut tick = 0usize;
+    let mut pause = Duration::from_millis(250);
+    let mut trouble = String::new();
     loop {
         let id = run["id"].as_u64().unwrap_or(0);
         let status = run["status"].as_str().unwrap_or("?").to_string();
@@ -346,19 +352,28 @@ async fn follow(client: &Client, mut run: Value, timeout: Duration) -> anyhow::R
                 eprintln!("{line}");
             }
             shown = line;
+            pause = Duration::from_millis(250);
         }
         if FINAL.contains(&status.as_str()) {
             // A failed attempt with retries left is followed by its retry.
-            if status != "succeeded" {
-                if let Some(next) = retry_of(client, &run).await? {
+            let next = match status == "succeeded" {
+                true => Ok(None),
+                false => retry_of(client, &run).await,
+            };
+            match next {
+                Ok(Some(next)) => {
                     run = next;
                     continue;
                 }
+                Ok(None) => {
+                    if tty {
+                        eprint!("\r\x1b[2K");
+                    }
+                    return finish(client, &run);
+                }
+                Err(e) if is_transient(&e) => trouble = format!(" ({e:#})"),
+                Err(e) => return Err(e),
             }
-            if tty {
-                eprint!("\r\x1b[2K");
-            }
-            return finish(client, &run);
         }
         if started.elapsed() >= timeout {
             if tty {
@@ -366,25 +381,44 @@ async fn follow(client: &Client, mut run: Value, timeout: Duration) -> anyhow::R
             }
             return Err(Exit::error(
                 Exit::WAIT_TIMEOUT,
-                format!("run {id} is still {status} after {}s (it goes on)", timeout.as_secs()),
+                format!("run {id} is still {status} after {}s (it goes on){trouble}", timeout.as_secs()),
             ));
         }
         if tty {
             tick += 1;
-            eprint!("\r\x1b[2K{} {shown} ({:.0}s)", spin[tick % spin.len()], started.elapsed().as_secs_f64());
+            let waited = started.elapsed().as_secs_f64();
+            eprint!("\r\x1b[2K{} {shown} ({waited:.0}s){trouble}", spin[tick % spin.len()]);
             let _ = std::io::stderr().flush();
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        run = client.get(&format!("/api/runs/{id}")).await?.data;
+        tokio::time::sleep(pause.min(timeout.saturating_sub(started.elapsed()))).await;
+        pause = (pause * 3 / 2).min(Duration::from_secs(2));
+        if FINAL.contains(&status.as_str()) {
+            continue; // Looking for its retry again.
+        }
+        match client.get(&format!("/api/runs/{id}")).await {
+            Ok(a) => (run, trouble) = (a.data, String::new()),
+            Err(e) if is_transient(&e) => trouble = format!(" ({e:#})"),
+            Err(e) => return Err(e),
+        }
     }
 }
 
-/// The run that retries `run`, if the task made one (it is created with the failure, in
-/// the same replicated write).
+/// The run that retries `run`, if the task made one: it is created in the same replicated
+/// write as the failure, so it exists once the failure is seen. Runs are listed newest
+/// first; the pages are read down to the failed run.
 async fn retry_of(client: &Client, run: &Value) -> anyhow::Result<Option<Value>> {
     let (Some(id), Some(task)) = (run["id"].as_u64(), run["task_id"].as_u64()) else { return Ok(None) };
-    let page = client.get(&format!("/api/tasks/{task}/runs?size=100")).await?.data;
-    Ok(page["items"].as_array().into_iter().flatten().find(|r| r["retry_of"].as_u64() == Some(id)).cloned())
+    for page in 1.. {
+        let items = client.get(&format!("/api/tasks/{task}/runs?size=100&page={page}")).await?.data["items"].clone();
+        let items = items.as_array().cloned().unwrap_or_default();
+        if let Some(retry) = items.iter().find(|r| r["retry_of"].as_u64() == Some(id)) {
+            return Ok(Some(retry.clone()));
+        }
+        if items.is_empty() || items.iter().any(|r| r["id"].as_u64().is_some_and(|r| r <= id)) {
+            break;
+        }
+    }
+    Ok(None)
 }
 
 fn finish(client: &Client, run: &Value) -> anyhow::Result<()> {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::cron::{parse_timezone, Schedule};
-use crate::model::{MisfirePolicy, Task, TaskStatus};
+use crate::model::{ConcurrencyPolicy, MisfirePolicy, Task, TaskStatus};
 use crate::node::NodeCore;
 use crate::raft::{Command, Outcome, Rejection, TaskFire};
 use crate::storage::Store;
@@ -225,13 +225,15 @@ async fn wake(core: &Arc<NodeCore>, index: &mut Option<DueIndex>) -> io::Result<
         };
         match plan(&task, now, threshold) {
             Some(mut p) => {
-                let task_room = match p.fired.is_empty() {
-                    true => 0,
+                // A `replace` task builds no backlog (each tick cancels the runs before it).
+                let task_room = match p.fired.is_empty() || task.spec.concurrency_policy == ConcurrencyPolicy::Replace {
+                    true => u64::MAX,
                     false => super::admission::task_room(&core.store, &task, cfg, false)?,
                 };
                 let admitted = room.min(task_room).min(p.fired.len() as u64) as usize;
                 let capped = (p.fired.len() - admitted) as u64;
-                p.fired.truncate(admitted);
+                // The newest ticks run: the older ones are the likelier to be late.
+                p.fired.drain(..p.fired.len() - admitted);
                 room -= admitted as u64;
                 capped_ticks += capped;
                 fires.push(Planned {
