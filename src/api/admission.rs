@@ -99,7 +99,7 @@ pub fn admit_trigger(
             format!("{} runs are waiting for a worker (scheduler.max_pending_runs); retry later", cfg.max_pending_runs),
         );
     }
-    if admission::task_room(&core.store, task, cfg, true)? == 0 {
+    if admission::task_room(&core.store, task, cfg)? == 0 {
         return refuse(
             "task_pending_cap",
             format!(

@@ -58,7 +58,16 @@ pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, crate::storage::Snap
 /// streamed file (`storage/snapshot_file.rs`), the state machine in two sets of column
 /// families, maintained counters and task indexes (status, name trigrams), `Fire`'s
 /// misfire threshold. 4 — tasks counted per bucket of ids (`Counter::TaskBucket`), so a
-/// deep page seeks to where it starts. A format is settled with the release that ships it; the commits between carry no compatibility promise. A node meets a data dir, entry, snapshot or
-/// message of another version with an error naming both versions; there is no in-place
-/// migration (see ARCHITECTURE.md, "Formats").
-pub const FORMAT_VERSION: u8 = 4;
+/// deep page seeks to where it starts. 5 — pending runs counted per task
+/// (`Counter::PendingOf`, for admission control); entries and messages encode as in 4.
+/// A format is settled with the release that ships it; the commits between carry no
+/// compatibility promise. A node reads data dirs, log entries and snapshot files of
+/// [`OLDEST_READABLE_FORMAT`] and later: a data dir is migrated in place when it opens, a
+/// snapshot's derived state is recomputed as it loads. Older ones, and any message of
+/// another version (node to node), are refused with an error naming both versions (see
+/// ARCHITECTURE.md, "Formats", and docs/operations.md, upgrades).
+pub const FORMAT_VERSION: u8 = 5;
+
+/// The oldest format this binary reads (from disk: data dirs, log entries, snapshot
+/// files). Format 4 differs from 5 only in state derived from the tables.
+pub const OLDEST_READABLE_FORMAT: u8 = 4;

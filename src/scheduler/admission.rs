@@ -15,20 +15,7 @@ pub fn global_room(store: &Store, cfg: &SchedulerConfig) -> io::Result<u64> {
     Ok(cfg.max_pending_runs.saturating_sub(store.counter(Counter::Runs(RunStatus::Pending))?))
 }
 
-/// Room for new pending runs of `task`. With `exact` false (the firing loop, which asks
-/// for every task due) the runs are counted only when the task's newest run is still
-/// pending — runs are placed oldest first, so a task whose newest run left the queue has
-/// no backlog — and the answer costs one point read otherwise.
-pub fn task_room(store: &Store, task: &Task, cfg: &SchedulerConfig, exact: bool) -> io::Result<u64> {
-    let cap = cfg.max_pending_runs_per_task;
-    if !exact {
-        let newest_pending = match task.last_run {
-            Some(id) => store.run(id)?.is_some_and(|r| r.status == RunStatus::Pending),
-            None => false,
-        };
-        if !newest_pending {
-            return Ok(cap);
-        }
-    }
-    Ok(cap.saturating_sub(store.pending_runs_of_task(task.id, cap)?))
+/// Room for new pending runs of `task`: one counter read (apply keeps the count).
+pub fn task_room(store: &Store, task: &Task, cfg: &SchedulerConfig) -> io::Result<u64> {
+    Ok(cfg.max_pending_runs_per_task.saturating_sub(store.counter(Counter::PendingOf(task.id))?))
 }

@@ -228,7 +228,7 @@ async fn wake(core: &Arc<NodeCore>, index: &mut Option<DueIndex>) -> io::Result<
                 // A `replace` task builds no backlog (each tick cancels the runs before it).
                 let task_room = match p.fired.is_empty() || task.spec.concurrency_policy == ConcurrencyPolicy::Replace {
                     true => u64::MAX,
-                    false => super::admission::task_room(&core.store, &task, cfg, false)?,
+                    false => super::admission::task_room(&core.store, &task, cfg)?,
                 };
                 let admitted = room.min(task_room).min(p.fired.len() as u64) as usize;
                 let capped = (p.fired.len() - admitted) as u64;

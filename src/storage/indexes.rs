@@ -36,6 +36,9 @@ pub enum Counter {
     RunsOnDay(i64),
     /// Runs of this task that hold a worker slot (assigned or running).
     InProgress(u64),
+    /// Runs of this task waiting for a worker (`pending`): admission control's per-task
+    /// count (format 5).
+    PendingOf(u64),
     /// Tasks with at least one run in progress.
     TasksRunning,
     /// Tasks (in this status, or all of them for `None`) whose id falls in this bucket of
@@ -66,6 +69,11 @@ impl Counter {
             }
             Counter::InProgress(task) => {
                 let mut k = vec![b'P'];
+                k.extend_from_slice(&u64_key(task));
+                k
+            }
+            Counter::PendingOf(task) => {
+                let mut k = vec![b'Q'];
                 k.extend_from_slice(&u64_key(task));
                 k
             }
@@ -431,6 +439,9 @@ impl Store {
             if in_progress(&run) {
                 *counters.entry(Counter::InProgress(run.task_id).key()).or_insert(0) += 1;
                 running_tasks.insert(run.task_id);
+            }
+            if run.status == RunStatus::Pending {
+                *counters.entry(Counter::PendingOf(run.task_id).key()).or_insert(0) += 1;
             }
             let mut k = u64_key(run.task_id).to_vec();
             k.extend_from_slice(&u64_key(run.id));

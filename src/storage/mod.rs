@@ -227,7 +227,8 @@ pub fn open_db(dir: &Path) -> io::Result<Arc<DB>> {
     // the dir refuse it in turn.
     let mut db = DB::open_cf(&opts, dir, &existing)
         .map_err(|e| io::Error::other(format!("cannot open database in {}: {e}", dir.display())))?;
-    let fresh = check_format(&db, dir)?;
+    let found = check_format(&db, dir)?;
+    let fresh = found.is_none();
     for name in all_cfs() {
         if db.cf_handle(name).is_none() {
             db.create_cf(name, &Options::default()).map_err(|e| {
@@ -236,19 +237,53 @@ pub fn open_db(dir: &Path) -> io::Result<Arc<DB>> {
         }
     }
     let meta = db.cf_handle(CF_RAFT_META).expect("created above");
+    let mut sync = rocksdb::WriteOptions::default();
+    sync.set_sync(true);
     if fresh {
-        let mut sync = rocksdb::WriteOptions::default();
-        sync.set_sync(true);
         db.put_cf_opt(meta, FORMAT_KEY, [crate::raft::FORMAT_VERSION], &sync).map_err(db_err)?;
     }
-    read_set(|k| db.get_cf(meta, k))?;
+    let set = read_set(|k| db.get_cf(meta, k))?;
+    if let Some(old) = found.filter(|v| *v < crate::raft::FORMAT_VERSION) {
+        // In place, in one synced batch with the new format mark: a crash before it
+        // leaves the dir as it was, to be migrated at the next start.
+        let mut batch = WriteBatch::default();
+        migrate_set(&db, set, old, &mut batch)?;
+        batch.put_cf(meta, FORMAT_KEY, [crate::raft::FORMAT_VERSION]);
+        db.write_opt(batch, &sync).map_err(db_err)?;
+        tracing::info!(dir = %dir.display(), from = old, to = crate::raft::FORMAT_VERSION, "data dir migrated");
+    }
     Ok(Arc::new(db))
 }
 
-/// Refuses a data dir written in another format; whether it is new (nothing written:
-/// the caller marks it with this binary's format). Data dirs of format 1 predate the
-/// marker: one that holds anything at all is format 1.
-fn check_format(db: &DB, dir: &Path) -> io::Result<bool> {
+/// Brings state-machine set `set`, written in format `from` (at least
+/// [`crate::raft::OLDEST_READABLE_FORMAT`]), to this binary's format, in `batch`: a data
+/// dir as it opens, a snapshot as it loads. 4 → 5: every task's pending runs counted
+/// ([`Counter::PendingOf`]), from one pass over the runs.
+pub(super) fn migrate_set(db: &DB, set: u8, from: u8, batch: &mut WriteBatch) -> io::Result<()> {
+    if from >= 5 {
+        return Ok(());
+    }
+    let runs = db.cf_handle(physical(set, CF_RUNS)).expect("column families are checked at open");
+    let counters = db.cf_handle(physical(set, CF_COUNTERS)).expect("column families are checked at open");
+    let mut pending: std::collections::BTreeMap<u64, u64> = Default::default();
+    for item in db.iterator_cf(runs, IteratorMode::Start) {
+        let (_, v) = item.map_err(db_err)?;
+        let run: Run = decode(&v)?;
+        if run.status == RunStatus::Pending {
+            *pending.entry(run.task_id).or_default() += 1;
+        }
+    }
+    for (task, n) in pending {
+        batch.put_cf(counters, Counter::PendingOf(task).key(), encode(&n)?);
+    }
+    Ok(())
+}
+
+/// Refuses a data dir written in a format this binary cannot read; the format it was
+/// written in, `None` when it is new (nothing written: the caller marks it with this
+/// binary's format). Data dirs of format 1 predate the marker: one that holds anything at
+/// all is format 1.
+fn check_format(db: &DB, dir: &Path) -> io::Result<Option<u8>> {
     let marked = match db.cf_handle(CF_RAFT_META) {
         Some(meta) => db.get_cf(meta, FORMAT_KEY).map_err(db_err)?,
         None => None,
@@ -260,23 +295,24 @@ fn check_format(db: &DB, dir: &Path) -> io::Result<bool> {
                 .filter_map(|name| db.cf_handle(name))
                 .any(|cf| db.iterator_cf(cf, IteratorMode::Start).next().is_some());
             if !written {
-                return Ok(true);
+                return Ok(None);
             }
             1
         }
     };
-    if found != crate::raft::FORMAT_VERSION {
+    if !(crate::raft::OLDEST_READABLE_FORMAT..=crate::raft::FORMAT_VERSION).contains(&found) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "data dir {} has format version {found}, this binary reads format version {}; \
+                "data dir {} has format version {found}, this binary reads format version {} (and migrates {} and later); \
                  it cannot be opened in place: restore its tasks into a new cluster, or run the release that wrote it",
                 dir.display(),
-                crate::raft::FORMAT_VERSION
+                crate::raft::FORMAT_VERSION,
+                crate::raft::OLDEST_READABLE_FORMAT
             ),
         ));
     }
-    Ok(false)
+    Ok(Some(found))
 }
 
 /// The memtables of all column families together; beyond it RocksDB flushes the largest.
@@ -321,7 +357,10 @@ pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> 
 
 pub(crate) fn decode_versioned<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> io::Result<T> {
     match bytes.first() {
-        Some(&v) if v == crate::raft::FORMAT_VERSION => decode(&bytes[1..]),
+        // Format 4 encodes entries as 5 does.
+        Some(&v) if (crate::raft::OLDEST_READABLE_FORMAT..=crate::raft::FORMAT_VERSION).contains(&v) => {
+            decode(&bytes[1..])
+        }
         Some(&v) => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
@@ -726,28 +765,6 @@ impl Store {
         Ok(out)
     }
 
-    /// How many of the task's runs are `pending`, counting no further than `limit`. Reads
-    /// the task's stored runs (its finished history and what is unfinished).
-    pub fn pending_runs_of_task(&self, task_id: u64, limit: u64) -> io::Result<u64> {
-        let prefix = u64_key(task_id);
-        let mut pending = 0;
-        for item in
-            self.db.iterator_cf(self.cf(CF_RUNS_BY_TASK), IteratorMode::From(&prefix, rocksdb::Direction::Forward))
-        {
-            let (k, _) = item.map_err(db_err)?;
-            if k.len() != 16 || k[..8] != prefix {
-                break;
-            }
-            if self.run(key_u64(&k[8..])?)?.is_some_and(|r| r.status == RunStatus::Pending) {
-                pending += 1;
-                if pending >= limit {
-                    break;
-                }
-            }
-        }
-        Ok(pending)
-    }
-
     /// Visits runs in id order until `visit` returns false.
     pub fn scan_runs(&self, mut visit: impl FnMut(Run) -> bool) -> io::Result<()> {
         for item in self.db.iterator_cf(self.cf(CF_RUNS), IteratorMode::Start) {
@@ -872,6 +889,45 @@ mod tests {
         let err = decode_versioned::<(String, u64)>("log entry", &newer).unwrap_err().to_string();
         assert!(err.contains("format version") && err.contains("upgrade"), "{err}");
         assert!(decode_versioned::<(String, u64)>("snapshot", &[]).unwrap_err().to_string().contains("empty"));
+    }
+
+    fn copy_fixture(name: &str) -> tempfile::TempDir {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&fixture).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        dir
+    }
+
+    /// A data dir of the previous format (checked in under tests/fixtures/format-v4, three
+    /// runs pending: two of task 1, one of task 2) opens under this binary, migrated in
+    /// place: marked with this format, the per-task pending counts derived, every index
+    /// and counter agreeing with the tables, and it opens again as it is.
+    #[test]
+    fn a_format_4_data_dir_is_migrated_in_place() {
+        let dir = copy_fixture("format-v4/db");
+        let db = open_db(dir.path()).expect("a format 4 dir opens");
+        let format = db.get_cf(db.cf_handle(CF_RAFT_META).unwrap(), FORMAT_KEY).unwrap();
+        assert_eq!(format, Some(vec![crate::raft::FORMAT_VERSION]));
+        let store = Store::new(db.clone());
+        assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+        assert_eq!(store.counter(Counter::PendingOf(1)).unwrap(), 2);
+        assert_eq!(store.counter(Counter::PendingOf(2)).unwrap(), 1);
+        assert_eq!(store.counter(Counter::PendingOf(3)).unwrap(), 0);
+        assert_eq!(store.task_count().unwrap(), 3);
+        // Its log entries, written in format 4, read back.
+        let entries = store.db().iterator_cf(store.db().cf_handle(CF_RAFT_LOG).unwrap(), IteratorMode::Start).count();
+        assert!(entries >= 8, "{entries} log entries");
+        for item in store.db().iterator_cf(store.db().cf_handle(CF_RAFT_LOG).unwrap(), IteratorMode::Start) {
+            let (_, v) = item.unwrap();
+            assert_eq!(v[0], 4, "written by format 4");
+            decode_versioned::<crate::raft::Entry>("log entry", &v).expect("a format 4 entry decodes");
+        }
+        drop((store, db));
+        let again = Store::new(open_db(dir.path()).unwrap());
+        assert_eq!(again.counter(Counter::PendingOf(1)).unwrap(), 2);
     }
 
     /// A data dir written by format 1 (before this binary's changes to replicated types,

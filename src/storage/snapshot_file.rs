@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::{decode, encode, SM_CFS};
-use crate::raft::{SnapshotMeta, Vote, FORMAT_VERSION};
+use crate::raft::{SnapshotMeta, Vote, FORMAT_VERSION, OLDEST_READABLE_FORMAT};
 
 const MAGIC: &[u8; 6] = b"RCSNAP";
 const END: u8 = 0xFF;
@@ -219,23 +219,35 @@ pub struct SnapshotReader<R> {
     input: BufReader<R>,
     hash: Sha256,
     done: bool,
+    version: u8,
 }
 
 impl<R: Read> SnapshotReader<R> {
+    /// The format the file was written in (a loader brings older ones up to date).
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
     /// Reads the header; refuses a file of another version or no snapshot at all.
     pub fn open(input: R) -> io::Result<(SnapshotMeta, Self)> {
-        let mut r = SnapshotReader { input: BufReader::with_capacity(BUFFER, input), hash: Sha256::new(), done: false };
+        let mut r = SnapshotReader {
+            input: BufReader::with_capacity(BUFFER, input),
+            hash: Sha256::new(),
+            done: false,
+            version: 0,
+        };
         let mut head = [0u8; 1 + MAGIC.len()];
         r.read_exact(&mut head).map_err(|_| corrupt("snapshot file is shorter than its header".into()))?;
         if &head[1..] != MAGIC {
             return Err(corrupt("not a raftcron snapshot file (no RCSNAP header)".into()));
         }
-        if head[0] != FORMAT_VERSION {
+        if !(OLDEST_READABLE_FORMAT..=FORMAT_VERSION).contains(&head[0]) {
             return Err(corrupt(format!(
-                "snapshot has format version {}, this binary reads version {FORMAT_VERSION}; upgrade this node",
+                "snapshot has format version {}, this binary reads versions {OLDEST_READABLE_FORMAT} to {FORMAT_VERSION}",
                 head[0]
             )));
         }
+        r.version = head[0];
         let len = r.length("meta")?;
         let mut meta = vec![0u8; len];
         r.read_exact(&mut meta)?;

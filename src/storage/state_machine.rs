@@ -325,6 +325,11 @@ pub(super) fn load_into_set(
         }
     }
     db.write(batch).map_err(db_err)?;
+    if records.version() < crate::raft::FORMAT_VERSION {
+        let mut derived = WriteBatch::default();
+        super::migrate_set(db, set, records.version(), &mut derived)?;
+        db.write(derived).map_err(db_err)?;
+    }
     Ok(file_meta)
 }
 

@@ -226,6 +226,9 @@ impl<'a> Tx<'a> {
     fn count_run_change(&mut self, old: Option<&Run>, new: Option<&Run>) -> io::Result<()> {
         self.move_count(old.map(|r| Counter::Runs(r.status)), new.map(|r| Counter::Runs(r.status)))?;
         self.move_count(old.map(|r| Counter::RunsOnDay(run_day(r))), new.map(|r| Counter::RunsOnDay(run_day(r))))?;
+        let pending =
+            |r: Option<&Run>| r.filter(|r| r.status == RunStatus::Pending).map(|r| Counter::PendingOf(r.task_id));
+        self.move_count(pending(old), pending(new))?;
         let (was, is) = (old.is_some_and(in_progress), new.is_some_and(in_progress));
         if let (true, Some(task)) = (was != is, old.or(new).map(|r| r.task_id)) {
             let after = self.bump(Counter::InProgress(task), if is { 1 } else { -1 })?;

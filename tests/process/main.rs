@@ -14,4 +14,5 @@ mod lifecycle;
 mod liveness;
 mod reads;
 mod tls;
+mod upgrade;
 mod workers;
