@@ -129,6 +129,20 @@ async fn the_cli_drives_tasks_runs_and_workers_with_exit_codes_scripts_can_rely_
     assert_eq!(logs.trim(), "hello from cli");
     cli.refused(1, &["run", "cancel", &run_id], "409");
     cli.refused(1, &["run", "get", "424242"], "not found");
+    // Every other command's bad input: an unknown id, a value out of range, a bad flag.
+    for (args, needle) in [
+        (&["task", "pause", "999999"][..], "not found"),
+        (&["task", "resume", "999999"], "not found"),
+        (&["task", "trigger", "999999"], "not found"),
+        (&["task", "runs", "999999"], "not found"),
+        (&["run", "logs", "424242"], "not found"),
+        (&["run", "cancel", "424242"], "not found"),
+        (&["task", "list", "--size", "500"], "size"),
+    ] {
+        cli.refused(1, args, needle);
+    }
+    cli.refused(2, &["worker", "list", "-o", "yaml"], "yaml");
+    cli.refused(2, &["task", "trigger", &id, "--timeout", "soon"], "soon");
 
     // workers: list, get, update (a usage error when nothing is asked).
     let workers = cli.json(&["worker", "list"]);
