@@ -42,13 +42,14 @@ import_rootfs "$work/base" librocksdb7.8,ca-certificates debian:bookworm-slim \
 import_rootfs "$work/haproxy" haproxy,ca-certificates raftcron-haproxy:local \
   --change 'USER haproxy' \
   --change 'CMD ["haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]'
-# /var/lib/prometheus comes with the package, owned by its user: the compose volume
-# mounted there starts from it, writable.
+# The package makes /var/lib/prometheus/metrics2 its user's (the dir above it is root's):
+# the TSDB goes there, and the compose volume mounted on /var/lib/prometheus starts from
+# it, ownership included.
 import_rootfs "$work/prometheus" prometheus,ca-certificates raftcron-prometheus:local \
   --change 'USER prometheus' \
-  --change 'WORKDIR /var/lib/prometheus' \
+  --change 'WORKDIR /var/lib/prometheus/metrics2' \
   --change 'ENTRYPOINT ["/usr/bin/prometheus"]' \
-  --change 'CMD ["--config.file=/etc/prometheus/prometheus.yml"]'
+  --change 'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/var/lib/prometheus/metrics2"]'
 echo "base images ready in $((SECONDS - t0))s"
 
 scripts/build-release.sh dist

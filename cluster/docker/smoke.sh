@@ -25,7 +25,7 @@ cleanup() {
   local rc=$?
   if [ $rc -ne 0 ]; then
     echo "--- smoke test failed (exit $rc); container logs:"
-    compose logs --tail=30 2>&1 | tail -150 || true
+    compose --profile monitoring logs --tail=30 2>&1 | tail -150 || true
   fi
   compose --profile monitoring down -v --remove-orphans >/dev/null 2>&1 || true
   exit $rc

@@ -48,13 +48,16 @@ impl RateLimiter {
 }
 
 /// After authentication: a caller over its rate gets 429. Workers' agents pace themselves
-/// and are never limited: neither a worker credential, nor the agent routes (register,
-/// heartbeat, assignments, report) under any credential — an embedded or `dev` worker
-/// speaks with an admin key, and a throttled heartbeat would cost its lease and its runs.
+/// and are never limited: neither a worker credential, nor an admin on the agent routes
+/// (register, heartbeat, assignments, report) — an embedded or `dev` worker speaks with an
+/// admin key, and a throttled heartbeat would cost its lease and its runs.
 pub async fn rate_limit(State(core): State<Arc<NodeCore>>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str()).unwrap_or_default();
     let agent_route = access_of(req.method().as_str(), route) == Some(Access::Worker);
-    let caller = req.extensions().get::<Caller>().filter(|c| c.role != Role::Worker && !agent_route);
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .filter(|c| c.role != Role::Worker && !(agent_route && Access::Worker.admits(c.role)));
     if let Some(caller) = caller {
         if let Err(wait) = core.rate_limiter.check(&caller.scope()) {
             core.metrics.admission_rejected.with_label_values(&["rate_limit"]).inc();
@@ -84,7 +87,11 @@ pub fn admit_trigger(
         return Ok(());
     }
     if let Some(k) = idempotency {
-        if core.store.idempotency(&k.scope, &k.key)?.is_some() {
+        // Only a record the write will replay: unexpired (the sweep removes expired ones
+        // lazily) and for this same request.
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let replays = core.store.idempotency(&k.scope, &k.key)?;
+        if replays.is_some_and(|r| r.expires_at_ms > now_ms && r.fingerprint == k.fingerprint) {
             return Ok(());
         }
     }

@@ -80,9 +80,9 @@ macro_rules! out {
 pub(crate) use {out, outln};
 
 /// Whether a failed request may succeed if repeated: no answer, an overloaded or leaderless
-/// cluster (429, 503), or an outcome not known yet (504).
+/// cluster (429, 503), or an outcome not known yet (502, 504).
 pub fn is_transient(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<Exit>().is_some_and(|x| x.code == Exit::UNREACHABLE || matches!(x.status, Some(429 | 503 | 504)))
+    e.downcast_ref::<Exit>().is_some_and(|x| x.code == Exit::UNREACHABLE || matches!(x.status, Some(429 | 502..=504)))
 }
 
 /// The exit code of a failed command: an [`Exit`]'s own, else 1.
@@ -188,9 +188,9 @@ impl ClientArgs {
 
     /// Server, credential and CA. Each flag wins; the rest comes from one source, never a
     /// mix of two (a key must not travel to another source's server): a context named by
-    /// `--context` or RAFTCRON_CONTEXT, else the variables RAFTCRON_SERVER,
-    /// RAFTCRON_API_KEY and RAFTCRON_CA_FILE when any of them is set, else the config
-    /// file's `current_context`.
+    /// `--context` or RAFTCRON_CONTEXT, else the variables RAFTCRON_SERVER and
+    /// RAFTCRON_API_KEY when either is set, else the config file's `current_context`. A
+    /// context's key is sent only to the context's own server (without one, the default).
     pub fn resolve(&self) -> anyhow::Result<(String, Option<String>, Option<PathBuf>)> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let named = self.context.clone().or_else(|| var("RAFTCRON_CONTEXT"));
@@ -200,7 +200,9 @@ impl ClientArgs {
             api_key_file: None,
             ca_file: var("RAFTCRON_CA_FILE").map(PathBuf::from),
         };
-        let env_set = from_env.server.is_some() || from_env.api_key.is_some() || from_env.ca_file.is_some();
+        // RAFTCRON_CA_FILE alone picks no source: it applies like a flag, below.
+        let env_set = from_env.server.is_some() || from_env.api_key.is_some();
+        let env_ca = from_env.ca_file.clone();
         let source = match (named, env_set) {
             (Some(name), _) => {
                 let Some((path, _)) = config_path() else {
@@ -232,8 +234,20 @@ impl ClientArgs {
                 None => ContextEntry::default(),
             },
         };
-        let server = self.server.clone().or(source.server).unwrap_or_else(|| "http://127.0.0.1:8080".into());
-        let server = server.trim_end_matches('/').to_string();
+        let trim = |s: &str| s.trim_end_matches('/').to_string();
+        let bound = source.server.as_deref().map(trim);
+        let server = trim(&self.server.clone().or(source.server).unwrap_or_else(|| "http://127.0.0.1:8080".into()));
+        // A context's key belongs to the context's server: `--server` elsewhere needs its
+        // own `--api-key` (the environment's key, set by the user for this shell, goes
+        // wherever `--server` says).
+        let context_key = source.api_key.is_some() || source.api_key_file.is_some();
+        let default = "http://127.0.0.1:8080";
+        if !env_set && self.api_key.is_none() && context_key && bound.as_deref().unwrap_or(default) != server {
+            return Err(Exit::usage(format!(
+                "the context's key is for {}; give --api-key for {server}",
+                bound.as_deref().unwrap_or(default)
+            )));
+        }
         match reqwest::Url::parse(&server) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
             _ => return Err(Exit::usage(format!("server {server:?} is not an http:// or https:// URL"))),
@@ -249,7 +263,7 @@ impl ClientArgs {
             ),
             (None, None, None) => None,
         };
-        Ok((server, key, self.ca_file.clone().or(source.ca_file)))
+        Ok((server, key, self.ca_file.clone().or(env_ca).or(source.ca_file)))
     }
 
     pub fn connect(&self) -> anyhow::Result<Client> {
@@ -302,12 +316,18 @@ impl Client {
         let text = resp.text().await.map_err(|e| self.unreachable(e))?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let message = v["message"].as_str().unwrap_or_default().to_string();
-        if v.is_null() && matches!(status.as_u16(), 502..=504) {
+        if v.is_null() && status.as_u16() == 503 {
             // Not raftcron's answer: a load balancer with no node behind it.
             return Err(Exit::error(
                 Exit::UNREACHABLE,
                 format!("{} answered {status}: no node behind it answers", self.base),
             ));
+        }
+        if v.is_null() && matches!(status.as_u16(), 502 | 504) {
+            // A load balancer lost the node's answer: the request may have been carried out.
+            let message =
+                format!("{} answered {status}: the outcome is unknown (it may have been carried out)", self.base);
+            return Err(anyhow::Error::new(Exit { code: Exit::API, message, status: Some(status.as_u16()) }));
         }
         if !status.is_success() {
             let why = match message.is_empty() {

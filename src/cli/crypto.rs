@@ -79,7 +79,13 @@ pub fn keygen(path: &Path) -> anyhow::Result<String> {
         .open(path)
         .map_err(|e| Exit::usage(format!("{}: {e}", path.display())))?;
     let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    writeln!(file, "# created: {created}\n# public key: {public}\n{}", identity.to_string().expose_secret())?;
-    file.sync_all()?;
+    let written =
+        writeln!(file, "# created: {created}\n# public key: {public}\n{}", identity.to_string().expose_secret())
+            .and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        // A half-written key is no key: leave nothing that a second keygen would refuse.
+        let _ = std::fs::remove_file(path);
+        return Err(anyhow::anyhow!("cannot write {}: {e}", path.display()));
+    }
     Ok(public)
 }

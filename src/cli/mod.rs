@@ -472,6 +472,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if !db_dir.is_dir() {
                 anyhow::bail!("{} holds no database (is it a node's data_dir?)", data_dir.display());
             }
+            // Verifying must not change the dir: one of an older format is not migrated here.
+            if let Some(old) = crate::storage::stored_format(&db_dir)?.filter(|f| *f < crate::raft::FORMAT_VERSION) {
+                anyhow::bail!(
+                    "{} is in format {old}; this binary ({}) would migrate it: start the node once with it first, \
+                     or verify it with the release that wrote it",
+                    data_dir.display(),
+                    crate::raft::FORMAT_VERSION
+                );
+            }
             let db = crate::storage::open_db(&db_dir).with_context(|| {
                 format!("cannot open {} (a running node holds it: stop it first)", db_dir.display())
             })?;

@@ -36,12 +36,18 @@ pub async fn save(
     let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("?").to_string();
     let (cluster_id, index) = (header("x-raftcron-cluster-id"), header("x-raftcron-last-log-index"));
     let to_stdout = file == Path::new("-");
-    let tmp = PathBuf::from(format!("{}.partial", file.display()));
+    // A name of its own (a second save to the same name at once must not write into it),
+    // created new and readable by its owner only: a backup holds every secret.
+    let tmp = PathBuf::from(format!("{}.partial-{}", file.display(), uuid::Uuid::new_v4().simple()));
     let encrypted = !recipients.is_empty();
     let received = async {
         let out: Box<dyn Output> = match to_stdout {
             true => Box::new(std::io::stdout()),
-            false => Box::new(std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?),
+            false => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp);
+                Box::new(out.with_context(|| format!("cannot create {}", tmp.display()))?)
+            }
         };
         let mut sink = Sink::new(out, &recipients)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
@@ -84,6 +90,9 @@ pub async fn save(
         return Ok(());
     }
     std::fs::rename(&tmp, file)?;
+    // The rename itself made durable.
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()?;
     println!("saved {} {report}", file.display());
     Ok(())
 }
@@ -182,7 +191,12 @@ pub fn restore(
             let plaintext = crypto::decrypting_reader(file, key)?;
             crate::storage::restore_from(plaintext, bytes, data_dir, node_id, info, &cluster_id)?
         }
-        (false, _) => crate::storage::restore(file, data_dir, node_id, info, &cluster_id)?,
+        (false, key) => {
+            if key.is_some() {
+                eprintln!("note: {} is not encrypted; --key-file is not used", file.display());
+            }
+            crate::storage::restore(file, data_dir, node_id, info, &cluster_id)?
+        }
     };
     println!(
         "restored {} tasks up to log index {} into {} as node {node_id}, the only voter of cluster {} (the snapshot came from cluster {}); start the node, then add the others",

@@ -255,6 +255,17 @@ pub fn open_db(dir: &Path) -> io::Result<Arc<DB>> {
     Ok(Arc::new(db))
 }
 
+/// The format of the database in `dir`, read without changing anything (`None`: nothing
+/// written yet); an error for a format this binary cannot read. What a command that must
+/// not migrate (`raftcron debug verify`) checks first.
+pub fn stored_format(dir: &Path) -> io::Result<Option<u8>> {
+    let opts = Options::default();
+    let cfs = DB::list_cf(&opts, dir).map_err(|e| io::Error::other(format!("{}: {e}", dir.display())))?;
+    let db = DB::open_cf_for_read_only(&opts, dir, &cfs, false)
+        .map_err(|e| io::Error::other(format!("cannot open database in {}: {e}", dir.display())))?;
+    check_format(&db, dir)
+}
+
 /// Brings state-machine set `set`, written in format `from` (at least
 /// [`crate::raft::OLDEST_READABLE_FORMAT`]), to this binary's format, in `batch`: a data
 /// dir as it opens, a snapshot as it loads. 4 → 5: every task's pending runs counted
@@ -364,7 +375,8 @@ pub(crate) fn decode_versioned<T: DeserializeOwned>(what: &str, bytes: &[u8]) ->
         Some(&v) => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "{what} has format version {v}, this binary reads version {}; upgrade this node",
+                "{what} has format version {v}, this binary reads versions {} to {}",
+                crate::raft::OLDEST_READABLE_FORMAT,
                 crate::raft::FORMAT_VERSION
             ),
         )),
@@ -887,7 +899,13 @@ mod tests {
         let mut newer = bytes.clone();
         newer[0] = crate::raft::FORMAT_VERSION + 1;
         let err = decode_versioned::<(String, u64)>("log entry", &newer).unwrap_err().to_string();
-        assert!(err.contains("format version") && err.contains("upgrade"), "{err}");
+        let reads =
+            format!("reads versions {} to {}", crate::raft::OLDEST_READABLE_FORMAT, crate::raft::FORMAT_VERSION);
+        assert!(err.contains(&format!("format version {}", newer[0])) && err.contains(&reads), "{err}");
+        let mut older = bytes.clone();
+        older[0] = crate::raft::OLDEST_READABLE_FORMAT - 1;
+        let err = decode_versioned::<(String, u64)>("log entry", &older).unwrap_err().to_string();
+        assert!(err.contains(&format!("format version {}", older[0])) && err.contains(&reads), "{err}");
         assert!(decode_versioned::<(String, u64)>("snapshot", &[]).unwrap_err().to_string().contains("empty"));
     }
 

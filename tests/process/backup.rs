@@ -150,6 +150,13 @@ async fn an_encrypted_backup_holds_no_secret_in_the_clear_and_restores_only_with
     assert!(text(&saved).contains("encrypted") && text(&saved).contains("checksum verified"), "{}", text(&saved));
     let bytes = std::fs::read(&file).unwrap();
     assert!(bytes.starts_with(b"age-encryption.org/v1"), "an age file");
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600, "its owner's only");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     for clear in [secret.as_bytes(), b"uses-a-secret", b"RCSNAP"] {
         assert!(!bytes.windows(clear.len()).any(|w| w == clear), "{:?} in the clear", String::from_utf8_lossy(clear));
     }

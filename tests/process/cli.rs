@@ -186,6 +186,12 @@ async fn the_cli_drives_tasks_runs_and_workers_with_exit_codes_scripts_can_rely_
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftcron"));
     cmd.env_clear().env("RAFTCRON_CLIENT_CONFIG", &config).args(["task", "list", "--context", "nowhere"]);
     assert_eq!(cmd.output().unwrap().status.code(), Some(3), "the named context's server is used");
+    // A context's key goes to the context's server only.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftcron"));
+    cmd.env_clear().env("RAFTCRON_CLIENT_CONFIG", &config).args(["task", "list", "--server", "http://127.0.0.1:1"]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("give --api-key"), "{}", text(&out));
     // A named context is used whole: the environment's server does not mix into it.
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftcron"));
     cmd.env_clear().env("RAFTCRON_CLIENT_CONFIG", &config).env("RAFTCRON_SERVER", "http://127.0.0.1:1").args([

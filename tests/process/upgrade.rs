@@ -19,6 +19,14 @@ async fn a_data_dir_of_the_previous_format_serves_under_this_binary() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), data.join("db").join(entry.file_name())).unwrap();
     }
+    // Verifying it must not migrate it (an old binary could no longer open it).
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_raftcron"))
+        .args(["debug", "verify", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verify.stderr);
+    assert!(!verify.status.success() && said.contains("format 4") && said.contains("migrate"), "{said}");
+    assert_eq!(raftcron::storage::stored_format(&data.join("db")).unwrap(), Some(4), "left as it was");
     let http = format!("127.0.0.1:{}", free_port());
     let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
     let mut node = raftcron_command(log)
