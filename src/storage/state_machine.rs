@@ -592,6 +592,32 @@ mod tests {
         assert_eq!(store.digest().unwrap(), digest);
     }
 
+    /// A follower of a leader that still holds a format-4 `current` installs it into its
+    /// idle set with the derived counts recomputed: the same content as the format-4 data
+    /// dir that wrote it, migrated in place (tests/fixtures/format-v4: the dir and its
+    /// backup at the same index).
+    #[tokio::test]
+    async fn a_format_4_snapshot_installs_into_the_idle_set_as_the_migrated_dir_holds() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-v4");
+        let b = tempfile::tempdir().unwrap();
+        let mut sm = state(b.path(), 20, 5);
+        let path = sm.snapshot_dir.join(temp_name("incoming"));
+        std::fs::copy(fixture.join("state.rcsnap"), &path).unwrap();
+        let meta = read_meta(&path).unwrap();
+        sm.install_snapshot(&meta, SnapshotData::open(&path).unwrap()).await.unwrap();
+        assert_eq!(sm.store.live_set(), 1, "installed into set 1");
+        assert_eq!(sm.store.verify().unwrap(), Vec::<String>::new());
+        assert_eq!(sm.store.counter(crate::storage::Counter::PendingOf(1)).unwrap(), 2);
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(fixture.join("db")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        let migrated = Store::new(open_db(dir.path()).unwrap());
+        assert_eq!(migrated.applied().unwrap(), meta.last_log_id, "the dir and the backup are at one index");
+        assert_eq!(migrated.content_digest().unwrap(), sm.store.content_digest().unwrap());
+    }
+
     /// A crash at every step of an install (simulated by stopping there and reopening the
     /// database) restarts with the old state or the new one, never a mix, and never with
     /// the idle set holding anything; `current` is the old file until the new one's records
