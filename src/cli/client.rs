@@ -126,6 +126,9 @@ pub struct ClientArgs {
     pub ca_file: Option<PathBuf>,
 }
 
+/// Where a client goes when nothing names a server: `raftcron dev`'s address.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
 /// `~/.config/raftcron/config.toml` (or `$RAFTCRON_CLIENT_CONFIG`, or under
 /// `$XDG_CONFIG_HOME`): named contexts, like kubectl's.
 ///
@@ -203,6 +206,7 @@ impl ClientArgs {
         // RAFTCRON_CA_FILE alone picks no source: it applies like a flag, below.
         let env_set = from_env.server.is_some() || from_env.api_key.is_some();
         let env_ca = from_env.ca_file.clone();
+        let from_context = named.is_some() || !env_set;
         let source = match (named, env_set) {
             (Some(name), _) => {
                 let Some((path, _)) = config_path() else {
@@ -236,17 +240,14 @@ impl ClientArgs {
         };
         let trim = |s: &str| s.trim_end_matches('/').to_string();
         let bound = source.server.as_deref().map(trim);
-        let server = trim(&self.server.clone().or(source.server).unwrap_or_else(|| "http://127.0.0.1:8080".into()));
+        let server = trim(&self.server.clone().or(source.server).unwrap_or_else(|| DEFAULT_SERVER.into()));
         // A context's key belongs to the context's server: `--server` elsewhere needs its
         // own `--api-key` (the environment's key, set by the user for this shell, goes
         // wherever `--server` says).
         let context_key = source.api_key.is_some() || source.api_key_file.is_some();
-        let default = "http://127.0.0.1:8080";
-        if !env_set && self.api_key.is_none() && context_key && bound.as_deref().unwrap_or(default) != server {
-            return Err(Exit::usage(format!(
-                "the context's key is for {}; give --api-key for {server}",
-                bound.as_deref().unwrap_or(default)
-            )));
+        let home = bound.as_deref().unwrap_or(DEFAULT_SERVER);
+        if from_context && self.api_key.is_none() && context_key && home != server {
+            return Err(Exit::usage(format!("the context's key is for {home}; give --api-key for {server}")));
         }
         match reqwest::Url::parse(&server) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
@@ -504,7 +505,7 @@ mod tests {
     }
 
     #[test]
-    fn a_context_supplies_what_flags_do_not() {
+    fn the_client_config_reads_contexts_and_refuses_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let key_file = dir.path().join("k");
         std::fs::write(&key_file, "  secret-key\n").unwrap();

@@ -192,6 +192,18 @@ async fn the_cli_drives_tasks_runs_and_workers_with_exit_codes_scripts_can_rely_
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("give --api-key"), "{}", text(&out));
+    // Also when the environment holds a key of its own: the named context's key stays home.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftcron"));
+    cmd.env_clear().env("RAFTCRON_CLIENT_CONFIG", &config).env("RAFTCRON_API_KEY", "ambient-key").args([
+        "task",
+        "list",
+        "--context",
+        "third",
+        "--server",
+        "http://127.0.0.1:1",
+    ]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     // A named context is used whole: the environment's server does not mix into it.
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftcron"));
     cmd.env_clear().env("RAFTCRON_CLIENT_CONFIG", &config).env("RAFTCRON_SERVER", "http://127.0.0.1:1").args([
