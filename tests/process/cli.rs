@@ -59,7 +59,15 @@ fn text(out: &Output) -> String {
 async fn the_cli_drives_tasks_runs_and_workers_with_exit_codes_scripts_can_rely_on() {
     let c = Cluster::start(3);
     c.wait_healthy(Duration::from_secs(20)).await;
-    let mut worker = spawn_worker(&c, 0, "cli-w1");
+    // Killed when the test ends, passed or not.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _worker = Reaped(spawn_worker(&c, 0, "cli-w1"));
     // Through a follower or the leader alike: node 2 (writes are forwarded).
     let cli = Cli { server: format!("http://{}", c.nodes[1].http), envs: Vec::new() };
     let dir = tempfile::tempdir().unwrap();
@@ -231,6 +239,4 @@ async fn the_cli_drives_tasks_runs_and_workers_with_exit_codes_scripts_can_rely_
         let script = cli.expect(0, &["completion", shell]);
         assert!(script.contains("raftcron") && script.contains("trigger"), "{shell}: {script}");
     }
-    let _ = worker.kill();
-    let _ = worker.wait();
 }
