@@ -15,9 +15,9 @@ use crate::raft::apply::apply_request;
 use crate::raft::{Command, LogId, NodeInfo, Outcome, Request};
 use crate::storage::{check_snapshot_stream, open_db, write_snapshot_file, Store, Tx};
 
-/// Streams `GET /api/cluster/snapshot` into `file` (through `FILE.partial`, synced, and
-/// renamed only once whole), or to stdout for `-`; encrypted to `recipients` when there
-/// are any. The plaintext is checked as it arrives (header, every record, the checksum)
+/// Streams `GET /api/cluster/snapshot` into `file` (through `FILE.partial-<random>`,
+/// mode 0600, synced, and renamed only once whole), or to stdout for `-`; encrypted to
+/// `recipients` when there are any. The plaintext is checked as it arrives (header, every record, the checksum)
 /// on a thread of its own, so an encrypted backup is verified without being decrypted.
 pub async fn save(
     client: ClientArgs,
