@@ -28,4 +28,5 @@ pub mod raft;
 pub mod rpc;
 pub mod scheduler;
 pub mod storage;
+pub mod ui;
 pub mod worker;

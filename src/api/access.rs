@@ -73,6 +73,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/api/tasks/{task_id}/resume", Access::Role(Role::Operator)),
     ("POST", "/api/tasks/{task_id}/trigger", Access::Role(Role::Operator)),
     ("GET", "/api/tasks/{task_id}/runs", Access::Role(Role::Viewer)),
+    ("GET", "/api/runs", Access::Role(Role::Viewer)),
     ("GET", "/api/runs/{run_id}", Access::Role(Role::Viewer)),
     ("POST", "/api/runs/{run_id}/cancel", Access::Role(Role::Operator)),
     ("POST", "/api/runs/{run_id}/report", Access::Worker),

@@ -132,10 +132,41 @@ impl Auth {
     }
 }
 
+/// A caller the node itself already authenticated: the dashboard ([`crate::ui`]) puts it
+/// on the requests it makes to this router in process, for the signed-in user. Only Rust
+/// code in this process can put a value into a request's extensions — nothing a network
+/// client sends becomes one — and the request then passes the same role table, rate
+/// limit and audit as any other.
+#[derive(Debug, Clone)]
+pub struct InProcessCaller(pub Caller);
+
+impl Auth {
+    /// The role of the configured API key named `name`, if one still is: a dashboard
+    /// session signed in with a key ends when the key is removed or its role changes.
+    pub fn key_role(&self, name: &str) -> Option<Role> {
+        self.keys.iter().find(|(_, c)| c.name == name).map(|(_, c)| c.role)
+    }
+
+    /// Whether JWTs are accepted at all.
+    pub fn accepts_jwt(&self) -> bool {
+        self.jwt.is_some()
+    }
+
+    /// The `exp` of a JWT this node accepts (None for anything else): a dashboard session
+    /// signed in with a token never outlives it.
+    pub fn jwt_expiry(&self, token: &str) -> Option<u64> {
+        self.jwt.as_ref()?.verify(token).ok().map(|c| c.exp)
+    }
+}
+
 /// Middleware: authenticates and stores the [`Caller`] in the request extensions.
 pub async fn require_auth(State(core): State<Arc<NodeCore>>, mut req: Request, next: Next) -> Response {
     let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match core.auth.authenticate(header) {
+    let authenticated = match req.extensions().get::<InProcessCaller>() {
+        Some(InProcessCaller(caller)) => Ok(caller.clone()),
+        None => core.auth.authenticate(header),
+    };
+    match authenticated {
         Ok(caller) => {
             // The audit layer, outside this one, learns who called.
             if let Some(slot) = req.extensions().get::<super::AuditCaller>() {

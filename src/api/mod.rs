@@ -464,7 +464,7 @@ pub fn router(core: Arc<NodeCore>) -> Router {
             async move { Json((*doc).clone()) }
         }),
     );
-    Router::new()
+    let api = Router::new()
         .merge(protected)
         .merge(open)
         .fallback(route_not_found)
@@ -472,7 +472,9 @@ pub fn router(core: Arc<NodeCore>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(listener::BODY_TIMEOUT))
         .layer(middleware::from_fn_with_state(core.clone(), record_http_metrics))
-        .with_state(core)
+        .with_state(core.clone());
+    // The dashboard reads and writes through this same router, in process.
+    crate::ui::router(core, api.clone()).merge(api)
 }
 
 async fn route_not_found(req: Request) -> ApiError {

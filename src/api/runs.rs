@@ -1,4 +1,5 @@
-//! Runs: manual trigger, a task's run history, one run, cancel.
+//! Runs: manual trigger, a task's run history, the newest runs of all tasks, one run,
+//! cancel.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub fn routes() -> OpenApiRouter<Arc<NodeCore>> {
     OpenApiRouter::new()
         .routes(routes!(trigger_task))
         .routes(routes!(task_runs))
+        .routes(routes!(recent_runs))
         .routes(routes!(get_run))
         .routes(routes!(cancel_run))
 }
@@ -123,6 +125,86 @@ async fn task_runs(
     let skip = usize::try_from((page - 1).saturating_mul(size)).unwrap_or(usize::MAX);
     let (items, total) = core.store.runs_of_task(task_id, skip, size as usize)?;
     Ok(Reply::ok(RunPage { items: run_views(&core, items)?, total, page, size }))
+}
+
+/// The most runs `GET /api/runs` looks at for one answer: it walks back from the newest,
+/// so its cost is bounded however much history is stored.
+pub const RECENT_RUNS_SCAN: usize = 10_000;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecentRunPage {
+    /// The page of matching runs, newest first.
+    pub items: Vec<RunView>,
+    /// Matching runs among those looked at.
+    pub total: u64,
+    pub page: u64,
+    pub size: u64,
+    /// Runs looked at: every run created since `since` (or every run), up to 10,000.
+    pub scanned: u64,
+    /// False when the look stopped at its 10,000-run bound before the window's start:
+    /// older matches may exist (narrow `since` to see a full count).
+    pub complete: bool,
+    /// How many of the runs looked at are in each state (whatever `status` filters).
+    pub by_status: BTreeMap<String, u64>,
+}
+
+/// The newest runs of all tasks, newest first, optionally only some states and only
+/// those created since an instant. Looks at no more than the newest 10,000 runs.
+#[utoipa::path(
+    get, path = "/api/runs", tag = "runs",
+    params(
+        ("status" = Option<String>, Query, description = "comma-separated run states, e.g. failed,timed_out,lost"),
+        ("since" = Option<String>, Query, description = "RFC 3339: only runs created at or after it"),
+        ("page" = Option<u64>, Query), ("size" = Option<u64>, Query, description = "at most 100, default 20"),
+        ("consistency" = Option<String>, Query, description = "linearizable (default) or local"),
+    ),
+    responses((status = 200, body = Envelope<RecentRunPage>), (status = 400), (status = 401), (status = 503)),
+    security(("bearer" = []))
+)]
+async fn recent_runs(
+    State(core): State<Arc<NodeCore>>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Reply<RecentRunPage>, ApiError> {
+    let (page, size) = super::page_and_size(&q)?;
+    let wanted = match q.get("status").map(String::as_str) {
+        None | Some("") => None,
+        Some(list) => Some(
+            list.split(',')
+                .map(|s| {
+                    RunStatus::ALL.into_iter().find(|st| st.as_str() == s.trim()).ok_or_else(|| {
+                        let names: Vec<&str> = RunStatus::ALL.iter().map(|st| st.as_str()).collect();
+                        ApiError::BadRequest(format!("status: {s:?} is not one of {}", names.join(", ")))
+                    })
+                })
+                .collect::<Result<Vec<RunStatus>, ApiError>>()?,
+        ),
+    };
+    let since = q
+        .get("since")
+        .map(|s| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|e| ApiError::BadRequest(format!("since: {s:?} is not an RFC 3339 time ({e})")))
+        })
+        .transpose()?;
+    Consistency::parse(q.get("consistency").map(String::as_str))?.prepare(&core).await?;
+    let skip = usize::try_from((page - 1).saturating_mul(size)).unwrap_or(usize::MAX);
+    let found = core.store.recent_runs(
+        since,
+        RECENT_RUNS_SCAN,
+        |r| wanted.as_ref().is_none_or(|w| w.contains(&r.status)),
+        skip,
+        size as usize,
+    )?;
+    Ok(Reply::ok(RecentRunPage {
+        items: run_views(&core, found.runs)?,
+        total: found.matched,
+        page,
+        size,
+        scanned: found.scanned,
+        complete: found.complete,
+        by_status: found.by_status.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+    }))
 }
 
 /// One run.

@@ -638,6 +638,7 @@ async fn run_dev(data_dir: PathBuf, http: String, with_worker: bool, run_as: Opt
         false => None,
     };
     println!("raftcron dev: API at http://{}/api", running.http_addr);
+    println!("dashboard at http://{}/ui/ (sign in with the admin API key)", running.http_addr);
     if agent.is_some() {
         println!("worker dev-worker runs triggered tasks (4 slots; --no-worker to disable)");
     }

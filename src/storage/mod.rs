@@ -205,6 +205,16 @@ pub struct ExpiredIdempotency {
     pub record_key: Vec<u8>,
 }
 
+/// What [`Store::recent_runs`] found.
+#[derive(Debug, Default)]
+pub struct RecentRuns {
+    pub runs: Vec<Run>,
+    pub matched: u64,
+    pub scanned: u64,
+    pub by_status: std::collections::BTreeMap<&'static str, u64>,
+    pub complete: bool,
+}
+
 /// Opens (or creates) the node's database, requiring every column family this binary
 /// knows; an unexpected extra column family means a newer binary wrote here.
 pub fn open_db(dir: &Path) -> io::Result<Arc<DB>> {
@@ -772,6 +782,43 @@ impl Store {
                 if !r.status.is_final() {
                     out.push(r);
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest runs across all tasks, newest first, looking at no more than `scan_cap`
+    /// of them and none created before `since`: those `matches` admits, after skipping
+    /// `skip`, up to `limit`; how many matched among those looked at; how many were looked
+    /// at per status; and whether the look reached the end of the window (every run since
+    /// `since`, or every run) rather than the cap. Run ids grow with creation, so the walk
+    /// is the run table backwards.
+    pub fn recent_runs(
+        &self,
+        since: Option<DateTime<Utc>>,
+        scan_cap: usize,
+        matches: impl Fn(&Run) -> bool,
+        skip: usize,
+        limit: usize,
+    ) -> io::Result<RecentRuns> {
+        let mut out = RecentRuns { complete: true, ..RecentRuns::default() };
+        for item in self.db.iterator_cf(self.cf(CF_RUNS), IteratorMode::End) {
+            if out.scanned as usize >= scan_cap {
+                out.complete = false;
+                break;
+            }
+            let (_, v) = item.map_err(db_err)?;
+            let run: Run = decode(&v)?;
+            if since.is_some_and(|t| run.created_at < t) {
+                break;
+            }
+            out.scanned += 1;
+            *out.by_status.entry(run.status.as_str()).or_default() += 1;
+            if matches(&run) {
+                if out.matched as usize >= skip && out.runs.len() < limit {
+                    out.runs.push(run);
+                }
+                out.matched += 1;
             }
         }
         Ok(out)

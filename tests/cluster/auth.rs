@@ -22,7 +22,7 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
-fn jwt_config() -> JwtConfig {
+pub fn jwt_config() -> JwtConfig {
     JwtConfig {
         algorithm: JwtAlgorithm::HS256,
         secret: JWT_SECRET.into(),

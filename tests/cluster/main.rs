@@ -9,6 +9,7 @@ mod agent;
 mod auth;
 mod backup;
 mod bad_input;
+mod dashboard;
 mod failover;
 mod firing;
 mod idempotency;
