@@ -496,7 +496,15 @@ async fn a_worker_shutting_down_drains_its_runs() {
     assert_eq!(done.data()["status"], "succeeded", "finished within the drain: {}", done.body);
 
     let long = create(&c, n, json!({"name": "long", "executor": "shell", "command": "sleep 30"})).await;
+    let first_epoch = c.get(n, "/api/workers/drainer").await.data()["epoch"].as_u64().unwrap();
     let w = start(Duration::from_millis(300)).await.unwrap();
+    // The agent registers in the background: a run triggered before that could be placed
+    // on the first agent's record, and is then lost when the new one registers (CI saw it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get(n, "/api/workers/drainer").await.data()["epoch"].as_u64().unwrap() == first_epoch {
+        assert!(Instant::now() < deadline, "the second agent never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let run = trigger(&c, n, long).await;
     wait_run(&c, n, run, Duration::from_secs(10), |r| r["status"] == "running").await;
     w.shutdown().await;
