@@ -173,6 +173,20 @@ pub fn time(v: &Value) -> Markup {
     }
 }
 
+/// An instant (RFC 3339) shown in the time zone `zone` (an IANA name): a schedule's fire
+/// times read in the zone the schedule is written in. The script leaves it as it is.
+pub fn zoned_time(v: &Value, zone: &str) -> Markup {
+    let (Some(t), Ok(tz)) =
+        (v.as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()), zone.parse::<chrono_tz::Tz>())
+    else {
+        return time(v);
+    };
+    let utc = t.with_timezone(&Utc);
+    let text = utc.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z").to_string();
+    let title = utc.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    html! { time datetime=(utc.to_rfc3339()) title=(title) data-zoned=(zone) { (text) } }
+}
+
 /// A run, task or worker state as a badge.
 pub fn badge(state: &str) -> Markup {
     html! { span class={ "badge s-" (state) } { (state) } }

@@ -146,7 +146,7 @@ fn members_table(s: &Session, c: &Value, admin_actions: bool) -> Markup {
                         td { @if m.get("reachable").and_then(Value::as_bool).unwrap_or(false) { "yes" } @else { (badge("unreachable")) } }
                         td { (num(st, "commit_index").map_or("—".into(), |v| v.to_string())) }
                         td { (num(st, "applied_index").map_or("—".into(), |v| v.to_string())) }
-                        td { code { (text(m, "http_addr")) } }
+                        td { @match text(m, "http_addr") { "" => "—", addr => code { (addr) } } }
                         @if admin_actions {
                             td { (post_button(s, &format!("/ui/cluster/nodes/{id}/remove"), &format!("remove-{id}"), "Remove")) }
                         }

@@ -164,7 +164,7 @@ async fn show(
         }
         h2 #task-name { (text(&task, "name")) }
         dl.spec {
-            dt { "State" } dd #task-status { (status) }
+            dt { "State" } dd { span #task-status class={ "badge s-" (status) } { (status) } }
             dt { "Executor" } dd { (text(&task, "executor")) }
             @if let Some(c) = task.get("command").and_then(Value::as_str) { dt { "Command" } dd { code #task-command { (c) } } }
             @if let Some(u) = task.get("url").and_then(Value::as_str) { dt { "URL" } dd { code { (text(&task, "method")) " " (u) } } }
@@ -178,7 +178,7 @@ async fn show(
             h2 { "Next fire times (" (text(&task, "timezone")) ")" }
             @match preview {
                 Ok(p) => ol #next-fires {
-                    @for t in p.get("fire_times").and_then(Value::as_array).into_iter().flatten() { li { (time(t)) } }
+                    @for t in p.get("fire_times").and_then(Value::as_array).into_iter().flatten() { li { (layout::zoned_time(t, text(&task, "timezone"))) } }
                 },
                 Err(e) => (layout::failure("the next fire times", e)),
             }
@@ -213,7 +213,7 @@ pub fn runs_table(items: &Value, with_task: bool) -> Markup {
                     tr data-run-id=(id) {
                         td { a.run-link href={ "/ui/runs/" (id) } { "#" (id) } }
                         @if with_task { td { a href={ "/ui/tasks/" (num(r, "task_id").unwrap_or(0)) } { "task " (num(r, "task_id").unwrap_or(0)) } } }
-                        td.run-status data-status=(text(r, "status")) { (text(r, "status")) }
+                        td.run-status data-status=(text(r, "status")) { (badge(text(r, "status"))) }
                         td { (text(r, "trigger")) }
                         td { (num(r, "attempt").unwrap_or(0)) }
                         td { (r.get("worker_id").and_then(Value::as_str).unwrap_or("—")) }

@@ -1,9 +1,10 @@
 // raftcron dashboard: refreshes each page's live part every 2 s without a full reload,
-// and shows times in the browser's zone (UTC stays on hover). The pages work without it.
+// and shows times in the browser's zone (UTC stays on hover), except a schedule's fire
+// times, which the server writes in the schedule's own zone. The pages work without it.
 "use strict";
 
 function localizeTimes(root) {
-  for (const t of root.querySelectorAll("time[datetime]")) {
+  for (const t of root.querySelectorAll("time[datetime]:not([data-zoned])")) {
     const d = new Date(t.getAttribute("datetime"));
     if (!isNaN(d)) {
       t.textContent = d.toLocaleString();
