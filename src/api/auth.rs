@@ -141,10 +141,19 @@ impl Auth {
 pub struct InProcessCaller(pub Caller);
 
 impl Auth {
-    /// The role of the configured API key named `name`, if one still is: a dashboard
-    /// session signed in with a key ends when the key is removed or its role changes.
-    pub fn key_role(&self, name: &str) -> Option<Role> {
-        self.keys.iter().find(|(_, c)| c.name == name).map(|(_, c)| c.role)
+    /// The role and SHA-256 of the configured API key named `name`, if one still is: a
+    /// dashboard session signed in with a key ends when the key is removed or replaced,
+    /// or its role changes.
+    pub fn key_named(&self, name: &str) -> Option<(Role, &[u8; 32])> {
+        self.keys.iter().find(|(_, c)| c.name == name).map(|(h, c)| (c.role, h))
+    }
+
+    /// The SHA-256 of `token` when it is a configured API key (the dashboard keeps a tag
+    /// of it in the session).
+    pub fn key_hash_of(&self, token: &str) -> Option<[u8; 32]> {
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(hash_api_key(token), &mut hash).ok()?;
+        self.keys.iter().any(|(k, _)| bool::from(k.ct_eq(&hash))).then_some(hash)
     }
 
     /// Whether JWTs are accepted at all.

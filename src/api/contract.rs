@@ -168,6 +168,11 @@ fn parameter_schema(name: &str, in_path: Option<&str>) -> Option<(Value, bool)> 
         ("page", _) => json!({"type": "integer", "minimum": 1, "maximum": super::MAX_PAGE}),
         ("size", _) => json!({"type": "integer", "minimum": 1, "maximum": 100}),
         ("status", Some("/api/tasks")) => json!({"type": "string", "enum": ["active", "paused", "disabled"]}),
+        ("status", Some("/api/runs")) => {
+            let state = "(pending|assigned|running|succeeded|failed|timed_out|cancelled|lost)";
+            json!({"type": "string", "pattern": format!("^{state}(,{state})*$")})
+        }
+        ("since", _) => json!({"type": "string", "format": "date-time"}),
         ("worker_id", _) => {
             json!({"type": "string", "minLength": 1, "maxLength": MAX_WORKER_ID, "pattern": WORKER_ID})
         }

@@ -468,13 +468,21 @@ pub fn router(core: Arc<NodeCore>) -> Router {
         .merge(protected)
         .merge(open)
         .fallback(route_not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(listener::BODY_TIMEOUT))
+        .method_not_allowed_fallback(method_not_allowed);
+    let api = bounded_bodies(api)
         .layer(middleware::from_fn_with_state(core.clone(), record_http_metrics))
         .with_state(core.clone());
-    // The dashboard reads and writes through this same router, in process.
-    crate::ui::router(core, api.clone()).merge(api)
+    // The dashboard reads and writes through this same router, in process; its own
+    // forms get the same bounds.
+    bounded_bodies(crate::ui::router(core, api.clone())).merge(api)
+}
+
+/// Every body a node reads is bounded in size ([`MAX_BODY`]) and in how slowly it may
+/// arrive ([`listener::BODY_TIMEOUT`]): one function, so no route can miss either.
+fn bounded_bodies<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(listener::BODY_TIMEOUT))
 }
 
 async fn route_not_found(req: Request) -> ApiError {

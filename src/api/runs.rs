@@ -167,11 +167,11 @@ async fn recent_runs(
 ) -> Result<Reply<RecentRunPage>, ApiError> {
     let (page, size) = super::page_and_size(&q)?;
     let wanted = match q.get("status").map(String::as_str) {
-        None | Some("") => None,
+        None => None,
         Some(list) => Some(
             list.split(',')
                 .map(|s| {
-                    RunStatus::ALL.into_iter().find(|st| st.as_str() == s.trim()).ok_or_else(|| {
+                    RunStatus::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| {
                         let names: Vec<&str> = RunStatus::ALL.iter().map(|st| st.as_str()).collect();
                         ApiError::BadRequest(format!("status: {s:?} is not one of {}", names.join(", ")))
                     })

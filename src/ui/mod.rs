@@ -25,6 +25,7 @@ mod pages;
 pub mod session;
 mod tasks;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -79,13 +80,30 @@ pub fn router(core: Arc<NodeCore>, api: Router) -> Router {
         .route("/ui/assets/app.css", get(stylesheet))
         .route("/ui/assets/app.js", get(script))
         .merge(signed_in)
-        .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn_with_state(ui.clone(), security_headers))
         .with_state(ui)
 }
 
-async fn security_headers(req: Request, next: Next) -> Response {
+async fn security_headers(State(ui): State<Ui>, req: Request, next: Next) -> Response {
+    // Cookies are `Secure` when the browser reached the dashboard over TLS: this node's
+    // own, or a proxy's in front of it that says so. (A client that claims https falsely
+    // only keeps its own cookie from being sent back over plain HTTP.)
+    let tls = ui.core.config.node.http_tls_cert_file.is_some()
+        || req
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
+    if tls {
+        let cookies: Vec<HeaderValue> = h.get_all(header::SET_COOKIE).iter().cloned().collect();
+        h.remove(header::SET_COOKIE);
+        for c in cookies {
+            let secured = c.to_str().ok().and_then(|v| HeaderValue::from_str(&format!("{v}; Secure")).ok());
+            h.append(header::SET_COOKIE, secured.unwrap_or(c));
+        }
+    }
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
@@ -117,6 +135,8 @@ pub struct Session {
     pub live: bool,
     /// A one-shot message left by the previous write (full page loads only).
     pub flash: Option<layout::Flash>,
+    /// The browser's address, handed on to the API so its audit log names it.
+    pub peer: Option<ConnectInfo<SocketAddr>>,
 }
 
 impl Session {
@@ -139,38 +159,25 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 impl Ui {
-    fn secure(&self) -> &'static str {
-        if self.core.config.node.http_tls_cert_file.is_some() {
-            "; Secure"
-        } else {
-            ""
-        }
-    }
-
     fn session_cookie(&self, claims: &Claims) -> HeaderValue {
         let token = self.sessions.sign(claims);
         let max_age = claims.exp.saturating_sub(now_s());
         HeaderValue::from_str(&format!(
-            "{}={token}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+            "{}={token}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}",
             session::COOKIE,
-            self.secure()
         ))
         .expect("a JWT is a valid header value")
     }
 
     fn cleared_cookie(&self, name: &str) -> HeaderValue {
-        HeaderValue::from_str(&format!("{name}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0{}", self.secure()))
+        HeaderValue::from_str(&format!("{name}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"))
             .expect("a plain header value")
     }
 
     /// A redirect after a write, carrying `flash` to the next page.
     fn redirect_with(&self, to: &str, flash: layout::Flash) -> Response {
         let mut resp = Redirect::to(to).into_response();
-        let value = format!(
-            "{FLASH_COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=60{}",
-            flash.encode(),
-            self.secure()
-        );
+        let value = format!("{FLASH_COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=60", flash.encode(),);
         if let Ok(v) = HeaderValue::from_str(&value) {
             resp.headers_mut().append(header::SET_COOKIE, v);
         }
@@ -199,6 +206,9 @@ impl Ui {
             Err(e) => return Answer::failed(StatusCode::BAD_REQUEST, format!("cannot build the request: {e}")),
         };
         req.extensions_mut().insert(InProcessCaller(s.claims.caller()));
+        if let Some(peer) = s.peer {
+            req.extensions_mut().insert(peer);
+        }
         let resp = match self.api.clone().oneshot(req).await {
             Ok(r) => r,
             Err(never) => match never {},
@@ -260,7 +270,8 @@ impl Answer {
 async fn require_session(State(ui): State<Ui>, mut req: Request, next: Next) -> Response {
     let live = req.headers().contains_key(LIVE_HEADER);
     let now = now_s();
-    let claims = cookie_value(req.headers(), session::COOKIE)
+    let cookie = cookie_value(req.headers(), session::COOKIE);
+    let claims = cookie
         .ok_or_else(|| "not signed in".to_string())
         .and_then(|token| ui.sessions.verify(token))
         .and_then(|claims| still_valid(&ui, claims));
@@ -269,7 +280,12 @@ async fn require_session(State(ui): State<Ui>, mut req: Request, next: Next) -> 
         Err(_) if live => return (StatusCode::UNAUTHORIZED, "sign in again").into_response(),
         Err(_) => {
             let mut resp = Redirect::to("/ui/login").into_response();
-            resp.headers_mut().append(header::SET_COOKIE, ui.cleared_cookie(session::COOKIE));
+            // Only a cookie that was sent and failed is deleted: a request that came
+            // without one (a link from another site, where SameSite=Strict withholds
+            // it) must not sign the browser out.
+            if cookie.is_some() {
+                resp.headers_mut().append(header::SET_COOKIE, ui.cleared_cookie(session::COOKIE));
+            }
             return resp;
         }
     };
@@ -295,7 +311,8 @@ async fn require_session(State(ui): State<Ui>, mut req: Request, next: Next) -> 
     let had_flash = flash.is_some();
     let renewal = ui.sessions.renewal(&claims, now);
     let claims = renewal.clone().unwrap_or(claims);
-    req.extensions_mut().insert(Session { claims: claims.clone(), csrf, live, flash });
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().copied();
+    req.extensions_mut().insert(Session { claims: claims.clone(), csrf, live, flash, peer });
     let mut resp = next.run(req).await;
     if renewal.is_some() {
         resp.headers_mut().append(header::SET_COOKIE, ui.session_cookie(&claims));
@@ -307,11 +324,16 @@ async fn require_session(State(ui): State<Ui>, mut req: Request, next: Next) -> 
 }
 
 /// A verified session is still honoured only while the credential it was signed in
-/// with would be: the API key is still configured with the same role, or JWTs are
-/// still accepted (the token's own expiry caps the session already).
+/// with would be: the same API key is still configured under its name with the same
+/// role, or JWTs are still accepted (the token's own expiry caps the session already).
 fn still_valid(ui: &Ui, claims: Claims) -> Result<Claims, String> {
     let auth = &ui.core.auth;
-    let valid = if claims.jwt { auth.accepts_jwt() } else { auth.key_role(&claims.sub) == Some(claims.role) };
+    let valid = if claims.jwt {
+        auth.accepts_jwt()
+    } else {
+        auth.key_named(&claims.sub)
+            .is_some_and(|(role, hash)| role == claims.role && ui.sessions.key_tag_matches(&claims, hash))
+    };
     if valid {
         Ok(claims)
     } else {
@@ -321,12 +343,21 @@ fn still_valid(ui: &Ui, claims: Claims) -> Result<Claims, String> {
 
 /// A browser names the page a POST came from in `Origin`; one from another site is
 /// refused even before the CSRF token is looked at. (A client that sends no `Origin`
-/// still needs the token.)
+/// still needs the token.) The origin must name the host the browser asked for: `Host`,
+/// or `X-Forwarded-Host` when a proxy in front rewrote `Host` (a cross-site form cannot
+/// set that header, so accepting it admits no other site).
 fn same_origin(headers: &HeaderMap) -> Result<(), String> {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return Ok(()) };
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    if !host.is_empty() && origin_host.eq_ignore_ascii_case(host) {
+    let named = |h: &str| {
+        headers
+            .get_all(h)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|host| !host.trim().is_empty() && host.trim().eq_ignore_ascii_case(origin_host))
+    };
+    if named(header::HOST.as_str()) || named("x-forwarded-host") {
         Ok(())
     } else {
         Err(format!("a dashboard form must be sent from this dashboard, not from {origin}"))
@@ -359,7 +390,7 @@ async fn login_page(State(ui): State<Ui>, headers: HeaderMap) -> Response {
 
 async fn login(
     State(ui): State<Ui>,
-    connect: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
@@ -367,7 +398,13 @@ async fn login(
     if let Err(why) = same_origin(&headers) {
         return (StatusCode::FORBIDDEN, why).into_response();
     }
-    let Ok(Form(form)) = form else { return refuse("the sign-in form could not be read") };
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return (StatusCode::PAYLOAD_TOO_LARGE, "the sign-in form is too large").into_response()
+        }
+        Err(_) => return refuse("the sign-in form could not be read"),
+    };
     let credential = form.credential.trim();
     if credential.is_empty() {
         return refuse("enter an API key or a JWT");
@@ -383,8 +420,11 @@ async fn login(
     if caller.role == crate::config::Role::Worker {
         return refuse("a worker credential cannot sign in to the dashboard");
     }
-    let cap = ui.core.auth.jwt_expiry(credential);
-    let claims = ui.sessions.mint(&caller, cap, now_s());
+    let (key_hash, jwt_exp) = match caller.credential {
+        crate::api::auth::Credential::ApiKey => (ui.core.auth.key_hash_of(credential), None),
+        crate::api::auth::Credential::Jwt => (None, ui.core.auth.jwt_expiry(credential)),
+    };
+    let claims = ui.sessions.mint(&caller, key_hash.as_ref(), jwt_exp, now_s());
     tracing::info!(target: "audit", caller = %caller.name, from = %from, "dashboard sign-in");
     let mut resp = Redirect::to("/ui/").into_response();
     resp.headers_mut().append(header::SET_COOKIE, ui.session_cookie(&claims));
@@ -395,4 +435,33 @@ async fn logout(State(ui): State<Ui>) -> Response {
     let mut resp = Redirect::to("/ui/login").into_response();
     resp.headers_mut().append(header::SET_COOKIE, ui.cleared_cookie(session::COOKIE));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn a_post_must_come_from_the_host_the_browser_asked_for() {
+        assert!(same_origin(&headers(&[("host", "10.0.0.5:8080")])).is_ok(), "no Origin: the token decides");
+        assert!(same_origin(&headers(&[("host", "10.0.0.5:8080"), ("origin", "http://10.0.0.5:8080")])).is_ok());
+        let cross = headers(&[("host", "10.0.0.5:8080"), ("origin", "https://evil.example")]);
+        assert!(same_origin(&cross).unwrap_err().contains("evil.example"));
+        // A proxy rewrote Host and said which name the browser used.
+        let proxied = [("host", "10.0.0.5:8080"), ("origin", "https://cron.example.com")];
+        assert!(same_origin(&headers(&proxied)).is_err());
+        let named = [proxied[0], proxied[1], ("x-forwarded-host", "cron.example.com")];
+        assert!(same_origin(&headers(&named)).is_ok());
+        let other = [proxied[0], proxied[1], ("x-forwarded-host", "other.example.com")];
+        assert!(same_origin(&headers(&other)).is_err());
+        assert!(same_origin(&headers(&[("origin", "null")])).is_err(), "no Host at all");
+    }
 }

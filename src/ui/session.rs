@@ -12,9 +12,17 @@
 //! which it says once at start.
 //!
 //! A session lasts [`TTL_S`] and is renewed while used (a page or its live refresh past
-//! half its life), but never beyond the expiry of the JWT it was signed in with, nor
-//! past the removal of the API key it was signed in with (checked on every request by
-//! the caller of [`Sessions::verify`]).
+//! half its life, so a dashboard left open on a wall display stays signed in), but never
+//! beyond [`MAX_LIFETIME_S`] after sign-in, nor the expiry of the JWT it was signed in
+//! with. A session signed in with an API key carries a tag of that key (an HMAC of its
+//! hash under the session key, so the cookie reveals nothing about the key) and ends as
+//! soon as the key is removed, its role changes or another key takes its name — a
+//! rotated `RAFTCRON_API_KEY` ends every `admin` session (checked on every request by the
+//! caller of [`Sessions::verify`]).
+//!
+//! Sessions are stateless: signing out deletes the cookie from the browser, but a copy of
+//! the token taken before stays valid until its `exp` (at most [`TTL_S`]). Rotating the
+//! key or the secret the session key derives from ends every session at once.
 //!
 //! This module must never log a session token, a credential or a key.
 
@@ -31,6 +39,8 @@ use crate::config::{Config, JwtAlgorithm, Role};
 pub const COOKIE: &str = "raftcron_session";
 /// How long a session lives without being used.
 pub const TTL_S: u64 = 15 * 60;
+/// How long a session lives at most, however busy: one sign-in is good for a working day.
+pub const MAX_LIFETIME_S: u64 = 12 * 60 * 60;
 /// The audience of session tokens (the REST API's JWTs never carry it).
 const AUDIENCE: &str = "raftcron-dashboard";
 
@@ -45,9 +55,13 @@ pub struct Claims {
     pub sid: String,
     pub iat: u64,
     pub exp: u64,
-    /// The signed-in JWT's own `exp`: no renewal goes past it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cap: Option<u64>,
+    /// No renewal goes past this: sign-in time plus [`MAX_LIFETIME_S`], or the signed-in
+    /// JWT's own `exp` when that comes first.
+    #[serde(default)]
+    pub cap: u64,
+    /// The tag of the API key signed in with ([`Sessions::key_tag`]); empty for a JWT.
+    #[serde(default)]
+    pub key: String,
     pub aud: String,
 }
 
@@ -108,26 +122,40 @@ impl Sessions {
         }
     }
 
-    /// A new session for `caller`, signed in at `now` (Unix seconds); `cap` is the
-    /// signed-in JWT's expiry.
-    pub fn mint(&self, caller: &Caller, cap: Option<u64>, now: u64) -> Claims {
+    /// A new session for `caller`, signed in at `now` (Unix seconds) with the API key
+    /// whose SHA-256 is `key_hash`, or with a JWT that expires at `jwt_exp`.
+    pub fn mint(&self, caller: &Caller, key_hash: Option<&[u8; 32]>, jwt_exp: Option<u64>, now: u64) -> Claims {
         let sid = hex::encode(rand::random::<[u8; 16]>());
-        let exp = cap.map_or(now + TTL_S, |c| c.min(now + TTL_S));
+        let cap = jwt_exp.map_or(now + MAX_LIFETIME_S, |e| e.min(now + MAX_LIFETIME_S));
         Claims {
             sub: caller.name.clone(),
             role: caller.role,
             jwt: caller.credential == Credential::Jwt,
             sid,
             iat: now,
-            exp,
+            exp: cap.min(now + TTL_S),
             cap,
+            key: key_hash.map(|h| self.key_tag(h)).unwrap_or_default(),
             aud: AUDIENCE.into(),
         }
     }
 
+    /// The tag a session keeps of the API key it was signed in with: the key's hash
+    /// under this cluster's session key, so a session ends when its key is replaced.
+    pub fn key_tag(&self, key_hash: &[u8; 32]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(b"api key\0");
+        mac.update(key_hash);
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+
+    pub fn key_tag_matches(&self, claims: &Claims, key_hash: &[u8; 32]) -> bool {
+        bool::from(self.key_tag(key_hash).as_bytes().ct_eq(claims.key.as_bytes()))
+    }
+
     /// The renewed claims when `claims` are past half their life and may be extended.
     pub fn renewal(&self, claims: &Claims, now: u64) -> Option<Claims> {
-        let exp = claims.cap.map_or(now + TTL_S, |c| c.min(now + TTL_S));
+        let exp = claims.cap.min(now + TTL_S);
         (claims.exp.saturating_sub(now) < TTL_S / 2 && exp > claims.exp).then(|| Claims {
             iat: now,
             exp,
@@ -165,6 +193,8 @@ impl Sessions {
 mod tests {
     use super::*;
 
+    const KEY: [u8; 32] = [9; 32];
+
     fn caller(credential: Credential) -> Caller {
         Caller { name: "ops".into(), role: Role::Operator, credential }
     }
@@ -185,7 +215,7 @@ mod tests {
         let (a, b) = (Sessions::new(&config), Sessions::new(&config));
         assert!(a.shared);
         let now = chrono::Utc::now().timestamp() as u64;
-        let token = a.sign(&a.mint(&caller(Credential::ApiKey), None, now));
+        let token = a.sign(&a.mint(&caller(Credential::ApiKey), Some(&KEY), None, now));
         let claims = b.verify(&token).expect("another node of the cluster accepts it");
         assert_eq!((claims.sub.as_str(), claims.role, claims.jwt), ("ops", Role::Operator, false));
         config.cluster.secret = "another-cluster-with-another-secret".into();
@@ -199,22 +229,48 @@ mod tests {
     fn a_session_never_outlives_the_token_it_was_signed_in_with() {
         let s = Sessions::with_key([7; 32], true);
         let now = 1_000_000;
-        let claims = s.mint(&caller(Credential::Jwt), Some(now + 60), now);
+        let claims = s.mint(&caller(Credential::Jwt), None, Some(now + 60), now);
         assert_eq!(claims.exp, now + 60);
         assert!(s.renewal(&claims, now + 30).is_none(), "cannot be extended past the token");
-        let long = s.mint(&caller(Credential::ApiKey), None, now);
+        let long = s.mint(&caller(Credential::ApiKey), Some(&KEY), None, now);
         assert!(s.renewal(&long, now + 60).is_none(), "too young to renew");
         let renewed = s.renewal(&long, now + TTL_S - 60).expect("renewed past half its life");
         assert_eq!((renewed.exp, renewed.sid.as_str()), (now + 2 * TTL_S - 60, long.sid.as_str()));
     }
 
     #[test]
+    fn a_session_used_without_pause_still_ends_at_its_absolute_lifetime() {
+        let s = Sessions::with_key([7; 32], true);
+        let start = 1_000_000;
+        let mut claims = s.mint(&caller(Credential::ApiKey), Some(&KEY), None, start);
+        // The live refresh asks every 2 s: renew whenever it may.
+        let mut now = start;
+        while let Some(next) = s.renewal(&claims, now).or_else(|| (now < claims.exp).then(|| claims.clone())) {
+            claims = next;
+            now += 60;
+            assert!(now < start + MAX_LIFETIME_S + TTL_S, "renewed past its lifetime");
+        }
+        assert_eq!(claims.exp, start + MAX_LIFETIME_S);
+    }
+
+    #[test]
+    fn a_session_names_its_api_key_by_a_tag_that_a_rotated_key_does_not_match() {
+        let s = Sessions::with_key([5; 32], true);
+        let claims = s.mint(&caller(Credential::ApiKey), Some(&KEY), None, 1_000);
+        assert!(s.key_tag_matches(&claims, &KEY));
+        assert!(!s.key_tag_matches(&claims, &[8; 32]), "a new key under the same name");
+        assert!(!claims.key.contains(&hex::encode(&KEY[..4])), "the tag is not the key's hash");
+        let jwt = s.mint(&caller(Credential::Jwt), None, Some(2_000), 1_000);
+        assert!(jwt.key.is_empty() && !s.key_tag_matches(&jwt, &KEY));
+    }
+
+    #[test]
     fn expired_forged_and_foreign_tokens_are_refused() {
         let s = Sessions::with_key([1; 32], true);
-        let old = s.mint(&caller(Credential::ApiKey), None, 1_000);
+        let old = s.mint(&caller(Credential::ApiKey), Some(&KEY), None, 1_000);
         assert!(s.verify(&s.sign(&old)).unwrap_err().contains("xpired"));
         let now = chrono::Utc::now().timestamp() as u64;
-        let mut claims = s.mint(&caller(Credential::ApiKey), None, now);
+        let mut claims = s.mint(&caller(Credential::ApiKey), Some(&KEY), None, now);
         assert!(Sessions::with_key([2; 32], true).verify(&s.sign(&claims)).is_err(), "another key");
         claims.aud = "raftcron".into();
         assert!(s.verify(&s.sign(&claims)).is_err(), "an API token's audience is not a session's");

@@ -261,9 +261,65 @@ async fn the_newest_runs_of_all_tasks_filter_by_state_and_time() {
     let later = (chrono::Utc::now() + chrono::Duration::minutes(5)).format("%Y-%m-%dT%H:%M:%SZ");
     let none = c.get(follower, &format!("/api/runs?since={later}")).await;
     assert_eq!((none.data()["total"].as_u64(), none.data()["scanned"].as_u64()), (Some(0), Some(0)));
-    for bad in ["/api/runs?status=done", "/api/runs?since=yesterday", "/api/runs?size=0"] {
+    for bad in [
+        "/api/runs?status=done",
+        "/api/runs?status=",
+        "/api/runs?status=failed,",
+        "/api/runs?since=",
+        "/api/runs?size=0",
+    ] {
         let a = c.get(follower, bad).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}: {}", a.body);
     }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_ends_with_its_key_and_only_a_failed_cookie_is_cleared() {
+    let mut c = TestCluster::start(1).await;
+    c.wait_leader(Duration::from_secs(10)).await;
+    let cookie = sign_in(&c, 1, OPERATOR_KEY).await.expect("an operator signs in");
+    assert_eq!(page(&c, 1, &cookie, "/ui/").await.0, StatusCode::OK);
+
+    // A request without the cookie (a link from another site: SameSite=Strict withholds
+    // it) is sent to sign in, and the browser's cookie is left alone.
+    let resp = browser().get(c.url(1, "/ui/tasks")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert!(resp.headers().get(SET_COOKIE).is_none(), "no cookie was sent: none is cleared");
+    let resp = browser().get(c.url(1, "/ui/tasks")).header(COOKIE, "raftcron_session=garbage").send().await.unwrap();
+    let cleared = resp.headers().get(SET_COOKIE).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    assert!(cleared.starts_with("raftcron_session=;") && cleared.contains("Max-Age=0"), "{cleared:?}");
+
+    // Through a TLS-terminating proxy that says so, every cookie is Secure.
+    let resp = browser()
+        .post(c.url(1, "/ui/login"))
+        .header("x-forwarded-proto", "https")
+        .form(&[("credential", OPERATOR_KEY)])
+        .send()
+        .await
+        .unwrap();
+    let set = resp.headers().get(SET_COOKIE).unwrap().to_str().unwrap();
+    assert!(set.starts_with("raftcron_session=") && set.ends_with("; Secure"), "{set}");
+    let plain = browser().post(c.url(1, "/ui/login")).form(&[("credential", OPERATOR_KEY)]).send().await.unwrap();
+    assert!(!plain.headers().get(SET_COOKIE).unwrap().to_str().unwrap().contains("Secure"), "plain HTTP");
+
+    // The sign-in form is bounded like every API body: an oversized one is refused unread.
+    let huge = "x".repeat(raftcron::api::MAX_BODY + 1024);
+    let resp = browser().post(c.url(1, "/ui/login")).form(&[("credential", huge.as_str())]).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // The operator key is rotated: same name and role, another key. The old session ends.
+    c.kill(1).await;
+    c.opts.sets.push(format!(
+        "auth.api_keys=[{{name=\"operator\", role=\"operator\", sha256=\"{}\"}}]",
+        raftcron::config::hash_api_key("the-rotated-operator-key")
+    ));
+    c.restart(1).await;
+    c.wait_leader(Duration::from_secs(10)).await;
+    let (status, _) = page(&c, 1, &cookie, "/ui/").await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "a session of the replaced key is over");
+    assert!(sign_in(&c, 1, OPERATOR_KEY).await.is_err(), "the old key signs in no more");
+    let fresh = sign_in(&c, 1, "the-rotated-operator-key").await.expect("the new key signs in");
+    assert_eq!(page(&c, 1, &fresh, "/ui/").await.0, StatusCode::OK);
     c.shutdown().await;
 }
