@@ -168,9 +168,11 @@ fn parameter_schema(name: &str, in_path: Option<&str>) -> Option<(Value, bool)> 
         ("page", _) => json!({"type": "integer", "minimum": 1, "maximum": super::MAX_PAGE}),
         ("size", _) => json!({"type": "integer", "minimum": 1, "maximum": 100}),
         ("status", Some("/api/tasks")) => json!({"type": "string", "enum": ["active", "paused", "disabled"]}),
+        // A comma-separated list (`style: form, explode: false`, set below): an array of
+        // states, from the enum itself.
         ("status", Some("/api/runs")) => {
-            let state = "(pending|assigned|running|succeeded|failed|timed_out|cancelled|lost)";
-            json!({"type": "string", "pattern": format!("^{state}(,{state})*$")})
+            let states: Vec<&str> = crate::model::RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+            json!({"type": "array", "minItems": 1, "items": {"type": "string", "enum": states}})
         }
         ("since", _) => json!({"type": "string", "format": "date-time"}),
         ("worker_id", _) => {
@@ -273,6 +275,10 @@ fn tighten_operation(path: &str, method: &str, op: &mut Map<String, Value>) {
             let name = p["name"].as_str().unwrap_or_default().to_string();
             has_key |= name == "Idempotency-Key";
             if let Some((schema, required)) = parameter_schema(&name, Some(path)) {
+                if schema["type"] == "array" {
+                    p["style"] = json!("form");
+                    p["explode"] = json!(false);
+                }
                 p["schema"] = schema;
                 if required {
                     p["required"] = json!(true);

@@ -182,7 +182,14 @@ async fn recent_runs(
     let since = q
         .get("since")
         .map(|s| {
-            chrono::DateTime::parse_from_rfc3339(s)
+            // RFC 3339 lets a space stand for `T`; JSON Schema's date-time (what the
+            // contract promises) does not, so neither does this.
+            let parsed = if s.contains(' ') {
+                Err("a T, not a space, between date and time".to_string())
+            } else {
+                chrono::DateTime::parse_from_rfc3339(s).map_err(|e| e.to_string())
+            };
+            parsed
                 .map(|t| t.with_timezone(&chrono::Utc))
                 .map_err(|e| ApiError::BadRequest(format!("since: {s:?} is not an RFC 3339 time ({e})")))
         })

@@ -88,12 +88,7 @@ async fn security_headers(State(ui): State<Ui>, req: Request, next: Next) -> Res
     // Cookies are `Secure` when the browser reached the dashboard over TLS: this node's
     // own, or a proxy's in front of it that says so. (A client that claims https falsely
     // only keeps its own cookie from being sent back over plain HTTP.)
-    let tls = ui.core.config.node.http_tls_cert_file.is_some()
-        || req
-            .headers()
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    let tls = ui.core.config.node.http_tls_cert_file.is_some() || forwarded_https(req.headers());
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
     if tls {
@@ -135,7 +130,8 @@ pub struct Session {
     pub live: bool,
     /// A one-shot message left by the previous write (full page loads only).
     pub flash: Option<layout::Flash>,
-    /// The browser's address, handed on to the API so its audit log names it.
+    /// The connecting peer (the browser, or the proxy in front of it), handed on to the
+    /// API so its audit log names it.
     pub peer: Option<ConnectInfo<SocketAddr>>,
 }
 
@@ -151,11 +147,32 @@ fn now_s() -> u64 {
     chrono::Utc::now().timestamp().max(0) as u64
 }
 
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
-        let (k, v) = pair.trim().split_once('=')?;
-        (k == name).then_some(v)
-    })
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &'a str) -> Option<&'a str> {
+    cookie_values(headers, name).next()
+}
+
+/// Every cookie named `name` the browser sent: another site of the same domain may have
+/// set one of its own beside the dashboard's, and it must not hide the real one.
+fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).filter_map(
+        move |pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        },
+    )
+}
+
+/// The first valid, still honoured session among the cookies the browser sent; `Err`
+/// says whether any was sent at all.
+fn session_of(ui: &Ui, headers: &HeaderMap) -> Result<Claims, bool> {
+    let mut sent = false;
+    for token in cookie_values(headers, session::COOKIE) {
+        sent = true;
+        if let Ok(claims) = ui.sessions.verify(token).and_then(|c| still_valid(ui, c)) {
+            return Ok(claims);
+        }
+    }
+    Err(sent)
 }
 
 impl Ui {
@@ -270,20 +287,15 @@ impl Answer {
 async fn require_session(State(ui): State<Ui>, mut req: Request, next: Next) -> Response {
     let live = req.headers().contains_key(LIVE_HEADER);
     let now = now_s();
-    let cookie = cookie_value(req.headers(), session::COOKIE);
-    let claims = cookie
-        .ok_or_else(|| "not signed in".to_string())
-        .and_then(|token| ui.sessions.verify(token))
-        .and_then(|claims| still_valid(&ui, claims));
-    let claims = match claims {
+    let claims = match session_of(&ui, req.headers()) {
         Ok(c) => c,
         Err(_) if live => return (StatusCode::UNAUTHORIZED, "sign in again").into_response(),
-        Err(_) => {
+        Err(sent) => {
             let mut resp = Redirect::to("/ui/login").into_response();
             // Only a cookie that was sent and failed is deleted: a request that came
             // without one (a link from another site, where SameSite=Strict withholds
             // it) must not sign the browser out.
-            if cookie.is_some() {
+            if sent {
                 resp.headers_mut().append(header::SET_COOKIE, ui.cleared_cookie(session::COOKIE));
             }
             return resp;
@@ -298,7 +310,7 @@ async fn require_session(State(ui): State<Ui>, mut req: Request, next: Next) -> 
         let (parts, body) = req.into_parts();
         let bytes = match axum::body::to_bytes(body, crate::api::MAX_BODY).await {
             Ok(b) => b,
-            Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "the form is too large").into_response(),
+            Err(e) => return form_unreadable(&e).into_response(),
         };
         let token = form_urlencoded_value(&bytes, "csrf").unwrap_or_default();
         if !ui.sessions.csrf_matches(&claims.sid, &token) {
@@ -314,13 +326,34 @@ async fn require_session(State(ui): State<Ui>, mut req: Request, next: Next) -> 
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().copied();
     req.extensions_mut().insert(Session { claims: claims.clone(), csrf, live, flash, peer });
     let mut resp = next.run(req).await;
-    if renewal.is_some() {
+    // A handler that set a cookie itself has the last word on it: sign-out's clearing
+    // is never followed by a renewal, nor a write's new message by the old one's removal.
+    let sets = |name: &str| {
+        resp.headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .any(|v| v.as_bytes().starts_with(format!("{name}=").as_bytes()))
+    };
+    let (renew, clear_flash) = (renewal.is_some() && !sets(session::COOKIE), had_flash && !sets(FLASH_COOKIE));
+    if renew {
         resp.headers_mut().append(header::SET_COOKIE, ui.session_cookie(&claims));
     }
-    if had_flash {
+    if clear_flash {
         resp.headers_mut().append(header::SET_COOKIE, ui.cleared_cookie(FLASH_COOKIE));
     }
     resp
+}
+
+/// Why a form's body could not be read: too large (413), or too slow to arrive (408).
+fn form_unreadable(e: &axum::Error) -> (StatusCode, &'static str) {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return (StatusCode::REQUEST_TIMEOUT, "the form took too long to arrive");
+        }
+        cause = c.source();
+    }
+    (StatusCode::PAYLOAD_TOO_LARGE, "the form is too large")
 }
 
 /// A verified session is still honoured only while the credential it was signed in
@@ -339,6 +372,22 @@ fn still_valid(ui: &Ui, claims: Claims) -> Result<Claims, String> {
     } else {
         Err("the credential of this session is no longer accepted".into())
     }
+}
+
+/// Whether the proxy nearest the browser (the first entry) says it was reached over TLS,
+/// in `X-Forwarded-Proto` or RFC 7239's `Forwarded: proto=`.
+fn forwarded_https(headers: &HeaderMap) -> bool {
+    let first =
+        |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next()).map(str::trim);
+    let xfp = first("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    let rfc = first("forwarded").is_some_and(|entry| {
+        entry.split(';').any(|kv| {
+            kv.trim().split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("proto") && v.trim().trim_matches('"').eq_ignore_ascii_case("https")
+            })
+        })
+    });
+    xfp || rfc
 }
 
 /// A browser names the page a POST came from in `Origin`; one from another site is
@@ -379,9 +428,7 @@ struct LoginForm {
 
 async fn login_page(State(ui): State<Ui>, headers: HeaderMap) -> Response {
     // Already signed in: straight to the overview.
-    let signed_in = cookie_value(&headers, session::COOKIE)
-        .and_then(|t| ui.sessions.verify(t).ok())
-        .is_some_and(|c| still_valid(&ui, c).is_ok());
+    let signed_in = session_of(&ui, &headers).is_ok();
     if signed_in {
         return Redirect::to("/ui/").into_response();
     }
@@ -400,8 +447,8 @@ async fn login(
     }
     let form = match form {
         Ok(Form(form)) => form,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return (StatusCode::PAYLOAD_TOO_LARGE, "the sign-in form is too large").into_response()
+        Err(e) if matches!(e.status(), StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT) => {
+            return (e.status(), "the sign-in form was too large or too slow to arrive").into_response()
         }
         Err(_) => return refuse("the sign-in form could not be read"),
     };
@@ -422,7 +469,10 @@ async fn login(
     }
     let (key_hash, jwt_exp) = match caller.credential {
         crate::api::auth::Credential::ApiKey => (ui.core.auth.key_hash_of(credential), None),
-        crate::api::auth::Credential::Jwt => (None, ui.core.auth.jwt_expiry(credential)),
+        crate::api::auth::Credential::Jwt => match ui.core.auth.jwt_expiry(credential) {
+            Some(exp) => (None, Some(exp)),
+            None => return refuse("the token expired while signing in"),
+        },
     };
     let claims = ui.sessions.mint(&caller, key_hash.as_ref(), jwt_exp, now_s());
     tracing::info!(target: "audit", caller = %caller.name, from = %from, "dashboard sign-in");
@@ -463,5 +513,16 @@ mod tests {
         let other = [proxied[0], proxied[1], ("x-forwarded-host", "other.example.com")];
         assert!(same_origin(&headers(&other)).is_err());
         assert!(same_origin(&headers(&[("origin", "null")])).is_err(), "no Host at all");
+    }
+
+    #[test]
+    fn tls_at_the_proxy_nearest_the_browser_is_recognised() {
+        assert!(forwarded_https(&headers(&[("x-forwarded-proto", "https")])));
+        assert!(forwarded_https(&headers(&[("x-forwarded-proto", "HTTPS, http")])));
+        assert!(!forwarded_https(&headers(&[("x-forwarded-proto", "http, https")])));
+        assert!(forwarded_https(&headers(&[("forwarded", "for=10.0.0.1;proto=https;by=lb, for=10.0.0.2")])));
+        assert!(forwarded_https(&headers(&[("forwarded", "Proto=\"https\"")])));
+        assert!(!forwarded_https(&headers(&[("forwarded", "proto=http")])));
+        assert!(!forwarded_https(&HeaderMap::new()));
     }
 }

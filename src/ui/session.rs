@@ -21,8 +21,9 @@
 //! caller of [`Sessions::verify`]).
 //!
 //! Sessions are stateless: signing out deletes the cookie from the browser, but a copy of
-//! the token taken before stays valid until its `exp` (at most [`TTL_S`]). Rotating the
-//! key or the secret the session key derives from ends every session at once.
+//! the token taken before stays valid until its `exp`, and whoever holds a valid token can
+//! renew it up to its `cap`. Rotating the key or the secret the session key derives from
+//! ends every session at once.
 //!
 //! This module must never log a session token, a credential or a key.
 

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use raftcron::api::auth::{Caller, Credential};
 use raftcron::api::jwt::{mint, Claims};
 use raftcron::config::Role;
 use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE, LOCATION, SET_COOKIE};
@@ -266,6 +267,7 @@ async fn the_newest_runs_of_all_tasks_filter_by_state_and_time() {
         "/api/runs?status=",
         "/api/runs?status=failed,",
         "/api/runs?since=",
+        "/api/runs?since=2026-01-02%2003:04:05Z",
         "/api/runs?size=0",
     ] {
         let a = c.get(follower, bad).await;
@@ -289,6 +291,34 @@ async fn a_session_ends_with_its_key_and_only_a_failed_cookie_is_cleared() {
     let resp = browser().get(c.url(1, "/ui/tasks")).header(COOKIE, "raftcron_session=garbage").send().await.unwrap();
     let cleared = resp.headers().get(SET_COOKIE).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     assert!(cleared.starts_with("raftcron_session=;") && cleared.contains("Max-Age=0"), "{cleared:?}");
+
+    // A session past half its life is renewed by a page, but never by signing out; and a
+    // stray cookie of the same name beside it does not hide it.
+    let sessions = raftcron::ui::session::Sessions::new(&c.core(1).config);
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(raftcron::config::hash_api_key(OPERATOR_KEY), &mut hash).unwrap();
+    let operator = Caller { name: "operator".into(), role: Role::Operator, credential: Credential::ApiKey };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let aged = sessions.mint(&operator, Some(&hash), None, now - 10 * 60);
+    let aged_cookie = format!("raftcron_session=garbage; raftcron_session={}", sessions.sign(&aged));
+    let session_cookies = |resp: &reqwest::Response| -> Vec<String> {
+        let all = resp.headers().get_all(SET_COOKIE).iter().map(|v| v.to_str().unwrap().to_string());
+        all.filter(|v| v.starts_with("raftcron_session=")).collect()
+    };
+    let resp = browser().get(c.url(1, "/ui/")).header(COOKIE, &aged_cookie).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let renewed = session_cookies(&resp);
+    assert!(renewed.len() == 1 && !renewed[0].starts_with("raftcron_session=;"), "{renewed:?}");
+    let csrf = sessions.csrf(&aged.sid);
+    let resp = browser()
+        .post(c.url(1, "/ui/logout"))
+        .header(COOKIE, &aged_cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let set = session_cookies(&resp);
+    assert!(set.len() == 1 && set[0].starts_with("raftcron_session=;"), "sign-out only clears: {set:?}");
 
     // Through a TLS-terminating proxy that says so, every cookie is Secure.
     let resp = browser()
