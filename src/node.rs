@@ -246,6 +246,7 @@ pub async fn start(mut config: Config, listeners: Listeners, extra_keys: &[Strin
         tasks.push(tokio::spawn(async move { core.record_replication().await }));
     }
     tasks.push(tokio::spawn(crate::compaction::run(core.clone())));
+    tasks.push(tokio::spawn(crate::storage::keep_churn_tidy(core.store.clone())));
     tasks.push(tokio::spawn(crate::scheduler::firing::run(core.clone())));
     tasks.push(tokio::spawn(crate::scheduler::workers::run(core.clone())));
     let (http_shutdown, rx) = watch::channel(false);

@@ -62,6 +62,7 @@ impl<'a> Tx<'a> {
     }
 
     fn delete(&mut self, cf: &'static str, key: &[u8]) {
+        self.store.note_delete(cf);
         self.batch.delete_cf(self.store.cf(cf), key);
         self.written.insert((cf, key.to_vec()), None);
     }

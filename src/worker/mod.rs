@@ -574,7 +574,7 @@ impl Shared {
             "the cluster shows a run here that this agent does not run"
         );
         let body = json!({"status": "failed", "error": "the worker no longer runs this attempt (it was stopped or never started)"});
-        let pending = self.keep_report(a.run_id, a.attempt, a.epoch, body);
+        let pending = self.keep_report(a.run_id, a.attempt, a.epoch, body).await;
         self.send_report(a.run_id, &pending.body, || true).await;
         self.records.remove_report(a.run_id, a.attempt);
         self.forget(a.run_id, a.attempt);
@@ -641,7 +641,10 @@ impl Shared {
         };
         // The outcome is on disk before the run's record goes: a crash in between leaves
         // one or the other, never neither.
-        let kept = report.map(|f| self.keep_report(run_id, attempt, epoch, finished_body(&f)));
+        let kept = match report {
+            Some(f) => Some(self.keep_report(run_id, attempt, epoch, finished_body(&f)).await),
+            None => None,
+        };
         self.records.remove_run(run_id, attempt);
         if let Some(held) = self.running.lock().expect("running map poisoned").get_mut(&run_id) {
             if held.attempt == attempt {
@@ -750,9 +753,15 @@ impl Shared {
     /// Writes a final report to the state dir, where it stays until the cluster accepts or
     /// refuses it, however long that takes and across restarts of this agent: an outcome
     /// given up on would later be expired as `timed_out` and run again.
-    fn keep_report(&self, run_id: u64, attempt: u32, epoch: u64, body: Value) -> PendingReport {
+    /// The write and its fsyncs run off the async workers, which other runs' polls and
+    /// reports share.
+    async fn keep_report(&self, run_id: u64, attempt: u32, epoch: u64, body: Value) -> PendingReport {
         let pending = PendingReport { run_id, attempt, body: self.report_body(attempt, epoch, body) };
-        if let Err(e) = self.records.put_report(&pending) {
+        let (records, copy) = (self.records.clone(), pending.clone());
+        let kept = tokio::task::spawn_blocking(move || records.put_report(&copy))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(format!("the writer panicked: {e}"))));
+        if let Err(e) = kept {
             tracing::warn!(run_id, error = %e, "cannot keep the report on disk; sending it from memory only");
         }
         pending

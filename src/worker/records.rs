@@ -8,8 +8,16 @@
 //! - `reports/<run>-<attempt>.json`: a run's final report until the cluster accepted or
 //!   refused it, retried across outages and restarts.
 //!
-//! Files are written to a temporary name, synced and renamed, so a record is either
-//! whole or absent. The directories are private to the agent's user (mode 0700).
+//! Files are written to a temporary name and renamed, so a record is either whole or
+//! absent. Reports are also synced (file and directory) before they count as kept: they
+//! must outlive a power cut. Run records are not: they name processes of this boot of the
+//! kernel, which a power cut ends with every process they could name (a record from an
+//! earlier boot is ignored), and what an agent crash leaves in the page cache the next
+//! agent reads. Syncing them cost four fsyncs per run on the path to its start. (What
+//! this gives up: a write error the kernel reports only at writeback goes unseen, and a
+//! record a power cut left empty is dropped; either way the run is re-queued when the
+//! agent's lease times out rather than at its next registration — later, never twice.)
+//! The directories are private to the agent's user (mode 0700).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -77,7 +85,7 @@ impl Records {
 
     pub fn put_run(&self, record: &RunRecord) -> io::Result<()> {
         match self.path("runs", record.run_id, record.attempt) {
-            Some(p) => write_synced(&p, &serde_json::to_vec(record)?),
+            Some(p) => write_atomic(&p, &serde_json::to_vec(record)?, false),
             None => Ok(()),
         }
     }
@@ -90,7 +98,7 @@ impl Records {
 
     pub fn put_report(&self, report: &PendingReport) -> io::Result<()> {
         match self.path("reports", report.run_id, report.attempt) {
-            Some(p) => write_synced(&p, &serde_json::to_vec(report)?),
+            Some(p) => write_atomic(&p, &serde_json::to_vec(report)?, true),
             None => Ok(()),
         }
     }
@@ -182,14 +190,17 @@ pub(crate) fn kill_recorded(record: &RunRecord) {
     std::thread::sleep(Duration::from_millis(20));
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Writes `bytes` to `path` whole or not at all; with `durable`, also across a power cut.
+fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
+    if let (true, Some(parent)) = (durable, path.parent()) {
         std::fs::File::open(parent)?.sync_all()?;
     }
     Ok(())

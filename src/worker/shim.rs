@@ -245,6 +245,8 @@ enum Control {
     Lease(u64),
     Stop(String),
     AgentGone,
+    /// SIGCHLD: a child of the shim (the job, or an orphan it adopted) changed state.
+    ChildExited,
 }
 
 type Out = Arc<Mutex<std::io::Stdout>>;
@@ -284,14 +286,16 @@ fn read_control(stdin: impl BufRead, tx: mpsc::Sender<Control>) {
 }
 
 /// Turns SIGTERM, SIGINT, SIGHUP and SIGQUIT into a stop, so `kill` or a closing
-/// terminal ends the run's processes with the shim instead of orphaning them. The signals
-/// are blocked in every thread (this runs first, before any other thread starts) and
-/// taken by one thread with `sigwait`; the job starts with a clear mask, as Rust's
-/// process spawning resets it.
+/// terminal ends the run's processes with the shim instead of orphaning them, and SIGCHLD
+/// into a wake-up, so the job's end is seen when it happens rather than at the next tick
+/// of a polling loop. The signals are blocked in every thread (this runs first, before any
+/// other thread starts) and taken by one thread with `sigwait` (a blocked SIGCHLD stays
+/// pending though its default is to be ignored); the job starts with a clear mask, as
+/// Rust's process spawning resets it.
 fn stop_on_signals(tx: mpsc::Sender<Control>) {
     use nix::sys::signal::SigSet;
     let mut set = SigSet::empty();
-    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT] {
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGCHLD] {
         set.add(sig);
     }
     if let Err(e) = set.thread_block() {
@@ -300,7 +304,9 @@ fn stop_on_signals(tx: mpsc::Sender<Control>) {
     }
     std::thread::spawn(move || {
         while let Ok(sig) = set.wait() {
-            if tx.send(Control::Stop(format!("signal {sig}"))).is_err() {
+            let msg =
+                if sig == Signal::SIGCHLD { Control::ChildExited } else { Control::Stop(format!("signal {sig}")) };
+            if tx.send(msg).is_err() {
                 return;
             }
         }
@@ -344,6 +350,7 @@ pub fn run() -> i32 {
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(Control::Go) => break None,
             Ok(Control::Lease(ns)) => lease_deadline_ns = lease_deadline_ns.max(ns),
+            Ok(Control::ChildExited) => {}
             Ok(Control::Stop(why)) => break Some(ShimResult::Stopped { why }),
             Ok(Control::AgentGone) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 break Some(ShimResult::Stopped { why: "agent_gone".into() })
@@ -406,15 +413,18 @@ fn supervise(
         Err(e) => return ShimResult::SpawnFailed { error: format!("cannot start the process: {e}") },
     };
     let pid = child.id();
+    let (read_all, output_done) = mpsc::channel::<()>();
     frame_json(out, FRAME_STARTED, &Started { pid, start_time: process_start_time(pid).unwrap_or(0) });
-    let readers: Vec<_> = [
+    let mut readers = 0;
+    for mut r in [
         child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>),
         child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>),
     ]
     .into_iter()
     .flatten()
-    .map(|mut r| {
-        let out = out.clone();
+    {
+        let (out, read_all) = (out.clone(), read_all.clone());
+        readers += 1;
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
             while let Ok(n) = r.read(&mut buf) {
@@ -423,9 +433,10 @@ fn supervise(
                 }
                 frame(&out, FRAME_OUTPUT, &buf[..n]);
             }
-        })
-    })
-    .collect();
+            let _ = read_all.send(());
+        });
+    }
+    drop(read_all);
 
     let started = Instant::now();
     let timeout = Duration::from_millis(spec.timeout_ms);
@@ -434,9 +445,11 @@ fn supervise(
         if let Some(status) = reap(job) {
             break status;
         }
-        match rx.recv_timeout(Duration::from_millis(10)) {
+        // SIGCHLD wakes this at the job's end; the tick only bounds how late a timeout or
+        // a lapsed lease is noticed.
+        match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(Control::Lease(ns)) => lease_deadline_ns = lease_deadline_ns.max(ns),
-            Ok(Control::Go) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(Control::Go | Control::ChildExited) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Ok(Control::Stop(why)) => break ShimResult::Stopped { why },
             Ok(Control::AgentGone) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 break ShimResult::Stopped { why: "agent_gone".into() }
@@ -453,9 +466,9 @@ fn supervise(
     // Every writer of the pipes is dead now, so the readers reach end of file — unless
     // something escaped the kill; then the result goes out without the rest of the output.
     let deadline = Instant::now() + Duration::from_secs(2);
-    for r in readers {
-        while !r.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+    for _ in 0..readers {
+        if output_done.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_err() {
+            break;
         }
     }
     result
@@ -463,6 +476,13 @@ fn supervise(
 
 /// Reaps every exited child (orphans included); returns the job's end if it was among them.
 fn reap(job: Pid) -> Option<ShimResult> {
+    reap_all(job).0
+}
+
+/// Reaps every exited child; returns the job's end if it was among them, and whether the
+/// shim has any child left. None left means no descendant is left either: the shim is a
+/// child subreaper, so a process of the run whose parent died became the shim's child.
+fn reap_all(job: Pid) -> (Option<ShimResult>, bool) {
     let mut ended = None;
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
@@ -470,7 +490,10 @@ fn reap(job: Pid) -> Option<ShimResult> {
             Ok(WaitStatus::Signaled(pid, sig, _)) if pid == job => {
                 ended = Some(ShimResult::Signaled { signal: sig as i32 })
             }
-            Ok(WaitStatus::StillAlive) | Err(_) => return ended,
+            Ok(WaitStatus::StillAlive) => return (ended, true),
+            Err(nix::errno::Errno::ECHILD) => return (ended, false),
+            // EINTR and the like: the children are not known to be gone.
+            Err(_) => return (ended, true),
             Ok(_) => {}
         }
     }
@@ -485,7 +508,10 @@ fn kill_all(job: Pid, cgroup: Option<&RunCgroup>) {
     let _ = killpg(job, Signal::SIGKILL);
     let me = std::process::id();
     for _ in 0..200 {
-        let left = descendants(me);
+        // With no child left there is no descendant to look for (the common case: the job
+        // ended alone), and /proc — every process's stat file — is not read at all.
+        let (_, children) = reap_all(job);
+        let left = if children { descendants(me) } else { Vec::new() };
         if left.is_empty() && cgroup.is_none_or(|cg| cg.is_empty()) {
             break;
         }
