@@ -104,8 +104,7 @@ impl Auth {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::Unauthorized("Authorization must be \"Bearer <api-key or jwt>\"".into()))?;
-        let mut hash = [0u8; 32];
-        hex::decode_to_slice(hash_api_key(token), &mut hash).expect("a SHA-256 hex digest");
+        let hash = key_digest(token);
         // Every key is compared, matched or not.
         let mut found = None;
         for (k, caller) in &self.keys {
@@ -132,6 +131,13 @@ impl Auth {
     }
 }
 
+/// The SHA-256 of an API key as the key table holds it.
+fn key_digest(token: &str) -> [u8; 32] {
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(hash_api_key(token), &mut hash).expect("a SHA-256 hex digest");
+    hash
+}
+
 /// A caller the node itself already authenticated: the dashboard ([`crate::ui`]) puts it
 /// on the requests it makes to this router in process, for the signed-in user. Only Rust
 /// code in this process can put a value into a request's extensions — nothing a network
@@ -151,8 +157,7 @@ impl Auth {
     /// The SHA-256 of `token` when it is a configured API key (the dashboard keeps a tag
     /// of it in the session).
     pub fn key_hash_of(&self, token: &str) -> Option<[u8; 32]> {
-        let mut hash = [0u8; 32];
-        hex::decode_to_slice(hash_api_key(token), &mut hash).ok()?;
+        let hash = key_digest(token);
         self.keys.iter().any(|(k, _)| bool::from(k.ct_eq(&hash))).then_some(hash)
     }
 
